@@ -1,0 +1,280 @@
+"""The DeepHandMesh network and its decoder.
+
+::
+
+    image (B,3,256,256) ─► BackboneNet ─► feat (B,512) ─► PoseNet ─► euler (B,J,3)
+    id_code (32) ─► SkeletonRefineNet ─► Δbone (J,3)  ─┐
+    euler, id_code ─► SkinRefineNet ─► Δpose (B,V,3), Δid (V,3)
+                                                        └► HandLayer (FK + LBS) ─► joints, vertices
+
+Module and parameter names follow the official code, so the state dict maps
+one-to-one onto official snapshots (see :mod:`dhmlib.snapshot`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbone import ResNet
+from .handmodel import HandModel
+from .kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
+                         skinning_transforms)
+
+
+@dataclass(frozen=True)
+class HandPose:
+    """Output of the decoder.
+
+    Attributes:
+        joints: (B, J, 3) joint positions, mm.
+        vertices: (B, V, 3) mesh vertices, mm.
+        transforms: (B, J, 4, 4) global joint transforms.
+        euler: (B, J, 3) the DoF-masked Euler angles that were applied, radians.
+    """
+
+    joints: torch.Tensor
+    vertices: torch.Tensor
+    transforms: torch.Tensor
+    euler: torch.Tensor
+
+
+class HandLayer(nn.Module):
+    """Forward kinematics + linear blend skinning of a :class:`HandModel`.
+
+    Holds the model as buffers (float32 by default); no learnable parameters.
+    ``layer(euler)`` with all-zero angles and no offsets returns the template
+    and the bind joints.
+    """
+
+    def __init__(self, hand_model: HandModel, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.hand_model = hand_model
+        self.skeleton = hand_model.skeleton
+        self.tree = KinematicTree(hand_model.parents)
+
+        def buf(name, x, dt=dtype):
+            self.register_buffer(name, torch.as_tensor(np.asarray(x), dtype=dt), persistent=False)
+
+        buf("template", hand_model.vertices)
+        buf("skin_weights", hand_model.skinning_weights)
+        buf("local_bind", hand_model.local_pose)
+        buf("global_bind", hand_model.global_pose)
+        buf("global_bind_inv", hand_model.global_pose_inv)
+        buf("dof_mask", hand_model.dof_mask, torch.bool)
+        buf("faces", hand_model.faces, torch.long)
+        for d, (joints, slots) in enumerate(zip(self.tree.level_joints[1:], self.tree.parent_slots)):
+            self.register_buffer(f"_level{d}", joints, persistent=False)
+            self.register_buffer(f"_slots{d}", slots, persistent=False)
+        self.register_buffer("_inverse_order", self.tree.inverse_order, persistent=False)
+
+    @property
+    def num_joints(self) -> int:
+        return self.skeleton.num_joints
+
+    @property
+    def num_vertices(self) -> int:
+        return self.template.shape[0]
+
+    @property
+    def num_dof(self) -> int:
+        return int(self.dof_mask.sum())
+
+    def _device_tree(self) -> KinematicTree:
+        """The kinematic tree with its index tensors on this layer's device."""
+        t = self.tree
+        if t.inverse_order.device != self._inverse_order.device:
+            n = len(t.level_joints) - 1
+            t.level_joints = [t.level_joints[0]] + [getattr(self, f"_level{d}") for d in range(n)]
+            t.parent_slots = [getattr(self, f"_slots{d}") for d in range(n)]
+            t.inverse_order = self._inverse_order
+        return t
+
+    def forward(self, euler: torch.Tensor, vertex_offsets: torch.Tensor | None = None,
+                joint_offsets: torch.Tensor | None = None,
+                root_transform: torch.Tensor | None = None) -> HandPose:
+        """Pose the hand.
+
+        Args:
+            euler: (B, J, 3) Euler angles, radians; axes a joint does not have are ignored.
+            vertex_offsets: (B, V, 3) or (V, 3) corrective added to the template before skinning, mm.
+            joint_offsets: (J, 3) or (B, J, 3) corrective added to local bind translations, mm.
+            root_transform: (B, 4, 4) or (4, 4) placement of the root; None keeps its bind pose.
+        Returns:
+            HandPose with (B, J, 3) joints and (B, V, 3) vertices in mm.
+        """
+        if euler.dim() != 3 or euler.shape[1:] != (self.num_joints, 3):
+            raise ValueError(f"euler: expected shape (B, {self.num_joints}, 3), got {tuple(euler.shape)}")
+        euler = euler * self.dof_mask.to(euler.dtype)
+        rot = euler_to_matrix(euler)                                    # (B, J, 3, 3)
+        local = self.local_bind.to(euler.dtype)
+        if joint_offsets is not None:
+            trans = local[..., :3, 3] + joint_offsets                   # (J,3) or (B,J,3)
+            local = torch.cat([torch.cat([local[..., :3, :3].expand(trans.shape[:-1] + (3, 3)),
+                                          trans.unsqueeze(-1)], -1),
+                               local[..., 3:, :].expand(trans.shape[:-1] + (1, 4))], -2)
+        G = forward_kinematics(rot, local, self._device_tree(), root_transform)   # (B, J, 4, 4)
+        A = skinning_transforms(G, self.global_bind_inv.to(euler.dtype))         # (B, J, 3, 4)
+        rest = self.template.to(euler.dtype)
+        if vertex_offsets is not None:
+            rest = rest + vertex_offsets
+        verts = linear_blend_skinning(rest, self.skin_weights.to(euler.dtype), A)
+        return HandPose(joints=G[..., :3, 3], vertices=verts, transforms=G, euler=euler)
+
+
+def _mlp(*sizes: int) -> nn.Sequential:
+    """Linear–ReLU–…–Linear; indices 0, 2, … are the Linear layers (official names)."""
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class BackboneNet(nn.Module):
+    """ResNet trunk, global average pool, fc to 512 (+ReLU). (B,3,H,W) → (B,512)."""
+
+    def __init__(self, depth: int = 50, feat_dim: int = 512):
+        super().__init__()
+        self.resnet = ResNet(depth)
+        self.fc = nn.Sequential(nn.Linear(self.resnet.out_channels, feat_dim), nn.ReLU(inplace=True))
+
+    def forward(self, image):
+        return self.fc(self.resnet(image).mean(dim=(2, 3)))
+
+
+class PoseNet(nn.Module):
+    """(B, 512) features → (B, J, 3) Euler angles; ``π·tanh`` on the DoF the skeleton has, 0 elsewhere."""
+
+    def __init__(self, dof_mask: torch.Tensor, feat_dim: int = 512):
+        super().__init__()
+        self.register_buffer("dof_index", torch.nonzero(dof_mask.reshape(-1)).squeeze(1), persistent=False)
+        self.num_joints = dof_mask.shape[0]
+        self.fc = _mlp(feat_dim, 512, int(dof_mask.sum()))
+
+    def forward(self, feat):
+        dof = torch.tanh(self.fc(feat)) * math.pi                        # (B, DoF)
+        euler = feat.new_zeros(feat.shape[0], self.num_joints * 3)
+        euler = euler.index_copy(1, self.dof_index, dof)
+        return euler.view(-1, self.num_joints, 3)
+
+
+class SkeletonRefineNet(nn.Module):
+    """Identity code (32) → (J, 3) corrective of local bone translations, mm."""
+
+    def __init__(self, num_joints: int, id_dim: int = 32):
+        super().__init__()
+        self.num_joints = num_joints
+        self.fc_skeleton = _mlp(id_dim, 64, num_joints * 3)
+        nn.init.zeros_(self.fc_skeleton[-1].weight)
+        nn.init.zeros_(self.fc_skeleton[-1].bias)
+
+    def forward(self, id_code):
+        return self.fc_skeleton(id_code).view(self.num_joints, 3)
+
+
+class SkinRefineNet(nn.Module):
+    """Pose- and identity-dependent vertex correctives, mm.
+
+    ``pose(euler (B,J,3)) → (B,V,3)``; ``identity(id_code (32,)) → (V,3)``.
+    """
+
+    def __init__(self, num_joints: int, num_vertices: int, id_dim: int = 32, hidden: int = 256):
+        super().__init__()
+        self.num_vertices = num_vertices
+        self.fc_pose = _mlp(num_joints * 3, hidden, num_vertices * 3)
+        self.fc_id = _mlp(id_dim, hidden, num_vertices * 3)
+        for fc in (self.fc_pose, self.fc_id):  # start at plain LBS
+            nn.init.zeros_(fc[-1].weight)
+            nn.init.zeros_(fc[-1].bias)
+
+    def pose(self, euler):
+        return self.fc_pose(euler.reshape(euler.shape[0], -1)).view(-1, self.num_vertices, 3)
+
+    def identity(self, id_code):
+        return self.fc_id(id_code).view(self.num_vertices, 3)
+
+
+class DeepHandMesh(nn.Module):
+    """The DeepHandMesh encoder–decoder.
+
+    Args:
+        hand_model: template, skeleton and skinning.
+        backbone: ResNet depth, 18, 34 or 50 (the paper uses 50).
+        id_dim: length of the identity code.
+        use_pose_corrective, use_id_corrective, use_skeleton_corrective: switches
+            (mutable attributes; the ablation study turns them off).
+    """
+
+    def __init__(self, hand_model: HandModel, backbone: int = 50, id_dim: int = 32,
+                 use_pose_corrective: bool = True, use_id_corrective: bool = True,
+                 use_skeleton_corrective: bool = True, seed: int | None = 0):
+        super().__init__()
+        self.hand = HandLayer(hand_model)
+        J, V = self.hand.num_joints, self.hand.num_vertices
+        self.backbone_depth = backbone
+        self.backbone_net = BackboneNet(backbone)
+        self.pose_net = PoseNet(self.hand.dof_mask)
+        self.skeleton_refine_net = SkeletonRefineNet(J, id_dim)
+        self.skin_refine_net = SkinRefineNet(J, V, id_dim)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.register_buffer("id_code", torch.randn(id_dim, generator=gen))
+        self.use_pose_corrective = use_pose_corrective
+        self.use_id_corrective = use_id_corrective
+        self.use_skeleton_corrective = use_skeleton_corrective
+        self._cache: dict = {}
+
+    # ------------------------------------------------------------ correctives
+    def _cached(self, name, module, fn):
+        """``fn()`` cached while neither its weights nor ``id_code`` change and no grad is needed.
+
+        The identity-dependent terms are constant per identity, so inference
+        does not pay for them per pose.
+        """
+        params = list(module.parameters())
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return fn()
+        key = (tuple(p._version for p in params), tuple(p.data_ptr() for p in params),
+               self.id_code._version, self.id_code.data_ptr())
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.no_grad():
+            value = fn()
+        self._cache[name] = (key, value)
+        return value
+
+    def skeleton_corrective(self) -> torch.Tensor:
+        """(J, 3) corrective of local bone translations, mm."""
+        return self._cached("skeleton", self.skeleton_refine_net, lambda: self.skeleton_refine_net(self.id_code))
+
+    def identity_corrective(self) -> torch.Tensor:
+        """(V, 3) identity-dependent vertex corrective, mm."""
+        return self._cached("identity", self.skin_refine_net.fc_id,
+                            lambda: self.skin_refine_net.identity(self.id_code))
+
+    def pose_corrective(self, euler: torch.Tensor) -> torch.Tensor:
+        """(B, J, 3) Euler angles → (B, V, 3) pose-dependent vertex corrective, mm."""
+        return self.skin_refine_net.pose(euler * self.hand.dof_mask.to(euler.dtype))
+
+    # ----------------------------------------------------------------- decode
+    def decode(self, euler: torch.Tensor, root_transform: torch.Tensor | None = None) -> HandPose:
+        """Euler angles (B, J, 3) radians → joints (B, J, 3) and vertices (B, V, 3), mm."""
+        offsets = None
+        if self.use_id_corrective:
+            offsets = self.identity_corrective()
+        if self.use_pose_corrective:
+            p = self.pose_corrective(euler)
+            offsets = p if offsets is None else p + offsets
+        joint_offsets = self.skeleton_corrective() if self.use_skeleton_corrective else None
+        return self.hand(euler, vertex_offsets=offsets, joint_offsets=joint_offsets,
+                         root_transform=root_transform)
+
+    def forward(self, image: torch.Tensor, root_transform: torch.Tensor | None = None) -> HandPose:
+        """Image (B, 3, H, W), normalized to [0, 1] → HandPose (Euler angles, joints, vertices)."""
+        euler = self.pose_net(self.backbone_net(image))
+        return self.decode(euler, root_transform)
