@@ -374,10 +374,16 @@ def validate_poses(model: HandModel, folder=Path("."), glob_lines=None, inv_line
         raise HandModelError(folder / "global_pose_inv.txt", inv_lines.get(j),
                              f"pose of {names[j]!r} is not the inverse of global_pose.txt's "
                              f"(|G·G⁻¹ − I| = {err[j]:.3g})")
-    # unit mix-up: joints must lie within (a margin around) the mesh's bounding box
+    # unit mix-up: joints must span about as much as the mesh and lie within (a margin around) it
     lo, hi = model.vertices.min(0), model.vertices.max(0)
-    margin = 0.5 * (hi - lo).max()
     pos = model.global_pose[:, :3, 3]
+    ratio = float(np.ptp(pos, axis=0).max()) / max(float((hi - lo).max()), 1e-12)
+    if not 0.25 <= ratio <= 4.0:
+        raise HandModelError(folder / "global_pose.txt", None,
+                             f"joints span {np.ptp(pos, axis=0).max():.4g} mm but hand.obj spans "
+                             f"{(hi - lo).max():.4g} mm (ratio {ratio:.3g}); expected poses in mm and "
+                             "hand.obj in cm (a unit mix-up?)")
+    margin = 0.5 * (hi - lo).max()
     outside = np.maximum(lo - margin - pos, pos - hi - margin).max(1)
     j = int(np.argmax(outside))
     if outside[j] > 0:

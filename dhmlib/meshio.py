@@ -1,0 +1,95 @@
+"""Plain mesh files: OBJ and binary-free ASCII PLY, vertices in a chosen unit.
+
+Vertices are millimetres inside dhmlib; ``unit="cm"`` writes centimetres
+(the unit of the official ``hand.obj``).  Floats are written with ``repr`` so
+that a file read back gives the same float64 values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+_SCALE = {"mm": 1.0, "cm": 0.1, "m": 0.001}
+
+
+def _scale(unit: str) -> float:
+    if unit not in _SCALE:
+        raise ValueError(f"unit must be one of {sorted(_SCALE)}, got {unit!r}")
+    return _SCALE[unit]
+
+
+def write_obj(path, vertices, faces, unit: str = "mm") -> Path:
+    """Write (V, 3) vertices (mm) and (F, 3) 0-based faces as an OBJ file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    v = np.asarray(vertices, dtype=np.float64) * _scale(unit)
+    f = np.asarray(faces, dtype=np.int64) + 1
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"# dhmlib mesh, {len(v)} vertices, {len(f)} faces, unit {unit}\n")
+        fh.write("".join(f"v {x!r} {y!r} {z!r}\n" for x, y, z in v.tolist()))
+        fh.write("".join(f"f {a} {b} {c}\n" for a, b, c in f.tolist()))
+    return path
+
+
+def read_obj(path, unit: str = "mm"):
+    """Read an OBJ's vertices (converted to mm from ``unit``) and triangle faces (0-based)."""
+    path = Path(path)
+    verts, faces = [], []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            tok = line.split()
+            if not tok or tok[0].startswith("#"):
+                continue
+            if tok[0] == "v":
+                verts.append([float(t) for t in tok[1:4]])
+            elif tok[0] == "f":
+                if len(tok) != 4:
+                    raise ValueError(f"{path}:{n}: expected a triangle 'f a b c', got {line.strip()!r}")
+                faces.append([int(t.split("/")[0]) - 1 for t in tok[1:4]])
+    return np.asarray(verts) / _scale(unit), np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+
+
+def write_ply(path, vertices, faces, colors=None, unit: str = "mm") -> Path:
+    """Write an ASCII PLY; ``colors`` (V, 3) uint8 optional."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    v = np.asarray(vertices, dtype=np.float64) * _scale(unit)
+    f = np.asarray(faces, dtype=np.int64)
+    head = ["ply", "format ascii 1.0", f"comment dhmlib unit {unit}", f"element vertex {len(v)}",
+            "property double x", "property double y", "property double z"]
+    if colors is not None:
+        head += ["property uchar red", "property uchar green", "property uchar blue"]
+    head += [f"element face {len(f)}", "property list uchar int vertex_indices", "end_header"]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(head) + "\n")
+        if colors is None:
+            fh.write("".join(f"{x!r} {y!r} {z!r}\n" for x, y, z in v.tolist()))
+        else:
+            c = np.asarray(colors, dtype=np.uint8).tolist()
+            fh.write("".join(f"{x!r} {y!r} {z!r} {r} {g} {b}\n" for (x, y, z), (r, g, b) in zip(v.tolist(), c)))
+        fh.write("".join(f"3 {a} {b} {c}\n" for a, b, c in f.tolist()))
+    return path
+
+
+def read_ply(path, unit: str = "mm"):
+    """Read an ASCII PLY written by :func:`write_ply` (or any ASCII triangle PLY)."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    if not lines or lines[0] != "ply" or "format ascii 1.0" not in lines[1]:
+        raise ValueError(f"{path}:1: expected an ASCII PLY header ('ply', 'format ascii 1.0')")
+    nv = nf = 0
+    for i, line in enumerate(lines):
+        if line.startswith("element vertex"):
+            nv = int(line.split()[2])
+        elif line.startswith("element face"):
+            nf = int(line.split()[2])
+        elif line == "end_header":
+            body = lines[i + 1:]
+            break
+    else:
+        raise ValueError(f"{path}: expected 'end_header'")
+    v = np.array([[float(t) for t in row.split()[:3]] for row in body[:nv]]).reshape(-1, 3)
+    f = np.array([[int(t) for t in row.split()[1:4]] for row in body[nv:nv + nf]], dtype=np.int64).reshape(-1, 3)
+    return v / _scale(unit), f

@@ -1,0 +1,148 @@
+"""Decoder and network: rest pose, locality, batching, gradients."""
+import numpy as np
+import pytest
+import torch
+
+from dhmlib.model import DeepHandMesh, HandLayer
+from toyhand import toy_hand
+
+
+@pytest.fixture(scope="module")
+def hand():
+    return toy_hand(3000, seed=1)
+
+
+def random_model(hand, **kw):
+    """A model whose correctives are non-zero (random last layers)."""
+    torch.manual_seed(0)
+    m = DeepHandMesh(hand, backbone=18, **kw)
+    for fc in (m.skin_refine_net.fc_pose, m.skin_refine_net.fc_id, m.skeleton_refine_net.fc_skeleton):
+        torch.nn.init.normal_(fc[-1].weight, std=0.05)
+        torch.nn.init.normal_(fc[-1].bias, std=0.5)
+    return m
+
+
+def test_rest_pose_reproduces_template(hand):
+    m = random_model(hand, use_pose_corrective=False, use_id_corrective=False, use_skeleton_corrective=False)
+    m.hand.double()
+    out = m.decode(torch.zeros(1, hand.num_joints, 3, dtype=torch.float64))
+    assert (out.vertices[0] - torch.tensor(hand.vertices)).abs().max() <= 1e-4
+    assert (out.joints[0] - torch.tensor(hand.bind_joints)).abs().max() <= 1e-4
+    # float32 too
+    m32 = random_model(hand, use_pose_corrective=False, use_id_corrective=False, use_skeleton_corrective=False)
+    out = m32.decode(torch.zeros(2, hand.num_joints, 3))
+    assert (out.vertices - torch.tensor(hand.vertices, dtype=torch.float32)).abs().max() <= 1e-4
+
+
+def test_correctives_change_the_rest_pose_when_on(hand):
+    m = random_model(hand)
+    out = m.decode(torch.zeros(1, hand.num_joints, 3))
+    assert (out.vertices[0] - torch.tensor(hand.vertices, dtype=torch.float32)).abs().max() > 0.1
+    m.use_pose_corrective = m.use_id_corrective = m.use_skeleton_corrective = False
+    out = m.decode(torch.zeros(1, hand.num_joints, 3))
+    assert (out.vertices[0] - torch.tensor(hand.vertices, dtype=torch.float32)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("joint", ["index1", "middle2", "thumb0", "pinky3"])
+def test_one_joint_moves_only_its_vertices(hand, joint):
+    layer = HandLayer(hand, dtype=torch.float64)
+    sk = hand.skeleton
+    j = sk.index(joint)
+    e = torch.zeros(1, hand.num_joints, 3, dtype=torch.float64)
+    e[0, j, 2] = 0.8
+    out = layer(e)
+    moved = (out.vertices[0] - layer.template).norm(dim=-1) > 1e-9
+    affected = [j] + sk.descendants(j)
+    weighted = hand.skinning_weights[:, affected].sum(1) > 0
+    assert moved.any()
+    assert not (moved.numpy() & ~weighted).any(), "a vertex without weight on the joint's subtree moved"
+    assert (moved.numpy() | ~weighted).all(), "a vertex weighted to the subtree did not move"
+    # joints: only the subtree's joints below j move (j itself rotates in place)
+    jm = (out.joints[0] - torch.tensor(hand.bind_joints)).norm(dim=-1) > 1e-9
+    assert set(np.nonzero(jm.numpy())[0]) == set(sk.descendants(j))
+
+
+def test_axes_without_dof_are_ignored(hand):
+    layer = HandLayer(hand, dtype=torch.float64)
+    e = torch.zeros(1, hand.num_joints, 3, dtype=torch.float64)
+    e[0, hand.skeleton.index("index2"), 0] = 1.0  # index2 has only z
+    e[0, hand.skeleton.root] = 1.0
+    assert torch.equal(layer(e).vertices, layer(torch.zeros_like(e)).vertices)
+
+
+def test_batched_decode_equals_single_decodes(hand):
+    m = random_model(hand)
+    torch.manual_seed(1)
+    e = (torch.rand(64, hand.num_joints, 3) - 0.5) * 2
+    with torch.no_grad():
+        batched = m.decode(e)
+        singles = [m.decode(e[i:i + 1]) for i in range(64)]
+    np.testing.assert_allclose(batched.vertices.numpy(), torch.cat([s.vertices for s in singles]).numpy(),
+                               atol=2e-4)
+    np.testing.assert_allclose(batched.joints.numpy(), torch.cat([s.joints for s in singles]).numpy(), atol=1e-4)
+
+
+def test_gradients_reach_euler_and_corrective_weights(hand):
+    m = random_model(hand)
+    e = (torch.rand(4, hand.num_joints, 3) - 0.5).requires_grad_()
+    out = m.decode(e)
+    (out.vertices.square().mean() + out.joints.square().mean()).backward()
+    dof = m.hand.dof_mask
+    assert e.grad[:, dof].abs().min() > 0, "every DoF gets a gradient"
+    assert (e.grad[:, ~dof] == 0).all()
+    for name in ("skin_refine_net.fc_pose.0.weight", "skin_refine_net.fc_pose.2.weight",
+                 "skin_refine_net.fc_id.0.weight", "skin_refine_net.fc_id.2.weight",
+                 "skeleton_refine_net.fc_skeleton.0.weight", "skeleton_refine_net.fc_skeleton.2.weight"):
+        g = dict(m.named_parameters())[name].grad
+        assert g is not None and g.abs().sum() > 0, name
+
+
+def test_euler_gradient_matches_finite_differences(hand):
+    layer = HandLayer(hand, dtype=torch.float64)
+    e = (torch.rand(1, hand.num_joints, 3, dtype=torch.float64) - 0.5)
+    e.requires_grad_()
+    f = lambda x: layer(x).vertices[0, ::50].sum()
+    f(e).backward()
+    j = hand.skeleton.index("middle1")
+    h = 1e-6
+    for a in range(3):
+        d = torch.zeros_like(e)
+        d[0, j, a] = h
+        fd = (f(e.detach() + d) - f(e.detach() - d)) / (2 * h)
+        assert float(e.grad[0, j, a]) == pytest.approx(float(fd), rel=1e-5, abs=1e-6)
+
+
+def test_forward_from_image(hand):
+    m = random_model(hand).eval()
+    with torch.no_grad():
+        out = m(torch.rand(2, 3, 128, 128))
+    assert out.euler.shape == (2, hand.num_joints, 3) and out.vertices.shape == (2, hand.num_vertices, 3)
+    assert out.euler.abs().max() <= np.pi
+    assert (out.euler[:, ~m.hand.dof_mask] == 0).all()
+
+
+def test_identity_corrective_cache_invalidates_on_weight_change(hand):
+    m = random_model(hand).eval()
+    e = torch.zeros(1, hand.num_joints, 3)
+    with torch.no_grad():
+        a = m.decode(e).vertices.clone()
+        b = m.decode(e).vertices.clone()
+        m.skin_refine_net.fc_id[2].bias.add_(1.0)
+        c = m.decode(e).vertices
+    assert torch.equal(a, b)
+    assert (c - a).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50])
+def test_backbone_names_follow_torchvision(hand, depth):
+    m = DeepHandMesh(hand, backbone=depth)
+    keys = set(m.state_dict())
+    assert "backbone_net.resnet.conv1.weight" in keys and "backbone_net.resnet.layer4.0.downsample.0.weight" in keys
+    assert ("backbone_net.resnet.layer1.0.conv3.weight" in keys) == (depth == 50)
+    n_blocks = {18: 2, 34: 3, 50: 3}[depth]
+    assert f"backbone_net.resnet.layer1.{n_blocks - 1}.conv1.weight" in keys
+    assert f"backbone_net.resnet.layer1.{n_blocks}.conv1.weight" not in keys
+    assert m.backbone_net.fc[0].in_features == (2048 if depth == 50 else 512)
+    # parameter count of torchvision's resnet trunks (fc excluded), a published fact
+    trunk = sum(p.numel() for p in m.backbone_net.resnet.parameters())
+    assert trunk == {18: 11176512, 34: 21284672, 50: 23508032}[depth]
