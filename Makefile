@@ -1,0 +1,53 @@
+# The README's commands.  `make run` and `make test` each set everything up first.
+PYTHON ?= python3
+TORCH  ?= torch==2.13.0
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+DHM    := $(VENV)/bin/dhm
+
+.PHONY: setup setup-dev chromium run test test-fast bench lab clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# base + notebook stack; the pinned CPU torch is installed first so nothing larger is pulled in
+$(VENV)/.stamp-lab: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[lab]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dhmlib)" >/dev/null
+	touch $@
+
+$(VENV)/.stamp-dev: $(VENV)/.stamp-lab
+	$(PIP) install -q -e '.[dev,lab]'
+	touch $@
+
+setup: $(VENV)/.stamp-lab
+setup-dev: $(VENV)/.stamp-dev chromium
+
+# Debian's Chromium for the browser tests (Playwright cannot download browsers here)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: run 'sudo apt-get install -y chromium' (browser tests need it)"; fi; }
+
+# main job: the procedural hand model and a posed demo mesh (later: the notebook series)
+run: setup
+	$(DHM) hand-model --out data/hand_model
+	$(DHM) demo --hand-model data/hand_model --euler 'index1.z=60,index2.z=70,index3.z=40,middle1.z=80,middle2.z=90,middle3.z=50,ring1.z=80,ring2.z=90,ring3.z=50,pinky1.z=80,pinky2.z=90,pinky3.z=50' --out output/vis/demo_mesh.obj
+
+test: setup-dev
+	$(PY) -m pytest -ra
+
+test-fast: setup-dev
+	$(PY) -m pytest -ra -m "not slow"
+
+bench: setup-dev
+	$(PIP) install -q -e '.[dev,lab,bench]'
+	$(PY) bench/decode.py
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks
+
+clean:
+	rm -rf $(VENV) build *.egg-info
