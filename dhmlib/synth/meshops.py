@@ -1,0 +1,72 @@
+"""Small mesh operations on (V, 3) vertex and (F, 3) face arrays (numpy / scipy.sparse)."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def unique_edges(faces: np.ndarray) -> np.ndarray:
+    """(E, 2) undirected edges ``i < j`` of a triangle mesh with faces (F, 3)."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    e.sort(axis=1)
+    return np.unique(e, axis=0)
+
+
+def adjacency(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
+    """(V, V) symmetric 0/1 vertex adjacency."""
+    e = unique_edges(faces)
+    ones = np.ones(2 * len(e))
+    rows = np.concatenate([e[:, 0], e[:, 1]])
+    cols = np.concatenate([e[:, 1], e[:, 0]])
+    return sp.csr_matrix((ones, (rows, cols)), shape=(num_vertices, num_vertices))
+
+
+def averaging_operator(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
+    """(V, V) row-stochastic operator: each vertex → mean of its neighbours (uniform Laplacian + I)."""
+    A = adjacency(faces, num_vertices)
+    deg = np.asarray(A.sum(1)).ravel()
+    return sp.diags(1.0 / np.maximum(deg, 1.0)) @ A
+
+
+def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int = 5,
+                  lam: float = 0.5, mu: float = -0.53) -> np.ndarray:
+    """Taubin λ|μ smoothing (low-pass, nearly volume preserving).
+
+    Args:
+        vertices: (V, 3) mm.  faces: (F, 3).
+    Returns:
+        (V, 3) smoothed vertices, mm.
+    """
+    M = averaging_operator(faces, len(vertices))
+    v = vertices.copy()
+    for _ in range(iterations):
+        v = v + lam * (M @ v - v)
+        v = v + mu * (M @ v - v)
+    return v
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V, 3) unit area-weighted vertex normals (outward for counter-clockwise faces)."""
+    fn = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
+    n = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(n, faces[:, k], fn)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+def largest_component(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the face-connected component with the most faces; drop unreferenced vertices.
+
+    Returns:
+        vertices (V', 3), faces (F', 3) re-indexed.
+    """
+    from ..meshcheck import connected_components
+
+    n, labels = connected_components(faces, len(vertices))
+    if n > 1:
+        counts = np.bincount(labels[faces[:, 0]], minlength=n)
+        faces = faces[labels[faces[:, 0]] == np.argmax(counts)]
+    used = np.zeros(len(vertices), bool)
+    used[faces.ravel()] = True
+    remap = np.cumsum(used) - 1
+    return vertices[used], remap[faces]
