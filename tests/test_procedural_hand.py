@@ -72,6 +72,16 @@ def test_realistic_size(hand):
     assert 22 < np.ptp(hand.vertices[mid, 1]) < 32               # palm thickness
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_other_identities_are_clean_too(seed):
+    m = build_procedural_hand(2000, seed=seed)
+    report = mc.check_mesh(m.vertices, m.faces)
+    assert report["watertight"] and report["edge_manifold"] and report["components"] == 1
+    assert report["signed_volume"] > 0 and report["degenerate_faces"] == 0
+    assert report["self_intersections"] == 0
+    validate_poses(m)
+
+
 @pytest.mark.parametrize("target", [3000, 8000])
 def test_vertex_count_near_target(target, hand):
     m = hand if target == 8000 else build_procedural_hand(target, seed=0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ..meshcheck import connected_components
+
 
 def unique_edges(faces: np.ndarray) -> np.ndarray:
     """(E, 2) undirected edges ``i < j`` of a triangle mesh with faces (F, 3)."""
@@ -60,8 +62,6 @@ def largest_component(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarr
     Returns:
         vertices (V', 3), faces (F', 3) re-indexed.
     """
-    from ..meshcheck import connected_components
-
     n, labels = connected_components(faces, len(vertices))
     if n > 1:
         counts = np.bincount(labels[faces[:, 0]], minlength=n)

@@ -36,7 +36,7 @@ from ..meshcheck import signed_volume
 from ..skeleton import FINGERS, OFFICIAL_JOINT_NAMES, Skeleton, short_name
 from .identity import HandIdentity
 from .meshops import averaging_operator, largest_component, taubin_smooth, unique_edges, vertex_normals
-from .sdf import Ellipsoid, Part, RoundBox, RoundCone, evaluate_grid, evaluate_points, scene_bounds
+from .sdf import Ellipsoid, Part, RoundBox, RoundCone, evaluate_grid, scene_bounds
 
 # ----------------------------------------------------------------------------- anatomy (default hand, mm)
 #: Knuckle (``*1``) position (x, y, z), fan angle toward +z (rad), phalanx lengths
@@ -379,7 +379,3 @@ def build_procedural_hand(target_vertices: int = 8000, seed: int = 0,
     return HandModel(verts, faces, uvs, faces.copy(), layout.skeleton, W, local, G.copy(),
                      np.linalg.inv(G), meta=meta)
 
-
-def surface_distance(model_parts, points: np.ndarray) -> np.ndarray:
-    """Signed distance of ``points: (N, 3)`` mm to the implicit hand surface (before meshing), mm."""
-    return evaluate_points(model_parts, points)

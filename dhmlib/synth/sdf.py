@@ -14,7 +14,7 @@ the smooth union, which keeps the grid evaluation cheap.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -74,14 +74,10 @@ class RoundBox:
 
 @dataclass(frozen=True)
 class Part:
-    """Primitives joined by ``min``; the part joins the scene with a smooth union of radius ``blend`` (mm).
-
-    ``label`` is free text (e.g. the joint that drives the part) for callers.
-    """
+    """Primitives joined by ``min``; the part joins the scene with a smooth union of radius ``blend`` (mm)."""
 
     prims: tuple
     blend: float = 0.0
-    labels: tuple = field(default=())
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
         return np.min(np.stack([f(p) for f in self.prims]), axis=0)
