@@ -103,9 +103,42 @@ def run_demo(args):
     print(f"wrote {path} ({len(verts)} vertices, unit {args.unit}, frame {args.frame})")
 
 
+# ---------------------------------------------------------- other modules
+def add_check_data(p):
+    from .data.check import add_check_data as add
+    add(p)
+
+
+def run_check_data(args):
+    from .data.check import run_check_data as run
+    run(args)
+
+
+def add_notebooks(p):
+    from .notebooks import add_notebooks as add
+    add(p)
+
+
+def run_notebooks(args):
+    from .notebooks import run_notebooks_cli
+    run_notebooks_cli(args)
+
+
+def add_synth(p):
+    from .synth.capture import add_synth_arguments
+    add_synth_arguments(p)
+
+
+def run_synth(args):
+    from .synth.capture import run_synth as run
+    run(args)
+
+
 COMMANDS = {
     "hand-model": (add_hand_model, run_hand_model, "build the procedural hand model in the official format"),
     "demo": (add_demo, run_demo, "pose a hand model (and snapshot) with Euler angles and write a mesh"),
+    "check-data": (add_check_data, run_check_data, "check a dataset in the official layout; non-zero exit on problems"),
+    "notebooks": (add_notebooks, run_notebooks, "run notebooks/ in order with papermill into output/notebooks/"),
 }
 
 

@@ -134,28 +134,31 @@ def skinning_transforms(global_transforms: torch.Tensor, global_bind_inv: torch.
 def linear_blend_skinning(vertices: torch.Tensor, weights: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
     """Linear blend skinning ``v' = Σ_j w_vj (A_j [v; 1])``.
 
-    The J transforms are blended first (``W @ A``, one GEMM) and applied once,
-    so no (B, V, 4, 4) tensor is formed.
+    The J transforms of all B samples are blended in one GEMM,
+    ``W (V, J) @ A (J, B·12)``, and applied once with fused multiply-adds, so
+    no (B, V, 4, 4) tensor is formed.
 
     Args:
         vertices: (B, V, 3) or (V, 3) rest-pose vertices (mm).
         weights: (V, J) skinning weights.
         transforms: (B, J, 3, 4) bind-relative transforms from :func:`skinning_transforms`.
     Returns:
-        (B, V, 3) posed vertices.
+        (B, V, 3) posed vertices (a transposed view of a (V, B, 3) buffer).
     """
     B, J = transforms.shape[:2]
-    # (B, J, 3, 4) → (B, J, 12) with the 12 values ordered (column of [R|t], row)
-    a = transforms.transpose(-1, -2).reshape(B, J, 12)
-    blended = torch.matmul(weights, a)                               # (B, V, 12)
-    V = blended.shape[1]
-    blended = blended.view(B, V, 4, 3)
+    V = weights.shape[0]
+    # (B, J, 3, 4) → (J, B·12), the 12 values of a sample ordered (column of [R|t], row)
+    a = transforms.transpose(-1, -2).permute(1, 0, 2, 3).reshape(J, B * 12)
+    blended = (weights @ a).view(V, B, 4, 3)                         # (V, B, 4, 3)
     if vertices.dim() == 2:
-        vertices = vertices.unsqueeze(0)
-    # Σ_k M[:, k] * v_k  + t
-    out = blended[:, :, 3] + blended[:, :, 0] * vertices[..., 0:1] \
-        + blended[:, :, 1] * vertices[..., 1:2] + blended[:, :, 2] * vertices[..., 2:3]
-    return out
+        r = vertices.unsqueeze(1)                                   # (V, 1, 3)
+    else:
+        r = vertices.transpose(0, 1)                                # (V, B, 3)
+    # t + Σ_k M[:, k] v_k
+    out = torch.addcmul(blended[:, :, 3], blended[:, :, 0], r[..., 0:1])
+    out = out.addcmul(blended[:, :, 1], r[..., 1:2])
+    out = out.addcmul(blended[:, :, 2], r[..., 2:3])
+    return out.transpose(0, 1)
 
 
 def rigid_align(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None):

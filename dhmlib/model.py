@@ -95,7 +95,8 @@ class HandLayer(nn.Module):
 
     def forward(self, euler: torch.Tensor, vertex_offsets: torch.Tensor | None = None,
                 joint_offsets: torch.Tensor | None = None,
-                root_transform: torch.Tensor | None = None) -> HandPose:
+                root_transform: torch.Tensor | None = None,
+                rest_vertices: torch.Tensor | None = None) -> HandPose:
         """Pose the hand.
 
         Args:
@@ -103,6 +104,8 @@ class HandLayer(nn.Module):
             vertex_offsets: (B, V, 3) or (V, 3) corrective added to the template before skinning, mm.
             joint_offsets: (J, 3) or (B, J, 3) corrective added to local bind translations, mm.
             root_transform: (B, 4, 4) or (4, 4) placement of the root; None keeps its bind pose.
+            rest_vertices: (B, V, 3) or (V, 3) rest shape to skin instead of the template
+                (``vertex_offsets`` are added to it).
         Returns:
             HandPose with (B, J, 3) joints and (B, V, 3) vertices in mm.
         """
@@ -118,7 +121,7 @@ class HandLayer(nn.Module):
                                local[..., 3:, :].expand(trans.shape[:-1] + (1, 4))], -2)
         G = forward_kinematics(rot, local, self._device_tree(), root_transform)   # (B, J, 4, 4)
         A = skinning_transforms(G, self.global_bind_inv.to(euler.dtype))         # (B, J, 3, 4)
-        rest = self.template.to(euler.dtype)
+        rest = self.template.to(euler.dtype) if rest_vertices is None else rest_vertices
         if vertex_offsets is not None:
             rest = rest + vertex_offsets
         verts = linear_blend_skinning(rest, self.skin_weights.to(euler.dtype), A)
@@ -195,6 +198,19 @@ class SkinRefineNet(nn.Module):
     def pose(self, euler):
         return self.fc_pose(euler.reshape(euler.shape[0], -1)).view(-1, self.num_vertices, 3)
 
+    def pose_plus(self, euler, base):
+        """``base + pose(euler)`` in one GEMM (``base`` folded into the last layer's bias).
+
+        Args:
+            euler: (B, J, 3) radians.  base: (V, 3) mm.
+        Returns:
+            (B, V, 3) mm.
+        """
+        hidden = self.fc_pose[1](self.fc_pose[0](euler.reshape(euler.shape[0], -1)))
+        last = self.fc_pose[2]
+        out = torch.addmm(last.bias + base.reshape(-1), hidden, last.weight.t())
+        return out.view(-1, self.num_vertices, 3)
+
     def identity(self, id_code):
         return self.fc_id(id_code).view(self.num_vertices, 3)
 
@@ -264,15 +280,13 @@ class DeepHandMesh(nn.Module):
     # ----------------------------------------------------------------- decode
     def decode(self, euler: torch.Tensor, root_transform: torch.Tensor | None = None) -> HandPose:
         """Euler angles (B, J, 3) radians → joints (B, J, 3) and vertices (B, V, 3), mm."""
-        offsets = None
+        rest = self.hand.template.to(euler.dtype)
         if self.use_id_corrective:
-            offsets = self.identity_corrective()
+            rest = rest + self.identity_corrective()
         if self.use_pose_corrective:
-            p = self.pose_corrective(euler)
-            offsets = p if offsets is None else p + offsets
+            rest = self.skin_refine_net.pose_plus(euler * self.hand.dof_mask.to(euler.dtype), rest)
         joint_offsets = self.skeleton_corrective() if self.use_skeleton_corrective else None
-        return self.hand(euler, vertex_offsets=offsets, joint_offsets=joint_offsets,
-                         root_transform=root_transform)
+        return self.hand(euler, joint_offsets=joint_offsets, root_transform=root_transform, rest_vertices=rest)
 
     def forward(self, image: torch.Tensor, root_transform: torch.Tensor | None = None) -> HandPose:
         """Image (B, 3, H, W), normalized to [0, 1] → HandPose (Euler angles, joints, vertices)."""
