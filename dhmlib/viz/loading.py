@@ -1,0 +1,94 @@
+"""Find the model the posing notebook drives: hand model folder + optional snapshot."""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..handmodel import HandModel, default_hand_model_dir
+
+
+@dataclass(frozen=True)
+class PosingModel:
+    """What :func:`load_posing_model` found.
+
+    Attributes:
+        model: a ``DeepHandMesh`` (correctives zero unless a snapshot was loaded).
+        hand_model_dir: the folder the hand model was read from.
+        snapshot: the snapshot file loaded, or None.
+        built: whether the procedural hand was built into ``hand_model_dir`` by this call.
+    """
+
+    model: object
+    hand_model_dir: Path
+    snapshot: Path | None
+    built: bool
+
+    def describe(self) -> str:
+        hm = self.model.hand.hand_model
+        src = f"snapshot {self.snapshot}" if self.snapshot else "no snapshot (untrained: correctives are zero)"
+        made = " (built now)" if self.built else ""
+        return f"hand model {self.hand_model_dir}{made}: {hm.num_vertices} vertices; {src}"
+
+
+def default_output_dir() -> Path:
+    """``$DHM_OUTPUT/vis`` or ``./output/vis`` (where the widget exports meshes and pictures)."""
+    return Path(os.environ.get("DHM_OUTPUT", "output")) / "vis"
+
+
+def latest_snapshot(folder=None) -> Path | None:
+    """The ``snapshot_<epoch>.pth.tar`` with the highest epoch in ``folder``
+    (default ``$DHM_OUTPUT/model_dump`` or ``output/model_dump``), or None."""
+    folder = Path(folder) if folder is not None else Path(os.environ.get("DHM_OUTPUT", "output")) / "model_dump"
+    found = []
+    for p in folder.glob("snapshot_*.pth.tar"):
+        m = re.fullmatch(r"snapshot_(\d+)\.pth\.tar", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os.PathLike = "",
+                      vertices: int = 8000, backbone: int = 18) -> PosingModel:
+    """Load (or build) a hand model and wrap it in a ``DeepHandMesh`` for posing.
+
+    Args:
+        hand_model_dir: official-format ``hand_model/`` folder.  ``""`` means
+            ``$DHM_DATA/hand_model`` (default ``data/hand_model``), where the procedural hand
+            (``vertices`` target) is built and written if the folder has no ``hand.obj``.
+        snapshot: ``""`` for none, ``"latest"`` for the newest training checkpoint in
+            ``output/model_dump`` if there is one (one that does not fit the hand model is
+            skipped with a warning), or a path (errors are raised).
+        vertices: target vertex count of a procedural hand built here.
+        backbone: ResNet depth of the untrained model (a snapshot brings its own).
+    """
+    from ..model import DeepHandMesh
+    from ..snapshot import SnapshotError, model_from_snapshot
+
+    built = False
+    if str(hand_model_dir) == "":
+        folder = default_hand_model_dir()
+        if not (folder / "hand.obj").is_file():
+            from ..synth import build_procedural_hand
+
+            build_procedural_hand(target_vertices=int(vertices)).write(folder)
+            built = True
+    else:
+        folder = Path(hand_model_dir)
+    hand = HandModel.read(folder)
+
+    path = None
+    if str(snapshot) == "latest":
+        path = latest_snapshot()
+        if path is not None:
+            try:
+                return PosingModel(model_from_snapshot(path, hand).eval(), folder, path, built)
+            except SnapshotError as e:
+                warnings.warn(f"skipping {path}: {e}", stacklevel=2)
+                path = None
+    elif str(snapshot) != "":
+        path = Path(snapshot)
+        return PosingModel(model_from_snapshot(path, hand).eval(), folder, path, built)
+    return PosingModel(DeepHandMesh(hand, backbone=backbone).eval(), folder, None, built)

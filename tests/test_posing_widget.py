@@ -1,0 +1,261 @@
+"""Kernel-side tests of the posing widget (no browser): values pushed to pythreejs equal decode()."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dhmlib import meshio
+from dhmlib.model import DeepHandMesh
+from dhmlib.viz import (PRESETS, PosingWidget, joint_limits_deg, model_pose_fn, preset_degrees,
+                        preset_names, within_limits)
+from dhmlib.viz.geometry import SKIN_RGB, NormalSolver
+from toyhand import toy_hand
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "04_posing_widget.ipynb"
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A DeepHandMesh with non-zero pose/identity/skeleton correctives (zero-init would hide them)."""
+    m = DeepHandMesh(toy_hand(600), backbone=18)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for lin in (m.skin_refine_net.fc_pose[-1], m.skin_refine_net.fc_id[-1],
+                    m.skeleton_refine_net.fc_skeleton[-1]):
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.05)
+            lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.5)
+    return m.eval()
+
+
+def decode(model, euler_rad, pose=True, identity=True):
+    """Reference: (J, 3) radians → (V, 3) vertices from decode() with the given switches."""
+    saved = model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective
+    model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective = pose, identity, identity
+    try:
+        with torch.no_grad():
+            out = model.decode(torch.as_tensor(euler_rad, dtype=torch.float32)[None])
+    finally:
+        model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective = saved
+    return out.vertices[0].numpy(), out.joints[0].numpy()
+
+
+def widget(model, **kw):
+    kw.setdefault("output_dir", None)
+    return PosingWidget.from_model(model, **kw)
+
+
+def test_sliders_follow_skeleton_and_limits(model):
+    w = widget(model)
+    sk = model.hand.skeleton
+    mask, lim = sk.dof_mask(), joint_limits_deg(sk)
+    assert len(w.sliders) == int(mask.sum()) == 28
+    for (short, axis), s in w.sliders.items():
+        j, a = sk.index(short), "xyz".index(axis)
+        assert mask[j, a]
+        assert (s.min, s.max) == tuple(lim[j, a])
+        assert s.description.startswith(short)
+    assert not any(s.startswith("wrist") or s.endswith("_null") for s, _ in w.sliders)
+    assert [t for t in w.finger_tabs.titles] == ["thumb", "index", "middle", "ring", "pinky"]
+
+
+@pytest.mark.parametrize("joint,axis,deg", [("index1", "z", 30.0), ("thumb0", "x", -12.5), ("pinky2", "z", 70.0)])
+def test_slider_change_gives_decode_vertices_exactly(model, joint, axis, deg):
+    w = widget(model, preset="point")
+    old_position = w.view.position.array
+    w.sliders[(joint, axis)].value = deg                       # as the browser does
+    assert w.last_error is None
+    euler = np.deg2rad(preset_degrees("point", model.hand.skeleton))
+    euler[model.hand.skeleton.index(joint), "xyz".index(axis)] = np.deg2rad(deg)
+    ref, joints = decode(model, euler)
+    np.testing.assert_array_equal(w.vertices, ref)
+    np.testing.assert_array_equal(w.view.position.array, ref.astype(np.float32))
+    assert w.view.position.array is not old_position           # a new array: pythreejs sees it
+    np.testing.assert_array_equal(w.view.normal.array, NormalSolver(w.faces, len(ref))(ref))
+    np.testing.assert_array_equal(w.view.joint_position.array, joints.astype(np.float32))
+    np.testing.assert_allclose(w.pose, euler)
+
+
+def test_presets_within_limits_and_applied(model):
+    sk = model.hand.skeleton
+    assert set(preset_names()) >= {"rest", "fist", "point", "pinch", "spread", "ok", "thumbs_up"}
+    w = widget(model)
+    for name in PRESETS:
+        deg = preset_degrees(name, sk)
+        assert within_limits(deg, sk).all(), name
+        assert not (deg[~sk.dof_mask()] != 0).any(), name
+        w.preset_buttons[name].click()
+        assert w.last_error is None
+        np.testing.assert_array_equal(w.pose_degrees, deg)
+        for (short, axis), s in w.sliders.items():
+            assert s.value == deg[sk.index(short), "xyz".index(axis)]
+        np.testing.assert_array_equal(w.vertices, decode(model, np.deg2rad(deg))[0])
+    # flexion presets bend toward the palm: the fist's fingers close (tips move toward -x)
+    rest = decode(model, np.zeros((sk.num_joints, 3)))[1]
+    fist = decode(model, np.deg2rad(preset_degrees("fist", sk)))[1]
+    tip = sk.index("middle_null")
+    assert fist[tip, 0] < rest[tip, 0] - 20
+
+
+def test_unknown_preset_and_bad_axis_raise(model):
+    sk = model.hand.skeleton
+    with pytest.raises(KeyError, match="known presets"):
+        preset_degrees("wave", sk)
+    PRESETS["_bad"] = {"index2": (10.0, 0.0, 0.0)}
+    try:
+        with pytest.raises(ValueError, match="does not have"):
+            preset_degrees("_bad", sk)
+    finally:
+        del PRESETS["_bad"]
+
+
+def test_corrective_toggles(model):
+    sk = model.hand.skeleton
+    w = widget(model, preset="fist")
+    euler = np.deg2rad(preset_degrees("fist", sk))
+    full = decode(model, euler)[0]
+    np.testing.assert_array_equal(w.vertices, full)
+    w.pose_toggle.value = False
+    np.testing.assert_array_equal(w.vertices, decode(model, euler, pose=False)[0])
+    assert not np.allclose(w.vertices, full)
+    w.id_toggle.value = False
+    plain = decode(model, euler, pose=False, identity=False)[0]
+    np.testing.assert_array_equal(w.vertices, plain)
+    w.pose_toggle.value = True
+    np.testing.assert_array_equal(w.vertices, decode(model, euler, pose=True, identity=False)[0])
+    # the model's own switches are untouched between calls
+    assert model.use_pose_corrective and model.use_id_corrective and model.use_skeleton_corrective
+    # without correctives everything equals the bare HandLayer (plain LBS)
+    with torch.no_grad():
+        lbs = model.hand(torch.as_tensor(euler, dtype=torch.float32)[None]).vertices[0].numpy()
+    np.testing.assert_array_equal(plain, lbs)
+
+
+def test_display_toggles(model):
+    w = widget(model)
+    assert not w.view.bones.visible and not w.view.material.wireframe
+    w.skeleton_toggle.value = True
+    assert w.view.bones.visible and w.view.joint_points.visible
+    w.wireframe_toggle.value = True
+    assert w.view.material.wireframe
+    assert w.error_toggle.disabled                             # no ground truth given
+    hl = PosingWidget.from_model(model.hand)                   # a HandLayer has no correctives
+    assert hl.pose_toggle.disabled and hl.id_toggle.disabled and not hl.pose_toggle.value
+
+
+def test_error_colour_map(model):
+    sk = model.hand.skeleton
+    shift = np.array([3.0, 0.0, 4.0])                          # 5 mm everywhere
+    gt = lambda euler: decode(model, euler)[0] + shift         # noqa: E731  (pose-dependent ground truth)
+    w = widget(model, ground_truth=gt)
+    assert not w.error_toggle.disabled
+    skin = w.view.color.array.copy()
+    np.testing.assert_allclose(skin, np.tile(np.float32(SKIN_RGB), (len(skin), 1)))
+    w.error_max.value = 10.0
+    w.error_toggle.value = True
+    np.testing.assert_allclose(w.last_error_mm, 5.0, atol=1e-4)
+    colors = w.view.color.array
+    assert colors.shape == skin.shape and not np.allclose(colors, skin)
+    np.testing.assert_allclose(colors, np.broadcast_to(colors[0], colors.shape), atol=1e-4)  # uniform error
+    w.set_slider("index1", "z", 45.0)                          # the map follows the pose
+    np.testing.assert_allclose(w.last_error_mm, 5.0, atol=1e-4)
+    w.error_toggle.value = False
+    np.testing.assert_allclose(w.view.color.array, skin)
+    static = widget(model, ground_truth=decode(model, np.zeros((sk.num_joints, 3)))[0])
+    static.error_toggle.value = True
+    np.testing.assert_allclose(static.last_error_mm, 0.0, atol=1e-6)
+
+
+def test_compare_view_has_plain_lbs(model):
+    sk = model.hand.skeleton
+    w = widget(model, compare=True, preset="pinch")
+    euler = np.deg2rad(preset_degrees("pinch", sk))
+    np.testing.assert_array_equal(w.vertices, decode(model, euler)[0])
+    np.testing.assert_array_equal(w.plain_view.vertices, decode(model, euler, False, False)[0])
+    assert "corrective" in w.status.value and len(w.views) == 2
+
+
+@pytest.mark.parametrize("fmt", ["obj", "ply"])
+def test_export_reads_back_equal(model, tmp_path, fmt):
+    w = widget(model, preset="ok", output_dir=tmp_path)
+    w.export_buttons[fmt].click()
+    assert w.last_error is None
+    files = list(tmp_path.glob(f"*.{fmt}"))
+    assert len(files) == 1 and "ok" in files[0].name
+    v, f = (meshio.read_obj if fmt == "obj" else meshio.read_ply)(files[0])
+    np.testing.assert_array_equal(v, w.vertices)
+    np.testing.assert_array_equal(f, w.faces)
+
+
+def test_export_default_dir(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("DHM_OUTPUT", str(tmp_path / "out"))
+    p = PosingWidget.from_model(model).export("ply")
+    assert p.parent == tmp_path / "out" / "vis" and p.is_file()
+    with pytest.raises(ValueError, match="'obj' or 'ply'"):
+        PosingWidget.from_model(model).export("stl")
+
+
+def test_generic_pose_fn_and_errors(model):
+    pose_fn, sk, _, _ = model_pose_fn(model)
+    faces = model.hand.faces.numpy()
+    calls = []
+
+    def fn(euler, *, pose_corrective, id_corrective):
+        calls.append((pose_corrective, id_corrective))
+        v, _, _ = pose_fn(euler, pose_corrective=pose_corrective, id_corrective=id_corrective)
+        if euler[sk.index("ring2"), 2] > 1.0:
+            raise RuntimeError("boom")
+        return torch.as_tensor(v), None                      # tensors and faces=None are accepted
+
+    w = PosingWidget(fn, sk, faces=faces, preset="spread")
+    assert calls[-1] == (True, True)
+    assert w.last_error is None and w.faces.shape == faces.shape
+    w.set_slider("ring2", "z", 80.0)                          # fn raises: shown, not lost
+    assert isinstance(w.last_error, RuntimeError) and "boom" in w.status.value
+    w.set_slider("ring2", "z", 10.0)
+    assert w.last_error is None
+    with pytest.raises(KeyError, match="no 'x'"):
+        w.set_slider("ring2", "x", 5.0)
+    with pytest.raises(ValueError, match="faces=None"):
+        PosingWidget(fn, sk)
+
+
+def test_snapshot_figure(model, tmp_path):
+    w = widget(model, compare=True, preset="fist")
+    fig = w.snapshot_figure(path=tmp_path / "snap.png", size=2.0)
+    assert len(fig.axes) == 2 and (tmp_path / "snap.png").stat().st_size > 1000
+
+
+def test_notebook_committed_without_outputs():
+    nb = json.loads(NOTEBOOK.read_text())
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code[0] is tagged[0] or code[1] is tagged[0]        # right after the imports at most
+    for c in code:
+        assert c["outputs"] == [] and c["execution_count"] is None
+
+
+@pytest.mark.slow
+def test_notebook_runs_under_papermill(tmp_path):
+    out = tmp_path / "04_out.ipynb"
+    env = {**os.environ, "DHM_DATA": str(tmp_path / "data"), "DHM_OUTPUT": str(tmp_path / "output"),
+           "MPLBACKEND": "Agg"}
+    r = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOK), str(out), "-p", "smoke", "True",
+                        "--cwd", str(tmp_path), "--kernel", "python3"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    nb = json.loads(out.read_text())
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    kinds = {k for o in outputs for k in o.get("data", {})}
+    assert "application/vnd.jupyter.widget-view+json" in kinds      # the widgets were built
+    assert "image/png" in kinds                                     # the static snapshot
+    assert (tmp_path / "output" / "vis" / "04_posing_snapshot.png").is_file()
+    assert (tmp_path / "data" / "hand_model" / "hand.obj").is_file()
