@@ -1,0 +1,363 @@
+"""The virtual multi-camera capture: writes a dataset in the official DeepHandMesh layout.
+
+::
+
+    OUT/hand_model/                                   subject 1's procedural hand (HandModel.write)
+    OUT/annotations/KRT_512                           the dome of C colour cameras (400262, …)
+    OUT/annotations/keypoints/subject_N/keypoints<frame:04d>.pts
+    OUT/annotations/depthmaps/subject_N/<frame:06d>/depthmap<cam>.pkl   float32 (H, W), camera z mm, 0 = none
+    OUT/images/subject_N/<seq>/cam<cam>/image<frame:04d>.jpg             shaded, textured renders
+    OUT/annotations/synthetic/                        extras the real data lacks (see its README.txt):
+        README.txt, COMPLETE
+        subject_N/params.json, poses.npz, faces.npy, meshes/<frame:06d>.npy, hand_model/
+
+Per subject: an identity (:class:`~dhmlib.synth.HandIdentity`) and its procedural
+hand; takes ``0000_RT_fist`` … ``0006_RT_ROM_fingers`` (:mod:`.poses`) with
+frame numbers unique across the subject's takes; the ground-truth surface of
+every frame (:mod:`.deform`: identity shape + flexion bulges + dual-quaternion
+skinning); all cameras of a frame rendered in one rasterizer call (depth and
+colour together). Keypoints are the ground-truth joints (FK of the hand model,
+so they agree with ``hand_model/``), score 1, ``num_views`` = cameras in which
+the point is inside the image and not hidden behind other skin.
+
+Crash safety: everything is written under ``OUT/.synth-partial-<pid>/`` and
+moved into place at the end (``annotations/synthetic`` last, holding the
+``COMPLETE`` marker); an interrupted run removes its partial folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.keypoints import KEYPOINT_NAMES, joints_to_keypoints, write_keypoints
+from ..data.safe_pickle import save_array_pickle
+from ..render.cameras import OFFICIAL_IMAGE_SIZE, Cameras, write_krt
+from ..render.depth import project_mesh
+from ..render.rasterize import rasterize
+from ..render.shade import vertex_normals
+from .deform import DeformParams, GroundTruthDeformer
+from .identity import HandIdentity
+from .poses import generate_sequences
+from .procedural_hand import build_procedural_hand
+from .rig import dome_rig
+from .texture import skin_colors
+
+#: the pieces of OUT this writer owns, in the order they are moved into place (the marker's last)
+OWNED = ("hand_model", "images", "annotations/KRT_512", "annotations/keypoints", "annotations/depthmaps",
+         "annotations/synthetic")
+BACKGROUND_RGB = (0.17, 0.17, 0.19)
+#: directions toward the lights in the world (z up) and their strengths; plus a head-light and ambient
+KEY_LIGHT = ((0.35, -0.25, 1.0), 0.30)
+AMBIENT, HEADLIGHT = 0.28, 0.50
+
+README = """Synthetic-only extras of dhmlib's virtual capture (`dhm synth`).
+
+Nothing in this folder exists in the real DeepHandMesh release: it is the ground
+truth that only a virtual capture knows. Code that trains on the official layout
+must not need it; it is there to measure (e.g. per-vertex error).
+
+subject_N/params.json      seeds, identity (HandIdentity), deformation parameters,
+                           takes (name, first and last frame), cameras, image size
+subject_N/poses.npz        per frame: frame, take (index into params' sequences),
+                           euler (T, J, 3) rad, root (T, 4, 4) wrist placement
+                           model -> world (mm), joints (T, J, 3) world mm,
+                           keypoints (T, 21, 3), num_views (T, 21)
+subject_N/faces.npy        (F, 3) int32 faces of the ground-truth meshes (= hand model)
+subject_N/meshes/<frame:06d>.npy   (V, 3) float32 ground-truth vertices, world mm
+subject_N/hand_model/      the subject's procedural hand (official format); subject 1's
+                           is also OUT/hand_model
+COMPLETE                   written last: the dataset was written completely
+
+Ground truth = hand model template + per-identity surface shape + flexion bulges,
+posed by dual-quaternion skinning: linear blend skinning of hand_model alone
+cannot reproduce it (see dhmlib/synth/deform.py).
+"""
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What ``dhm synth`` writes.
+
+    Attributes:
+        subjects: number of subjects (identities), ``subject_1`` …
+        frames: frames per subject (over all takes).
+        cameras: C cameras of the dome.
+        seed: master seed (poses, identities, rig, texture).
+        vertices: target vertex count of the procedural hands.
+        image_size: (H, W) of images and depth maps (official 512 × 334).
+        jpeg_quality: Pillow JPEG quality.
+        workers: threads writing files while the next frame renders.
+        deform: ground-truth deformation strengths.
+    """
+
+    subjects: int = 1
+    frames: int = 200
+    cameras: int = 24
+    seed: int = 0
+    vertices: int = 8000
+    image_size: tuple[int, int] = OFFICIAL_IMAGE_SIZE
+    jpeg_quality: int = 90
+    workers: int = 2
+    deform: DeformParams = field(default_factory=DeformParams)
+
+    def __post_init__(self):
+        for name in ("subjects", "frames", "cameras"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)}")
+        if self.frames > 10000:
+            raise ValueError(f"frames: expected at most 10000 (keypoints<frame:04d>.pts), got {self.frames}")
+        if len(self.image_size) != 2 or min(self.image_size) < 8:
+            raise ValueError(f"image_size: expected (H, W) of at least 8 pixels, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class CaptureSummary:
+    root: Path
+    frames: int
+    cameras: int
+    subjects: int
+    seconds: float
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames * self.subjects / max(self.seconds, 1e-9)
+
+
+def subject_identity_seed(seed: int, subject: int) -> int:
+    """Identity seed of ``subject_<subject>`` under master ``seed`` (never 0, the canonical hand)."""
+    return int(np.random.SeedSequence([int(seed), int(subject), 0x4944]).generate_state(1)[0]) or 1
+
+
+# --------------------------------------------------------------------------- rendering
+def render_views(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor, cameras: Cameras,
+                 size: tuple[int, int], background=BACKGROUND_RGB) -> tuple[np.ndarray, np.ndarray]:
+    """Depth maps and shaded colour images of one mesh in all C cameras (one rasterizer call).
+
+    Depth is interpolated perspective-correctly (exactly as
+    :func:`~dhmlib.render.render_depth`); colour is per-vertex ``colors`` times
+    ``ambient + head-light + key light`` Lambert terms on interpolated normals.
+
+    Args:
+        vertices: (V, 3) world mm.  faces: (F, 3) long.  colors: (V, 3) RGB in [0, 1].
+        cameras: batch shape (C,).  size: (H, W).
+    Returns:
+        depth (C, H, W) float32 camera z mm (0 = no surface), rgb (C, H, W, 3) uint8.
+    """
+    pm = project_mesh(vertices[None], faces, cameras, size=size)
+    C = len(cameras)
+    H, W = pm.size
+    R = cameras.R.to(vertices)
+    n_cam = vertex_normals(vertices[None], faces).unsqueeze(1) @ R.transpose(-1, -2)     # (1, C, V, 3)
+    per_vertex = torch.cat([pm.vertices_camera[..., 2:], colors.to(vertices).expand(1, C, -1, 3), n_cam], -1)
+    f = faces.reshape(-1)
+    feats = per_vertex.reshape(C, -1, 7).index_select(1, f).reshape(C, -1, 3, 7)
+    out, idx = rasterize(H, W, pm.face_vertices_z, pm.face_vertices_image, feats, pm.valid_faces, backend="torch")
+    hit = idx >= 0
+    depth = out[..., 0]
+    n = torch.nn.functional.normalize(out[..., 4:], dim=-1)
+    key_dir = torch.nn.functional.normalize(vertices.new_tensor(KEY_LIGHT[0]), dim=0)
+    key_cam = R @ key_dir                                                                  # (C, 3)
+    lam_key = (n * key_cam[:, None, None]).sum(-1).clamp_min(0)
+    lam_head = (-n[..., 2]).clamp_min(0)                                                   # toward the camera
+    light = AMBIENT + HEADLIGHT * lam_head + KEY_LIGHT[1] * lam_key
+    rgb = out[..., 1:4] * light.unsqueeze(-1)
+    rgb = torch.where(hit.unsqueeze(-1), rgb, vertices.new_tensor(background))
+    rgb8 = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    return torch.where(hit, depth, 0).float().numpy(), rgb8.numpy()
+
+
+def keypoint_views(points: np.ndarray, depth: np.ndarray, cameras: Cameras, radius: np.ndarray,
+                   slack_mm: float = 3.0) -> np.ndarray:
+    """Which cameras see which points: (C, N) bool.
+
+    A point is seen when it projects inside the image onto the rendered hand and the
+    surface there is no nearer than ``1.6 · radius + slack_mm`` in front of it (the
+    point's own skin, not another finger).
+
+    Args:
+        points: (N, 3) world mm.  depth: (C, H, W) mm.  radius: (N,) depth of each point under
+            the skin (distance to the nearest surface vertex), mm.
+    """
+    C, H, W = depth.shape
+    p = torch.as_tensor(points, dtype=torch.float64)
+    cams = cameras.to(dtype=torch.float64)
+    pc = cams.world_to_camera(p)                                    # (C, N, 3)
+    uv = cams.camera_to_pixel(pc).numpy()
+    z = pc[..., 2].numpy()
+    j, i = np.floor(uv[..., 0]).astype(np.int64), np.floor(uv[..., 1]).astype(np.int64)
+    inside = (z > 0) & (i >= 0) & (i < H) & (j >= 0) & (j < W)
+    d = depth[np.arange(C)[:, None], np.clip(i, 0, H - 1), np.clip(j, 0, W - 1)]
+    return inside & (d > 0) & (z - d <= 1.6 * radius[None] + slack_mm)
+
+
+# --------------------------------------------------------------------------- writing
+def _check_free(root: Path, overwrite: bool) -> list[Path]:
+    present = [root / p for p in OWNED if (root / p).exists()]
+    if present and not overwrite:
+        raise FileExistsError(f"{root}: already holds {', '.join(str(p.relative_to(root)) for p in present)}; "
+                              "expected an empty target. Pass --overwrite (overwrite=True) to replace them "
+                              f"(all of: {', '.join(OWNED)})")
+    return present
+
+
+def _save_jpeg(path: Path, rgb: np.ndarray, quality: int):
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path, format="JPEG", quality=quality)
+
+
+def write_capture(out, config: CaptureConfig = CaptureConfig(), overwrite: bool = False,
+                  progress: bool = True) -> CaptureSummary:
+    """Run the virtual capture and write the official layout (plus extras) under ``out``.
+
+    Raises:
+        FileExistsError: ``out`` already holds any of :data:`OWNED` and ``overwrite`` is False.
+    """
+    from tqdm.auto import tqdm
+
+    root = Path(out)
+    _check_free(root, overwrite)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".synth-partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    t0 = time.perf_counter()
+    try:
+        cams = dome_rig(config.cameras, config.image_size, seed=config.seed)
+        (tmp / "annotations").mkdir(parents=True)
+        write_krt(tmp / "annotations" / "KRT_512", cams)
+        with ThreadPoolExecutor(max(1, config.workers)) as pool, \
+                tqdm(total=config.frames * config.subjects, desc="dhm synth", unit="frame",
+                     disable=not progress, mininterval=0.5) as bar:
+            for n in range(1, config.subjects + 1):
+                _write_subject(tmp, n, config, cams, pool, bar)
+        syn = tmp / "annotations" / "synthetic"
+        (syn / "README.txt").write_text(README)
+        (syn / "COMPLETE").write_text(f"dhm synth: {config.subjects} subject(s) × {config.frames} frames × "
+                                      f"{config.cameras} cameras, seed {config.seed}\n")
+        for p in _check_free(root, overwrite):  # anything that appeared meanwhile
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for rel in OWNED:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, root / rel)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return CaptureSummary(root, config.frames, config.cameras, config.subjects, time.perf_counter() - t0)
+
+
+def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool: ThreadPoolExecutor, bar):
+    id_seed = subject_identity_seed(config.seed, n)
+    identity = HandIdentity.sample(id_seed)
+    hand = build_procedural_hand(config.vertices, seed=id_seed, identity=identity)
+    syn = tmp / "annotations" / "synthetic" / f"subject_{n}"
+    hand.write(syn / "hand_model")
+    if n == 1:
+        hand.write(tmp / "hand_model")
+    np.save(syn / "faces.npy", hand.faces.astype(np.int32))
+    (syn / "meshes").mkdir(parents=True)
+
+    seqs = generate_sequences(hand.skeleton, config.frames, seed=config.seed * 7919 + n)
+    names = [f"{i:04d}_RT_{s.name}" for i, s in enumerate(seqs)]
+    euler = np.concatenate([s.euler for s in seqs])
+    root_tf = np.concatenate([s.root for s in seqs])
+    take = np.concatenate([np.full(s.num_frames, i) for i, s in enumerate(seqs)])
+    gt = GroundTruthDeformer(hand, id_seed, config.deform)(euler, root_tf)
+    colors = torch.as_tensor(skin_colors(hand, id_seed))
+    faces = torch.as_tensor(hand.faces, dtype=torch.long)
+    cam_f = cams.to(dtype=torch.float32)
+    sk = hand.skeleton
+
+    kp_dir = tmp / "annotations" / "keypoints" / f"subject_{n}"
+    dm_dir = tmp / "annotations" / "depthmaps" / f"subject_{n}"
+    img_dir = tmp / "images" / f"subject_{n}"
+    kp_dir.mkdir(parents=True)
+    for name in names:
+        for c in cams.names:
+            (img_dir / name / f"cam{c}").mkdir(parents=True)
+    T = config.frames
+    keypoints = np.zeros((T, len(KEYPOINT_NAMES), 3))
+    num_views = np.zeros((T, len(KEYPOINT_NAMES)), dtype=np.int64)
+    pending = []
+    for frame in range(T):
+        verts = gt.vertices[frame]
+        depth, rgb = render_views(torch.as_tensor(verts, dtype=torch.float32), faces, colors, cam_f,
+                                  config.image_size)
+        kp = joints_to_keypoints(gt.joints[frame], sk)
+        radius = np.sqrt(((kp[:, None] - verts[None]) ** 2).sum(-1).min(1))
+        nv = keypoint_views(kp, depth, cams, radius).sum(0)
+        keypoints[frame], num_views[frame] = kp, nv
+        seq = names[take[frame]]
+        fdir = dm_dir / f"{frame:06d}"
+        fdir.mkdir(parents=True)
+        for p in pending:  # at most one frame in flight: bounded memory
+            p.result()
+        pending = [pool.submit(write_keypoints, kp_dir / f"keypoints{frame:04d}.pts", kp, None, nv),
+                   pool.submit(np.save, syn / "meshes" / f"{frame:06d}.npy", verts.astype(np.float32))]
+        for c, cname in enumerate(cams.names):
+            pending.append(pool.submit(save_array_pickle, fdir / f"depthmap{cname}.pkl", depth[c]))
+            pending.append(pool.submit(_save_jpeg, img_dir / seq / f"cam{cname}" / f"image{frame:04d}.jpg",
+                                       rgb[c], config.jpeg_quality))
+        bar.update(1)
+    for p in pending:
+        p.result()
+
+    first = np.concatenate([[0], np.cumsum([s.num_frames for s in seqs])])
+    params = {
+        "generator": "dhmlib.synth.capture",
+        "note": "synthetic-only extras: not part of the official DeepHandMesh layout",
+        "seed": config.seed, "subject": n, "identity_seed": id_seed, "identity": identity.to_dict(),
+        "deform": config.deform.to_dict(),
+        "hand_model": {"vertices": hand.num_vertices, "faces": int(len(hand.faces)),
+                       "target_vertices": config.vertices},
+        "sequences": [{"name": nm, "kind": s.name, "first_frame": int(first[i]), "last_frame": int(first[i + 1] - 1)}
+                      for i, (nm, s) in enumerate(zip(names, seqs))],
+        "cameras": list(cams.names), "image_size": list(config.image_size),
+        "world": "mm; wrist near the origin, fingers up (+z) at rest orientation; root = model -> world",
+        "keypoint_names": list(KEYPOINT_NAMES), "joint_names": list(sk.names),
+    }
+    (syn / "params.json").write_text(json.dumps(params, indent=2))
+    np.savez(syn / "poses.npz", frame=np.arange(T), take=take, euler=euler, root=root_tf, joints=gt.joints,
+             keypoints=keypoints, num_views=num_views)
+
+
+# --------------------------------------------------------------------------- CLI
+def add_synth_arguments(parser):
+    """Arguments of ``dhm synth``."""
+    parser.add_argument("--out", default="data", help="dataset root to write the official layout into")
+    parser.add_argument("--subjects", type=int, default=1, help="number of subjects (identities)")
+    parser.add_argument("--frames", type=int, default=200, help="frames per subject")
+    parser.add_argument("--cameras", type=int, default=24, help="cameras of the dome")
+    parser.add_argument("--seed", type=int, default=0, help="master seed (everything is deterministic in it)")
+    parser.add_argument("--vertices", type=int, default=8000, help="target vertex count of the hand")
+    parser.add_argument("--image-size", type=int, nargs=2, default=list(OFFICIAL_IMAGE_SIZE), metavar=("H", "W"),
+                        help="image and depth-map size (official: 512 334)")
+    parser.add_argument("--workers", type=int, default=2, help="file-writing threads")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace existing {', '.join(OWNED)} under --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_synth(args):
+    """Run ``dhm synth``; a non-empty target without ``--overwrite`` is a user error (CLIError)."""
+    from ..cli import CLIError
+
+    try:
+        config = CaptureConfig(subjects=args.subjects, frames=args.frames, cameras=args.cameras, seed=args.seed,
+                               vertices=args.vertices, image_size=tuple(args.image_size), workers=args.workers)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    try:
+        s = write_capture(args.out, config, overwrite=args.overwrite, progress=not args.quiet)
+    except FileExistsError as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {s.root}: {s.subjects} subject(s) × {s.frames} frames × {s.cameras} cameras "
+          f"({config.image_size[0]}×{config.image_size[1]}) in {s.seconds:.1f} s "
+          f"({s.frames_per_second:.2f} frames/s)")

@@ -1,0 +1,276 @@
+"""Pose sequences of the virtual capture: joint Euler angles and wrist motion over time.
+
+A sequence is a short take of one gesture (fist, point, pinch, spread, OK, free
+natural motion, range of motion): keyframes in degrees per joint, eased into
+each other (zero velocity at every key, so the hand "holds" the gesture), with
+a smooth low-amplitude wobble on every degree of freedom, clipped to
+anatomical limits. The wrist (root) moves rigidly: a base orientation that
+points the fingers up (world +z), a per-sequence turn about the vertical, and
+a slow smooth sway of rotation and translation.
+
+Angles follow :mod:`dhmlib.kinematics`: radians, per joint ``(x, y, z)``,
+flexion about local z (positive bends toward the palm; for the thumb, across
+the palm); ``y`` is abduction (for a finger, positive moves it toward the
+pinky), ``x`` twist. Euler angles are relative to the hand model's bind pose,
+which is already a relaxed, slightly curled hand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..skeleton import FINGERS, Skeleton, short_name
+
+# --------------------------------------------------------------------------- limits (degrees)
+#: (lo, hi) per axis (x, y, z), degrees, by joint kind.
+LIMITS_DEG = {
+    "finger1": ((-8, 8), (-25, 25), (-20, 95)),
+    "finger2": ((0, 0), (0, 0), (-5, 110)),
+    "finger3": ((0, 0), (0, 0), (-8, 80)),
+    "thumb0": ((-15, 15), (-20, 20), (-15, 25)),
+    "thumb1": ((-20, 20), (-30, 30), (-25, 60)),
+    "thumb2": ((0, 0), (0, 0), (-15, 60)),
+    "thumb3": ((0, 0), (0, 0), (-20, 80)),
+}
+
+
+def _kind(name: str) -> str | None:
+    s = short_name(name)
+    if s.endswith("_null") or s == "wrist":
+        return None
+    if s.startswith("thumb"):
+        return s
+    return "finger" + s[-1]
+
+
+def joint_limits(skeleton: Skeleton) -> tuple[np.ndarray, np.ndarray]:
+    """Anatomical limits: ``lo, hi`` each (J, 3) radians; 0 on axes a joint does not have."""
+    J = skeleton.num_joints
+    lo, hi = np.zeros((J, 3)), np.zeros((J, 3))
+    mask = skeleton.dof_mask()
+    for j, n in enumerate(skeleton.names):
+        k = _kind(n)
+        if k is None:
+            continue
+        lim = np.deg2rad(np.array(LIMITS_DEG[k], dtype=float))  # (3, 2)
+        lo[j], hi[j] = lim[:, 0] * mask[j], lim[:, 1] * mask[j]
+    return lo, hi
+
+
+# --------------------------------------------------------------------------- keyframes (degrees)
+def _fingers(values: dict[str, tuple[float, float, float]], fingers=FINGERS[1:]) -> dict:
+    """``{"1": (x, y, z), "2": z, "3": z}`` applied to several fingers."""
+    out = {}
+    for f in fingers:
+        for s, v in values.items():
+            out[f + s] = v if isinstance(v, tuple) else (0.0, 0.0, v)
+    return out
+
+
+RELAXED = {**_fingers({"1": (0, 0, 12), "2": 18, "3": 10}), "thumb1": (0, 0, 8), "thumb2": (0, 0, 8)}
+OPEN = {**_fingers({"1": (0, 0, -4), "2": -5, "3": -4}), "thumb1": (0, 0, -10)}
+FIST = {**_fingers({"1": (0, 0, 85), "2": 100, "3": 62}), "pinky1": (0, 6, 90),
+        "thumb0": (0, 0, 12), "thumb1": (0, 8, 30), "thumb2": (0, 0, 35), "thumb3": (0, 0, 40)}
+POINT = {**FIST, **_fingers({"1": (0, 0, 2), "2": 3, "3": 2}, ("index",)),
+         "thumb1": (0, 5, 25), "thumb2": (0, 0, 30), "thumb3": (0, 0, 35)}
+PINCH = {**_fingers({"1": (0, 0, 22), "2": 30, "3": 15}, ("middle", "ring", "pinky")),
+         "ring1": (0, 4, 28), "pinky1": (0, 8, 34),
+         "index1": (0, 0, 42), "index2": (0, 0, 45), "index3": (0, 0, 22),
+         "thumb0": (0, 0, 16), "thumb1": (0, -8, 28), "thumb2": (0, 0, 22), "thumb3": (0, 0, 14)}
+SPREAD = {**_fingers({"1": (0, 0, -6), "2": -4, "3": -4}),
+          "index1": (0, -20, -6), "middle1": (0, -4, -6), "ring1": (0, 12, -6), "pinky1": (0, 24, -6),
+          "thumb0": (0, 0, -10), "thumb1": (0, -15, -20), "thumb2": (0, 0, -10)}
+OK_SIGN = {**_fingers({"1": (0, 0, 8), "2": 10, "3": 6}, ("middle", "ring", "pinky")),
+           "middle1": (0, -3, 8), "ring1": (0, 6, 12), "pinky1": (0, 12, 16),
+           "index1": (0, 0, 48), "index2": (0, 0, 58), "index3": (0, 0, 35),
+           "thumb0": (0, 0, 18), "thumb1": (0, -5, 35), "thumb2": (0, 0, 26), "thumb3": (0, 0, 22)}
+
+#: named gestures (degrees per short joint name); missing joints are 0 (the bind pose)
+KEYFRAMES = {"relaxed": RELAXED, "open": OPEN, "fist": FIST, "point": POINT, "pinch": PINCH,
+             "spread": SPREAD, "ok": OK_SIGN}
+
+
+def keyframe_euler(pose: str | dict, skeleton: Skeleton) -> np.ndarray:
+    """A named gesture (see :data:`KEYFRAMES`) or a ``{short name: (x, y, z) degrees}`` dict → (J, 3) radians."""
+    spec = KEYFRAMES[pose] if isinstance(pose, str) else pose
+    e = np.zeros((skeleton.num_joints, 3))
+    for name, v in spec.items():
+        e[skeleton.index(name)] = np.deg2rad(np.asarray(v, dtype=float))
+    return e * skeleton.dof_mask()
+
+
+def _rom_keys(skeleton: Skeleton) -> list[np.ndarray]:
+    """Range of motion: each finger alone to full flexion, spread, fist, open, a thumb circle."""
+    keys = [keyframe_euler("open", skeleton)]
+    for f in FINGERS[1:]:
+        spec = dict(OPEN)
+        spec.update({f + "1": (0, 0, 88), f + "2": (0, 0, 105), f + "3": (0, 0, 70)})
+        keys += [keyframe_euler(spec, skeleton), keyframe_euler("open", skeleton)]
+    keys += [keyframe_euler("spread", skeleton), keyframe_euler("fist", skeleton)]
+    for a in np.linspace(0, 2 * np.pi, 5)[:-1]:  # thumb circle: abduction/flexion
+        keys.append(keyframe_euler({"thumb1": (0, 22 * np.cos(a), 15 + 35 * np.sin(a)),
+                                    "thumb2": (0, 0, 15 + 20 * np.sin(a))}, skeleton))
+    keys.append(keyframe_euler("open", skeleton))
+    return keys
+
+
+def _free_key(skeleton: Skeleton, lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random natural pose: each DoF in the inner part of its range, distal flexion coupled to proximal."""
+    u = rng.uniform(0.1, 0.75, size=lo.shape)
+    e = lo + u * (hi - lo)
+    for f in FINGERS[1:]:  # DIP follows PIP (~2/3), as in real fingers
+        e[skeleton.index(f + "3"), 2] = np.clip(0.65 * e[skeleton.index(f + "2"), 2] + rng.normal(0, 0.08),
+                                                lo[skeleton.index(f + "3"), 2], hi[skeleton.index(f + "3"), 2])
+    return e
+
+
+# --------------------------------------------------------------------------- time curves
+def ease_keys(keys: np.ndarray, num_frames: int) -> np.ndarray:
+    """Ease through K keyframes over T frames: cosine easing between evenly spaced keys.
+
+    Args:
+        keys: (K, ...) values at the keys (K ≥ 1).
+        num_frames: T.
+    Returns:
+        (T, ...) values; C¹-smooth with zero velocity at every key.
+    """
+    keys = np.asarray(keys, dtype=float)
+    K = len(keys)
+    if K == 1 or num_frames == 1:
+        return np.repeat(keys[:1], num_frames, axis=0)
+    s = np.linspace(0.0, K - 1, num_frames)
+    i = np.minimum(np.floor(s).astype(int), K - 2)
+    a = (1 - np.cos(np.pi * (s - i))) / 2
+    a = a.reshape((-1,) + (1,) * (keys.ndim - 1))
+    return keys[i] * (1 - a) + keys[i + 1] * a
+
+
+def smooth_noise(num_frames: int, shape: tuple, amplitude: float, rng: np.random.Generator,
+                 period_frames: tuple[float, float] = (15.0, 60.0), waves: int = 3) -> np.ndarray:
+    """Band-limited wobble: a sum of ``waves`` sinusoids per element, random periods and phases.
+
+    Returns:
+        (T, *shape) with standard deviation ≈ ``amplitude``.
+    """
+    t = np.arange(num_frames, dtype=float).reshape((-1,) + (1,) * (len(shape) + 1))
+    freq = 1.0 / rng.uniform(*period_frames, size=(1,) + tuple(shape) + (waves,))
+    phase = rng.uniform(0, 2 * np.pi, size=(1,) + tuple(shape) + (waves,))
+    return amplitude * np.sqrt(2.0 / waves) * np.sin(2 * np.pi * freq * t + phase).sum(-1)
+
+
+def axis_angle_to_matrix(r: np.ndarray) -> np.ndarray:
+    """Rodrigues: (..., 3) axis·angle (radians) → (..., 3, 3)."""
+    th = np.linalg.norm(r, axis=-1, keepdims=True)
+    k = r / np.maximum(th, 1e-12)
+    K = np.zeros(r.shape[:-1] + (3, 3))
+    K[..., 0, 1], K[..., 0, 2], K[..., 1, 2] = -k[..., 2], k[..., 1], -k[..., 0]
+    K[..., 1, 0], K[..., 2, 0], K[..., 2, 1] = k[..., 2], -k[..., 1], k[..., 0]
+    th = th[..., None]
+    return np.eye(3) + np.sin(th) * K + (1 - np.cos(th)) * (K @ K)
+
+
+#: model → world base orientation (columns are the model axes in the world): fingers (model +x)
+#: up (world +z), palm (model +y) toward world −x, thumb side (model +z) toward world −y.
+BASE_ROTATION = np.array([[0.0, -1.0, 0.0],
+                          [0.0, 0.0, -1.0],
+                          [1.0, 0.0, 0.0]])
+
+
+def wrist_motion(num_frames: int, rng: np.random.Generator, yaw: float = 0.0, sway_deg: float = 10.0,
+                 twist_deg: float = 20.0, shift_mm: float = 12.0) -> np.ndarray:
+    """Rigid wrist placement per frame: ``[R | t]`` mapping the hand model frame to the world (mm).
+
+    ``R = R_sway(t) @ Rz(yaw) @ BASE_ROTATION``; the sway tilts by about ``sway_deg`` about the
+    horizontal axes and ``twist_deg`` about the vertical; the wrist moves by about ``shift_mm``
+    around the world origin.
+
+    Returns:
+        (T, 4, 4) float64.
+    """
+    rot = smooth_noise(num_frames, (3,), 1.0, rng, (40.0, 120.0), waves=2)
+    rot = rot * np.deg2rad(np.array([sway_deg, sway_deg, twist_deg]))
+    yaw_m = axis_angle_to_matrix(np.array([0.0, 0.0, yaw]))
+    R = axis_angle_to_matrix(rot) @ yaw_m @ BASE_ROTATION
+    out = np.tile(np.eye(4), (num_frames, 1, 1))
+    out[:, :3, :3] = R
+    out[:, :3, 3] = smooth_noise(num_frames, (3,), shift_mm, rng, (40.0, 120.0), waves=2)
+    return out
+
+
+# --------------------------------------------------------------------------- sequences
+@dataclass(frozen=True)
+class PoseSequence:
+    """One take.
+
+    Attributes:
+        name: gesture name (``fist``, ``point``, ``pinch``, ``spread``, ``ok``, ``free``, ``ROM_fingers``).
+        euler: (T, J, 3) joint Euler angles, radians (DoF-masked, within :func:`joint_limits`).
+        root: (T, 4, 4) wrist placement, model frame → world, mm.
+    """
+
+    name: str
+    euler: np.ndarray
+    root: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.euler)
+
+
+#: the takes in capture order; the last is a range-of-motion take (excluded from training)
+SEQUENCE_KINDS = ("fist", "point", "pinch", "spread", "ok", "free", "ROM_fingers")
+
+
+def plan_sequences(num_frames: int) -> list[tuple[str, int]]:
+    """Split ``num_frames`` over the takes of :data:`SEQUENCE_KINDS` (ROM kept whenever T ≥ 2).
+
+    Returns:
+        ``[(kind, frames)]`` with frames summing to ``num_frames``, each ≥ 1.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames: expected at least 1, got {num_frames}")
+    n = len(SEQUENCE_KINDS)
+    kinds = list(SEQUENCE_KINDS) if num_frames >= n else (
+        list(SEQUENCE_KINDS[:num_frames - 1]) + [SEQUENCE_KINDS[-1]] if num_frames > 1 else [SEQUENCE_KINDS[0]])
+    base, extra = divmod(num_frames, len(kinds))
+    return [(k, base + (i < extra)) for i, k in enumerate(kinds)]
+
+
+def make_sequence(kind: str, num_frames: int, skeleton: Skeleton, rng: np.random.Generator,
+                  frames_per_key: float = 12.0, wobble_deg: float = 2.0) -> np.ndarray:
+    """Euler angles of one take: (T, J, 3) radians, within :func:`joint_limits`.
+
+    Gesture takes go relaxed → gesture → relaxed → gesture … (each repetition of the gesture
+    jittered by a few degrees, a key every ``frames_per_key`` frames); ``free`` strings random
+    natural poses; ``ROM_*`` runs the range-of-motion script, at least 6 frames a key (a short take
+    plays only its beginning).
+    """
+    lo, hi = joint_limits(skeleton)
+    mask = skeleton.dof_mask()
+    jitter = lambda: rng.normal(0.0, np.deg2rad(4.0), size=lo.shape) * mask  # noqa: E731
+    n_keys = max(2, int(round(num_frames / frames_per_key)) + 1)
+    if kind.startswith("ROM"):  # the script at ≥ 6 frames a key; short takes play its beginning only
+        keys = _rom_keys(skeleton)
+        keys = keys[:max(2, min(len(keys), int(round(num_frames / 6.0)) + 1))]
+    elif kind == "free":
+        keys = [keyframe_euler("relaxed", skeleton)] + [_free_key(skeleton, lo, hi, rng) for _ in range(n_keys - 1)]
+    elif kind in KEYFRAMES:
+        rest, target = keyframe_euler("relaxed", skeleton), keyframe_euler(kind, skeleton)
+        keys = [rest + (target - rest) * (k % 2) + jitter() * (k > 0) for k in range(n_keys)]
+    else:
+        raise ValueError(f"unknown sequence kind {kind!r}; expected one of {SEQUENCE_KINDS} or a ROM_* name")
+    e = ease_keys(np.stack(keys), num_frames)
+    e = e + smooth_noise(num_frames, lo.shape, np.deg2rad(wobble_deg), rng) * mask
+    return np.clip(e, lo, hi)
+
+
+def generate_sequences(skeleton: Skeleton, num_frames: int, seed: int) -> list[PoseSequence]:
+    """All takes of one subject, ``num_frames`` frames in total; deterministic in ``seed``."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x504F5345]))  # 'POSE'
+    out = []
+    for i, (kind, T) in enumerate(plan_sequences(num_frames)):
+        euler = make_sequence(kind, T, skeleton, rng)
+        yaw = rng.uniform(-np.pi, np.pi)
+        out.append(PoseSequence(kind, euler, wrist_motion(T, rng, yaw=yaw)))
+    return out
