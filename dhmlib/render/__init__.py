@@ -1,0 +1,27 @@
+"""Rendering: cameras (KRT_512), the seed's crop, a Kaolin-compatible rasterizer, depth and shaded renders.
+
+Conventions in one place:
+
+- Units mm; cameras world → camera ``x_c = R x + t`` (z forward, y down), position ``-Rᵀt``,
+  projection ``x/z·f + c`` (distortion ignored).
+- Pixels: continuous coordinates, pixel (row i, column j) centred at ``(j + 0.5, i + 0.5)``;
+  images span ``[0, W] × [0, H]`` (official images: H 512 × W 334).
+- :func:`rasterize` takes Kaolin's conventions (NDC, y up, camera looking along −z) and
+  Kaolin's call shape; ``backend="auto"`` uses Kaolin on CUDA where it imports, else the
+  built-in PyTorch rasterizer (CPU or GPU).
+"""
+from .cameras import OFFICIAL_IMAGE_SIZE, CameraRecord, Cameras, KRTError, read_krt, write_krt
+from .crop import (Crop, bbox_from_joints, compose_affine, crop_from_bbox, crop_from_joints, identity_crop,
+                   invert_affine)
+from .depth import ProjectedMesh, is_closed_mesh, project_mesh, render_depth, render_face_index, render_silhouette
+from .rasterize import KAOLIN_UNAVAILABLE_REASON, RasterOutput, kaolin_available, rasterize
+from .scene import random_hand_euler, ring_cameras
+from .shade import render_shaded, vertex_normals
+
+__all__ = [
+    "OFFICIAL_IMAGE_SIZE", "CameraRecord", "Cameras", "KRTError", "read_krt", "write_krt",
+    "Crop", "bbox_from_joints", "compose_affine", "crop_from_bbox", "crop_from_joints", "identity_crop",
+    "invert_affine", "ProjectedMesh", "is_closed_mesh", "project_mesh", "render_depth", "render_face_index", "render_silhouette",
+    "KAOLIN_UNAVAILABLE_REASON", "RasterOutput", "kaolin_available", "rasterize", "render_shaded",
+    "vertex_normals", "random_hand_euler", "ring_cameras",
+]

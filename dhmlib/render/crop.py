@@ -1,0 +1,140 @@
+"""The crop transform of the seed: joints' bounding box, 1.5× enlarged, mapped onto the render.
+
+Pixel convention (shared with :mod:`dhmlib.render.cameras` and the rasterizer):
+continuous coordinates, pixel (row ``i``, column ``j``) centred at ``(j + 0.5, i + 0.5)``,
+an image of size (H, W) spans ``[0, W] × [0, H]``.
+
+The crop maps the box ``[x0, x0 + w] × [y0, y0 + h]`` (image pixels) exactly onto
+``[0, W_out] × [0, H_out]`` (render pixels): the box centre goes to the render centre
+and the scale is ``W_out / w = H_out / h`` (the box is first grown to the render's
+aspect ratio, as in the seed, then enlarged 1.5×). The transform is a general 2×3
+affine, so rotations or flips for augmentation can be composed in.
+
+To crop an image with OpenCV (``cv2.warpAffine``, whose pixel centres sit at integer
+coordinates) use :meth:`Crop.opencv_matrix`; with ``torch.nn.functional.grid_sample``
+use ``align_corners=False``, which shares this module's convention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class Crop:
+    """An affine map from image pixels to render pixels, for a batch of views.
+
+    Attributes:
+        matrix: (*S, 2, 3) ``[A | b]``: ``p_render = A @ p_image + b`` (pixels).
+        size: (H_out, W_out) of the render.
+    """
+
+    matrix: torch.Tensor
+    size: tuple[int, int]
+
+    def __post_init__(self):
+        if self.matrix.shape[-2:] != (2, 3):
+            raise ValueError(f"Crop.matrix: expected shape (*S, 2, 3), got {tuple(self.matrix.shape)}")
+        H, W = (int(s) for s in self.size)
+        if H <= 0 or W <= 0:
+            raise ValueError(f"Crop.size: expected positive (H, W), got {self.size}")
+        object.__setattr__(self, "size", (H, W))
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return tuple(self.matrix.shape[:-2])
+
+    def apply(self, points: torch.Tensor) -> torch.Tensor:
+        """Image pixels (*S', N, 2) → render pixels (*S', N, 2); ``S'`` broadcasts with ``S``."""
+        A, b = self.matrix[..., :2], self.matrix[..., 2]
+        return points @ A.transpose(-1, -2) + b.unsqueeze(-2)
+
+    def inverse(self) -> "Crop":
+        """The map render pixels → image pixels (``size`` is kept: it is the render's)."""
+        return Crop(invert_affine(self.matrix), self.size)
+
+    def opencv_matrix(self) -> torch.Tensor:
+        """(*S, 2, 3) matrix for ``cv2.warpAffine(image, M, (W_out, H_out))`` (integer pixel centres)."""
+        M = self.matrix.clone()
+        # p_cv = p - 0.5 on both sides: b' = b + A @ (0.5, 0.5) - 0.5
+        M[..., 2] = self.matrix[..., 2] + 0.5 * self.matrix[..., :2].sum(-1) - 0.5
+        return M
+
+    def compose(self, other: "Crop") -> "Crop":
+        """``other ∘ self`` (apply ``self`` first), output size ``other.size``."""
+        return Crop(compose_affine(other.matrix, self.matrix), other.size)
+
+
+def invert_affine(M: torch.Tensor) -> torch.Tensor:
+    """Inverse of affine maps (*S, 2, 3) → (*S, 2, 3)."""
+    A, b = M[..., :2], M[..., 2:]
+    Ai = torch.linalg.inv(A)
+    return torch.cat([Ai, -Ai @ b], dim=-1)
+
+
+def compose_affine(M2: torch.Tensor, M1: torch.Tensor) -> torch.Tensor:
+    """``M2 ∘ M1`` for affine maps (*S, 2, 3)."""
+    A = M2[..., :2] @ M1[..., :2]
+    b = (M2[..., :2] @ M1[..., 2:]) + M2[..., 2:]
+    return torch.cat([A, b], dim=-1)
+
+
+def bbox_from_joints(joints_px: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Tight bounding box ``(x0, y0, w, h)`` (*S, 4) of the valid joints (*S, J, 2) in pixels.
+
+    Raises:
+        ValueError: if some view has no valid joint or non-finite valid coordinates.
+    """
+    if joints_px.shape[-1] != 2:
+        raise ValueError(f"bbox_from_joints: expected joints (*S, J, 2) pixels, got {tuple(joints_px.shape)}")
+    if valid is None:
+        valid = torch.ones(joints_px.shape[:-1], dtype=torch.bool, device=joints_px.device)
+    valid = valid.to(torch.bool)
+    if valid.shape != joints_px.shape[:-1]:
+        raise ValueError(f"bbox_from_joints: expected valid {tuple(joints_px.shape[:-1])}, got {tuple(valid.shape)}")
+    if not bool(valid.any(-1).all()):
+        raise ValueError("bbox_from_joints: expected at least one valid joint per view, some view has none")
+    if not bool(torch.isfinite(joints_px[valid]).all()):
+        raise ValueError("bbox_from_joints: valid joints must have finite pixel coordinates")
+    big = torch.finfo(joints_px.dtype).max
+    m = valid.unsqueeze(-1)
+    lo = torch.where(m, joints_px, torch.full_like(joints_px, big)).amin(-2)
+    hi = torch.where(m, joints_px, torch.full_like(joints_px, -big)).amax(-2)
+    return torch.cat([lo, hi - lo], dim=-1)
+
+
+def crop_from_bbox(bbox: torch.Tensor, size: tuple[int, int] = (256, 256), scale: float = 1.5,
+                   min_extent: float = 1.0) -> Crop:
+    """The seed's crop of a box (*S, 4) ``(x0, y0, w, h)`` onto a render of ``size`` (H, W).
+
+    The box keeps its centre, grows its short side to the render's aspect ratio,
+    is enlarged by ``scale`` (1.5) and is mapped onto ``[0, W] × [0, H]``. Boxes
+    narrower than ``min_extent`` pixels are widened to it (so one joint still crops).
+    """
+    H, W = size
+    x0, y0, w, h = bbox.unbind(-1)
+    cx, cy = x0 + 0.5 * w, y0 + 0.5 * h
+    aspect = W / H
+    w = w.clamp_min(min_extent)
+    h = h.clamp_min(min_extent)
+    w2 = torch.maximum(w, h * aspect) * scale
+    s = W / w2  # = H / h2
+    zero = torch.zeros_like(s)
+    M = torch.stack([torch.stack([s, zero, 0.5 * W - s * cx], -1),
+                     torch.stack([zero, s, 0.5 * H - s * cy], -1)], -2)
+    return Crop(M, (H, W))
+
+
+def crop_from_joints(joints_px: torch.Tensor, valid: torch.Tensor | None = None,
+                     size: tuple[int, int] = (256, 256), scale: float = 1.5) -> Crop:
+    """Crop of the seed from projected joints (*S, J, 2) pixels and validity (*S, J)."""
+    return crop_from_bbox(bbox_from_joints(joints_px, valid), size=size, scale=scale)
+
+
+def identity_crop(batch_shape: tuple[int, ...], size: tuple[int, int], dtype=torch.float32, device=None) -> Crop:
+    """No crop: render pixels = image pixels, for full-image renders of ``size`` (H, W)."""
+    M = torch.zeros(batch_shape + (2, 3), dtype=dtype, device=device)
+    M[..., 0, 0] = 1
+    M[..., 1, 1] = 1
+    return Crop(M, size)

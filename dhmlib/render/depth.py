@@ -1,0 +1,181 @@
+"""Meshes seen by cameras: depth maps (the weak supervision) and silhouettes.
+
+``vertices`` (B, V, 3) world mm and ``faces`` (F, 3) are projected by ``cameras``
+(batch shape (C,) shared by all samples, or (B, C) per sample), mapped by an
+optional :class:`~dhmlib.render.crop.Crop` (batch shape (C,) or (B, C)) and
+rasterized at ``size`` = (H, W) with :func:`~dhmlib.render.rasterize.rasterize`.
+All B·C views go through one rasterizer call.
+
+Back-face culling (``cull_backfaces``): ``None`` (default) culls faces turned away from
+the camera only when the mesh is closed and consistently oriented (every edge used
+once in each direction) with positive signed volume (outward), where it cannot change the image of a camera outside the
+mesh and halves the rasterizer's work; ``True`` always culls (counter-clockwise =
+outward), ``False`` never.
+
+Behind-camera behaviour (documented, never a crash): there is no near-plane
+clipping. A face with any vertex closer to the camera plane than ``near`` (mm,
+default 1) is dropped whole, so a camera inside or behind the mesh sees only the
+faces entirely in front of it, and a camera with the whole mesh behind it renders
+an all-zero depth map.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .cameras import OFFICIAL_IMAGE_SIZE, Cameras
+from .crop import Crop
+from .rasterize import rasterize
+
+
+@dataclass(frozen=True, eq=False)
+class ProjectedMesh:
+    """A mesh in every view, ready for :func:`rasterize` (N = B·C views).
+
+    Attributes:
+        vertices_camera: (B, C, V, 3) camera-space vertices, mm (z forward).
+        face_vertices_z: (N, F, 3) Kaolin-convention z (= −depth), mm.
+        face_vertices_image: (N, F, 3, 2) normalised image coordinates.
+        valid_faces: (N, F) bool, faces entirely beyond the near plane (and front-facing when culled).
+        batch: (B, C).
+        size: (H, W).
+    """
+
+    vertices_camera: torch.Tensor
+    face_vertices_z: torch.Tensor
+    face_vertices_image: torch.Tensor
+    valid_faces: torch.Tensor
+    batch: tuple[int, int]
+    size: tuple[int, int]
+
+
+def _check_mesh(vertices: torch.Tensor, faces: torch.Tensor):
+    if vertices.dim() != 3 or vertices.shape[-1] != 3:
+        raise ValueError(f"expected vertices (B, V, 3) mm, got {tuple(vertices.shape)}")
+    if vertices.shape[0] == 0:
+        raise ValueError("expected at least one mesh in the batch, got B = 0")
+    if not vertices.is_floating_point():
+        raise TypeError(f"expected floating point vertices, got {vertices.dtype}")
+    if not bool(torch.isfinite(vertices.detach()).all()):
+        raise ValueError("expected finite vertices, found NaN or inf")
+    if faces.dim() != 2 or faces.shape[-1] != 3 or faces.is_floating_point():
+        raise ValueError(f"expected faces (F, 3) integer vertex indices, got {tuple(faces.shape)} {faces.dtype}")
+    V = vertices.shape[1]
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= V):
+        raise ValueError(f"expected face indices in [0, {V}), got range [{int(faces.min())}, {int(faces.max())}]")
+
+
+def is_closed_mesh(faces: torch.Tensor, num_vertices: int) -> bool:
+    """Whether every directed edge (a, b) of faces (F, 3) occurs once and its reverse (b, a) once."""
+    f = faces.long()
+    a = torch.cat([f[:, 0], f[:, 1], f[:, 2]])
+    b = torch.cat([f[:, 1], f[:, 2], f[:, 0]])
+    fwd = torch.sort(a * num_vertices + b).values
+    if fwd.numel() == 0 or bool((fwd[1:] == fwd[:-1]).any()):
+        return False
+    return bool(torch.equal(fwd, torch.sort(b * num_vertices + a).values))
+
+
+def _signed_volume(vertices: torch.Tensor, faces: torch.Tensor) -> float:
+    """Signed volume (mm³) of a closed mesh (V, 3); positive when faces are counter-clockwise outward."""
+    v = vertices.detach().double()
+    f = faces.long()
+    return float((v[f[:, 0]] * torch.linalg.cross(v[f[:, 1]], v[f[:, 2]], dim=-1)).sum() / 6)
+
+
+def project_mesh(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
+                 size: tuple[int, int] | None = None, near: float = 1.0,
+                 cull_backfaces: bool | None = None) -> ProjectedMesh:
+    """Project a batch of meshes into every view (differentiable in vertices and cameras).
+
+    Args:
+        vertices: (B, V, 3) world coordinates, mm.
+        faces: (F, 3) long vertex indices.
+        cameras: batch shape (C,) or (B, C).
+        crop: image → render pixels, batch shape (C,) or (B, C); ``None`` renders the full image.
+        size: (H, W) of the render; defaults to ``crop.size``, or the official 512 × 334 without crop.
+        near: faces with a vertex at camera depth < ``near`` mm are marked invalid.
+        cull_backfaces: see the module doc (``None``: cull when the mesh is closed).
+    """
+    _check_mesh(vertices, faces)
+    B = vertices.shape[0]
+    S = cameras.batch_shape
+    if len(S) == 2 and S[0] != B:
+        raise ValueError(f"expected cameras of batch shape (C,) or (B, C) with B = {B}, got {S}")
+    if len(S) not in (1, 2):
+        raise ValueError(f"expected cameras of batch shape (C,) or (B, C), got {S}")
+    C = S[-1]
+    if size is None:
+        size = crop.size if crop is not None else OFFICIAL_IMAGE_SIZE
+    H, W = (int(s) for s in size)
+    if H <= 0 or W <= 0:
+        raise ValueError(f"expected a positive render size (H, W), got {size}")
+    if crop is not None:
+        cs = crop.batch_shape
+        if cs not in ((C,), (B, C)):
+            raise ValueError(f"expected crop of batch shape ({C},) or ({B}, {C}) to match the cameras, got {cs}")
+        if tuple(crop.size) != (H, W):
+            raise ValueError(f"crop.size {crop.size} differs from the render size {(H, W)}")
+    cams = cameras.to(device=vertices.device, dtype=vertices.dtype)
+    vc = cams.world_to_camera(vertices.unsqueeze(1))  # (B, C, V, 3)
+    depth = vc[..., 2]
+    safe = torch.where(depth > near, depth, torch.full_like(depth, near))  # avoid inf for dropped faces
+    uv = vc[..., :2] / safe.unsqueeze(-1) * cams.focal.unsqueeze(-2) + cams.principal.unsqueeze(-2)
+    if crop is not None:
+        uv = Crop(crop.matrix.to(uv), crop.size).apply(uv)
+    ndc = torch.stack([uv[..., 0] * (2.0 / W) - 1.0, 1.0 - uv[..., 1] * (2.0 / H)], -1)  # (B, C, V, 2)
+    N = B * C
+    f = faces.to(device=vertices.device, dtype=torch.long).reshape(-1)
+    fimg = ndc.reshape(N, -1, 2).index_select(1, f).reshape(N, -1, 3, 2)
+    fz = (-depth).reshape(N, -1).index_select(1, f).reshape(N, -1, 3)
+    valid = (fz[..., 0] < -near) & (fz[..., 1] < -near) & (fz[..., 2] < -near)
+    if cull_backfaces is None:
+        cull_backfaces = is_closed_mesh(faces, vertices.shape[1]) and _signed_volume(vertices[0], faces) > 0
+    if cull_backfaces:  # counter-clockwise outward faces appear counter-clockwise (area > 0) in NDC
+        with torch.no_grad():
+            x, y = fimg[..., 0], fimg[..., 1]
+            area = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0])
+            valid &= area > 0
+    return ProjectedMesh(vc, fz, fimg, valid, (B, C), (H, W))
+
+
+def render_depth(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
+                 size: tuple[int, int] | None = None, *, near: float = 1.0, cull_backfaces: bool | None = None,
+                 backend: str = "auto") -> torch.Tensor:
+    """Camera-space depth maps (the official depth-map convention).
+
+    Args: see :func:`project_mesh`; ``backend`` as :func:`rasterize`.
+
+    Returns:
+        (B, C, H, W) depth z in the camera frame, mm, exact (perspective-correct) at each
+        pixel centre; 0 where no surface. Differentiable w.r.t. vertices (and cameras)
+        through the visible faces.
+    """
+    pm = project_mesh(vertices, faces, cameras, crop, size, near, cull_backfaces)
+    H, W = pm.size
+    feat = (-pm.face_vertices_z).unsqueeze(-1)  # (N, F, 3, 1) depth
+    out, _ = rasterize(H, W, pm.face_vertices_z, pm.face_vertices_image, feat, pm.valid_faces, backend=backend)
+    return out[..., 0].reshape(*pm.batch, H, W)
+
+
+def render_face_index(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
+                      size: tuple[int, int] | None = None, *, near: float = 1.0,
+                      cull_backfaces: bool | None = None, backend: str = "auto") -> torch.Tensor:
+    """(B, C, H, W) long index of the visible face, -1 where no surface."""
+    with torch.no_grad():
+        pm = project_mesh(vertices, faces, cameras, crop, size, near, cull_backfaces)
+        H, W = pm.size
+        feat = pm.face_vertices_z.new_zeros(pm.face_vertices_z.shape + (1,))
+        _, idx = rasterize(H, W, pm.face_vertices_z, pm.face_vertices_image, feat, pm.valid_faces,
+                           backend=backend)
+    return idx.reshape(*pm.batch, H, W)
+
+
+def render_silhouette(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
+                      size: tuple[int, int] | None = None, *, near: float = 1.0,
+                      cull_backfaces: bool | None = None, backend: str = "auto") -> torch.Tensor:
+    """(B, C, H, W) float mask, 1 where the mesh covers the pixel centre (a hard mask: no gradient)."""
+    idx = render_face_index(vertices, faces, cameras, crop, size, near=near, cull_backfaces=cull_backfaces,
+                            backend=backend)
+    return (idx >= 0).to(vertices.dtype)
