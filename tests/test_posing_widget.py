@@ -215,7 +215,7 @@ def test_generic_pose_fn_and_errors(model):
         return torch.as_tensor(v), None                      # tensors and faces=None are accepted
 
     w = PosingWidget(fn, sk, faces=faces, preset="spread")
-    assert calls[-1] == (True, True)
+    assert calls[0] == (True, True)                           # the toggles start on
     assert w.last_error is None and w.faces.shape == faces.shape
     w.set_slider("ring2", "z", 80.0)                          # fn raises: shown, not lost
     assert isinstance(w.last_error, RuntimeError) and "boom" in w.status.value

@@ -80,10 +80,11 @@ class MeshView:
         joints: (J, 3) mm initial joint positions (needed with ``parents``).
         width, height: canvas size in pixels.
         title: optional caption above the canvas.
+        frame: (N, 3) mm points the camera must see (default ``vertices``), e.g. the rest pose.
     """
 
     def __init__(self, vertices, faces, parents=None, joints=None, *, width=560, height=480,
-                 title: str | None = None, background="#f4f4f4"):
+                 title: str | None = None, background="#f4f4f4", frame=None):
         vertices = np.asarray(vertices, dtype=np.float64)
         self._faces = np.asarray(faces, dtype=np.int64)
         self._normals = NormalSolver(self._faces, len(vertices))
@@ -118,12 +119,18 @@ class MeshView:
         else:
             self.bones = self.joint_points = None
 
-        lo, hi = vertices.min(0), vertices.max(0)
-        self.center = (0.5 * (lo + hi)).tolist()
+        frame = vertices if frame is None else np.asarray(frame, dtype=np.float64)
+        lo, hi = frame.min(0), frame.max(0)
+        # the mesh objects are shifted so that the frame's centre is the world origin: the orbit
+        # target then is the origin, which the browser-side controls start from anyway
+        offset = (-0.5 * (lo + hi)).tolist()
+        for obj in children:
+            obj.position = offset
+        self.center = [0.0, 0.0, 0.0]
         radius = 0.5 * float(np.linalg.norm(hi - lo)) or 1.0
         # fingers along +x point up the screen; look at the palm (+y) from slightly to the thumb side
         direction = np.array([0.0, 1.0, 0.35]) / np.linalg.norm([0.0, 1.0, 0.35])
-        distance = radius / np.tan(np.deg2rad(35.0) / 2) * 1.15
+        distance = radius / np.tan(np.deg2rad(35.0) / 2) * 0.95
         self.home_position = (np.asarray(self.center) + distance * direction).tolist()
         self.up = (1.0, 0.0, 0.0)
         self.camera = three.PerspectiveCamera(
@@ -313,13 +320,17 @@ class PosingWidget:
         # --- views ------------------------------------------------------------------
         main, plain = self._evaluate()
         parents = skeleton.parents if main[2] is not None else None
+        # frame the camera on the open hand, so that every pose stays in view
+        rest = _unpack(self.pose_fn(np.zeros((J, 3)), pose_corrective=False, id_corrective=False),
+                       self._faces_fallback)[0]
+        frame = np.concatenate([rest, main[0]])
         w = width // 2 if self.compare else width
-        self.view = MeshView(main[0], main[1], parents, main[2], width=w, height=height,
+        self.view = MeshView(main[0], main[1], parents, main[2], width=w, height=height, frame=frame,
                              title="with correctives (toggles)" if self.compare else None)
         self.views = [self.view]
         if self.compare:
             self.plain_view = MeshView(plain[0], plain[1], parents, plain[2], width=w, height=height,
-                                       title="without correctives (plain LBS)")
+                                       frame=frame, title="without correctives (plain LBS)")
             self.views.append(self.plain_view)
         self._show(main, plain, 0.0)
 
@@ -407,10 +418,16 @@ class PosingWidget:
 
     def _slider_handler(self, j: int, a: int):
         def handler(change):
-            self._deg[j, a] = change["new"]
-            if not self._suspend:
-                self.preset = None
-                self._guard(self.update)
+            if self._suspend:          # _set_degrees sets the pose itself
+                return
+            # the browser's slider echoes values with float noise (55 -> 54.999999999999986):
+            # round it away, and ignore an echo of the value the pose already has
+            value = round(float(change["new"]), 6)
+            if value == self._deg[j, a]:
+                return
+            self._deg[j, a] = value
+            self.preset = None
+            self._guard(self.update)
         return handler
 
     def _guard(self, fn, *args):
