@@ -184,7 +184,7 @@ def keypoint_views(points: np.ndarray, depth: np.ndarray, cameras: Cameras, radi
 
     Args:
         points: (N, 3) world mm.  depth: (C, H, W) mm.  radius: (N,) depth of each point under
-            the skin (distance to the nearest surface vertex), mm.
+            its own skin (distance to the nearest template vertex at rest), mm.
     """
     C, H, W = depth.shape
     p = torch.as_tensor(points, dtype=torch.float64)
@@ -283,6 +283,10 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
         for c in cams.names:
             (img_dir / name / f"cam{c}").mkdir(parents=True)
     T = config.frames
+    # depth of each keypoint under its own skin, from the template at rest (in a fist the nearest skin
+    # is another finger's); the identity shape adds at most a mm or two, within keypoint_views' slack
+    kp_rest = joints_to_keypoints(hand.bind_joints, sk)
+    radius = np.sqrt(((kp_rest[:, None] - hand.vertices[None]) ** 2).sum(-1).min(1))
     keypoints = np.zeros((T, len(KEYPOINT_NAMES), 3))
     num_views = np.zeros((T, len(KEYPOINT_NAMES)), dtype=np.int64)
     pending = []
@@ -291,7 +295,6 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
         depth, rgb = render_views(torch.as_tensor(verts, dtype=torch.float32), faces, colors, cam_f,
                                   config.image_size)
         kp = joints_to_keypoints(gt.joints[frame], sk)
-        radius = np.sqrt(((kp[:, None] - verts[None]) ** 2).sum(-1).min(1))
         nv = keypoint_views(kp, depth, cams, radius).sum(0)
         keypoints[frame], num_views[frame] = kp, nv
         seq = names[take[frame]]

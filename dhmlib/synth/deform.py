@@ -240,3 +240,42 @@ class GroundTruthDeformer:
                 joints.append(pose.joints)
                 trans.append(pose.transforms)
         return GroundTruth(torch.cat(verts).numpy(), torch.cat(joints).numpy(), torch.cat(trans).numpy())
+
+
+# --------------------------------------------------------------------------- what LBS cannot express
+def fit_lbs(hand: HandModel, target: np.ndarray, euler0: np.ndarray, root0: np.ndarray, steps: int = 300,
+            lr: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best LBS-only explanation of ground-truth meshes: fit Euler angles and a rigid root by Adam.
+
+    Minimises the mean squared per-vertex distance between ``HandLayer(hand)`` (template, no
+    correctives) and ``target``, starting from ``euler0`` / ``root0`` (e.g. the true pose).
+
+    Args:
+        target: (T, V, 3) world mm.  euler0: (T, J, 3) rad.  root0: (T, 4, 4) model → world.
+    Returns:
+        euler (T, J, 3) rad, root (T, 4, 4), error (T, V) per-vertex distance after the fit, mm.
+    """
+    from ..kinematics import euler_to_matrix
+
+    layer = HandLayer(hand, dtype=torch.float64)
+    tgt = torch.as_tensor(np.asarray(target, dtype=np.float64))
+    r0 = torch.as_tensor(np.asarray(root0, dtype=np.float64))
+    euler = torch.tensor(np.asarray(euler0, dtype=np.float64), requires_grad=True)
+    rot = torch.zeros(len(tgt), 3, dtype=torch.float64, requires_grad=True)     # root correction, rad
+    shift = torch.zeros(len(tgt), 3, dtype=torch.float64, requires_grad=True)   # root correction, cm
+
+    def root():
+        corr = torch.eye(4, dtype=torch.float64).repeat(len(tgt), 1, 1)
+        corr = torch.cat([torch.cat([euler_to_matrix(rot), 10.0 * shift.unsqueeze(-1)], -1), corr[:, 3:]], -2)
+        return r0 @ corr
+
+    opt = torch.optim.Adam([euler, rot, shift], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((layer(euler, root_transform=root()).vertices - tgt) ** 2).sum(-1).mean()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        R = root()
+        err = (layer(euler, root_transform=R).vertices - tgt).norm(dim=-1)
+    return (euler * layer.dof_mask).detach().numpy(), R.numpy(), err.numpy()

@@ -177,8 +177,8 @@ BASE_ROTATION = np.array([[0.0, -1.0, 0.0],
                           [1.0, 0.0, 0.0]])
 
 
-def wrist_motion(num_frames: int, rng: np.random.Generator, yaw: float = 0.0, sway_deg: float = 10.0,
-                 twist_deg: float = 20.0, shift_mm: float = 12.0) -> np.ndarray:
+def wrist_motion(num_frames: int, rng: np.random.Generator, yaw: float = 0.0, sway_deg: float = 6.0,
+                 twist_deg: float = 20.0, shift_mm: float = 8.0) -> np.ndarray:
     """Rigid wrist placement per frame: ``[R | t]`` mapping the hand model frame to the world (mm).
 
     ``R = R_sway(t) @ Rz(yaw) @ BASE_ROTATION``; the sway tilts by about ``sway_deg`` about the
@@ -243,16 +243,15 @@ def make_sequence(kind: str, num_frames: int, skeleton: Skeleton, rng: np.random
 
     Gesture takes go relaxed → gesture → relaxed → gesture … (each repetition of the gesture
     jittered by a few degrees, a key every ``frames_per_key`` frames); ``free`` strings random
-    natural poses; ``ROM_*`` runs the range-of-motion script, at least 6 frames a key (a short take
-    plays only its beginning).
+    natural poses; ``ROM_*`` runs the range-of-motion script at the same pace (a short take plays
+    only its beginning: 200 frames cover open, index, open, middle).
     """
     lo, hi = joint_limits(skeleton)
     mask = skeleton.dof_mask()
     jitter = lambda: rng.normal(0.0, np.deg2rad(4.0), size=lo.shape) * mask  # noqa: E731
     n_keys = max(2, int(round(num_frames / frames_per_key)) + 1)
-    if kind.startswith("ROM"):  # the script at ≥ 6 frames a key; short takes play its beginning only
-        keys = _rom_keys(skeleton)
-        keys = keys[:max(2, min(len(keys), int(round(num_frames / 6.0)) + 1))]
+    if kind.startswith("ROM"):  # the script at the same pace; a short take plays its beginning only
+        keys = _rom_keys(skeleton)[:n_keys]
     elif kind == "free":
         keys = [keyframe_euler("relaxed", skeleton)] + [_free_key(skeleton, lo, hi, rng) for _ in range(n_keys - 1)]
     elif kind in KEYFRAMES:
