@@ -314,9 +314,11 @@ class Cameras:
         """Points (*S', N, 3) world mm → (*S', N, 3) camera mm, ``R x + t``.
 
         ``S'`` must broadcast with the camera batch shape ``S``; e.g. vertices
-        (B, 1, V, 3) with cameras (C,) or (B, C) give (B, C, V, 3).
+        (B, 1, V, 3) with cameras (C,) or (B, C) give (B, C, V, 3). The result has the
+        points' dtype and device (camera tensors are converted, differentiably).
         """
-        return points @ self.R.transpose(-1, -2) + self.t.unsqueeze(-2)
+        R, t = self.R.to(points), self.t.to(points)
+        return points @ R.transpose(-1, -2) + t.unsqueeze(-2)
 
     def camera_to_pixel(self, points_cam: torch.Tensor) -> torch.Tensor:
         """Camera-space points (*S', N, 3) → pixels (*S', N, 2): ``x / z · f + c`` (no distortion).
@@ -324,7 +326,8 @@ class Cameras:
         Points with ``z ≤ 0`` give meaningless (possibly infinite) pixels; the
         renderers drop faces closer than their ``near`` plane before this matters.
         """
-        return points_cam[..., :2] / points_cam[..., 2:3] * self.focal.unsqueeze(-2) + self.principal.unsqueeze(-2)
+        f, c = self.focal.to(points_cam), self.principal.to(points_cam)
+        return points_cam[..., :2] / points_cam[..., 2:3] * f.unsqueeze(-2) + c.unsqueeze(-2)
 
     def project(self, points: torch.Tensor) -> torch.Tensor:
         """World points (*S', N, 3) mm → pixels (*S', N, 2) (continuous, pixel centres at +0.5)."""
