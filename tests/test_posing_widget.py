@@ -173,6 +173,24 @@ def test_error_colour_map(model):
     np.testing.assert_allclose(static.last_error_mm, 0.0, atol=1e-6)
 
 
+def test_capture_ground_truth_error_map():
+    from dhmlib.synth import build_procedural_hand
+    from dhmlib.viz import capture_ground_truth
+
+    hand = build_procedural_hand(target_vertices=1500)
+    m = DeepHandMesh(hand, backbone=18).eval()
+    gt = capture_ground_truth(hand, identity_seed=3)
+    w = PosingWidget.from_model(m, preset="fist", ground_truth=gt)
+    w.error_toggle.value = True
+    assert w.last_error is None
+    err = w.last_error_mm
+    assert err.shape == (hand.num_vertices,) and np.isfinite(err).all()
+    # LBS of the template misses the identity shape and the bulges: mm-scale, not metres, not zero
+    assert 0.1 < err.mean() < 20.0
+    fig = w.snapshot_figure(size=2.0)
+    assert [a.get_title() for a in fig.axes] == ["current pose", "ground truth"]
+
+
 def test_compare_view_has_plain_lbs(model):
     sk = model.hand.skeleton
     w = widget(model, compare=True, preset="pinch")

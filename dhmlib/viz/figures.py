@@ -39,7 +39,8 @@ def plot_hand(ax, vertices, faces, *, joints=None, parents=None, colors=None, ti
     f = np.asarray(faces, dtype=np.int64)
     base = np.asarray(SKIN_RGB) if colors is None else np.asarray(colors, dtype=np.float64)[f].mean(1)
     rgb = np.clip(base * _face_shading(v, f)[:, None], 0, 1)
-    ax.add_collection3d(Poly3DCollection(v[f], facecolors=rgb, edgecolors="none", linewidths=0))
+    # edges in the face colour close the hairline seams antialiasing leaves between faces
+    ax.add_collection3d(Poly3DCollection(v[f], facecolors=rgb, edgecolors=rgb, linewidths=0.3))
     if joints is not None and parents is not None:
         jt = np.asarray(joints, dtype=np.float64)
         for c, p in enumerate(parents):  # ≤ a few dozen bones

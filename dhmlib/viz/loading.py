@@ -50,6 +50,27 @@ def latest_snapshot(folder=None) -> Path | None:
     return max(found)[1] if found else None
 
 
+def capture_ground_truth(hand_model: HandModel, identity_seed: int):
+    """The virtual capture's true surface of ``hand_model`` as a widget ground truth.
+
+    Returns a callable ``euler (J, 3) radians → (V, 3) mm``: identity shape (``identity_seed``),
+    flexion bulges and dual-quaternion skinning (:mod:`dhmlib.synth.deform`), with the root at its
+    bind pose like ``decode``.  Its distance to the model's mesh is what linear blend skinning
+    cannot express and the correctives have to learn.
+    """
+    import numpy as np
+
+    from ..synth.deform import GroundTruthDeformer
+
+    deformer = GroundTruthDeformer(hand_model, int(identity_seed))
+    root = hand_model.global_pose[hand_model.skeleton.root][None]               # (1, 4, 4)
+
+    def ground_truth(euler):
+        return deformer(np.asarray(euler, dtype=np.float64)[None], root).vertices[0]
+
+    return ground_truth
+
+
 def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os.PathLike = "",
                       vertices: int = 8000, backbone: int = 18) -> PosingModel:
     """Load (or build) a hand model and wrap it in a ``DeepHandMesh`` for posing.

@@ -356,9 +356,11 @@ class PosingWidget:
         For a ``DeepHandMesh`` the pose toggle sets ``use_pose_corrective`` and the identity
         toggle sets ``use_id_corrective`` and ``use_skeleton_corrective`` for the duration of
         each ``decode`` call (the model's switches are restored afterwards); the toggles
-        start from the model's switches.  Other keyword arguments go to the constructor.
+        start from the model's switches.  ``threads`` (default 1) is the number of torch CPU
+        threads used per decode (see :func:`model_pose_fn`).  Other keyword arguments go to the
+        constructor.
         """
-        pose_fn, skeleton, correctives, initial = model_pose_fn(model)
+        pose_fn, skeleton, correctives, initial = model_pose_fn(model, threads=kwargs.pop("threads", 1))
         kwargs.setdefault("correctives", correctives)
         kwargs.setdefault("initial_correctives", initial)
         return cls(pose_fn, skeleton, **kwargs)
@@ -514,20 +516,29 @@ class PosingWidget:
         return out
 
     def snapshot_figure(self, **kwargs):
-        """A static matplotlib figure of the current pose (and the plain view in compare mode)."""
+        """A static matplotlib figure of the current pose: the main view, the plain view in compare
+        mode, and the ground truth when there is one.  ``kwargs`` go to :func:`~dhmlib.viz.figures.hand_figure`."""
         from .figures import hand_figure
 
         meshes = [("with correctives" if self.compare else "current pose", self.vertices)]
         if self.compare:
             meshes.append(("without correctives", self.plain_view.vertices))
+        if self.ground_truth is not None:
+            gt = self.ground_truth(self.pose) if callable(self.ground_truth) else self.ground_truth
+            meshes.append(("ground truth", np.asarray(_to_numpy(gt), dtype=np.float64)))
         return hand_figure(meshes, self.faces, **kwargs)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.ui._repr_mimebundle_(**kwargs)
 
 
-def model_pose_fn(model):
-    """``(pose_fn, skeleton, supports_correctives, initial_toggles)`` for a DeepHandMesh or HandLayer."""
+def model_pose_fn(model, threads: int | None = 1):
+    """``(pose_fn, skeleton, supports_correctives, initial_toggles)`` for a DeepHandMesh or HandLayer.
+
+    ``threads``: torch CPU threads for each decode (restored afterwards; None leaves torch's
+    setting).  One pose is a small problem: on a busy few-core machine a single thread is about
+    3x faster than torch's default pool (bench/posing_latency.py).
+    """
     import torch
 
     from ..model import DeepHandMesh, HandLayer
@@ -543,15 +554,25 @@ def model_pose_fn(model):
 
     def pose_fn(euler, *, pose_corrective: bool = True, id_corrective: bool = True):
         e = torch.as_tensor(np.asarray(_to_numpy(euler)), dtype=dtype, device=device)[None]   # (1, J, 3)
+        previous = torch.get_num_threads()
+        if threads and device.type == "cpu" and previous != threads:
+            torch.set_num_threads(threads)
+        try:
+            return _decode(e, bool(pose_corrective), bool(id_corrective))
+        finally:
+            if torch.get_num_threads() != previous:
+                torch.set_num_threads(previous)
+
+    def _decode(e, pose_corrective, id_corrective):
         with torch.no_grad():
             if layer is model:
                 out = layer(e)
             else:
                 saved = (model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective)
                 try:
-                    model.use_pose_corrective = bool(pose_corrective)
-                    model.use_id_corrective = bool(id_corrective)
-                    model.use_skeleton_corrective = bool(id_corrective)
+                    model.use_pose_corrective = pose_corrective
+                    model.use_id_corrective = id_corrective
+                    model.use_skeleton_corrective = id_corrective
                     out = model.decode(e)
                 finally:
                     model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective = saved
