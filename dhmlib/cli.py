@@ -137,6 +137,7 @@ def run_synth(args):
 COMMANDS = {
     "hand-model": (add_hand_model, run_hand_model, "build the procedural hand model in the official format"),
     "demo": (add_demo, run_demo, "pose a hand model (and snapshot) with Euler angles and write a mesh"),
+    "synth": (add_synth, run_synth, "write the virtual multi-camera capture in the official layout"),
     "check-data": (add_check_data, run_check_data, "check a dataset in the official layout; non-zero exit on problems"),
     "notebooks": (add_notebooks, run_notebooks, "run notebooks/ in order with papermill into output/notebooks/"),
 }

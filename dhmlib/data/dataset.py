@@ -98,27 +98,25 @@ def crop_depth(depth: torch.Tensor, crop: Crop, edge_mm: float = 10.0) -> torch.
 
     Bilinear where the four neighbouring samples are all surface and within
     ``edge_mm`` of each other; the nearest sample elsewhere (edges, background).
+    Outside the image: 0.
     """
     Hi, Wi = depth.shape[-2:]
     lead = depth.shape[:-2]
-    d = depth.reshape(-1, Hi * Wi)
-    uv = _render_grid(crop).reshape(d.shape[0], -1, 2)                 # (N, H*W, 2)
-    x, y = uv[..., 0] - 0.5, uv[..., 1] - 0.5                          # integer = pixel centre
+    # a zero border makes every tap index valid: outside reads 0
+    d = F.pad(depth.reshape(-1, Hi, Wi), (1, 1, 1, 1)).reshape(-1, (Hi + 2) * (Wi + 2))
+    uv = _render_grid(crop).reshape(d.shape[0], -1, 2).to(d.dtype)       # (N, H*W, 2)
+    x = (uv[..., 0] - 0.5).clamp(-1.0, Wi)                                 # integer = pixel centre
+    y = (uv[..., 1] - 0.5).clamp(-1.0, Hi)
     x0, y0 = torch.floor(x), torch.floor(y)
-    fx, fy = (x - x0).to(d.dtype), (y - y0).to(d.dtype)
-
-    def tap(xi, yi):
-        inside = (xi >= 0) & (xi < Wi) & (yi >= 0) & (yi < Hi)
-        idx = (yi.clamp(0, Hi - 1) * Wi + xi.clamp(0, Wi - 1)).long()
-        return torch.where(inside, torch.gather(d, 1, idx), torch.zeros((), dtype=d.dtype))
-
-    x0l, y0l = x0.long(), y0.long()
-    t00, t10, t01, t11 = tap(x0l, y0l), tap(x0l + 1, y0l), tap(x0l, y0l + 1), tap(x0l + 1, y0l + 1)
-    taps = torch.stack([t00, t10, t01, t11], -1)
+    fx, fy = x - x0, y - y0
+    base = ((y0 + 1) * (Wi + 2) + (x0 + 1)).long()
+    offsets = torch.tensor([0, 1, Wi + 2, Wi + 3], device=d.device)
+    taps = torch.gather(d, 1, (base.unsqueeze(-1) + offsets).reshape(d.shape[0], -1)).view(*base.shape, 4)
+    t00, t10, t01, t11 = taps.unbind(-1)
     smooth = (taps > 0).all(-1) & ((taps.amax(-1) - taps.amin(-1)) <= edge_mm)
-    bil = (t00 * (1 - fx) * (1 - fy) + t10 * fx * (1 - fy) + t01 * (1 - fx) * fy + t11 * fx * fy)
-    nearest = tap(torch.round(x).long(), torch.round(y).long())
-    out = torch.where(smooth, bil, nearest)
+    bil = torch.lerp(torch.lerp(t00, t10, fx), torch.lerp(t01, t11, fx), fy)
+    near = torch.where(fy < 0.5, torch.where(fx < 0.5, t00, t10), torch.where(fx < 0.5, t01, t11))
+    out = torch.where(smooth, bil, near)
     H, W = crop.size
     return out.reshape(lead + (H, W))
 
@@ -245,7 +243,7 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{self.layout.keypoints_path(s.frame)}: no valid keypoint to crop around")
         # input crop
         img = read_image(self.layout.image_path(s.sequence, s.camera, s.frame), self.image_size)
-        img = torch.from_numpy(img).permute(2, 0, 1).float().div_(255)
+        img = torch.from_numpy(img.copy()).permute(2, 0, 1).float().div_(255)
         px_in = cam_in.project(joints[None])                                     # (1, J, 2)
         crop_in = crop_from_joints(px_in, ok[None], size=self.input_size)
         image = crop_image(img[None], crop_in)[0]
