@@ -150,6 +150,20 @@ def test_display_toggles(model):
     assert hl.pose_toggle.disabled and hl.id_toggle.disabled and not hl.pose_toggle.value
 
 
+def test_reset_camera(model):
+    w = widget(model, compare=True)
+    home = [tuple(v.camera.position) for v in w.views]
+    for v in w.views:                                          # as after orbiting in the browser
+        v.camera.position = (1.0, 2.0, 3.0)
+        v.controls.target = (5.0, 0.0, 0.0)
+    w.reset_camera_button.click()
+    for v, h in zip(w.views, home):
+        assert tuple(v.camera.position) == h and tuple(v.controls.target) == (0.0, 0.0, 0.0)
+    # the camera looks at the hand: the orbit target (origin) is the centre of the shifted mesh
+    c = np.asarray(w.view.mesh.position) + 0.5 * (w.vertices.min(0) + w.vertices.max(0))
+    assert np.linalg.norm(c) < 0.5 * np.ptp(w.vertices, axis=0).max()
+
+
 def test_error_colour_map(model):
     sk = model.hand.skeleton
     shift = np.array([3.0, 0.0, 4.0])                          # 5 mm everywhere
@@ -265,7 +279,8 @@ def test_notebook_committed_without_outputs():
 def test_notebook_runs_under_papermill(tmp_path):
     out = tmp_path / "04_out.ipynb"
     env = {**os.environ, "DHM_DATA": str(tmp_path / "data"), "DHM_OUTPUT": str(tmp_path / "output"),
-           "MPLBACKEND": "Agg"}
+           "MPLBACKEND": "Agg",
+           "JUPYTER_DATA_DIR": str(tmp_path / "jupyter")}   # hides user-level kernels: python3 = this venv
     r = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOK), str(out), "-p", "smoke", "True",
                         "--cwd", str(tmp_path), "--kernel", "python3"],
                        env=env, capture_output=True, text=True, timeout=600)
