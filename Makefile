@@ -31,10 +31,9 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing: run 'sudo apt-get install -y chromium' (browser tests need it)"; fi; }
 
-# main job: the procedural hand model and a posed demo mesh (later: the notebook series)
+# main job: the notebook series on the synthetic default (01 writes the virtual capture into data/ when absent)
 run: setup
-	$(DHM) hand-model --out data/hand_model
-	$(DHM) demo --hand-model data/hand_model --euler 'index1.z=60,index2.z=70,index3.z=40,middle1.z=80,middle2.z=90,middle3.z=50,ring1.z=80,ring2.z=90,ring3.z=50,pinky1.z=80,pinky2.z=90,pinky3.z=50' --out output/vis/demo_mesh.obj
+	$(DHM) notebooks
 
 test: setup-dev
 	$(PY) -m pytest -ra

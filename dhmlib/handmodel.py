@@ -14,7 +14,6 @@ write → read reproduces every float64 bit for bit.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -428,4 +427,6 @@ def write_hand_model(model: HandModel, folder) -> Path:
 
 def default_hand_model_dir() -> Path:
     """``$DHM_DATA/hand_model`` or ``./data/hand_model``."""
-    return Path(os.environ.get("DHM_DATA", "data")) / "hand_model"
+    from .paths import data_dir
+
+    return data_dir() / "hand_model"

@@ -1,0 +1,76 @@
+"""The notebook series: committed clean, one literal parameters cell, runs under `dhm notebooks`."""
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _env(tmp_path):
+    return {**os.environ, "DHM_DATA": str(tmp_path / "data"), "DHM_OUTPUT": str(tmp_path / "output"),
+            "MPLBACKEND": "Agg", "JUPYTER_DATA_DIR": str(tmp_path / "jupyter")}
+
+
+def test_series_is_ordered_and_present():
+    names = [p.name for p in NOTEBOOKS]
+    assert names[0] == "01_data_inspection.ipynb" and "04_posing_widget.ipynb" in names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_committed_clean_with_one_literal_parameters_cell(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code), "strip outputs"
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    tree = ast.parse("".join(tagged[0]["source"]))
+    for node in tree.body:
+        assert isinstance(node, (ast.Assign, ast.AnnAssign)), ast.dump(node)
+        assert isinstance(node.value, ast.Constant) or (isinstance(node.value, ast.UnaryOp)
+                                                       and isinstance(node.value.operand, ast.Constant)), \
+            f"{path.name}: parameters must be literals, got {ast.unparse(node)}"
+    assert "smoke" in {t.id for n in tree.body for t in (n.targets if isinstance(n, ast.Assign) else [n.target])}
+
+
+@pytest.mark.slow
+def test_data_inspection_runs_and_writes_the_capture(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "notebooks", "--smoke", "--only", "01",
+                        "--folder", str(NOTEBOOKS[0].parent), "--out", str(tmp_path / "nb"), "--kernel", "python3"],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    nb = nbformat.read(tmp_path / "nb" / "01_data_inspection.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 5  # dome, keypoints, depth, sample crops, angle histograms
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "problems                     0" in text
+    assert (tmp_path / "data" / "annotations" / "KRT_512").is_file()
+    assert (tmp_path / "data" / "annotations" / "synthetic" / "COMPLETE").is_file()
+
+
+def _tiny_notebook(path, cells):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1\nsmoke = False", metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+
+
+def test_runner_stops_at_first_failure_and_prints_the_cell_error(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _tiny_notebook(folder / "01_ok.ipynb", ["assert smoke is True and x == 5", "open('ran_01', 'w').close()"])
+    _tiny_notebook(folder / "02_fails.ipynb", ["y = x / 0"])
+    _tiny_notebook(folder / "03_never.ipynb", ["open('ran_03', 'w').close()"])
+    r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "notebooks", "--folder", str(folder), "--out",
+                        str(tmp_path / "out"), "--smoke", "-p", "x", "5", "-p", "unknown", "1", "--kernel", "python3"],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 1
+    assert (tmp_path / "ran_01").exists() and not (tmp_path / "ran_03").exists()
+    assert "02_fails.ipynb FAILED" in r.stdout and "ZeroDivisionError" in r.stdout and "y = x / 0" in r.stdout
