@@ -42,8 +42,12 @@ test-fast: setup-dev
 	$(PY) -m pytest -ra -m "not slow"
 
 bench: setup-dev
+	@[ "$$(id -u)" != 0 ] || dpkg -s libusb-1.0-0 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null; }
 	$(PIP) install -q -e '.[dev,lab,bench]'
 	$(PY) bench/decode.py
+	$(PY) bench/render.py
+	$(PY) bench/loader.py
+	$(PY) bench/posing_latency.py
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks
