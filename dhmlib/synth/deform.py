@@ -243,15 +243,17 @@ class GroundTruthDeformer:
 
 
 # --------------------------------------------------------------------------- what LBS cannot express
-def fit_lbs(hand: HandModel, target: np.ndarray, euler0: np.ndarray, root0: np.ndarray, steps: int = 300,
-            lr: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best LBS-only explanation of ground-truth meshes: fit Euler angles and a rigid root by Adam.
+def fit_lbs(hand: HandModel, target: np.ndarray, euler0: np.ndarray, root0: np.ndarray,
+            steps: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best LBS-only explanation of ground-truth meshes: fit Euler angles and a rigid root (L-BFGS).
 
     Minimises the mean squared per-vertex distance between ``HandLayer(hand)`` (template, no
-    correctives) and ``target``, starting from ``euler0`` / ``root0`` (e.g. the true pose).
+    correctives) and ``target`` over the DoF-masked Euler angles and a rigid correction of the
+    root, starting from ``euler0`` / ``root0`` (e.g. the true pose); never worse than the start.
 
     Args:
         target: (T, V, 3) world mm.  euler0: (T, J, 3) rad.  root0: (T, 4, 4) model → world.
+        steps: L-BFGS iterations (0: evaluate the start).
     Returns:
         euler (T, J, 3) rad, root (T, 4, 4), error (T, V) per-vertex distance after the fit, mm.
     """
@@ -260,21 +262,30 @@ def fit_lbs(hand: HandModel, target: np.ndarray, euler0: np.ndarray, root0: np.n
     layer = HandLayer(hand, dtype=torch.float64)
     tgt = torch.as_tensor(np.asarray(target, dtype=np.float64))
     r0 = torch.as_tensor(np.asarray(root0, dtype=np.float64))
+    T = len(tgt)
     euler = torch.tensor(np.asarray(euler0, dtype=np.float64), requires_grad=True)
-    rot = torch.zeros(len(tgt), 3, dtype=torch.float64, requires_grad=True)     # root correction, rad
-    shift = torch.zeros(len(tgt), 3, dtype=torch.float64, requires_grad=True)   # root correction, cm
+    rot = torch.zeros(T, 3, dtype=torch.float64, requires_grad=True)      # root correction, rad
+    shift = torch.zeros(T, 3, dtype=torch.float64, requires_grad=True)    # root correction, cm
+    bottom = torch.tensor([[[0.0, 0.0, 0.0, 1.0]]], dtype=torch.float64).expand(T, 1, 4)
 
     def root():
-        corr = torch.eye(4, dtype=torch.float64).repeat(len(tgt), 1, 1)
-        corr = torch.cat([torch.cat([euler_to_matrix(rot), 10.0 * shift.unsqueeze(-1)], -1), corr[:, 3:]], -2)
+        corr = torch.cat([torch.cat([euler_to_matrix(rot), 10.0 * shift.unsqueeze(-1)], -1), bottom], -2)
         return r0 @ corr
 
-    opt = torch.optim.Adam([euler, rot, shift], lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = ((layer(euler, root_transform=root()).vertices - tgt) ** 2).sum(-1).mean()
-        loss.backward()
-        opt.step()
+    def loss_fn():
+        return ((layer(euler, root_transform=root()).vertices - tgt) ** 2).sum(-1).mean(-1).sum()
+
+    if steps > 0:
+        opt = torch.optim.LBFGS([euler, rot, shift], lr=1.0, max_iter=steps, history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-14)
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
     with torch.no_grad():
         R = root()
         err = (layer(euler, root_transform=R).vertices - tgt).norm(dim=-1)
