@@ -241,9 +241,9 @@ def test_render_depth_sphere_exact_and_consistent():
     assert torch.equal(render_silhouette(v[None], f, cams, size=(64, 48)), fg.double())
     idx = render_face_index(v[None], f, cams, size=(64, 48))
     assert torch.equal(idx >= 0, fg)
-    # closed, outward mesh: culling back faces changes nothing
+    # convex closed outward mesh: culling back faces changes nothing
     assert is_closed_mesh(f, v.shape[0])
-    assert torch.equal(render_depth(v[None], f, cams, size=(64, 48), cull_backfaces=False), d)
+    assert torch.equal(render_depth(v[None], f, cams, size=(64, 48), cull_backfaces=True), d)
     # crop = identity crop of the same size gives the same image; (B, C) cameras = (C,) cameras
     same = render_depth(v[None], f, cams, identity_crop((4,), (64, 48), dtype=torch.float64))
     assert torch.equal(same, d)

@@ -29,8 +29,9 @@ Backends:
 
 - ``"torch"``: built in, pure PyTorch, any device. Visibility is a vectorised
   z-buffer over (face, pixel) candidates from each face's bounding box (see
-  :func:`_visible_faces`); the interpolation is then recomputed with autograd for
-  the winning face of each covered pixel only. Gradients reach
+  :func:`_visible_faces`); the interpolation is then computed, differentiably (a
+  small autograd Function with an explicit backward), for the winning face of each
+  covered pixel only. Gradients reach
   ``face_vertices_image``, ``face_vertices_z`` (through the perspective weights)
   and ``face_features`` through the visible face's barycentrics (no gradient
   from silhouette changes: coverage is a step function, as in Kaolin's ``cuda``
@@ -116,6 +117,8 @@ def _check_inputs(height, width, face_vertices_z, face_vertices_image, face_feat
             and face_features.is_floating_point()):
         raise TypeError("rasterize: expected floating point face_vertices_z, face_vertices_image, face_features")
     for name, t in (("face_vertices_z", face_vertices_z), ("face_vertices_image", face_vertices_image)):
+        if bool(torch.isfinite(t.detach().sum())):  # fast path: one reduction
+            continue
         bad = ~torch.isfinite(t.detach())
         if valid_faces is not None:
             bad = bad & valid_faces.reshape(B, F, *([1] * (t.dim() - 2)))
@@ -203,52 +206,54 @@ def _rasterize_kaolin(H, W, fz, fimg, feats, valid, perspective_correct, multipl
 # than elementwise ops in PyTorch, so per-face data is kept as separate columns
 # ("structure of arrays") and combined with elementwise ops only.
 
-def _face_setup(H: int, W: int, fz: torch.Tensor, fimg: torch.Tensor, valid: torch.Tensor | None,
-                perspective_correct: bool, work: torch.dtype):
-    """Per-face affine functions of the pixel index (no grad).
+def _pixel_coords(xy: torch.Tensor, H: int, W: int):
+    """(M, 6) NDC ``x0 y0 x1 y1 x2 y2`` → pixel-index coordinates ``[px0, px1, px2], [py0, py1, py2]``.
 
-    Positions are taken in pixel-index space (column ``j`` ↔ ``px = j`` at the pixel
-    centre, row ``i`` ↔ ``py = i``). Each face gets its bounding box of pixel centres
-    ``(i0, j0, ni, nj)`` and four affine functions ``g(i0 + di, j0 + dj) = A·dj + Bc·di + C``
-    relative to the box origin (for precision): the three barycentrics ``w0, w1, w2``
-    and the visibility value ``v`` (``1/depth`` when perspective-correct, else ``z``;
-    larger is nearer).
-
-    Returns:
-        ok: (B·F,) bool, faces to draw that cover ≥ 1 pixel centre.
-        coef: 12 tensors (B·F,) ``A0..A3, Bc0..Bc3, C0..C3`` in ``work`` dtype (index 3 = v).
-        box: 4 tensors (B·F,) ``i0, j0, ni, nj`` (whole numbers, ``work`` dtype).
+    Column ``j`` ↔ ``px = j`` at the pixel centre, row ``i`` ↔ ``py = i`` (row 0 at NDC y = 1).
     """
-    B, F = fz.shape[:2]
-    xy = fimg.detach().reshape(B * F, 6).to(work)
-    z = fz.detach().reshape(B * F, 3).to(work)
     px = [xy[:, 2 * k] * (0.5 * W) + (0.5 * W - 0.5) for k in range(3)]
     py = [xy[:, 2 * k + 1] * (-0.5 * H) + (0.5 * H - 0.5) for k in range(3)]
+    return px, py
+
+
+def _boxes(px, py, H: int, W: int):
+    """Bounding boxes of pixel centres ``i0, j0, i1, j1`` (float, whole numbers, clamped to the image)."""
     j0 = torch.minimum(torch.minimum(px[0], px[1]), px[2]).ceil_().clamp_(min=0)
     j1 = torch.maximum(torch.maximum(px[0], px[1]), px[2]).floor_().clamp_(max=W - 1)
     i0 = torch.minimum(torch.minimum(py[0], py[1]), py[2]).ceil_().clamp_(min=0)
     i1 = torch.maximum(torch.maximum(py[0], py[1]), py[2]).floor_().clamp_(max=H - 1)
-    ok = (j1 >= j0) & (i1 >= i0)
-    if valid is not None:
-        ok &= valid.reshape(-1)
-    if perspective_correct:
-        ok &= (z[:, 0] < 0) & (z[:, 1] < 0) & (z[:, 2] < 0)
-    x0, x1, x2 = (p - j0 for p in px)  # shift to the box origin (for precision)
+    return i0, j0, i1, j1
+
+
+def _face_coefficients(px, py, z, i0, j0, perspective_correct: bool) -> list[torch.Tensor]:
+    """Affine functions of the pixel index for faces (M,), relative to their box origin (no grad).
+
+    ``px``, ``py``, ``z``: three (M,) tensors each (per face vertex); ``i0``, ``j0``: box origins.
+
+    ``g(i0 + di, j0 + dj) = A·dj + Bc·di + C`` for the three barycentrics ``w0, w1, w2``
+    and the visibility value ``v`` (``1/depth`` when perspective-correct, else ``z``;
+    larger is nearer). Shifting to the box origin first keeps float32 precise.
+
+    Returns:
+        12 tensors (M,): ``A0..A3, Bc0..Bc3, C0..C3`` (index 3 = v). A zero-area face gets
+        ``C0 = -1e30`` so that it never covers a pixel while its values stay finite.
+    """
+    x0, x1, x2 = (p - j0 for p in px)
     y0, y1, y2 = (p - i0 for p in py)
     # w_k(p) = ((x_{k+1} − p_x)(y_{k+2} − p_y) − (x_{k+2} − p_x)(y_{k+1} − p_y)) / area
     A = [y1 - y2, y2 - y0, y0 - y1]
     Bc = [x2 - x1, x0 - x2, x1 - x0]
     C = [x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0]
     area = C[0] + C[1] + C[2]
-    ok &= area != 0
-    # no torch.where here (slow on CPU): faces that are not ok get inf/nan and are never used
-    inv = 1.0 / area
-    val = [-1.0 / z[:, k] for k in range(3)] if perspective_correct else [z[:, k] for k in range(3)]
+    flat = area == 0
+    inv = 1.0 / (area + flat)  # no torch.where (slow on CPU)
+    val = [-1.0 / q for q in z] if perspective_correct else list(z)
     rows = []
     for part in (A, Bc, C):
-        part = [p * inv for p in part]
+        part = [q * inv for q in part]
         rows += part + [part[0] * val[0] + part[1] * val[1] + part[2] * val[2]]
-    return ok, rows, [i0, j0, i1 - i0 + 1, j1 - j0 + 1]
+    rows[8] = rows[8] - flat * 1e30
+    return rows
 
 
 def _tile_index(size: torch.Tensor) -> torch.Tensor:
@@ -275,16 +280,16 @@ def _scatter_tiles(zbuf: torch.Tensor, Ti: int, Tj: int, Wp: int, face_id: torch
         base: (N,) long flat index of each tile's origin in ``zbuf``.
     """
     dev = zbuf.device
-    di = torch.arange(Ti, device=dev, dtype=coef[0].dtype)
-    dj = torch.arange(Tj, device=dev, dtype=coef[0].dtype)
-    offs = (torch.arange(Ti, device=dev).unsqueeze(1) * Wp + torch.arange(Tj, device=dev)).reshape(1, Ti, Tj)
+    # faces on the last (contiguous) axis: broadcasts over tiny tile axes are slow otherwise
+    di = torch.arange(Ti, device=dev, dtype=coef[0].dtype).reshape(Ti, 1)
+    dj = torch.arange(Tj, device=dev, dtype=coef[0].dtype).reshape(Tj, 1)
+    offs = (torch.arange(Ti, device=dev).reshape(Ti, 1) * Wp + torch.arange(Tj, device=dev)).reshape(Ti, Tj, 1)
     step = max(1, max_candidates // (Ti * Tj))
     for s in range(0, face_id.shape[0], step):
-        cf = torch.stack([c[s:s + step] for c in coef])  # (12, n)
-        A, Bc, C = cf[0:4].unsqueeze(-1), cf[4:8].unsqueeze(-1), cf[8:12].unsqueeze(-1)
-        row = (C + Bc * di).unsqueeze(-1)  # (4, n, Ti, 1): value at (di, 0)
-        col = (A * dj).unsqueeze(-2)  # (4, n, 1, Tj)
-        g = row + col  # (4, n, Ti, Tj)
+        A, Bc, C = (torch.stack([c[s:s + step] for c in coef[4 * q:4 * q + 4]]).unsqueeze(1) for q in range(3))
+        row = (C + Bc * di).unsqueeze(2)  # (4, Ti, 1, n): value at (di, 0)
+        col = (A * dj).unsqueeze(1)  # (4, 1, Tj, n)
+        g = row + col  # (4, Ti, Tj, n)
         inside = torch.minimum(torch.minimum(g[0], g[1]), g[2]) >= -tol
         # mask by arithmetic (torch.where is ~8× slower on CPU): outside → 0 (perspective: inside
         # values are > 0) or → -_BIG (signed values)
@@ -294,13 +299,43 @@ def _scatter_tiles(zbuf: torch.Tensor, Ti: int, Tj: int, Wp: int, face_id: torch
         bits = v.view(torch.int32)
         if signed:
             bits = _orderable(bits)
-        fid = face_id[s:s + step].reshape(-1, 1, 1)
         key = torch.empty(bits.shape + (2,), dtype=torch.int32, device=dev)
-        key[..., 0] = fid
+        key[..., 0] = face_id[s:s + step]
         key[..., 1] = bits
-        key = key.view(torch.int64).squeeze(-1)  # (n, Ti, Tj)
-        idx = base[s:s + step].reshape(-1, 1, 1) + offs
+        key = key.view(torch.int64).squeeze(-1)  # (Ti, Tj, n)
+        idx = base[s:s + step] + offs  # (Ti, Tj, n)
         zbuf.scatter_reduce_(0, idx.reshape(-1), key.reshape(-1), "amax", include_self=True)
+
+
+def _draw_bins(zbuf, counts, fid32, coef, base_all, ni, nj, Wp, signed, max_candidates, tol):
+    """Draw faces grouped by tile shape (``counts`` per shape index, then the "big" group)."""
+    nt = len(_TILES)
+    Tm = _TILES[-1]
+    dev = zbuf.device
+    start = 0
+    for k, cnt in enumerate(counts):
+        sl = slice(start, start + cnt)
+        start += cnt
+        if cnt == 0:
+            continue
+        if k < nt * nt:
+            _scatter_tiles(zbuf, _TILES[k // nt], _TILES[k % nt], Wp, fid32[sl], [c[sl] for c in coef],
+                           base_all[sl], signed, max_candidates, tol)
+            continue
+        # cut large faces into Tm×Tm tiles
+        nti = (ni[sl] + Tm - 1) // Tm
+        ntj = (nj[sl] + Tm - 1) // Tm
+        cnt_t = nti * ntj
+        item = torch.repeat_interleave(torch.arange(sl.start, sl.stop, device=dev), cnt_t)
+        first = torch.cumsum(cnt_t, 0) - cnt_t
+        local = torch.arange(int(cnt_t.sum()), device=dev) - torch.repeat_interleave(first, cnt_t)
+        ntj_i = torch.repeat_interleave(ntj, cnt_t)
+        ti, tj = (local // ntj_i) * Tm, (local % ntj_i) * Tm
+        c = [x.index_select(0, item) for x in coef]
+        for q in range(4):
+            c[8 + q] = c[8 + q] + c[q] * tj.to(c[q].dtype) + c[4 + q] * ti.to(c[q].dtype)
+        _scatter_tiles(zbuf, Tm, Tm, Wp, fid32[item], c, base_all[item] + ti * Wp + tj, signed,
+                       max_candidates, tol)
 
 
 @torch.no_grad()
@@ -308,66 +343,164 @@ def _visible_faces(H: int, W: int, fz: torch.Tensor, fimg: torch.Tensor, valid: 
                    perspective_correct: bool, max_candidates: int) -> torch.Tensor:
     """Visible face of every pixel centre: (B, H, W) long global ids ``b·F + f``, -1 on background.
 
-    Candidates: each face's bounding box of pixel centres, padded to a tile of
-    ``Ti × Tj`` with ``Ti, Tj`` in ``_TILES`` (faces larger than the largest tile are
-    cut into tiles of that size); every tile is evaluated densely with precomputed
-    affine edge functions and an affine visibility value; winners by one
-    ``scatter_reduce(amax)`` over a packed int64 key (value bits high, face id low;
-    equal values → larger face id). The z-buffer is padded by one tile on the
-    bottom/right so that tiles never wrap.
+    1. Per face (vectorised): bounding box of pixel centres, validity, orientation.
+    2. One int16 sort groups faces by (phase, tile shape ``Ti × Tj`` with ``Ti, Tj`` in
+       ``_TILES``); faces larger than the largest tile are cut into tiles of that size.
+    3. Per group, tiles are evaluated densely (faces on the contiguous axis) with precomputed
+       affine edge functions and an affine visibility value (1/depth); winners by
+       ``scatter_reduce(amax)`` over a packed int64 key (value bits high, face id low;
+       equal values → larger face id), in chunks of ``max_candidates``.
+    4. Phase 1 draws faces facing the camera; phase 2 first drops faces whose nearest point is
+       behind the farthest surface drawn in every 8×8 block their box touches (exact), then
+       draws the rest.
+
+    The z-buffer is padded by at least one tile on the bottom/right so tiles never wrap.
     """
     B, F = fz.shape[:2]
     dev = fz.device
     work = torch.float64 if fz.dtype == torch.float64 else torch.float32
     tol = 1e-9 if work == torch.float64 else _INSIDE_TOL
-    ok, coef, box = _face_setup(H, W, fz, fimg, valid, perspective_correct, work)
+    xy_all = fimg.detach().reshape(B * F, 6)
+    z_all = fz.detach().reshape(B * F, 3)
+    px, py = _pixel_coords(xy_all.to(work), H, W)
+    i0, j0, i1, j1 = _boxes(px, py, H, W)
+    ok = (j1 >= j0) & (i1 >= i0)
+    if valid is not None:
+        ok &= valid.reshape(-1)
+    if perspective_correct:
+        ok &= (z_all[:, 0] < 0) & (z_all[:, 1] < 0) & (z_all[:, 2] < 0)
     Tm = _TILES[-1]
-    Hp, Wp = H + Tm, W + Tm
+    Hp, Wp = -(-(H + Tm) // Tm) * Tm, -(-(W + Tm) // Tm) * Tm  # ≥ one tile of padding, whole Tm×Tm blocks
     zbuf = torch.full((B * Hp * Wp,), _INT64_MIN, dtype=torch.int64, device=dev)
     signed = not perspective_correct
     nt = len(_TILES)
-    # group faces by tile shape with one small-integer sort, then gather their data once
-    bi, bj = _tile_index(box[2]), _tile_index(box[3])  # smallest tile ≥ size; nt if too large
+    nb = nt * nt + 1  # tile shapes + "big", per phase
+    # Two phases (perspective mode): faces facing the camera (counter-clockwise in NDC, i.e.
+    # clockwise in pixel rows/columns) first, then the others, each skipped when it lies
+    # entirely behind the farthest surface already drawn in every Tm×Tm block its box
+    # touches. Exact (a conservative occlusion test); removes most back faces of closed
+    # meshes; any orientation convention stays correct, only slower.
+    if perspective_correct:
+        phase = ((px[1] - px[0]) * (py[2] - py[0]) - (px[2] - px[0]) * (py[1] - py[0])) >= 0
+    else:
+        phase = torch.zeros_like(ok)
+    # group faces by phase and tile shape with one small-integer sort, then gather their rows once
+    bi, bj = _tile_index(i1 - i0 + 1), _tile_index(j1 - j0 + 1)  # smallest tile ≥ size; nt if too large
     big = (bi == nt) | (bj == nt)
-    binid = (bi * nt + bj) * ~big + (nt * nt) * big
-    binid = (binid * ok + (nt * nt + 1) * ~ok).to(torch.int16)
+    binid = (bi * nt + bj) * ~big + (nt * nt) * big + nb * phase
+    binid = (binid * ok + (2 * nb) * ~ok).to(torch.int16)
     binid, order = torch.sort(binid, stable=True)
-    counts = torch.bincount(binid.long(), minlength=nt * nt + 2).tolist()[:nt * nt + 1]
-    order = order[:sum(counts)]
-    if order.numel():
-        coef = [c.index_select(0, order) for c in coef]  # 12 × (M,), grouped by tile shape
-        i0, j0, ni, nj = (c.index_select(0, order).long() for c in box)
+    counts = torch.bincount(binid.long(), minlength=2 * nb + 1).tolist()[:2 * nb]
+    M = sum(counts)
+    order = order[:M]
+    if M:
+        rows = xy_all.index_select(0, order).to(work).T.contiguous()  # (6, M) rows: contiguous maths
+        zr = z_all.index_select(0, order).to(work).T.contiguous()  # (3, M)
+        px, py = [rows[0] * (0.5 * W) + (0.5 * W - 0.5), rows[2] * (0.5 * W) + (0.5 * W - 0.5),
+                  rows[4] * (0.5 * W) + (0.5 * W - 0.5)], \
+            [rows[1] * (-0.5 * H) + (0.5 * H - 0.5), rows[3] * (-0.5 * H) + (0.5 * H - 0.5),
+             rows[5] * (-0.5 * H) + (0.5 * H - 0.5)]
+        i0, j0, i1, j1 = _boxes(px, py, H, W)
+        ni = (i1 - i0 + 1).long()
+        nj = (j1 - j0 + 1).long()
         b = order // F
+        base_all = (b * Hp + i0.long()) * Wp + j0.long()
         fid32 = order.to(torch.int32)
-        base_all = (b * Hp + i0) * Wp + j0
-        start = 0
-        for k, cnt in enumerate(counts):
-            sl = slice(start, start + cnt)
-            start += cnt
-            if cnt == 0:
-                continue
-            if k < nt * nt:
-                _scatter_tiles(zbuf, _TILES[k // nt], _TILES[k % nt], Wp, fid32[sl], [c[sl] for c in coef], base_all[sl],
-                               signed, max_candidates, tol)
-                continue
-            # cut large faces into Tm×Tm tiles
-            nti = (ni[sl] + Tm - 1) // Tm
-            ntj = (nj[sl] + Tm - 1) // Tm
-            cnt_t = nti * ntj
-            item = torch.repeat_interleave(torch.arange(sl.start, sl.stop, device=dev), cnt_t)
-            first = torch.cumsum(cnt_t, 0) - cnt_t
-            local = torch.arange(int(cnt_t.sum()), device=dev) - torch.repeat_interleave(first, cnt_t)
-            ntj_i = torch.repeat_interleave(ntj, cnt_t)
-            ti, tj = (local // ntj_i) * Tm, (local % ntj_i) * Tm
-            c = [x.index_select(0, item) for x in coef]
-            for q in range(4):
-                c[8 + q] = c[8 + q] + c[q] * tj.to(c[q].dtype) + c[4 + q] * ti.to(c[q].dtype)
-            _scatter_tiles(zbuf, Tm, Tm, Wp, fid32[item], c, base_all[item] + ti * Wp + tj, signed,
-                           max_candidates, tol)
+
+        def draw(sel, cnts):
+            coef = _face_coefficients([p[sel] for p in px], [p[sel] for p in py], [q[sel] for q in zr],
+                                      i0[sel], j0[sel], perspective_correct)
+            _draw_bins(zbuf, cnts, fid32[sel], coef, base_all[sel], ni[sel], nj[sel], Wp, signed,
+                       max_candidates, tol)
+
+        n1 = sum(counts[:nb])
+        if n1:
+            draw(slice(0, n1), counts[:nb])
+        if n1 < M:  # phase 2: drop faces hidden behind phase 1, then draw the rest
+            p2 = slice(n1, M)
+            nearest = torch.maximum(torch.maximum(zr[0, p2], zr[1, p2]), zr[2, p2])  # z < 0: max = nearest
+            qmax = (-1.0 / nearest).float() * (1 + 1e-5)  # 1/depth of the face's nearest point
+            Hb, Wb = Hp // Tm, Wp // Tm
+            q = zbuf.view(torch.int32)[1::2].contiguous().view(torch.float32).reshape(B, 1, Hp, Wp)
+            far = -torch.nn.functional.max_pool2d(-q.clamp_min(0), Tm, Tm)  # min 1/depth per block, 0 if empty
+            far = far.reshape(-1)
+            bb = b[p2] * Hb
+            r0, r1 = i0[p2].long() // Tm, (i0[p2].long() + ni[p2] - 1) // Tm
+            c0, c1 = j0[p2].long() // Tm, (j0[p2].long() + nj[p2] - 1) // Tm
+            blk = torch.minimum(torch.minimum(far[(bb + r0) * Wb + c0], far[(bb + r0) * Wb + c1]),
+                                torch.minimum(far[(bb + r1) * Wb + c0], far[(bb + r1) * Wb + c1]))
+            show = ((qmax >= blk) | (ni[p2] > Tm) | (nj[p2] > Tm)).nonzero().squeeze(-1) + n1
+            if show.numel():
+                draw(show, torch.bincount(binid[show].long() - nb, minlength=nb).tolist())
     key = zbuf.view(torch.int32).reshape(B, Hp, Wp, 2)[:, :H, :W]
     floor = _orderable(torch.tensor(-_BIG, dtype=torch.float32).view(torch.int32)) if signed else 0
     fg = key[..., 1] > floor  # int64-min init and masked candidates are at or below the floor
     return (key[..., 0].long() + 1) * fg - 1
+
+
+class _Interpolate(torch.autograd.Function):
+    """Barycentric interpolation at P pixels with a hand-written backward.
+
+    Autograd through column slices of (P, 6) tensors allocates a zero-filled (P, 6) gradient
+    per slice; this Function keeps everything as (3, P) rows and scatters each input's
+    gradient once. Maths, per pixel with vertex offsets ``d_k = v_k − p`` (NDC):
+
+    - ``e_k = dx_{k+1} dy_{k+2} − dx_{k+2} dy_{k+1}`` (∝ screen-space barycentric ``w_k``)
+    - ``u_k = e_k / z_k`` when perspective-correct (else ``u_k = e_k``), ``b_k = u_k / Σ u``
+    - ``out = Σ b_k f_k``
+
+    Backward with ``g = ∂L/∂out``: ``∂L/∂f_k = b_k g``; ``gb_k = ⟨g, f_k⟩``;
+    ``gu_k = (gb_k − Σ_j b_j gb_j) / Σ u``; ``∂L/∂z_k = −gu_k u_k / z_k``; ``ge_k = gu_k / z_k``;
+    ``∂L/∂x_m = ge_{m−1} dy_{m+1} − ge_{m+1} dy_{m−1}``, ``∂L/∂y_m = ge_{m+1} dx_{m−1} − ge_{m−1} dx_{m+1}``.
+    """
+
+    @staticmethod
+    def _geometry(fimg, fz, f, x, y, perspective):
+        tri = fimg.index_select(0, f).T  # (6, P)
+        dx = tri[0::2] - x  # (3, P)
+        dy = tri[1::2] - y
+        dx1, dx2 = dx.roll(-1, 0), dx.roll(-2, 0)  # rows k+1, k+2
+        dy1, dy2 = dy.roll(-1, 0), dy.roll(-2, 0)
+        e = dx1 * dy2 - dx2 * dy1
+        z = fz.index_select(0, f).T.contiguous() if perspective else None
+        u = e / z if perspective else e
+        S = u[0] + u[1] + u[2]
+        return dx, dy, z, u, S
+
+    @staticmethod
+    def forward(ctx, fimg, fz, feats, f, x, y, perspective: bool):
+        dx, dy, z, u, S = _Interpolate._geometry(fimg, fz, f, x, y, perspective)
+        b = u / S  # (3, P)
+        fv = feats.index_select(0, f)  # (P, 3, D)
+        vals = b[0].unsqueeze(-1) * fv[:, 0] + b[1].unsqueeze(-1) * fv[:, 1] + b[2].unsqueeze(-1) * fv[:, 2]
+        ctx.save_for_backward(fimg, fz, feats, f, x, y)
+        ctx.perspective = perspective
+        return vals
+
+    @staticmethod
+    def backward(ctx, g):
+        fimg, fz, feats, f, x, y = ctx.saved_tensors
+        perspective = ctx.perspective
+        dx, dy, z, u, S = _Interpolate._geometry(fimg, fz, f, x, y, perspective)
+        b = u / S
+        fv = feats.index_select(0, f)  # (P, 3, D)
+        g_fimg = g_fz = g_feats = None
+        if ctx.needs_input_grad[2]:
+            gfv = torch.stack([b[k].unsqueeze(-1) * g for k in range(3)], 1)  # (P, 3, D)
+            g_feats = torch.zeros_like(feats).index_add_(0, f, gfv)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            gb = torch.stack([(g * fv[:, k]).sum(-1) for k in range(3)])  # (3, P)
+            gu = (gb - (b[0] * gb[0] + b[1] * gb[1] + b[2] * gb[2])) / S
+            ge = gu / z if perspective else gu
+            if ctx.needs_input_grad[1] and perspective:
+                g_fz = torch.zeros_like(fz).index_add_(0, f, (-gu * u / z).T)
+            if ctx.needs_input_grad[0]:
+                gem, gep = ge.roll(1, 0), ge.roll(-1, 0)  # rows m−1, m+1
+                gX = gem * dy.roll(-1, 0) - gep * dy.roll(1, 0)
+                gY = gep * dx.roll(1, 0) - gem * dx.roll(-1, 0)
+                gt = torch.stack([gX, gY], 1).reshape(6, -1)  # rows x0 y0 x1 y1 x2 y2
+                g_fimg = torch.zeros_like(fimg).index_add_(0, f, gt.T)
+        return g_fimg, g_fz, g_feats, None, None, None, None
 
 
 def _interpolate(H: int, W: int, fz: torch.Tensor, fimg: torch.Tensor, feats: torch.Tensor,
@@ -389,22 +522,12 @@ def _interpolate(H: int, W: int, fz: torch.Tensor, fimg: torch.Tensor, feats: to
     out = torch.zeros(B * H * W, D, dtype=dtype, device=feats.device)
     if pix.numel() == 0:
         return out.reshape(B, H, W, D) + 0 * feats.sum()  # keep the graph connected
-    tri = fimg.reshape(B * F, 6).index_select(0, f).to(dtype)  # (P, 6) x0 y0 x1 y1 x2 y2
     j = (pix % W).to(dtype)
     i = ((pix // W) % H).to(dtype)
     x = (2 * j + 1) / W - 1  # pixel centre, NDC
     y = 1 - (2 * i + 1) / H
-    dx = [tri[:, 2 * k] - x for k in range(3)]  # vertex − pixel
-    dy = [tri[:, 2 * k + 1] - y for k in range(3)]
-    # edge functions e_k = cross(v_{k+1} − p, v_{k+2} − p); w_k = e_k / Σ e
-    e = [dx[(k + 1) % 3] * dy[(k + 2) % 3] - dx[(k + 2) % 3] * dy[(k + 1) % 3] for k in range(3)]
-    if perspective_correct:
-        z = fz.reshape(B * F, 3).index_select(0, f).to(dtype)
-        e = [e[k] / z[:, k] for k in range(3)]  # ∝ w_k / depth_k (the sign of z cancels below)
-    inv = 1.0 / (e[0] + e[1] + e[2])
-    fv = feats.reshape(B * F, 3, D).index_select(0, f).to(dtype)  # (P, 3, D)
-    vals = ((e[0] * inv).unsqueeze(-1) * fv[:, 0] + (e[1] * inv).unsqueeze(-1) * fv[:, 1]
-            + (e[2] * inv).unsqueeze(-1) * fv[:, 2])
+    vals = _Interpolate.apply(fimg.reshape(B * F, 6).to(dtype), fz.reshape(B * F, 3).to(dtype),
+                              feats.reshape(B * F, 3, D).to(dtype), f, x, y, perspective_correct)
     return out.index_copy(0, pix, vals).reshape(B, H, W, D)
 
 
@@ -412,5 +535,7 @@ def _rasterize_torch(H, W, fz, fimg, feats, valid, perspective_correct, max_cand
     B, F = fz.shape[:2]
     gid = _visible_faces(H, W, fz, fimg, valid, perspective_correct, max_candidates)
     out = _interpolate(H, W, fz, fimg, feats, gid, perspective_correct)
-    face_idx = torch.where(gid >= 0, gid % max(F, 1), gid)
+    fg = gid >= 0
+    boff = torch.arange(B, device=gid.device).reshape(B, 1, 1) * F
+    face_idx = (gid - boff + 1) * fg - 1  # global b·F + f → f (no torch.where / remainder: slow on CPU)
     return out, face_idx

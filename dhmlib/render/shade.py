@@ -23,7 +23,7 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 def render_shaded(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
                   size: tuple[int, int] | None = None, *, colors: torch.Tensor | None = None,
                   light_dir: tuple[float, float, float] = (0.0, 0.0, -1.0), ambient: float = 0.25,
-                  background: float = 0.0, near: float = 1.0, cull_backfaces: bool | None = None,
+                  background: float = 0.0, near: float = 1.0, cull_backfaces: bool = False,
                   backend: str = "auto") -> torch.Tensor:
     """Lambertian shading with interpolated vertex normals.
 
