@@ -38,6 +38,16 @@ from dhmlib.render import crop_from_joints, random_hand_euler, render_depth, rin
 from dhmlib.synth import build_procedural_hand
 
 
+def keep_freed_memory() -> bool:
+    """glibc only: raise the mmap/trim thresholds so freed large blocks are reused (no page faults)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, 1 << 30))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def best_of(fn, repeat: int) -> float:
     """Minimum wall time (s) of ``repeat`` calls after one warm-up call."""
     fn()
@@ -187,14 +197,18 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="glibc mallopt: reuse freed large blocks instead of unmapping them (as a training "
+                         "process may); the default measures a plain process")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "render.json"))
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     V, faces, cams, crop = make_scene(args.size)
     print(f"scene: {V.shape[1]} vertices, {faces.shape[0]} faces, {crop.batch_shape[0]} poses × "
           f"{crop.batch_shape[1]} views at {args.size}², torch {torch.__version__} threads "
-          f"{torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
+          f"{torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}, keep freed memory {kept}")
     ours, d_ours = bench_dhmlib(V, faces, cams, crop, args.size, args.repeat)
     o3d_res, d_o3d = bench_open3d(V, faces, cams, crop, args.size, args.repeat)
     deodr_res, d_deodr = bench_deodr(V, faces, cams, crop, args.size, args.repeat)
@@ -228,7 +242,7 @@ def main(argv=None):
         "scene": {"vertices": int(V.shape[1]), "faces": int(faces.shape[0]), "batch": crop.batch_shape[0],
                   "views": crop.batch_shape[1], "size": args.size},
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                    "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "keep_freed_memory": kept,
                     "loadavg_1min": os.getloadavg()[0], "cuda": "not measured (no GPU in this run)"
                     if not torch.cuda.is_available() else torch.cuda.get_device_name()},
         "ms_per_map": {"dhmlib": {k: ms(v) for k, v in ours.items()},

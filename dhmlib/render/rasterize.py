@@ -455,51 +455,60 @@ class _Interpolate(torch.autograd.Function):
     """
 
     @staticmethod
-    def _geometry(fimg, fz, f, x, y, perspective):
-        tri = fimg.index_select(0, f).T  # (6, P)
-        dx = tri[0::2] - x  # (3, P)
-        dy = tri[1::2] - y
-        dx1, dx2 = dx.roll(-1, 0), dx.roll(-2, 0)  # rows k+1, k+2
-        dy1, dy2 = dy.roll(-1, 0), dy.roll(-2, 0)
-        e = dx1 * dy2 - dx2 * dy1
-        z = fz.index_select(0, f).T.contiguous() if perspective else None
-        u = e / z if perspective else e
-        S = u[0] + u[1] + u[2]
-        return dx, dy, z, u, S
-
-    @staticmethod
     def forward(ctx, fimg, fz, feats, f, x, y, perspective: bool):
-        dx, dy, z, u, S = _Interpolate._geometry(fimg, fz, f, x, y, perspective)
-        b = u / S  # (3, P)
+        tri = fimg.index_select(0, f)  # (P, 6) x0 y0 x1 y1 x2 y2
+        dx = [tri[:, 2 * k] - x for k in range(3)]  # vertex − pixel, three (P,)
+        dy = [tri[:, 2 * k + 1] - y for k in range(3)]
+        e = [dx[(k + 1) % 3] * dy[(k + 2) % 3] - dx[(k + 2) % 3] * dy[(k + 1) % 3] for k in range(3)]
+        if perspective:
+            zf = fz.index_select(0, f)
+            z = [zf[:, k].contiguous() for k in range(3)]
+            u = [e[k] / z[k] for k in range(3)]
+        else:
+            z, u = [None] * 3, e
+        inv_s = 1.0 / (u[0] + u[1] + u[2])
+        b = [u[k] * inv_s for k in range(3)]
         fv = feats.index_select(0, f)  # (P, 3, D)
         vals = b[0].unsqueeze(-1) * fv[:, 0] + b[1].unsqueeze(-1) * fv[:, 1] + b[2].unsqueeze(-1) * fv[:, 2]
-        ctx.save_for_backward(fimg, fz, feats, f, x, y)
+        ctx.save_for_backward(feats, f, inv_s, *dx, *dy, *b, *(z if perspective else ()))
         ctx.perspective = perspective
+        ctx.shapes = (fimg.shape, fz.shape)
         return vals
 
     @staticmethod
     def backward(ctx, g):
-        fimg, fz, feats, f, x, y = ctx.saved_tensors
-        perspective = ctx.perspective
-        dx, dy, z, u, S = _Interpolate._geometry(fimg, fz, f, x, y, perspective)
-        b = u / S
-        fv = feats.index_select(0, f)  # (P, 3, D)
+        feats, f, inv_s, *rest = ctx.saved_tensors
+        dx, dy, b = rest[0:3], rest[3:6], rest[6:9]
+        z = rest[9:12] if ctx.perspective else None
+        fimg_shape, fz_shape = ctx.shapes
         g_fimg = g_fz = g_feats = None
+        D = feats.shape[-1]
         if ctx.needs_input_grad[2]:
             gfv = torch.stack([b[k].unsqueeze(-1) * g for k in range(3)], 1)  # (P, 3, D)
             g_feats = torch.zeros_like(feats).index_add_(0, f, gfv)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            gb = torch.stack([(g * fv[:, k]).sum(-1) for k in range(3)])  # (3, P)
-            gu = (gb - (b[0] * gb[0] + b[1] * gb[1] + b[2] * gb[2])) / S
-            ge = gu / z if perspective else gu
-            if ctx.needs_input_grad[1] and perspective:
-                g_fz = torch.zeros_like(fz).index_add_(0, f, (-gu * u / z).T)
+            fv = feats.index_select(0, f)  # (P, 3, D)
+            if D == 1:
+                gb = [g[:, 0] * fv[:, k, 0] for k in range(3)]
+            else:
+                gb = [(g * fv[:, k]).sum(-1) for k in range(3)]
+            gbar = b[0] * gb[0] + b[1] * gb[1] + b[2] * gb[2]
+            gu = [(gb[k] - gbar) * inv_s for k in range(3)]
+            if ctx.perspective:
+                ge = [gu[k] / z[k] for k in range(3)]
+                if ctx.needs_input_grad[1]:
+                    gz = torch.stack([-ge[k] * b[k] / inv_s for k in range(3)], 1)  # −gu_k u_k / z_k
+                    g_fz = torch.zeros(fz_shape, dtype=gz.dtype, device=gz.device).index_add_(0, f, gz)
+            else:
+                ge = gu
             if ctx.needs_input_grad[0]:
-                gem, gep = ge.roll(1, 0), ge.roll(-1, 0)  # rows m−1, m+1
-                gX = gem * dy.roll(-1, 0) - gep * dy.roll(1, 0)
-                gY = gep * dx.roll(1, 0) - gem * dx.roll(-1, 0)
-                gt = torch.stack([gX, gY], 1).reshape(6, -1)  # rows x0 y0 x1 y1 x2 y2
-                g_fimg = torch.zeros_like(fimg).index_add_(0, f, gt.T)
+                cols = []
+                for m in range(3):
+                    mm, mp = (m - 1) % 3, (m + 1) % 3
+                    cols.append(ge[mm] * dy[mp] - ge[mp] * dy[mm])  # ∂L/∂x_m
+                    cols.append(ge[mp] * dx[mm] - ge[mm] * dx[mp])  # ∂L/∂y_m
+                gt = torch.stack(cols, 1)  # (P, 6)
+                g_fimg = torch.zeros(fimg_shape, dtype=gt.dtype, device=gt.device).index_add_(0, f, gt)
         return g_fimg, g_fz, g_feats, None, None, None, None
 
 
