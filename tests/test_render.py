@@ -1,5 +1,4 @@
 """dhmlib.render: cameras, crop, rasterizer (against its slow twin), renders and input errors."""
-import math
 
 import numpy as np
 import pytest

@@ -58,6 +58,8 @@ import torch
 __all__ = ["rasterize", "RasterOutput", "kaolin_available", "KAOLIN_UNAVAILABLE_REASON"]
 
 _INT64_MIN = torch.iinfo(torch.int64).min
+# The z-buffer packs (face id, value) int32 pairs into int64 keys: the value must be the high word.
+_LITTLE_ENDIAN = sys.byteorder == "little"
 _TILES = (1, 2, 3, 4, 6, 8)  # square tile sizes; faces larger than the last are split into tiles
 _INSIDE_TOL = 1e-5
 _BIG = 3.0e38  # below every finite float32 value we rank, above -inf  # barycentric tolerance of the coverage test (shared edges are never missed)
@@ -356,6 +358,8 @@ def _visible_faces(H: int, W: int, fz: torch.Tensor, fimg: torch.Tensor, valid: 
 
     The z-buffer is padded by at least one tile on the bottom/right so tiles never wrap.
     """
+    if not _LITTLE_ENDIAN:  # pragma: no cover
+        raise RuntimeError("rasterize(backend='torch') packs z-buffer keys for little-endian machines only")
     B, F = fz.shape[:2]
     dev = fz.device
     work = torch.float64 if fz.dtype == torch.float64 else torch.float32

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from .cameras import OFFICIAL_IMAGE_SIZE, Cameras
