@@ -114,6 +114,8 @@ class CaptureConfig:
                 raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)}")
         if self.frames > 10000:
             raise ValueError(f"frames: expected at most 10000 (keypoints<frame:04d>.pts), got {self.frames}")
+        if int(self.vertices) < 200:
+            raise ValueError(f"vertices: expected a target of at least 200, got {self.vertices}")
         if len(self.image_size) != 2 or min(self.image_size) < 8:
             raise ValueError(f"image_size: expected (H, W) of at least 8 pixels, got {self.image_size}")
 
@@ -332,6 +334,9 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
 
 
 # --------------------------------------------------------------------------- CLI
+SYNTH_HELP = "virtual multi-camera capture of the procedural hand, written in the official dataset layout"
+
+
 def add_synth_arguments(parser):
     """Arguments of ``dhm synth``."""
     parser.add_argument("--out", default="data", help="dataset root to write the official layout into")
