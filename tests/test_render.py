@@ -109,6 +109,20 @@ def test_look_at_centres_the_target():
                           torch.full((6,), 550.0, dtype=torch.float64))
 
 
+def test_look_at_keeps_up_at_the_top_of_the_image():
+    eye = torch.tensor([[0.0, -500.0, 0.0], [400.0, 0.0, 300.0]], dtype=torch.float64)
+    cams = Cameras.look_at(eye, torch.zeros(3, dtype=torch.float64), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
+                           torch.tensor([500.0, 500.0], dtype=torch.float64), torch.tensor([167.0, 256.0], dtype=torch.float64))
+    above = cams.project(torch.tensor([[0.0, 0.0, 100.0]], dtype=torch.float64))[:, 0]
+    assert (above[:, 1] < 256.0 - 10).all(), "a point above the target must appear above the image centre"
+    right = cams.project(torch.tensor([[100.0, 0.0, 0.0]], dtype=torch.float64))[0, 0]
+    assert right[0] > 167.0 + 10, "seen from −y with z up, world +x is image right"
+    assert torch.allclose(torch.linalg.det(cams.R), torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="straight along 'up'"):
+        Cameras.look_at(torch.tensor([[0.0, 0.0, 500.0]]), torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]),
+                        torch.tensor([500.0, 500.0]), torch.tensor([167.0, 256.0]))
+
+
 # ---------------------------------------------------------------------------- crop
 def test_crop_maps_enlarged_box_onto_render_and_inverts():
     joints = torch.tensor([[[100.0, 200.0], [140.0, 260.0], [999.0, 999.0]]])  # last one invalid

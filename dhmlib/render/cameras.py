@@ -215,8 +215,13 @@ class Cameras:
         target = torch.as_tensor(target, dtype=eye.dtype, device=eye.device).expand_as(eye)
         up = torch.as_tensor(up, dtype=eye.dtype, device=eye.device).expand_as(eye)
         z = torch.nn.functional.normalize(target - eye, dim=-1)
-        x = torch.nn.functional.normalize(torch.linalg.cross(z, -up, dim=-1), dim=-1)
-        y = torch.linalg.cross(z, x, dim=-1)
+        # image down (camera y) = −up with its component along z removed; image right = y × z
+        y = -up + (z * up).sum(-1, keepdim=True) * z
+        if bool((y.norm(dim=-1) < 1e-6).any()):
+            raise ValueError("Cameras.look_at: a camera looks straight along 'up'; expected a view direction "
+                             "not parallel to up")
+        y = torch.nn.functional.normalize(y, dim=-1)
+        x = torch.linalg.cross(y, z, dim=-1)
         R = torch.stack([x, y, z], dim=-2)
         t = -(R @ eye.unsqueeze(-1)).squeeze(-1)
         C = eye.shape[0]

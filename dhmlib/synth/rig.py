@@ -66,23 +66,5 @@ def dome_rig(num_cameras: int, image_size: tuple[int, int] = OFFICIAL_IMAGE_SIZE
     scale = H / 512.0
     f = rng.uniform(*focal_px, size=(C, 1)) * scale
     principal = np.array([W / 2.0, H / 2.0]) + rng.uniform(-3.0, 3.0, size=(C, 2)) * scale
-    R = upright_look_at(eye, aim, up=np.array([0.0, 0.0, 1.0]))
-    t = -np.einsum("cij,cj->ci", R, eye)
-    return Cameras(torch.as_tensor(R), torch.as_tensor(t), torch.as_tensor(np.repeat(f, 2, 1)),
-                   torch.as_tensor(principal), names=camera_names(C))
-
-
-def upright_look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """World → camera rotations (C, 3, 3) of cameras at ``eye`` (C, 3) looking at ``target`` (C, 3).
-
-    Rows are the camera axes in the world: z toward the target, y (image down) along ``−up``
-    projected off z, x = y × z (image right), so ``up`` appears toward the top of the image.
-    """
-    z = target - eye
-    z = z / np.linalg.norm(z, axis=-1, keepdims=True)
-    y = -up - (z @ -up)[:, None] * z
-    norm = np.linalg.norm(y, axis=-1, keepdims=True)
-    if np.any(norm < 1e-6):
-        raise ValueError("upright_look_at: a camera looks straight along 'up'; expected elevations below 90°")
-    y = y / norm
-    return np.stack([np.cross(y, z), y, z], axis=-2)
+    return Cameras.look_at(torch.as_tensor(eye), torch.as_tensor(aim), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
+                           torch.as_tensor(np.repeat(f, 2, 1)), torch.as_tensor(principal), names=camera_names(C))
