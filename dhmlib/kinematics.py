@@ -135,30 +135,60 @@ def linear_blend_skinning(vertices: torch.Tensor, weights: torch.Tensor, transfo
     """Linear blend skinning ``v' = Σ_j w_vj (A_j [v; 1])``.
 
     The J transforms of all B samples are blended in one GEMM,
-    ``W (V, J) @ A (J, B·12)``, and applied once with fused multiply-adds, so
-    no (B, V, 4, 4) tensor is formed.
+    ``W (V, J) @ A (J, 12·B)``, and applied once with fused multiply-adds, so
+    no (B, V, 4, 4) tensor is formed.  The work is laid out batch-last
+    ((V, 3, B)); rest vertices that are a ``permute`` of a (V, 3, B) buffer
+    (as :meth:`~dhmlib.model.SkinRefineNet.pose_plus` returns) are read without a copy.
 
     Args:
         vertices: (B, V, 3) or (V, 3) rest-pose vertices (mm).
         weights: (V, J) skinning weights.
         transforms: (B, J, 3, 4) bind-relative transforms from :func:`skinning_transforms`.
     Returns:
-        (B, V, 3) posed vertices (a transposed view of a (V, B, 3) buffer).
+        (B, V, 3) posed vertices (a permuted view of a (V, 3, B) buffer).
     """
     B, J = transforms.shape[:2]
-    V = weights.shape[0]
-    # (B, J, 3, 4) → (J, B·12), the 12 values of a sample ordered (column of [R|t], row)
-    a = transforms.transpose(-1, -2).permute(1, 0, 2, 3).reshape(J, B * 12)
-    blended = (weights @ a).view(V, B, 4, 3)                         # (V, B, 4, 3)
-    if vertices.dim() == 2:
-        r = vertices.unsqueeze(1)                                   # (V, 1, 3)
-    else:
-        r = vertices.transpose(0, 1)                                # (V, B, 3)
-    # t + Σ_k M[:, k] v_k
-    out = torch.addcmul(blended[:, :, 3], blended[:, :, 0], r[..., 0:1])
-    out = out.addcmul(blended[:, :, 1], r[..., 1:2])
-    out = out.addcmul(blended[:, :, 2], r[..., 2:3])
-    return out.transpose(0, 1)
+    # (B, J, 3, 4) → (J, 4, 3, B) → (J, 12·B): for each joint, [R|t] column k, row c, sample b
+    a = transforms.permute(1, 3, 2, 0).reshape(J, 12 * B)
+    r = vertices.unsqueeze(-1) if vertices.dim() == 2 else vertices.permute(1, 2, 0)   # (V, 3, B or 1)
+    return _BlendAndApply.apply(weights, a, r).permute(2, 0, 1)
+
+
+class _BlendAndApply(torch.autograd.Function):
+    """``M = W @ a`` viewed (V, 4, 3, B); ``out = M[:, 3] + Σ_k M[:, k] · r[:, k]`` → (V, 3, B).
+
+    Written out because autograd's own backward materializes the (V, 4, 3, B)
+    gradient of M (zero-filled once per slice); here the gradient of ``a`` is
+    four small GEMMs ``Wᵀ @ (g · r_k)`` and that of ``r`` is read off M.
+    Skinning weights ``W`` (V, J) get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, W, a, r):
+        V, B = W.shape[0], a.shape[1] // 12
+        M = (W @ a).view(V, 4, 3, B)
+        out = torch.addcmul(M[:, 3], M[:, 0], r[:, 0:1])
+        out.addcmul_(M[:, 1], r[:, 1:2])
+        out.addcmul_(M[:, 2], r[:, 2:3])
+        ctx.save_for_backward(W, M, r)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        W, M, r = ctx.saved_tensors
+        if ctx.needs_input_grad[0]:
+            raise RuntimeError("linear_blend_skinning: gradients to the skinning weights are not supported")
+        V, _, _, B = M.shape
+        grad_a = grad_r = None
+        if ctx.needs_input_grad[1]:
+            Wt = W.t()
+            parts = [Wt @ (g * r[:, k:k + 1]).reshape(V, 3 * B) for k in range(3)] + [Wt @ g.reshape(V, 3 * B)]
+            grad_a = torch.stack(parts, 1).reshape(W.shape[1], 12 * B)
+        if ctx.needs_input_grad[2]:
+            grad_r = torch.stack([(M[:, k] * g).sum(1) for k in range(3)], 1)        # ∂out_c/∂r_k = M[:, k, c]
+            if r.shape[-1] == 1 and B != 1:
+                grad_r = grad_r.sum(-1, keepdim=True)
+        return None, grad_a, grad_r
 
 
 def rigid_align(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None):

@@ -204,15 +204,19 @@ class SkinRefineNet(nn.Module):
         Args:
             euler: (B, J, 3) radians.  base: (V, 3) mm.
         Returns:
-            (B, V, 3) mm.
+            (B, V, 3) mm (a permuted view of a (V, 3, B) buffer).
         """
-        hidden = self.fc_pose[1](self.fc_pose[0](euler.reshape(euler.shape[0], -1)))
+        hidden = self.fc_pose[1](self.fc_pose[0](euler.reshape(euler.shape[0], -1)))   # (B, 256)
         last = self.fc_pose[2]
-        out = torch.addmm(last.bias + base.reshape(-1), hidden, last.weight.t())
-        return out.view(-1, self.num_vertices, 3)
+        # batch-last (V·3, B) output: the layout linear_blend_skinning reads without a copy
+        out = torch.addmm((last.bias + base.reshape(-1)).unsqueeze(1), last.weight, hidden.t())
+        return out.view(self.num_vertices, 3, -1).permute(2, 0, 1)
 
     def identity(self, id_code):
-        return self.fc_id(id_code).view(self.num_vertices, 3)
+        hidden = self.fc_id[1](self.fc_id[0](id_code))                   # (256,)
+        last = self.fc_id[2]
+        # matrix-vector product: its weight gradient is an outer product, not a K=1 GEMM
+        return torch.addmv(last.bias, last.weight, hidden).view(self.num_vertices, 3)
 
 
 class DeepHandMesh(nn.Module):

@@ -108,3 +108,23 @@ def test_rigid_align_weights_and_float32():
     Re, te = rigid_align(src, dst, w)
     assert Re.dtype == torch.float32
     np.testing.assert_allclose(Re.numpy(), R.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("rest_batched", [True, False])
+def test_lbs_gradcheck(rest_batched):
+    """The hand-written backward of the blend-and-apply step against finite differences (float64)."""
+    hm = toy_hand(40, seed=5)
+    tree = KinematicTree(hm.parents)
+    W = torch.tensor(hm.skinning_weights)
+    inv = torch.tensor(hm.global_pose_inv)
+    local = torch.tensor(hm.local_pose)
+    rng = np.random.default_rng(8)
+    e = torch.tensor(rng.uniform(-0.5, 0.5, size=(2, hm.num_joints, 3)), requires_grad=True)
+    shape = (2, hm.num_vertices, 3) if rest_batched else (hm.num_vertices, 3)
+    rest = (torch.tensor(hm.vertices) + torch.tensor(rng.normal(size=shape))).requires_grad_()
+
+    def f(e, rest):
+        A = skinning_transforms(forward_kinematics(euler_to_matrix(e), local, tree), inv)
+        return linear_blend_skinning(rest, W, A)
+
+    assert torch.autograd.gradcheck(f, (e, rest), eps=1e-6, atol=1e-5)
