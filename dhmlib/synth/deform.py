@@ -32,6 +32,7 @@ import torch
 from ..handmodel import HandModel
 from ..kinematics import linear_blend_skinning
 from ..model import HandLayer
+from .meshops import vertex_normals
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,6 @@ def dual_quaternion_skinning(vertices: torch.Tensor, weight_index: torch.Tensor,
 
 
 # --------------------------------------------------------------------------- static fields
-def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    fn = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
-    n = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-
-
 def identity_offsets(vertices: np.ndarray, normals: np.ndarray, seed: int, params: DeformParams) -> np.ndarray:
     """Per-identity surface shape: (V, 3) offsets along the rest normals, in ``[0, amplitude]`` mm."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x53484150]))  # 'SHAP'
@@ -192,7 +185,7 @@ class GroundTruthDeformer:
     def __init__(self, hand: HandModel, identity_seed: int, params: DeformParams | None = None):
         self.hand, self.params = hand, params or DeformParams()
         self.layer = HandLayer(hand, dtype=torch.float64)
-        normals = _vertex_normals(hand.vertices, hand.faces)
+        normals = vertex_normals(hand.vertices, hand.faces)
         self.identity_offset = identity_offsets(hand.vertices, normals, identity_seed, self.params)  # (V, 3)
         self.flex_joints, flex_fields = flexion_fields(hand, normals, self.params)
         self._flex_fields = torch.as_tensor(flex_fields)                            # (Jf, V, 3)

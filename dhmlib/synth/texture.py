@@ -10,18 +10,11 @@ import numpy as np
 
 from ..handmodel import HandModel
 from ..skeleton import FINGERS, short_name
+from .meshops import vertex_normals
 
 #: light → dark skin tones (linear RGB in [0, 1]); an identity picks a point between two neighbours
 SKIN_TONES = np.array([[0.94, 0.78, 0.67], [0.88, 0.68, 0.55], [0.76, 0.55, 0.42], [0.56, 0.38, 0.27]])
 NAIL_RGB = np.array([0.96, 0.80, 0.78])
-
-
-def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, f[:, k], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def _waves(points: np.ndarray, rng: np.random.Generator, wavelength: tuple[float, float], count: int = 12):
@@ -36,7 +29,7 @@ def skin_colors(hand: HandModel, seed: int) -> np.ndarray:
     """(V, 3) float32 RGB in [0, 1] for the hand's template vertices; deterministic in ``seed``."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x534B494E]))  # 'SKIN'
     v, sk = hand.vertices, hand.skeleton
-    n = _normals(v, hand.faces)
+    n = vertex_normals(v, hand.faces)
     t = rng.uniform(0, len(SKIN_TONES) - 1)
     i = min(int(t), len(SKIN_TONES) - 2)
     base = SKIN_TONES[i] * (1 - (t - i)) + SKIN_TONES[i + 1] * (t - i)
