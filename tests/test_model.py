@@ -146,3 +146,19 @@ def test_backbone_names_follow_torchvision(hand, depth):
     # parameter count of torchvision's resnet trunks (fc excluded), a published fact
     trunk = sum(p.numel() for p in m.backbone_net.resnet.parameters())
     assert trunk == {18: 11176512, 34: 21284672, 50: 23508032}[depth]
+
+
+def test_rest_pose_reproduces_the_procedural_template():
+    from dhmlib.synth import build_procedural_hand
+
+    hm = build_procedural_hand(3000, seed=4)
+    m = DeepHandMesh(hm, backbone=18, use_pose_corrective=False, use_id_corrective=False,
+                     use_skeleton_corrective=False)
+    m.hand.double()
+    out = m.decode(torch.zeros(1, hm.num_joints, 3, dtype=torch.float64))
+    assert (out.vertices[0] - torch.tensor(hm.vertices)).abs().max() <= 1e-4
+    assert (out.joints[0] - torch.tensor(hm.bind_joints)).abs().max() <= 1e-4
+    # the root frame of the original demo is the model frame for the procedural hand (wrist at identity)
+    root = m.decode(torch.zeros(1, hm.num_joints, 3, dtype=torch.float64),
+                    root_transform=torch.eye(4, dtype=torch.float64))
+    assert torch.allclose(root.vertices, out.vertices)
