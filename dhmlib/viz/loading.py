@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..handmodel import HandModel, default_hand_model_dir
+from ..paths import output_dir
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,13 @@ class PosingModel:
 
 def default_output_dir() -> Path:
     """``$DHM_OUTPUT/vis`` or ``./output/vis`` (where the widget exports meshes and pictures)."""
-    return Path(os.environ.get("DHM_OUTPUT", "output")) / "vis"
+    return output_dir("vis")
 
 
 def latest_snapshot(folder=None) -> Path | None:
     """The ``snapshot_<epoch>.pth.tar`` with the highest epoch in ``folder``
     (default ``$DHM_OUTPUT/model_dump`` or ``output/model_dump``), or None."""
-    folder = Path(folder) if folder is not None else Path(os.environ.get("DHM_OUTPUT", "output")) / "model_dump"
+    folder = Path(folder) if folder is not None else output_dir("model_dump")
     found = []
     for p in folder.glob("snapshot_*.pth.tar"):
         m = re.fullmatch(r"snapshot_(\d+)\.pth\.tar", p.name)
