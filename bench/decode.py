@@ -163,7 +163,13 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "decode.json"))
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="glibc mallopt: reuse freed large blocks (as dhm synth and training do); applies to all peers")
     args = ap.parse_args(argv)
+    kept = False
+    if args.keep_freed_memory:
+        from dhmlib.memory import keep_freed_memory
+        kept = keep_freed_memory()
 
     hm = hand_model(args.vertices)
     torch.manual_seed(0)
@@ -172,7 +178,7 @@ def main(argv=None):
         torch.nn.init.normal_(fc[-1].weight, std=1e-3)  # trained-like, non-zero correctives
     model.train(False)
     print(f"decode benchmark: V={hm.num_vertices}, J={hm.num_joints}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, keep freed memory {kept}")
     rows = []
     for B in args.batches:
         peers = {"dhmlib": ours(model, B), "smplx.lbs": smplx_peer(hm, B), "naive loop": naive_peer(model, B)}
@@ -201,7 +207,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"vertices": hm.num_vertices, "joints": hm.num_joints,
-                               "threads": torch.get_num_threads(), "torch": torch.__version__,
+                               "threads": torch.get_num_threads(), "torch": torch.__version__, "keep_freed_memory": kept,
                                "rows": rows, "goals": goals}, indent=2))
     print(f"wrote {out}")
 

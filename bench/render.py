@@ -36,16 +36,7 @@ import torch
 from dhmlib.model import HandLayer
 from dhmlib.render import crop_from_joints, random_hand_euler, render_depth, ring_cameras
 from dhmlib.synth import build_procedural_hand
-
-
-def keep_freed_memory() -> bool:
-    """glibc only: raise the mmap/trim thresholds so freed large blocks are reused (no page faults)."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, 1 << 30))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return False
+from dhmlib.memory import keep_freed_memory  # noqa: E402
 
 
 def best_of(fn, repeat: int) -> float:

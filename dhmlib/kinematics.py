@@ -176,6 +176,7 @@ class _BlendAndApply(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         W, M, r = ctx.saved_tensors
+        g = g.contiguous()  # usually a permuted view of a (B, V, 3) loss gradient: copy once, not per use
         if ctx.needs_input_grad[0]:
             raise RuntimeError("linear_blend_skinning: gradients to the skinning weights are not supported")
         V, _, _, B = M.shape

@@ -353,28 +353,11 @@ def add_synth_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc malloc to reuse freed large blocks instead of unmapping them (this process only).
-
-    The rasterizer allocates tens of MB per frame; by default each such block is a fresh
-    ``mmap`` whose pages are faulted in and zeroed every frame (≈ 25 % of the capture's CPU
-    time). Raising the mmap and trim thresholds keeps them in the heap. Memory is then not
-    returned to the OS before exit, so the CLI calls this, the library does not.
-    Returns False where it does not apply (not glibc).
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):
-        return False
-
-
 def run_synth(args):
     """Run ``dhm synth``; a non-empty target without ``--overwrite`` is a user error (CLIError)."""
     from ..cli import CLIError
+
+    from ..memory import keep_freed_memory
 
     keep_freed_memory()
     try:
