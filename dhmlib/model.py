@@ -180,6 +180,30 @@ class SkeletonRefineNet(nn.Module):
         return self.fc_skeleton(id_code).view(self.num_joints, 3)
 
 
+class _BatchLastLinear(torch.autograd.Function):
+    """``W @ xᵀ + b[:, None]``: a Linear layer whose output is batch-last, (out, B).
+
+    That is the layout :func:`~dhmlib.kinematics.linear_blend_skinning` reads
+    without a copy.  The weight gradient ``g @ x`` is an outer product at B = 1,
+    written as one (PyTorch's K = 1 GEMM for it is twice as slow here).
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, b):
+        ctx.save_for_backward(x, W)
+        return torch.addmm(b.unsqueeze(1), W, x.t())
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved_tensors
+        grad_x = (W.t() @ g).t() if ctx.needs_input_grad[0] else None
+        grad_W = None
+        if ctx.needs_input_grad[1]:
+            grad_W = torch.outer(g[:, 0], x[0]) if g.shape[1] == 1 else g @ x
+        grad_b = g.sum(1) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_W, grad_b
+
+
 class SkinRefineNet(nn.Module):
     """Pose- and identity-dependent vertex correctives, mm.
 
@@ -208,8 +232,7 @@ class SkinRefineNet(nn.Module):
         """
         hidden = self.fc_pose[1](self.fc_pose[0](euler.reshape(euler.shape[0], -1)))   # (B, 256)
         last = self.fc_pose[2]
-        # batch-last (V·3, B) output: the layout linear_blend_skinning reads without a copy
-        out = torch.addmm((last.bias + base.reshape(-1)).unsqueeze(1), last.weight, hidden.t())
+        out = _BatchLastLinear.apply(hidden, last.weight, last.bias + base.reshape(-1))   # (V·3, B)
         return out.view(self.num_vertices, 3, -1).permute(2, 0, 1)
 
     def identity(self, id_code):

@@ -162,3 +162,15 @@ def test_rest_pose_reproduces_the_procedural_template():
     root = m.decode(torch.zeros(1, hm.num_joints, 3, dtype=torch.float64),
                     root_transform=torch.eye(4, dtype=torch.float64))
     assert torch.allclose(root.vertices, out.vertices)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_pose_corrective_layer_gradcheck(hand, B):
+    from dhmlib.model import _BatchLastLinear
+
+    g = torch.Generator().manual_seed(B)
+    x = torch.randn(B, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    W = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(_BatchLastLinear.apply, (x, W, b))
+    torch.testing.assert_close(_BatchLastLinear.apply(x, W, b), torch.nn.functional.linear(x, W, b).t())
