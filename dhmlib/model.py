@@ -196,7 +196,7 @@ class _BatchLastLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, W = ctx.saved_tensors
-        grad_x = (W.t() @ g).t() if ctx.needs_input_grad[0] else None
+        grad_x = g.t() @ W if ctx.needs_input_grad[0] else None
         grad_W = None
         if ctx.needs_input_grad[1]:
             grad_W = torch.outer(g[:, 0], x[0]) if g.shape[1] == 1 else g @ x
