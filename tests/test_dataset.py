@@ -90,6 +90,22 @@ def test_depth_resampling_does_not_average_across_edges():
     assert len(torch.unique(out)) > 60
 
 
+def test_depth_crop_beyond_the_image_reads_zero():
+    d = torch.full((1, 40, 30), 700.0)
+    # a box much larger than the image, off to the bottom right: the render sees the image in one corner
+    crop = crop_from_bbox(torch.tensor([[10.0, 20.0, 80.0, 80.0]]), size=(64, 64), scale=1.5)
+    out = crop_depth(d, crop)
+    inside = crop.inverse().apply(torch.tensor([[[0.5, 0.5]]]))  # sanity: the map is well defined
+    assert torch.isfinite(inside).all()
+    assert (out == 0).any() and (out == 700.0).any()
+    assert set(torch.unique(out).tolist()) <= {0.0, 700.0}
+    # every render pixel whose centre maps outside the image reads 0
+    ys, xs = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+    uv = crop.inverse().apply(torch.stack([xs, ys], -1).reshape(1, -1, 2))[0].reshape(64, 64, 2)
+    far = (uv[..., 0] > 31) | (uv[..., 1] > 41) | (uv[..., 0] < -1) | (uv[..., 1] < -1)
+    assert (out[0][far] == 0).all()
+
+
 def test_image_crop_matches_bilinear_reference():
     img = torch.rand(1, 3, 20, 16)
     crop = crop_from_bbox(torch.tensor([[2.0, 3.0, 10.0, 10.0]]), size=(8, 8), scale=1.0)

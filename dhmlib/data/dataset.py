@@ -102,15 +102,16 @@ def crop_depth(depth: torch.Tensor, crop: Crop, edge_mm: float = 10.0) -> torch.
     """
     Hi, Wi = depth.shape[-2:]
     lead = depth.shape[:-2]
-    # a zero border makes every tap index valid: outside reads 0
-    d = F.pad(depth.reshape(-1, Hi, Wi), (1, 1, 1, 1)).reshape(-1, (Hi + 2) * (Wi + 2))
+    # a zero border (1 before, 2 after) makes every tap of a clamped position valid: outside reads 0
+    Wp = Wi + 3
+    d = F.pad(depth.reshape(-1, Hi, Wi), (1, 2, 1, 2)).reshape(-1, (Hi + 3) * Wp)
     uv = _render_grid(crop).reshape(d.shape[0], -1, 2).to(d.dtype)       # (N, H*W, 2)
     x = (uv[..., 0] - 0.5).clamp(-1.0, Wi)                                 # integer = pixel centre
     y = (uv[..., 1] - 0.5).clamp(-1.0, Hi)
     x0, y0 = torch.floor(x), torch.floor(y)
     fx, fy = x - x0, y - y0
-    base = ((y0 + 1) * (Wi + 2) + (x0 + 1)).long()
-    offsets = torch.tensor([0, 1, Wi + 2, Wi + 3], device=d.device)
+    base = ((y0 + 1) * Wp + (x0 + 1)).long()
+    offsets = torch.tensor([0, 1, Wp, Wp + 1], device=d.device)
     taps = torch.gather(d, 1, (base.unsqueeze(-1) + offsets).reshape(d.shape[0], -1)).view(*base.shape, 4)
     t00, t10, t01, t11 = taps.unbind(-1)
     smooth = (taps > 0).all(-1) & ((taps.amax(-1) - taps.amin(-1)) <= edge_mm)
