@@ -94,13 +94,33 @@ def test_quaternions_and_dual_quaternion_skinning_of_a_rigid_transform():
 
 
 def test_ground_truth_is_the_template_at_rest_and_beyond_lbs_when_flexed(hand):
-    no_id = DeformParams(identity_amplitude_mm=0.0)
+    no_id = DeformParams(identity_amplitude_mm=0.0, bone_length_jitter=0.0)
     rest = GroundTruthDeformer(hand, 5, no_id)(np.zeros((1, hand.num_joints, 3)), np.eye(4)[None])
     assert np.abs(rest.vertices[0] - hand.vertices).max() < 1e-9
     assert np.allclose(rest.joints[0], hand.bind_joints)
-    with_id = GroundTruthDeformer(hand, 5)(np.zeros((1, hand.num_joints, 3)), np.eye(4)[None])
-    off = np.linalg.norm(with_id.vertices[0] - hand.vertices, axis=1)
+    shape_only = GroundTruthDeformer(hand, 5, DeformParams(bone_length_jitter=0.0))(np.zeros((1, hand.num_joints, 3)),
+                                                                                   np.eye(4)[None])
+    off = np.linalg.norm(shape_only.vertices[0] - hand.vertices, axis=1)
     assert 0.2 < off.mean() < 2.0 and off.max() <= DeformParams().identity_amplitude_mm + 1e-9
+
+
+def test_identity_bone_lengths_are_what_the_skeleton_corrective_expresses(hand):
+    from dhmlib.model import HandLayer
+
+    deformer = GroundTruthDeformer(hand, 5)
+    sk = hand.skeleton
+    rng = np.random.default_rng(3)
+    euler = rng.uniform(-0.3, 0.6, size=(2, sk.num_joints, 3))
+    gt = deformer(euler, np.stack([np.eye(4)] * 2))
+    moved = np.linalg.norm(gt.joints - HandLayer(hand, dtype=torch.float64)(torch.as_tensor(euler)).joints.numpy(), axis=-1)
+    assert 1.0 < moved.max() < 12.0                       # a few mm of bone-length change per identity
+    layer = HandLayer(hand, dtype=torch.float64)
+    same = layer(torch.as_tensor(euler), joint_offsets=torch.as_tensor(deformer.bone_offset)).joints.numpy()
+    np.testing.assert_allclose(gt.joints, same, atol=1e-9)
+    tips = [sk.index(f + "_null") for f in ("thumb", "index", "middle", "ring", "pinky")]
+    assert np.all(deformer.bone_offset[tips] == 0) and np.all(deformer.bone_offset[sk.root] == 0)
+    other = GroundTruthDeformer(hand, 6).bone_offset
+    assert np.abs(other - deformer.bone_offset).max() > 0.5   # identities differ
 
 
 @pytest.mark.slow
@@ -110,7 +130,7 @@ def test_lbs_only_fit_leaves_a_residual_except_at_rest(hand):
     k = int(np.argmax(fist.euler[:, sk.index("middle2"), 2]))
     euler = np.stack([np.zeros((sk.num_joints, 3)), fist.euler[k]])
     root = np.stack([np.eye(4), fist.root[k]])
-    no_id = GroundTruthDeformer(hand, 5, DeformParams(identity_amplitude_mm=0.0))(euler, root)
+    no_id = GroundTruthDeformer(hand, 5, DeformParams(identity_amplitude_mm=0.0, bone_length_jitter=0.0))(euler, root)
     _, _, err = fit_lbs(hand, no_id.vertices, euler, root, steps=40)
     assert err[0].mean() < 0.01                           # rest: LBS of the template is exact (≈ 0)
     assert err[1].mean() > 0.1 and err[1].max() > 2.0     # flexed: DQS + bulges are out of reach

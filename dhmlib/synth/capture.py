@@ -14,10 +14,10 @@
 Per subject: an identity (:class:`~dhmlib.synth.HandIdentity`) and its procedural
 hand; takes ``0000_RT_fist`` … ``0006_RT_ROM_fingers`` (:mod:`.poses`) with
 frame numbers unique across the subject's takes; the ground-truth surface of
-every frame (:mod:`.deform`: identity shape + flexion bulges + dual-quaternion
-skinning); all cameras of a frame rendered in one rasterizer call (depth and
-colour together). Keypoints are the ground-truth joints (FK of the hand model,
-so they agree with ``hand_model/``), score 1, ``num_views`` = cameras in which
+every frame (:mod:`.deform`: identity bone lengths and shape + flexion bulges +
+dual-quaternion skinning); all cameras of a frame rendered in one rasterizer call
+(depth and colour together). Keypoints are the ground-truth joints (FK of the hand
+model's skeleton with the identity's bone lengths), score 1, ``num_views`` = cameras in which
 the point is inside the image and not hidden behind other skin.
 
 Crash safety: everything is written under ``OUT/.synth-partial-<pid>/`` and
@@ -76,9 +76,9 @@ subject_N/hand_model/      the subject's procedural hand (official format); subj
                            is also OUT/hand_model
 COMPLETE                   written last: the dataset was written completely
 
-Ground truth = hand model template + per-identity surface shape + flexion bulges,
-posed by dual-quaternion skinning: linear blend skinning of hand_model alone
-cannot reproduce it (see dhmlib/synth/deform.py).
+Ground truth = hand model template with per-identity bone lengths + per-identity
+surface shape + flexion bulges, posed by dual-quaternion skinning: linear blend
+skinning of hand_model alone cannot reproduce it (see dhmlib/synth/deform.py).
 """
 
 
@@ -271,7 +271,8 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
     euler = np.concatenate([s.euler for s in seqs])
     root_tf = np.concatenate([s.root for s in seqs])
     take = np.concatenate([np.full(s.num_frames, i) for i, s in enumerate(seqs)])
-    gt = GroundTruthDeformer(hand, id_seed, config.deform)(euler, root_tf)
+    deformer = GroundTruthDeformer(hand, id_seed, config.deform)
+    gt = deformer(euler, root_tf)
     colors = torch.as_tensor(skin_colors(hand, id_seed))
     faces = torch.as_tensor(hand.faces, dtype=torch.long)
     cam_f = cams.to(dtype=torch.float32)
@@ -320,6 +321,8 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
         "note": "synthetic-only extras: not part of the official DeepHandMesh layout",
         "seed": config.seed, "subject": n, "identity_seed": id_seed, "identity": identity.to_dict(),
         "deform": config.deform.to_dict(),
+        "bone_offsets_mm": {sk_name: [float(x) for x in off] for sk_name, off in
+                            zip(hand.skeleton.names, deformer.bone_offset)},
         "hand_model": {"vertices": hand.num_vertices, "faces": int(len(hand.faces)),
                        "target_vertices": config.vertices},
         "sequences": [{"name": nm, "kind": s.name, "first_frame": int(first[i]), "last_frame": int(first[i + 1] - 1)}

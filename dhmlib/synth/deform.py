@@ -2,6 +2,12 @@
 
 The captured ("true") surface of a subject in a pose is
 
+0. the template's skeleton with **per-identity bone lengths**: each bone (from a
+   joint's parent to the joint, tips excepted) scaled by ``1 ± bone_length_jitter``
+   (a per-finger factor plus a per-bone part, from the identity seed), i.e.
+   offsets of the local bind translations — exactly what the network's skeleton
+   corrective can express, so it has something to learn; the skin follows the
+   bones through the skinning below;
 1. the template plus a **per-identity surface shape**: a smooth, low-frequency
    offset along the rest normals, ``δ_id(v) = a · (1 + tanh g(v)) / 2`` with
    ``g`` a sum of random plane waves (wavelengths 30–70 mm) drawn from the
@@ -17,7 +23,7 @@ The captured ("true") surface of a subject in a pose is
 3. posed by **dual-quaternion skinning** (Kavan et al.) with the hand model's
    own bind poses and weights, i.e. the same joints as the model's FK.
 
-At the bind pose (all angles 0) with the identity shape off, this is exactly
+At the bind pose (all angles 0) with the identity shape and bone lengths off, this is exactly
 the template: DQS equals LBS for equal transforms and the bulges vanish. In any
 flexed pose LBS of the template cannot match it, which is what the correctives
 of the network have to learn.
@@ -45,6 +51,7 @@ class DeformParams:
     bulge_inside_mm_per_rad: float = 3.0
     bulge_outside_mm_per_rad: float = 1.2
     bulge_band: float = 0.7          # σ of the band along the bone, in finger radii
+    bone_length_jitter: float = 0.04  # relative, per identity (tips excepted)
     dual_quaternion: bool = True
 
     def to_dict(self) -> dict:
@@ -123,6 +130,24 @@ def identity_offsets(vertices: np.ndarray, normals: np.ndarray, seed: int, param
     return (params.identity_amplitude_mm * 0.5 * (1 + np.tanh(1.2 * g)))[:, None] * normals
 
 
+def identity_bone_offsets(hand: HandModel, seed: int, params: DeformParams) -> np.ndarray:
+    """Per-identity bone lengths as (J, 3) offsets of the local bind translations, mm.
+
+    Bone ``parent → j`` is scaled by ``1 + a·clip(0.7·u_finger + 0.3·u_bone, −1, 1)`` with
+    ``a = bone_length_jitter`` and ``u`` uniform in [−1, 1]; the root and the ``_null``
+    (tip) joints keep theirs, so the tips stay inside the skin.
+    """
+    sk = hand.skeleton
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x424F4E45]))  # 'BONE'
+    fingers = sorted({sk.finger_of(j) or "" for j in range(sk.num_joints)})
+    u_finger = dict(zip(fingers, rng.uniform(-1, 1, size=len(fingers))))
+    u_bone = rng.uniform(-1, 1, size=sk.num_joints)
+    scale = np.array([0.0 if sk.parents[j] < 0 or sk.short_names[j].endswith("_null") else
+                      params.bone_length_jitter * np.clip(0.7 * u_finger[sk.finger_of(j) or ""] + 0.3 * u_bone[j], -1, 1)
+                      for j in range(sk.num_joints)])
+    return scale[:, None] * hand.local_pose[:, :3, 3]
+
+
 def flexion_fields(hand: HandModel, normals: np.ndarray, params: DeformParams) -> tuple[np.ndarray, np.ndarray]:
     """Per-joint bulge directions at unit flexion.
 
@@ -178,8 +203,8 @@ class GroundTruthDeformer:
     Args:
         hand: the subject's hand model (the template the network starts from).
         identity_seed: seed of the per-identity surface shape.
-        params: strengths; ``DeformParams(identity_amplitude_mm=0, bulge_*=0, dual_quaternion=False)``
-            reduces the ground truth to the hand model's own LBS.
+        params: strengths; ``DeformParams(identity_amplitude_mm=0, bulge_*=0, bone_length_jitter=0,
+            dual_quaternion=False)`` reduces the ground truth to the hand model's own LBS.
     """
 
     def __init__(self, hand: HandModel, identity_seed: int, params: DeformParams | None = None):
@@ -196,6 +221,8 @@ class GroundTruthDeformer:
         self._w_index = torch.as_tensor(idx)
         self._w_value = torch.as_tensor(val / val.sum(1, keepdims=True))
         self._rest = torch.as_tensor(hand.vertices + self.identity_offset)
+        self.bone_offset = identity_bone_offsets(hand, identity_seed, self.params)               # (J, 3)
+        self._bone_offset = torch.as_tensor(self.bone_offset)
 
     def rest_surface(self, euler: torch.Tensor) -> torch.Tensor:
         """(T, V, 3) rest-pose surface with identity shape and the bulges of ``euler`` (T, J, 3) rad."""
@@ -221,7 +248,7 @@ class GroundTruthDeformer:
         with torch.no_grad():
             for s in range(0, euler.shape[0], chunk):
                 e, r = euler[s:s + chunk], root[s:s + chunk]
-                pose = self.layer(e, root_transform=r)
+                pose = self.layer(e, joint_offsets=self._bone_offset, root_transform=r)
                 e = pose.euler
                 rest = self.rest_surface(e)
                 A = pose.transforms[..., :3, :] @ self.layer.global_bind_inv              # (B, J, 3, 4)
