@@ -70,6 +70,9 @@ class HandLayer(nn.Module):
             self.register_buffer(f"_level{d}", joints, persistent=False)
             self.register_buffer(f"_slots{d}", slots, persistent=False)
         self.register_buffer("_inverse_order", self.tree.inverse_order, persistent=False)
+        nonroot = torch.ones(self.skeleton.num_joints, 1)
+        nonroot[self.skeleton.root] = 0
+        self.register_buffer("_nonroot", nonroot, persistent=False)
 
     @property
     def num_joints(self) -> int:
@@ -102,7 +105,8 @@ class HandLayer(nn.Module):
         Args:
             euler: (B, J, 3) Euler angles, radians; axes a joint does not have are ignored.
             vertex_offsets: (B, V, 3) or (V, 3) corrective added to the template before skinning, mm.
-            joint_offsets: (J, 3) or (B, J, 3) corrective added to local bind translations, mm.
+            joint_offsets: (J, 3) or (B, J, 3) corrective added to local bind translations, mm
+                (the root's row is ignored).
             root_transform: (B, 4, 4) or (4, 4) placement of the root; None keeps its bind pose.
             rest_vertices: (B, V, 3) or (V, 3) rest shape to skin instead of the template
                 (``vertex_offsets`` are added to it).
@@ -115,6 +119,8 @@ class HandLayer(nn.Module):
         rot = euler_to_matrix(euler)                                    # (B, J, 3, 3)
         local = self.local_bind.to(euler.dtype)
         if joint_offsets is not None:
+            # the root keeps its bind pose: a corrective of its translation is ignored, as in the official code
+            joint_offsets = joint_offsets * self._nonroot.to(joint_offsets.dtype)
             trans = local[..., :3, 3] + joint_offsets                   # (J,3) or (B,J,3)
             local = torch.cat([torch.cat([local[..., :3, :3].expand(trans.shape[:-1] + (3, 3)),
                                           trans.unsqueeze(-1)], -1),
@@ -251,11 +257,15 @@ class DeepHandMesh(nn.Module):
         id_dim: length of the identity code.
         use_pose_corrective, use_id_corrective, use_skeleton_corrective: switches
             (mutable attributes; the ablation study turns them off).
+        detach_pose_corrective_input: the pose corrective sees the Euler angles without
+            gradient back to them, as in the official code (``joint_euler.detach()``), so
+            only FK and skinning steer the pose estimate.
     """
 
     def __init__(self, hand_model: HandModel, backbone: int = 50, id_dim: int = 32,
                  use_pose_corrective: bool = True, use_id_corrective: bool = True,
-                 use_skeleton_corrective: bool = True, seed: int | None = 0):
+                 use_skeleton_corrective: bool = True, seed: int | None = 0,
+                 detach_pose_corrective_input: bool = True):
         super().__init__()
         self.hand = HandLayer(hand_model)
         J, V = self.hand.num_joints, self.hand.num_vertices
@@ -269,6 +279,7 @@ class DeepHandMesh(nn.Module):
         self.use_pose_corrective = use_pose_corrective
         self.use_id_corrective = use_id_corrective
         self.use_skeleton_corrective = use_skeleton_corrective
+        self.detach_pose_corrective_input = detach_pose_corrective_input
         self._cache: dict = {}
 
     # ------------------------------------------------------------ correctives
@@ -311,7 +322,10 @@ class DeepHandMesh(nn.Module):
         if self.use_id_corrective:
             rest = rest + self.identity_corrective()
         if self.use_pose_corrective:
-            rest = self.skin_refine_net.pose_plus(euler * self.hand.dof_mask.to(euler.dtype), rest)
+            pose_in = euler * self.hand.dof_mask.to(euler.dtype)
+            if self.detach_pose_corrective_input:
+                pose_in = pose_in.detach()
+            rest = self.skin_refine_net.pose_plus(pose_in, rest)
         joint_offsets = self.skeleton_corrective() if self.use_skeleton_corrective else None
         return self.hand(euler, joint_offsets=joint_offsets, root_transform=root_transform, rest_vertices=rest)
 

@@ -174,3 +174,33 @@ def test_pose_corrective_layer_gradcheck(hand, B):
     b = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(_BatchLastLinear.apply, (x, W, b))
     torch.testing.assert_close(_BatchLastLinear.apply(x, W, b), torch.nn.functional.linear(x, W, b).t())
+
+
+def test_pose_corrective_input_is_detached_as_in_the_official_code(hand):
+    m = random_model(hand)
+    e0 = (torch.rand(2, hand.num_joints, 3) - 0.5)
+    w = torch.linspace(-1, 1, 2 * hand.num_vertices * 3).view(2, -1, 3)
+
+    def grad(detach):
+        m.detach_pose_corrective_input = detach
+        e = e0.clone().requires_grad_()
+        (m.decode(e).vertices * w).sum().backward()
+        return e.grad
+
+    # reference: the corrective computed from constant angles, FK and skinning differentiated
+    e = e0.clone().requires_grad_()
+    rest = m.hand.template + m.identity_corrective() + m.pose_corrective(e0)
+    (m.hand(e, joint_offsets=m.skeleton_corrective(), rest_vertices=rest).vertices * w).sum().backward()
+    torch.testing.assert_close(grad(True), e.grad, rtol=1e-4, atol=1e-4)
+    assert (grad(False) - e.grad).abs().max() > 1e-3
+
+
+def test_root_translation_corrective_is_ignored(hand):
+    layer = HandLayer(hand, dtype=torch.float64)
+    e = torch.zeros(1, hand.num_joints, 3, dtype=torch.float64)
+    off = torch.zeros(hand.num_joints, 3, dtype=torch.float64)
+    off[hand.skeleton.root] = 25.0
+    assert torch.equal(layer(e, joint_offsets=off).vertices, layer(e).vertices)
+    off[hand.skeleton.index("index2")] = torch.tensor([5.0, 0, 0], dtype=torch.float64)
+    moved = layer(e, joint_offsets=off).joints - layer(e).joints
+    assert moved.norm(dim=-1).max() == pytest.approx(5.0)
