@@ -59,6 +59,29 @@ def test_joints_project_into_the_input_crop(small_capture):
     assert (px[ok] > 256 * 0.1).all() and (px[ok] < 256 * 0.9).all()  # 1.5× box: joints well inside
 
 
+def test_seed_crop_follows_the_original_code(small_capture):
+    """Box of the valid joints, ×1.5 per axis around its centre, clamped to the image, mapped onto the crop."""
+    ds = DeepHandMeshDataset(small_capture, num_views=2)
+    item = ds[2]
+    cams = Cameras(item["cam_R"], item["cam_t"], item["cam_focal"], item["cam_principal"])
+    px = cams.project(item["joints"][None].expand(2, -1, -1))
+    ok = item["joint_valid"] > 0
+    for k in range(2):
+        p = px[k][ok].numpy()
+        (x0, y0), (x1, y1) = p.min(0), p.max(0)
+        cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * 1.5, (y1 - y0) * 1.5
+        H, W = ds.image_size
+        lo = np.clip([cx - w / 2, cy - h / 2], 0, [W, H])
+        hi = np.clip([cx + w / 2, cy + h / 2], 0, [W, H])
+        corners = torch.tensor(np.stack([lo, hi])[None], dtype=torch.float32)
+        got = Crop(item["depth_crop"][k], (256, 256)).apply(corners)[0]
+        torch.testing.assert_close(got, torch.tensor([[0.0, 0.0], [256.0, 256.0]]), atol=2e-3, rtol=0)
+    sq = DeepHandMeshDataset(small_capture, num_views=2, crop_mode="square")[2]["depth_crop"]
+    assert torch.allclose(sq[:, 0, 0], sq[:, 1, 1])  # square mode: one scale for both axes
+    with pytest.raises(ValueError, match="crop_mode"):
+        DeepHandMeshDataset(small_capture, crop_mode="tight")
+
+
 def test_same_seed_same_views_in_workers(small_capture):
     def views(ds, workers):
         dl = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers)

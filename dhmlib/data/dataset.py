@@ -135,6 +135,9 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         include_rom: also use ``ROM`` sequences.
         seed: view-sampling seed.
         max_frames: keep only the first N frames (quick runs).
+        crop_mode: ``"seed"`` (default) crops as the original code: the joints' box enlarged
+            1.5× per axis, clamped to the image, each axis mapped onto the crop on its own;
+            ``"square"`` keeps the aspect ratio (no distortion) and does not clamp.
 
     Each item is a dict of tensors:
 
@@ -160,7 +163,10 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
 
     def __init__(self, root, subject: int = 1, skeleton: Skeleton | None = None, num_views: int = 6,
                  input_size=(256, 256), render_size=(256, 256), cameras=None, include_rom: bool = False,
-                 seed: int = 0, max_frames: int | None = None, image_size=IMAGE_SIZE):
+                 seed: int = 0, max_frames: int | None = None, image_size=IMAGE_SIZE, crop_mode: str = "seed"):
+        if crop_mode not in ("seed", "square"):
+            raise ValueError(f"crop_mode: expected 'seed' or 'square', got {crop_mode!r}")
+        self.crop_mode = crop_mode
         self.layout = Layout(root, subject)
         self.num_views = int(num_views)
         self.input_size, self.render_size = tuple(input_size), tuple(render_size)
@@ -232,6 +238,11 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         pick = rng.choice(len(available), size=self.num_views, replace=len(available) < self.num_views)
         return [available[i] for i in pick]
 
+    def _crop(self, joints_px, valid, size) -> Crop:
+        if self.crop_mode == "seed":
+            return crop_from_joints(joints_px, valid, size=size, keep_aspect=False, clamp_to=self.image_size)
+        return crop_from_joints(joints_px, valid, size=size)
+
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
         joints, valid = self.joints(s.frame)
@@ -246,13 +257,13 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         img = read_image(self.layout.image_path(s.sequence, s.camera, s.frame), self.image_size)
         img = torch.from_numpy(img.copy()).permute(2, 0, 1).float().div_(255)
         px_in = cam_in.project(joints[None])                                     # (1, J, 2)
-        crop_in = crop_from_joints(px_in, ok[None], size=self.input_size)
+        crop_in = self._crop(px_in, ok[None], self.input_size)
         image = crop_image(img[None], crop_in)[0]
         # depth views
         depth = torch.stack([torch.from_numpy(read_depth(self.layout.depth_path(s.frame, c), self.image_size))
                              for c in views])                                     # (K, H, W)
         px = cams.project(joints[None].expand(len(views), -1, -1))               # (K, J, 2)
-        crop_d = crop_from_joints(px, ok[None].expand(len(views), -1), size=self.render_size)
+        crop_d = self._crop(px, ok[None].expand(len(views), -1), self.render_size)
         return {
             "image": image, "image_crop": crop_in.matrix[0],
             "joints": joints, "joint_valid": valid,

@@ -105,31 +105,46 @@ def bbox_from_joints(joints_px: torch.Tensor, valid: torch.Tensor | None = None)
 
 
 def crop_from_bbox(bbox: torch.Tensor, size: tuple[int, int] = (256, 256), scale: float = 1.5,
-                   min_extent: float = 1.0) -> Crop:
-    """The seed's crop of a box (*S, 4) ``(x0, y0, w, h)`` onto a render of ``size`` (H, W).
+                   min_extent: float = 1.0, keep_aspect: bool = True,
+                   clamp_to: tuple[int, int] | None = None) -> Crop:
+    """The crop of a box (*S, 4) ``(x0, y0, w, h)`` onto a render of ``size`` (H, W).
 
-    The box keeps its centre, grows its short side to the render's aspect ratio,
-    is enlarged by ``scale`` (1.5) and is mapped onto ``[0, W] × [0, H]``. Boxes
+    The box keeps its centre and is enlarged by ``scale`` (1.5). With
+    ``keep_aspect`` its short side is first grown to the render's aspect ratio
+    (no distortion); without it each axis is scaled on its own, as the seed's
+    ``get_bbox``/``gen_trans_from_patch_cv`` do. ``clamp_to`` (H_img, W_img)
+    clips the enlarged box to the image first, as the seed does. Boxes
     narrower than ``min_extent`` pixels are widened to it (so one joint still crops).
     """
     H, W = size
     x0, y0, w, h = bbox.unbind(-1)
     cx, cy = x0 + 0.5 * w, y0 + 0.5 * h
-    aspect = W / H
     w = w.clamp_min(min_extent)
     h = h.clamp_min(min_extent)
-    w2 = torch.maximum(w, h * aspect) * scale
-    s = W / w2  # = H / h2
-    zero = torch.zeros_like(s)
-    M = torch.stack([torch.stack([s, zero, 0.5 * W - s * cx], -1),
-                     torch.stack([zero, s, 0.5 * H - s * cy], -1)], -2)
+    if keep_aspect:
+        w2 = torch.maximum(w, h * (W / H)) * scale
+        h2 = w2 * (H / W)
+    else:
+        w2, h2 = w * scale, h * scale
+    if clamp_to is not None:
+        Hi, Wi = clamp_to
+        lo_x, hi_x = (cx - 0.5 * w2).clamp(0, Wi), (cx + 0.5 * w2).clamp(0, Wi)
+        lo_y, hi_y = (cy - 0.5 * h2).clamp(0, Hi), (cy + 0.5 * h2).clamp(0, Hi)
+        cx, cy = 0.5 * (lo_x + hi_x), 0.5 * (lo_y + hi_y)
+        w2, h2 = (hi_x - lo_x).clamp_min(min_extent), (hi_y - lo_y).clamp_min(min_extent)
+    sx, sy = W / w2, H / h2
+    zero = torch.zeros_like(sx)
+    M = torch.stack([torch.stack([sx, zero, 0.5 * W - sx * cx], -1),
+                     torch.stack([zero, sy, 0.5 * H - sy * cy], -1)], -2)
     return Crop(M, (H, W))
 
 
 def crop_from_joints(joints_px: torch.Tensor, valid: torch.Tensor | None = None,
-                     size: tuple[int, int] = (256, 256), scale: float = 1.5) -> Crop:
-    """Crop of the seed from projected joints (*S, J, 2) pixels and validity (*S, J)."""
-    return crop_from_bbox(bbox_from_joints(joints_px, valid), size=size, scale=scale)
+                     size: tuple[int, int] = (256, 256), scale: float = 1.5, keep_aspect: bool = True,
+                     clamp_to: tuple[int, int] | None = None) -> Crop:
+    """Crop from projected joints (*S, J, 2) pixels and validity (*S, J); see :func:`crop_from_bbox`."""
+    return crop_from_bbox(bbox_from_joints(joints_px, valid), size=size, scale=scale, keep_aspect=keep_aspect,
+                          clamp_to=clamp_to)
 
 
 def identity_crop(batch_shape: tuple[int, ...], size: tuple[int, int], dtype=torch.float32, device=None) -> Crop:
