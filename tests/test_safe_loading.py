@@ -121,6 +121,20 @@ def test_keypoint_mapping_follows_names_not_indices():
         np.testing.assert_array_equal(j1[hm.skeleton.index(n)], j2[sk2.index(n)])
 
 
+def test_listed_points_are_valid_unlisted_are_not(tmp_path):
+    sk = toy_hand(50).skeleton
+    p = tmp_path / "keypoints0002.pts"
+    p.write_text("0 1 2 3 0.0 0\n20 4 5 6 0.7 3\n")      # thumb tip with score 0, the wrist
+    rows = read_keypoints(p)
+    assert np.isnan(rows[5]).all()
+    j, valid = keypoints_to_joints(rows, sk)
+    assert valid[sk.index("thumb_null")] == 1 and valid[sk.index("wrist")] == 1 and valid.sum() == 2
+    np.testing.assert_array_equal(j[sk.index("wrist")], [4, 5, 6])
+    assert np.isfinite(j).all()
+    _, valid = keypoints_to_joints(rows, sk, min_score=0.5)
+    assert valid[sk.index("thumb_null")] == 0 and valid.sum() == 1
+
+
 def test_keypoint_file_with_wrong_columns_names_line(tmp_path):
     p = tmp_path / "keypoints0001.pts"
     p.write_text("0 1 2 3 1 4\n1 1 2 3 1\n")

@@ -29,12 +29,12 @@ class KeypointFileError(ValueError):
 def read_keypoints(path) -> np.ndarray:
     """Read a ``.pts`` file → (42, 5) float64 array of ``x y z score num_views`` by index.
 
-    Missing indices are rows of zeros (score 0).
+    Indices the file does not list are rows of NaN.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: keypoint file not found")
-    out = np.zeros((NUM_POINTS, 5))
+    out = np.full((NUM_POINTS, 5), np.nan)
     with open(path, encoding="utf-8", errors="replace") as fh:
         for n, line in enumerate(fh, 1):
             tok = line.split()
@@ -68,13 +68,17 @@ def write_keypoints(path, right_xyz: np.ndarray, score=None, num_views=None) -> 
     return path
 
 
-def keypoints_to_joints(points: np.ndarray, skeleton: Skeleton, min_score: float = 0.0):
+def keypoints_to_joints(points: np.ndarray, skeleton: Skeleton, min_score: float | None = None):
     """Map file rows onto the skeleton's joints by name.
+
+    A point is valid when the file lists it (as the original code has it); with
+    ``min_score`` also only when its score is above that.
 
     Args:
         points: (42, 5) from :func:`read_keypoints`.
     Returns:
-        joints (J, 3) mm, valid (J,) float (0 for thumb0 and for points with score ≤ min_score).
+        joints (J, 3) mm (0 where invalid), valid (J,) float (0 for thumb0, unlisted points,
+        and scores ≤ ``min_score``).
     """
     J = skeleton.num_joints
     joints, valid = np.zeros((J, 3)), np.zeros(J)
@@ -82,8 +86,10 @@ def keypoints_to_joints(points: np.ndarray, skeleton: Skeleton, min_score: float
         s = short_name(name)
         if s in KEYPOINT_NAMES:
             row = points[KEYPOINT_NAMES.index(s)]
-            joints[j] = row[:3]
-            valid[j] = float(row[3] > min_score)
+            ok = bool(np.isfinite(row).all()) and (min_score is None or row[3] > min_score)
+            if ok:
+                joints[j] = row[:3]
+            valid[j] = float(ok)
     return joints, valid
 
 
