@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from .skeleton import tree_levels
+
 
 def euler_to_matrix(euler: torch.Tensor) -> torch.Tensor:
     """Euler angles → rotation matrices, ``R = Rz(z) @ Ry(y) @ Rx(x)``.
@@ -38,23 +40,6 @@ def matrix_to_euler(R: torch.Tensor) -> torch.Tensor:
     x = torch.atan2(R[..., 2, 1], R[..., 2, 2])
     z = torch.atan2(R[..., 1, 0], R[..., 0, 0])
     return torch.stack([x, y, z], dim=-1)
-
-
-def tree_levels(parents: Sequence[int]) -> list[list[int]]:
-    """Joint indices grouped by depth (root level first)."""
-    depth = {}
-
-    def d(j):
-        if j not in depth:
-            depth[j] = 0 if parents[j] < 0 else d(parents[j]) + 1
-        return depth[j]
-
-    for j in range(len(parents)):
-        d(j)
-    levels = [[] for _ in range(max(depth.values()) + 1)]
-    for j in range(len(parents)):
-        levels[depth[j]].append(j)
-    return levels
 
 
 class KinematicTree:

@@ -48,6 +48,31 @@ def dof_of(name: str, is_root: bool) -> tuple[bool, bool, bool]:
     return (True, True, True)  # *1 joints and thumb0
 
 
+def tree_depth(parents, names=None) -> list[int]:
+    """Depth of each joint (root 0) from parent indices (-1 for a root); a cycle raises ValueError."""
+    depth = [-1] * len(parents)
+    for j in range(len(parents)):
+        chain, k = [], j
+        while k != -1 and depth[k] < 0:
+            if k in chain:
+                raise ValueError(f"skeleton: cycle through joint {names[k] if names else k!r}")
+            chain.append(k)
+            k = parents[k]
+        base = -1 if k == -1 else depth[k]
+        for i, c in enumerate(reversed(chain)):
+            depth[c] = base + 1 + i
+    return depth
+
+
+def tree_levels(parents) -> list[list[int]]:
+    """Joint indices grouped by tree depth, root level first."""
+    depth = tree_depth(parents)
+    levels = [[] for _ in range(max(depth) + 1)]
+    for j, d in enumerate(depth):
+        levels[d].append(j)
+    return levels
+
+
 @dataclass(frozen=True)
 class Skeleton:
     """A joint tree.
@@ -64,17 +89,7 @@ class Skeleton:
     def __post_init__(self):
         if len(self.names) != len(self.parents):
             raise ValueError(f"skeleton: {len(self.names)} names but {len(self.parents)} parents")
-        depth = [-1] * len(self.names)
-        for j in range(len(self.names)):
-            chain, k = [], j
-            while k != -1 and depth[k] < 0:
-                if k in chain:
-                    raise ValueError(f"skeleton: cycle through joint {self.names[k]!r}")
-                chain.append(k)
-                k = self.parents[k]
-            base = -1 if k == -1 else depth[k]
-            for i, c in enumerate(reversed(chain)):
-                depth[c] = base + 1 + i
+        depth = tree_depth(self.parents, self.names)
         object.__setattr__(self, "_depth", tuple(depth))
 
     @property
@@ -93,10 +108,7 @@ class Skeleton:
     @property
     def levels(self) -> tuple[tuple[int, ...], ...]:
         """Joint indices grouped by tree depth, root level first."""
-        out = [[] for _ in range(max(self._depth) + 1)]
-        for j, d in enumerate(self._depth):
-            out[d].append(j)
-        return tuple(tuple(level) for level in out)
+        return tuple(tuple(level) for level in tree_levels(self.parents))
 
     @property
     def short_names(self) -> tuple[str, ...]:
