@@ -19,17 +19,48 @@ def _scale(unit: str) -> float:
     return _SCALE[unit]
 
 
-def write_obj(path, vertices, faces, unit: str = "mm") -> Path:
-    """Write (V, 3) vertices (mm) and (F, 3) 0-based faces as an OBJ file."""
+def write_obj(path, vertices, faces, unit: str = "mm", uvs=None, uv_faces=None) -> Path:
+    """Write (V, 3) vertices (mm) and (F, 3) 0-based faces as an OBJ file.
+
+    With ``uvs`` (T, 2) and ``uv_faces`` (F, 3) (a :class:`~dhmlib.handmodel.HandModel`'s
+    texture coordinates) the file also holds ``vt u v`` lines and ``f v/vt …`` faces, as the
+    official ``hand.obj``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     v = np.asarray(vertices, dtype=np.float64) * _scale(unit)
     f = np.asarray(faces, dtype=np.int64) + 1
+    if (uvs is None) != (uv_faces is None):
+        raise ValueError("write_obj: uvs and uv_faces go together; got only one of them")
+    if uvs is not None:
+        uvs = np.asarray(uvs, dtype=np.float64)
+        ft = np.asarray(uv_faces, dtype=np.int64) + 1
+        if ft.shape != f.shape or uvs.ndim != 2 or uvs.shape[1] != 2:
+            raise ValueError(f"write_obj: expected uvs (T, 2) and uv_faces {f.shape}, got {uvs.shape} and {ft.shape}")
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(f"# dhmlib mesh, {len(v)} vertices, {len(f)} faces, unit {unit}\n")
         fh.write("".join(f"v {x!r} {y!r} {z!r}\n" for x, y, z in v.tolist()))
-        fh.write("".join(f"f {a} {b} {c}\n" for a, b, c in f.tolist()))
+        if uvs is None:
+            fh.write("".join(f"f {a} {b} {c}\n" for a, b, c in f.tolist()))
+        else:
+            fh.write("".join(f"vt {s!r} {t!r}\n" for s, t in uvs.tolist()))
+            fh.write("".join(f"f {a}/{d} {b}/{e} {c}/{g}\n" for (a, b, c), (d, e, g) in zip(f.tolist(), ft.tolist())))
     return path
+
+
+def read_obj_uvs(path):
+    """An OBJ's texture coordinates (T, 2) and per-face texture indices (F, 3), 0-based (empty if none)."""
+    uvs, uv_faces = [], []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            tok = line.split()
+            if tok and tok[0] == "vt":
+                uvs.append([float(t) for t in tok[1:3]])
+            elif tok and tok[0] == "f":
+                parts = [t.split("/") for t in tok[1:4]]
+                if all(len(p) > 1 and p[1] for p in parts):
+                    uv_faces.append([int(p[1]) - 1 for p in parts])
+    return np.asarray(uvs, dtype=np.float64).reshape(-1, 2), np.asarray(uv_faces, dtype=np.int64).reshape(-1, 3)
 
 
 def read_obj(path, unit: str = "mm"):

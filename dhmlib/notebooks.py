@@ -1,26 +1,36 @@
-"""``dhm notebooks``: run the notebook series in order with papermill.
+"""Run the notebook series in order with papermill (behind ``dhm notebooks``).
 
 Each notebook in ``notebooks/`` (``NN_name.ipynb``, run in name order) is
-executed into ``output/notebooks/``. Parameters given with ``-p name value``
-are passed only to notebooks whose ``parameters`` cell declares them;
-``--smoke`` sets ``smoke = True`` where declared. The run stops at the first
-failing notebook and prints the failing cell's error.
+executed into ``output/notebooks/``. Parameters are passed only to notebooks
+whose ``parameters`` cell declares them, and a parameter that no selected
+notebook declares is an error (:class:`NotebookParameterError`, before anything
+runs); ``smoke=True`` sets ``smoke = True`` where declared. While a notebook
+runs, a line per code cell (and every ``heartbeat`` seconds inside a long cell)
+says where it is and for how long. The run stops at the first failing notebook
+and reports the failing cell's error.
 """
 from __future__ import annotations
 
 import re
-import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
 
 
-@dataclass
+class NotebookParameterError(ValueError):
+    """A parameter that none of the selected notebooks declares."""
+
+
+@dataclass(frozen=True)
 class NotebookRun:
+    """One executed notebook: its executed copy, the time it took (s), and the error if it failed."""
+
     notebook: Path
     output: Path
     seconds: float
@@ -70,52 +80,140 @@ def _cell_error(nb_path: Path) -> str:
     return "(no error output found)"
 
 
+def check_parameters(books: list[Path], params: dict) -> dict[Path, dict]:
+    """The parameters each notebook declares; raises :class:`NotebookParameterError` for a name none declares."""
+    declared = {nb: declared_parameters(nb) for nb in books}
+    unknown = [k for k in params if not any(k in d for d in declared.values())]
+    if unknown:
+        listing = "; ".join(f"{nb.stem}: {', '.join(d) or '(none)'}" for nb, d in declared.items())
+        raise NotebookParameterError(f"parameter {', '.join(map(repr, unknown))} is declared by none of the "
+                                     f"selected notebooks ({listing})")
+    return declared
+
+
+def format_seconds(s: float) -> str:
+    """``42 s``, ``2 min 05 s``."""
+    s = int(round(s))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"
+
+
+class _CellProgress:
+    """Log lines for one running notebook: a line as each code cell starts, a heartbeat inside long cells."""
+
+    def __init__(self, name: str, total: int, log: Callable[[str], None], heartbeat: float | None):
+        self.name, self.total, self.log, self.heartbeat = name, total, log, heartbeat
+        self.t0 = self.cell_t0 = time.perf_counter()
+        self.done = 0
+        self.current = None
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = None
+        if heartbeat:
+            self.thread = threading.Thread(target=self._beat, daemon=True)
+            self.thread.start()
+
+    def cell_start(self, cell, index):
+        if cell.cell_type != "code":
+            return
+        with self.lock:
+            now = time.perf_counter()
+            self.done += 1
+            self.current, self.cell_t0 = self.done, now
+            first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
+            first = first if len(first) <= 60 else first[:57] + "..."
+            self.log(f"[dhm notebooks] {self.name}: cell {self.done}/{self.total}, {format_seconds(now - self.t0)}"
+                     + (f"  {first}" if first else ""))
+
+    def _beat(self):
+        while not self.stop.wait(self.heartbeat):
+            with self.lock:
+                if self.current is not None:
+                    now = time.perf_counter()
+                    self.log(f"[dhm notebooks] {self.name}: cell {self.current}/{self.total} still running "
+                             f"({format_seconds(now - self.cell_t0)} in this cell, {format_seconds(now - self.t0)} in all)")
+
+    def close(self):
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+_ENGINE = "dhm-progress"
+_registered = False
+
+
+def _register_progress_engine() -> str:
+    """Register (once) a papermill engine that calls ``dhm_progress.cell_start`` as each cell starts."""
+    global _registered
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    if not _registered:
+        class ProgressEngine(NBClientEngine):
+            @classmethod
+            def execute_managed_notebook(cls, nb_man, kernel_name, dhm_progress=None, **kwargs):
+                if dhm_progress is not None:
+                    start = nb_man.cell_start
+
+                    def cell_start(cell, cell_index=None, **kw):
+                        start(cell, cell_index, **kw)
+                        dhm_progress.cell_start(cell, cell_index)
+
+                    nb_man.cell_start = cell_start
+                return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+        papermill_engines.register(_ENGINE, ProgressEngine)
+        _registered = True
+    return _ENGINE
+
+
 def run_notebooks(folder="notebooks", out="output/notebooks", params: dict | None = None, smoke: bool = False,
-                  only: list[str] | None = None, kernel: str | None = None, log=print) -> list[NotebookRun]:
-    """Execute the series; stop at the first failure (its ``NotebookRun.ok`` is False)."""
+                  only: list[str] | None = None, kernel: str | None = None, log: Callable[[str], None] | None = print,
+                  heartbeat: float | None = 30.0) -> list[NotebookRun]:
+    """Execute the series; stop at the first failure (its ``NotebookRun.ok`` is False).
+
+    Args:
+        params: name → value, passed to the notebooks that declare the name.
+        only: name prefixes or stems of the notebooks to run (default: all, in order).
+        log: receives progress lines (one per code cell, a heartbeat every ``heartbeat`` s
+            inside a long cell, one per finished notebook); None for silence.
+    Raises:
+        NotebookParameterError: a name in ``params`` that no selected notebook declares
+            (nothing has run then).
+        FileNotFoundError: no such folder, or no notebook matches ``only``.
+    """
+    import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     params = dict(params or {})
     out = Path(out)
+    books = find_notebooks(folder, only)
+    declared = check_parameters(books, params)
     out.mkdir(parents=True, exist_ok=True)
+    engine = _register_progress_engine()
+    say = log or (lambda msg: None)
     runs = []
-    for nb in find_notebooks(folder, only):
-        declared = declared_parameters(nb)
-        given = {k: v for k, v in params.items() if k in declared}
-        if smoke and "smoke" in declared:
+    for nb in books:
+        given = {k: v for k, v in params.items() if k in declared[nb]}
+        if smoke and "smoke" in declared[nb]:
             given["smoke"] = True
         target = out / nb.name
-        log(f"[dhm notebooks] {nb.name} {given or ''}")
+        total = sum(c.cell_type == "code" for c in nbformat.read(nb, as_version=4).cells)
+        say(f"[dhm notebooks] {nb.name}: {total} code cells{f', parameters {given}' if given else ''}")
+        progress = _CellProgress(nb.stem, total + (1 if given else 0), say, heartbeat if log else None)
         t = time.perf_counter()
         try:
             papermill.execute_notebook(str(nb), str(target), parameters=given, kernel_name=kernel,
-                                       cwd=str(Path.cwd()), progress_bar=False)
+                                       cwd=str(Path.cwd()), progress_bar=False, engine_name=engine,
+                                       dhm_progress=progress)
             runs.append(NotebookRun(nb, target, time.perf_counter() - t, True))
-            log(f"[dhm notebooks] {nb.name} ok in {runs[-1].seconds:.1f} s → {target}")
+            say(f"[dhm notebooks] {nb.name} ok in {format_seconds(runs[-1].seconds)} → {target}")
         except PapermillExecutionError as e:
             err = _cell_error(target) if target.exists() else f"{e.ename}: {e.evalue}"
             runs.append(NotebookRun(nb, target, time.perf_counter() - t, False, err))
-            log(f"[dhm notebooks] {nb.name} FAILED after {runs[-1].seconds:.1f} s (executed copy: {target})\n{err}")
+            say(f"[dhm notebooks] {nb.name} FAILED after {format_seconds(runs[-1].seconds)} (executed copy: {target})"
+                f"\n{err}")
             break
+        finally:
+            progress.close()
     return runs
-
-
-def add_notebooks(p):
-    p.add_argument("--folder", default="notebooks", help="folder of NN_*.ipynb notebooks")
-    p.add_argument("--out", default="output/notebooks", help="where executed copies go")
-    p.add_argument("--smoke", action="store_true", help="small, quick parameters (smoke = True)")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="notebook parameter (YAML value), passed to notebooks that declare it")
-    p.add_argument("--only", nargs="+", help="run only these notebooks (name prefixes, e.g. 01 04)")
-    p.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
-
-
-def run_notebooks_cli(args):
-    params = {k: parse_value(v) for k, v in args.parameter}
-    runs = run_notebooks(args.folder, args.out, params, args.smoke, args.only, args.kernel)
-    total = sum(r.seconds for r in runs)
-    if runs and all(r.ok for r in runs):
-        print(f"[dhm notebooks] {len(runs)} notebooks ok in {total:.0f} s")
-        return
-    sys.exit(1)

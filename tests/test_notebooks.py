@@ -69,7 +69,7 @@ def test_runner_stops_at_first_failure_and_prints_the_cell_error(tmp_path):
     _tiny_notebook(folder / "02_fails.ipynb", ["y = x / 0"])
     _tiny_notebook(folder / "03_never.ipynb", ["open('ran_03', 'w').close()"])
     r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "notebooks", "--folder", str(folder), "--out",
-                        str(tmp_path / "out"), "--smoke", "-p", "x", "5", "-p", "unknown", "1", "--kernel", "python3"],
+                        str(tmp_path / "out"), "--smoke", "-p", "x", "5", "--kernel", "python3"],
                        env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 1
     assert (tmp_path / "ran_01").exists() and not (tmp_path / "ran_03").exists()

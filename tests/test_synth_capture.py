@@ -253,18 +253,13 @@ def test_depth_maps_agree_with_an_independent_ray_cast(capture):
     assert differ <= 0.005 * both, f"coverage differs on {differ} of {both} covered pixels"
 
 
-def test_refuses_to_overwrite_and_replaces_with_overwrite(capture, tmp_path):
-    import argparse
-
-    from dhmlib.cli import CLIError
-    from dhmlib.synth.capture import add_synth_arguments, run_synth
+def test_refuses_to_overwrite_and_replaces_with_overwrite(capture, tmp_path, capsys):
+    from dhmlib.cli import main
 
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_capture(capture, CFG, progress=False)
-    parser = argparse.ArgumentParser()
-    add_synth_arguments(parser)
-    with pytest.raises(CLIError, match="already holds .*--overwrite"):
-        run_synth(parser.parse_args(["--out", str(capture), "--frames", "1", "--quiet"]))
+    assert main(["synth", "--out", str(capture), "--frames", "1", "--quiet"]) == 2
+    assert "already holds" in capsys.readouterr().err
     small = CaptureConfig(frames=2, cameras=2, vertices=800, image_size=(64, 42), seed=1)
     (tmp_path / "README.md").write_text("keep me")
     write_capture(tmp_path, small, progress=False)

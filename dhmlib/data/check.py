@@ -1,4 +1,4 @@
-"""``dhm check-data ROOT``: walk a dataset, count what is there, list every problem.
+"""Walk a dataset, count what is there, list every problem (behind ``dhm check-data ROOT``).
 
 Every file is opened with the same readers the dataset uses (array-only
 pickles, keypoint parser, image header), so a problem reported here is one
@@ -19,10 +19,18 @@ from .layout import DEPTH_RE, IMAGE_RE, KEYPOINT_RE, Layout, is_color_camera
 SUBJECT_RE = re.compile(r"^subject_(\d+)$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckReport:
+    """What :func:`check_dataset` found.
+
+    Attributes:
+        counts: name → number (subjects, images, depth maps, …, ``problems (total)``); a
+            ``Counter``, so a name never counted reads 0.
+        problems: one line per problem, naming the file (at most ``max_problems``).
+    """
+
     counts: Counter = field(default_factory=Counter)
-    problems: list[str] = field(default_factory=list)
+    problems: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -50,7 +58,7 @@ def check_dataset(root, image_size=IMAGE_SIZE, progress: bool = True, max_proble
     from ..render.cameras import read_krt
 
     root = Path(root)
-    rep = CheckReport()
+    rep = _Tally(Counter(), [])
 
     def problem(msg):
         if len(rep.problems) < max_problems:
@@ -59,7 +67,7 @@ def check_dataset(root, image_size=IMAGE_SIZE, progress: bool = True, max_proble
 
     if not root.is_dir():
         problem(f"{root}: dataset root not found")
-        return rep
+        return rep.report()
     try:
         hm = HandModel.read(root / "hand_model")
         rep.counts["hand model vertices"] = hm.num_vertices
@@ -140,16 +148,13 @@ def check_dataset(root, image_size=IMAGE_SIZE, progress: bool = True, max_proble
             except Exception as e:
                 msg = str(e)
                 problem(msg if str(path) in msg else f"{path}: {msg}")
-    return rep
+    return rep.report()
 
 
-def add_check_data(p):
-    p.add_argument("root", help="dataset root (images/, annotations/, hand_model/)")
-    p.add_argument("--no-progress", action="store_true")
+@dataclass
+class _Tally:
+    counts: Counter
+    problems: list
 
-
-def run_check_data(args):
-    rep = check_dataset(args.root, progress=not args.no_progress)
-    print(rep.summary())
-    if not rep.ok:
-        raise SystemExit(1)
+    def report(self) -> CheckReport:
+        return CheckReport(Counter(self.counts), tuple(self.problems))

@@ -22,7 +22,8 @@ the point is inside the image and not hidden behind other skin.
 
 Crash safety: everything is written under ``OUT/.synth-partial-<pid>/`` and
 moved into place at the end (``annotations/synthetic`` last, holding the
-``COMPLETE`` marker); an interrupted run removes its partial folder.
+``COMPLETE`` marker); an interrupted run removes its partial folder, and one left
+by a killed run is removed by the next run into ``OUT``, which says so (:mod:`.staging`).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,6 +50,7 @@ from .identity import HandIdentity
 from .poses import generate_sequences
 from .procedural_hand import build_procedural_hand
 from .rig import dome_rig
+from .staging import remove_stale, staging_folder
 from .texture import skin_colors
 
 #: the pieces of OUT this writer owns, in the order they are moved into place (the marker's last)
@@ -122,11 +125,15 @@ class CaptureConfig:
 
 @dataclass(frozen=True)
 class CaptureSummary:
+    """What :func:`write_capture` wrote: the dataset root, its size and the time it took (s)."""
+
     root: Path
     frames: int
     cameras: int
     subjects: int
     seconds: float
+    #: staging folders of killed earlier runs that were removed first
+    removed_partial: tuple[Path, ...] = ()
 
     @property
     def frames_per_second(self) -> float:
@@ -217,22 +224,24 @@ def _save_jpeg(path: Path, rgb: np.ndarray, quality: int):
 
 
 def write_capture(out, config: CaptureConfig = CaptureConfig(), overwrite: bool = False,
-                  progress: bool = True) -> CaptureSummary:
+                  progress: bool = True, log: Callable[[str], None] | None = print) -> CaptureSummary:
     """Run the virtual capture and write the official layout (plus extras) under ``out``.
 
+    Staging folders that killed earlier runs left in ``out`` are removed first (each reported
+    through ``log``; see :mod:`.staging`).
+
     Raises:
-        FileExistsError: ``out`` already holds any of :data:`OWNED` and ``overwrite`` is False.
+        FileExistsError: ``out`` already holds any of :data:`OWNED` and ``overwrite`` is False,
+            or another capture is being written into ``out`` right now (:class:`StagingBusyError`).
     """
     from tqdm.auto import tqdm
 
     root = Path(out)
     _check_free(root, overwrite)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".synth-partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    removed = remove_stale(root, log)
     t0 = time.perf_counter()
-    try:
+    with staging_folder(root) as tmp:
         cams = dome_rig(config.cameras, config.image_size, seed=config.seed)
         (tmp / "annotations").mkdir(parents=True)
         write_krt(tmp / "annotations" / "KRT_512", cams)
@@ -250,9 +259,8 @@ def write_capture(out, config: CaptureConfig = CaptureConfig(), overwrite: bool 
         for rel in OWNED:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / rel, root / rel)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return CaptureSummary(root, config.frames, config.cameras, config.subjects, time.perf_counter() - t0)
+    return CaptureSummary(root, config.frames, config.cameras, config.subjects, time.perf_counter() - t0,
+                          tuple(removed))
 
 
 def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool: ThreadPoolExecutor, bar):
@@ -334,44 +342,3 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
     (syn / "params.json").write_text(json.dumps(params, indent=2))
     np.savez(syn / "poses.npz", frame=np.arange(T), take=take, euler=euler, root=root_tf, joints=gt.joints,
              keypoints=keypoints, num_views=num_views)
-
-
-# --------------------------------------------------------------------------- CLI
-SYNTH_HELP = "virtual multi-camera capture of the procedural hand, written in the official dataset layout"
-
-
-def add_synth_arguments(parser):
-    """Arguments of ``dhm synth``."""
-    parser.add_argument("--out", default="data", help="dataset root to write the official layout into")
-    parser.add_argument("--subjects", type=int, default=1, help="number of subjects (identities)")
-    parser.add_argument("--frames", type=int, default=200, help="frames per subject")
-    parser.add_argument("--cameras", type=int, default=24, help="cameras of the dome")
-    parser.add_argument("--seed", type=int, default=0, help="master seed (everything is deterministic in it)")
-    parser.add_argument("--vertices", type=int, default=8000, help="target vertex count of the hand")
-    parser.add_argument("--image-size", type=int, nargs=2, default=list(OFFICIAL_IMAGE_SIZE), metavar=("H", "W"),
-                        help="image and depth-map size (official: 512 334)")
-    parser.add_argument("--workers", type=int, default=2, help="file-writing threads")
-    parser.add_argument("--overwrite", action="store_true",
-                        help=f"replace existing {', '.join(OWNED)} under --out")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_synth(args):
-    """Run ``dhm synth``; a non-empty target without ``--overwrite`` is a user error (CLIError)."""
-    from ..cli import CLIError
-
-    from ..memory import keep_freed_memory
-
-    keep_freed_memory()
-    try:
-        config = CaptureConfig(subjects=args.subjects, frames=args.frames, cameras=args.cameras, seed=args.seed,
-                               vertices=args.vertices, image_size=tuple(args.image_size), workers=args.workers)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    try:
-        s = write_capture(args.out, config, overwrite=args.overwrite, progress=not args.quiet)
-    except FileExistsError as e:
-        raise CLIError(str(e)) from None
-    print(f"wrote {s.root}: {s.subjects} subject(s) × {s.frames} frames × {s.cameras} cameras "
-          f"({config.image_size[0]}×{config.image_size[1]}) in {s.seconds:.1f} s "
-          f"({s.frames_per_second:.2f} frames/s)")

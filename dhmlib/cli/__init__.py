@@ -1,0 +1,72 @@
+"""The ``dhm`` command: argument parsing and exit codes live here and nowhere else in dhmlib.
+
+One module per sub-command (``add(parser)`` declares its arguments, ``run(args) -> exit code``);
+the library functions they call raise or return results.
+
+Exit codes: 0 done; 1 the command ran and found problems (``check-data``) or a notebook failed;
+2 a usage or input error, printed as one ``dhm <cmd>: error: …`` line without a traceback
+(as argparse does for malformed arguments); 130 interrupted (Ctrl-C, SIGTERM).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import check_data, demo, hand_model, notebooks, synth
+from ._common import INTERRUPTED, USAGE, CLIError, HelpFormatter
+from .demo import parse_euler, parse_rotation
+
+__all__ = ["CLIError", "main", "build_parser", "parse_euler", "parse_rotation", "COMMANDS", "register"]
+
+#: name → (add arguments, run, one-line help)
+COMMANDS = {
+    "hand-model": (hand_model.add, hand_model.run, hand_model.HELP),
+    "demo": (demo.add, demo.run, demo.HELP),
+    "synth": (synth.add, synth.run, synth.HELP),
+    "check-data": (check_data.add, check_data.run, check_data.HELP),
+    "notebooks": (notebooks.add, notebooks.run, notebooks.HELP),
+}
+
+EPILOG = """exit status: 0 done; 1 ran and found problems (check-data) or a notebook failed;
+2 usage or input error; 130 interrupted. 'dhm <command> --help' for each command."""
+
+
+def register(name, add, run, help):
+    """Add a sub-command: ``add(parser)`` declares arguments, ``run(args)`` returns an exit code."""
+    COMMANDS[name] = (add, run, help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dhm", description="dhmlib: DeepHandMesh research workbench",
+                                     epilog=EPILOG, formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, (add, run, help) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+        add(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ..handmodel import HandModelError
+    from ..snapshot import SnapshotError
+
+    # OSError: missing, unreadable or unwritable files and folders named by the user
+    return CLIError, HandModelError, SnapshotError, OSError
+
+
+def main(argv=None) -> int:
+    """Run ``dhm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
+        return e.code if isinstance(e.code, int) else USAGE
+    try:
+        code = args._run(args)
+    except _user_errors() as e:
+        print(f"dhm {args.command}: error: {e}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        print(f"dhm {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    return 0 if code is None else int(code)

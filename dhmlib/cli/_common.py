@@ -1,0 +1,110 @@
+"""What every ``dhm`` sub-command shares: the user-error exception, exit codes, argument types."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+#: exit codes of ``dhm``
+OK = 0
+PROBLEMS = 1   # the command ran and found problems (check-data) or a notebook failed
+USAGE = 2      # bad arguments or input: nothing (or nothing useful) was done; argparse uses 2 too
+INTERRUPTED = 130
+
+
+class CLIError(Exception):
+    """A user error: printed as ``dhm <cmd>: error: <message>`` without a traceback, exit status 2."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (when it has a meaningful one) and keeps the epilog's line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        hidden = (default is None or default is False or default is argparse.SUPPRESS
+                  or (isinstance(default, (str, list, tuple)) and len(default) == 0))
+        if ("%(default)" not in text and not hidden
+                and (action.option_strings or action.nargs in ("?", "*"))):
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+            text += f" (default: {shown})"
+        return text
+
+
+def warn(command: str, message: str) -> None:
+    print(f"dhm {command}: warning: {message}", file=sys.stderr)
+
+
+def note(command: str, message: str) -> None:
+    print(f"dhm {command}: {message}", file=sys.stderr)
+
+
+def int_at_least(lo: int, hi: int | None = None):
+    """An argparse type: an integer in ``lo..hi``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            rng = f"at least {lo}" if hi is None else f"{lo}..{hi}"
+            raise argparse.ArgumentTypeError(f"expected an integer {rng}, got {v}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+SEED = int_at_least(0)
+
+
+def device(text: str) -> str:
+    """An argparse type: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked against this machine."""
+    import torch
+
+    try:
+        d = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}") from None
+    if d.type == "cpu":
+        return str(d)
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine (use cpu)")
+        if d.index is not None and d.index >= n:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+        return str(d)
+    if d.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine (use cpu)")
+        return str(d)
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+
+
+def writable_file(path, suffixes: tuple[str, ...] | None = None, what: str = "--out") -> Path:
+    """Check before any work that ``path`` can be written: suffix, not a folder, parent creatable."""
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise CLIError(f"{what} {path}: cannot write {path.suffix or 'a file without suffix'}; "
+                       f"expected one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise CLIError(f"{what} {path}: is a folder; expected a file name")
+    writable_folder(path.parent, what)
+    return path
+
+
+def writable_folder(folder, what: str = "--out") -> Path:
+    """Check that ``folder`` exists or can be created, and is writable (nothing is created)."""
+    import os
+
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise CLIError(f"{what} {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CLIError(f"{what} {folder}: {probe} is not writable")
+    return folder

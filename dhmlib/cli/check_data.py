@@ -1,0 +1,20 @@
+"""``dhm check-data ROOT``: counts and every problem of a dataset; exit 1 when there are problems."""
+from __future__ import annotations
+
+from ._common import OK, PROBLEMS
+
+HELP = "check a dataset in the official layout; exit status 1 when it has problems"
+
+
+def add(p):
+    p.add_argument("root", help="dataset root (images/, annotations/, hand_model/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--max-problems", type=int, default=1000, help="list at most this many problems")
+
+
+def run(args) -> int:
+    from ..data.check import check_dataset
+
+    rep = check_dataset(args.root, progress=not args.no_progress, max_problems=args.max_problems)
+    print(rep.summary())
+    return OK if rep.ok else PROBLEMS
