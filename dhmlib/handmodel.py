@@ -395,10 +395,12 @@ def validate_poses(model: HandModel, folder=Path("."), glob_lines=None, inv_line
 # ---------------------------------------------------------------------------
 # writing
 
+# The original reader splits skinning_weight.txt and the three pose files on single spaces and drops
+# the last token, so those lines end with a space (as in the released files); skeleton.txt lines must not.
 def _write_poses(path: Path, names, poses):
     with open(path, "w", encoding="utf-8") as fh:
         for name, m in zip(names, poses):
-            fh.write(name + " " + " ".join(_fmt(x) for x in m.reshape(-1)) + "\n")
+            fh.write(name + " " + " ".join(_fmt(x) for x in m.reshape(-1)) + " \n")
 
 
 def write_hand_model(model: HandModel, folder) -> Path:
@@ -418,7 +420,7 @@ def write_hand_model(model: HandModel, folder) -> Path:
         W = model.skinning_weights
         for v in range(len(W)):
             nz = np.nonzero(W[v])[0]
-            fh.write(f"{v} " + " ".join(f"{names[j]} {_fmt(W[v, j])}" for j in nz) + "\n")
+            fh.write(f"{v} " + " ".join(f"{names[j]} {_fmt(W[v, j])}" for j in nz) + " \n")
     _write_poses(folder / "local_pose.txt", names, model.local_pose)
     _write_poses(folder / "global_pose.txt", names, model.global_pose)
     _write_poses(folder / "global_pose_inv.txt", names, model.global_pose_inv)
@@ -426,7 +428,7 @@ def write_hand_model(model: HandModel, folder) -> Path:
 
 
 def default_hand_model_dir() -> Path:
-    """``$DHM_DATA/hand_model`` or ``./data/hand_model``."""
+    """``$DHM_DATA/hand_model``, or the project's ``data/hand_model`` (see :mod:`dhmlib.paths`)."""
     from .paths import data_dir
 
     return data_dir() / "hand_model"

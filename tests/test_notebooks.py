@@ -2,6 +2,7 @@
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def test_committed_clean_with_one_literal_parameters_cell(path):
     assert all(c["outputs"] == [] and c["execution_count"] is None for c in code), "strip outputs"
     tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1
+    assert tagged[0] in code[:2], "the parameters cell comes first or right after the imports"
     tree = ast.parse("".join(tagged[0]["source"]))
     for node in tree.body:
         assert isinstance(node, (ast.Assign, ast.AnnAssign)), ast.dump(node)
@@ -74,3 +76,34 @@ def test_runner_stops_at_first_failure_and_prints_the_cell_error(tmp_path):
     assert r.returncode == 1
     assert (tmp_path / "ran_01").exists() and not (tmp_path / "ran_03").exists()
     assert "02_fails.ipynb FAILED" in r.stdout and "ZeroDivisionError" in r.stdout and "y = x / 0" in r.stdout
+
+
+@pytest.mark.slow
+def test_posing_notebook_started_in_notebooks_folder_writes_the_projects_folders(tmp_path):
+    """As JupyterLab does: the kernel starts in notebooks/, no DHM_DATA/DHM_OUTPUT set.
+
+    A copy of the project (pyproject.toml, dhmlib/, the notebook) stands in for the checkout, so
+    the project's own data/ and output/ are those of the copy.
+    """
+    src = NOTEBOOKS[0].parents[1]
+    proj = tmp_path / "proj"
+    shutil.copytree(src / "dhmlib", proj / "dhmlib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(src / "pyproject.toml", proj)
+    (proj / "notebooks").mkdir()
+    book = next(p for p in NOTEBOOKS if p.name.startswith("04_"))
+    shutil.copy(book, proj / "notebooks")
+    env = {k: v for k, v in _env(tmp_path).items() if k not in ("DHM_DATA", "DHM_OUTPUT")}
+    env["PYTHONPATH"] = str(proj)
+    out = tmp_path / "executed.ipynb"
+    r = subprocess.run([sys.executable, "-m", "papermill", str(proj / "notebooks" / book.name), str(out),
+                        "-p", "smoke", "True", "--cwd", str(proj / "notebooks"), "--kernel", "python3"],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=proj / "notebooks")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert sorted(p.name for p in (proj / "notebooks").iterdir()) == [book.name], "nothing under notebooks/"
+    assert (proj / "data" / "hand_model" / "hand.obj").is_file()
+    assert (proj / "output" / "vis" / "04_posing_snapshot.png").is_file()
+    nb = json.loads(out.read_text())
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    kinds = {k for o in outputs for k in o.get("data", {})}
+    assert "application/vnd.jupyter.widget-view+json" in kinds      # the widgets were built
+    assert "image/png" in kinds                                     # the static snapshot

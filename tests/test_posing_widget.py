@@ -1,12 +1,6 @@
 """Kernel-side tests of the posing widget (no browser): values pushed to pythreejs equal decode()."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,9 +11,6 @@ from dhmlib.viz import (PRESETS, PosingWidget, joint_limits_deg, model_pose_fn, 
                         preset_names, within_limits)
 from dhmlib.viz.geometry import SKIN_RGB, NormalSolver
 from toyhand import toy_hand
-
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "04_posing_widget.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -263,32 +254,3 @@ def test_snapshot_figure(model, tmp_path):
     w = widget(model, compare=True, preset="fist")
     fig = w.snapshot_figure(path=tmp_path / "snap.png", size=2.0)
     assert len(fig.axes) == 2 and (tmp_path / "snap.png").stat().st_size > 1000
-
-
-def test_notebook_committed_without_outputs():
-    nb = json.loads(NOTEBOOK.read_text())
-    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert code[0] is tagged[0] or code[1] is tagged[0]        # right after the imports at most
-    for c in code:
-        assert c["outputs"] == [] and c["execution_count"] is None
-
-
-@pytest.mark.slow
-def test_notebook_runs_under_papermill(tmp_path):
-    out = tmp_path / "04_out.ipynb"
-    env = {**os.environ, "DHM_DATA": str(tmp_path / "data"), "DHM_OUTPUT": str(tmp_path / "output"),
-           "MPLBACKEND": "Agg",
-           "JUPYTER_DATA_DIR": str(tmp_path / "jupyter")}   # hides user-level kernels: python3 = this venv
-    r = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOK), str(out), "-p", "smoke", "True",
-                        "--cwd", str(tmp_path), "--kernel", "python3"],
-                       env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    nb = json.loads(out.read_text())
-    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
-    kinds = {k for o in outputs for k in o.get("data", {})}
-    assert "application/vnd.jupyter.widget-view+json" in kinds      # the widgets were built
-    assert "image/png" in kinds                                     # the static snapshot
-    assert (tmp_path / "output" / "vis" / "04_posing_snapshot.png").is_file()
-    assert (tmp_path / "data" / "hand_model" / "hand.obj").is_file()
