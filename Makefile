@@ -6,7 +6,15 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 DHM    := $(VENV)/bin/dhm
 
-.PHONY: setup setup-dev chromium run test test-fast bench lab clean
+.PHONY: venv help setup setup-dev chromium run test test-fast bench lab clean
+.DEFAULT_GOAL := venv
+
+venv: $(VENV)/bin/python  ## (default) only create the empty .venv; installs nothing
+	@echo "$(VENV) is there; 'make help' lists the targets"
+
+help:  ## list the targets
+	@echo "make <target>   (a bare 'make' only creates $(VENV))"
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,26 +30,26 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-lab
 	$(PIP) install -q -e '.[dev,lab]'
 	touch $@
 
-setup: $(VENV)/.stamp-lab
-setup-dev: $(VENV)/.stamp-dev chromium
+setup: $(VENV)/.stamp-lab  ## install dhmlib and the notebook stack into .venv
+setup-dev: $(VENV)/.stamp-dev chromium  ## setup + test extras + Chromium for the browser test
 
 # Debian's Chromium for the browser tests (Playwright cannot download browsers here)
-chromium:
+chromium:  ## Debian's Chromium for the browser test (if missing)
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing: run 'sudo apt-get install -y chromium' (browser tests need it)"; fi; }
 
 # main job: the notebook series on the synthetic default (01 writes the virtual capture into data/ when absent)
-run: setup
+run: setup  ## run notebooks/ in order (first run writes a 3.3 GB capture into data/, ~2 min)
 	$(DHM) notebooks
 
-test: setup-dev
+test: setup-dev  ## run all tests (slow and browser ones included)
 	$(PY) -m pytest -ra
 
-test-fast: setup-dev
+test-fast: setup-dev  ## tests not marked slow
 	$(PY) -m pytest -ra -m "not slow"
 
-bench: setup-dev
+bench: setup-dev  ## benchmarks against named peers (see bench/README.md)
 	@[ "$$(id -u)" != 0 ] || dpkg -s libusb-1.0-0 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null; }
 	$(PIP) install -q -e '.[dev,lab,bench]'
 	$(PY) bench/decode.py
@@ -49,8 +57,8 @@ bench: setup-dev
 	$(PY) bench/loader.py
 	$(PY) bench/posing_latency.py
 
-lab: setup
+lab: setup  ## JupyterLab on notebooks/
 	$(VENV)/bin/jupyter lab notebooks
 
-clean:
+clean:  ## remove .venv and build files (data/ and output/ stay)
 	rm -rf $(VENV) build *.egg-info

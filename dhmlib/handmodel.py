@@ -35,7 +35,7 @@ class HandModelError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class HandModel:
     """A skinned hand mesh in millimetres.
 
@@ -61,6 +61,11 @@ class HandModel:
     global_pose: np.ndarray
     global_pose_inv: np.ndarray
     meta: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        source = self.meta.get("source") or self.meta.get("generator")
+        return (f"HandModel({self.num_vertices} vertices, {len(self.faces)} faces, {self.num_joints} joints, "
+                f"{len(self.uvs)} uvs" + (f", from {source!r}" if source else "") + ")")
 
     # ------------------------------------------------------------------ views
     @property
@@ -330,19 +335,42 @@ def read_hand_model(folder, renormalize_weights: bool = False) -> HandModel:
     if not folder.is_dir():
         raise HandModelError(folder, None, "expected a hand_model folder with " + ", ".join(FILES))
     vertices, faces, uvs, uv_faces = _read_obj(folder / "hand.obj")
-    skeleton, _ = _read_skeleton(folder / "skeleton.txt")
+    skeleton, skeleton_lines = _read_skeleton(folder / "skeleton.txt")
     weights = _read_weights(folder / "skinning_weight.txt", skeleton, len(vertices), renormalize_weights)
     local, _ = _read_poses(folder / "local_pose.txt", skeleton)
     glob, glob_lines = _read_poses(folder / "global_pose.txt", skeleton)
     inv, inv_lines = _read_poses(folder / "global_pose_inv.txt", skeleton)
     model = HandModel(vertices, faces, uvs, uv_faces, skeleton, weights, local, glob, inv,
                       meta={"source": str(folder)})
-    validate_poses(model, folder, glob_lines, inv_lines)
+    validate_poses(model, folder, glob_lines, inv_lines, skeleton_lines)
     return model
 
 
-def validate_poses(model: HandModel, folder=Path("."), glob_lines=None, inv_lines=None) -> None:
-    """Check bind poses: invertible, global = FK(local), inv = global⁻¹, joints near the mesh."""
+def parent_pose_errors(local_pose: np.ndarray, global_pose: np.ndarray) -> np.ndarray:
+    """How well each possible parent explains each joint's bind pose.
+
+    Args:
+        local_pose, global_pose: (J, 4, 4) bind poses, mm.
+    Returns:
+        (J, J + 1) max-abs error of ``global[j] = global[p] @ local[j]`` in column ``p + 1``;
+        column 0 is ``global[j] = local[j]`` (no parent). A joint is never its own parent (inf).
+    """
+    J = len(local_pose)
+    cand = global_pose[None, :] @ local_pose[:, None]                       # (J child, J parent, 4, 4)
+    err = np.abs(cand - global_pose[:, None]).reshape(J, J, -1).max(-1)     # (J, J)
+    err[np.arange(J), np.arange(J)] = np.inf
+    root_err = np.abs(local_pose - global_pose).reshape(J, -1).max(-1)
+    return np.concatenate([root_err[:, None], err], 1)
+
+
+def validate_poses(model: HandModel, folder=Path("."), glob_lines=None, inv_lines=None,
+                   skeleton_lines=None) -> None:
+    """Check bind poses: invertible, global = FK(local), inv = global⁻¹, joints near the mesh.
+
+    When global ≠ FK(local) but the pose files agree with each other under another joint tree
+    (e.g. two names swapped in ``skeleton.txt``), the error names ``skeleton.txt`` and the joints
+    whose parents disagree instead of blaming ``global_pose.txt``.
+    """
     folder = Path(folder)
     sk, names = model.skeleton, model.skeleton.names
     glob_lines = glob_lines or {}
@@ -363,6 +391,26 @@ def validate_poses(model: HandModel, folder=Path("."), glob_lines=None, inv_line
     tol = 1e-4 * max(scale, 1.0)
     j = int(np.argmax(err))
     if err[j] > tol:
+        E = parent_pose_errors(model.local_pose, model.global_pose)
+        J = sk.num_joints
+        own = E[np.arange(J), np.asarray(sk.parents) + 1]
+        wrong = np.nonzero(own > tol)[0]
+        if len(wrong) and (E[wrong].min(1) <= tol).all():
+            # the pose files agree with each other under another tree: the skeleton is the odd one out
+            lines = skeleton_lines or {}
+            # a real parent where one fits (a root at the identity fits "no parent" as well)
+            implied = np.where(E[:, 1:].min(1) <= tol, E[:, 1:].argmin(1), -1)
+
+            def parent(p):
+                return "none (a root)" if p == -1 else repr(names[p])
+
+            detail = "; ".join(f"{names[k]!r} (line {lines.get(names[k], '?')}) has parent {parent(sk.parents[k])} "
+                               f"in skeleton.txt but {parent(implied[k])} by the poses" for k in wrong[:4])
+            more = f" (and {len(wrong) - 4} more)" if len(wrong) > 4 else ""
+            raise HandModelError(folder / "skeleton.txt", lines.get(names[wrong[0]]),
+                                 f"the joint tree is inconsistent with local_pose.txt and global_pose.txt (which "
+                                 f"agree with each other under another tree): {detail}{more}; are joint names "
+                                 "swapped in skeleton.txt?")
         raise HandModelError(folder / "global_pose.txt", glob_lines.get(j),
                              f"global pose of {names[j]!r} differs from the product of local poses "
                              f"(local_pose.txt) by {err[j]:.4g}; expected global = FK(local)")

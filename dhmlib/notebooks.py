@@ -166,12 +166,14 @@ def _register_progress_engine() -> str:
     return _ENGINE
 
 
-def run_notebooks(folder="notebooks", out="output/notebooks", params: dict | None = None, smoke: bool = False,
+def run_notebooks(folder=None, out=None, params: dict | None = None, smoke: bool = False,
                   only: list[str] | None = None, kernel: str | None = None, log: Callable[[str], None] | None = print,
                   heartbeat: float | None = 30.0) -> list[NotebookRun]:
     """Execute the series; stop at the first failure (its ``NotebookRun.ok`` is False).
 
     Args:
+        folder: the notebooks (default: the project's ``notebooks/``).
+        out: where executed copies go (default: :func:`dhmlib.paths.output_dir` ``/notebooks``).
         params: name → value, passed to the notebooks that declare the name.
         only: name prefixes or stems of the notebooks to run (default: all, in order).
         log: receives progress lines (one per code cell, a heartbeat every ``heartbeat`` s
@@ -185,8 +187,11 @@ def run_notebooks(folder="notebooks", out="output/notebooks", params: dict | Non
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from .paths import notebooks_dir, output_dir
+
     params = dict(params or {})
-    out = Path(out)
+    out = Path(out) if out else output_dir("notebooks")
+    folder = Path(folder) if folder else notebooks_dir()
     books = find_notebooks(folder, only)
     declared = check_parameters(books, params)
     out.mkdir(parents=True, exist_ok=True)

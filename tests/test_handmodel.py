@@ -127,3 +127,39 @@ def test_renormalize_only_with_flag(tmp_path):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(HandModelError, match="nowhere"):
         HandModel.read(tmp_path / "nowhere")
+
+
+def test_swapped_skeleton_names_blame_the_skeleton(tmp_path):
+    """Two names swapped in skeleton.txt: the poses agree with each other, so skeleton.txt is named."""
+    d = tmp_path / "hm"
+    shutil.copytree(FIXTURE, d)
+    text = (d / "skeleton.txt").read_text()
+    swapped = text.replace("b_r_index3 1 2", "TMP 1 2").replace("b_r_index2 2 3", "b_r_index3 2 3") \
+                  .replace("TMP 1 2", "b_r_index2 1 2")
+    assert swapped != text
+    (d / "skeleton.txt").write_text(swapped)
+    with pytest.raises(HandModelError) as e:
+        HandModel.read(d)
+    msg = str(e.value)
+    assert e.value.path.endswith("skeleton.txt") and "global_pose.txt:" not in msg
+    assert "'b_r_index3' (line 4) has parent 'b_r_index1' in skeleton.txt but 'b_r_index2' by the poses" in msg
+    assert "'b_r_index2' (line 3) has parent 'b_r_index3' in skeleton.txt but 'b_r_index1' by the poses" in msg
+    assert "swapped in skeleton.txt" in msg
+
+
+def test_corrupt_global_pose_still_blames_global_pose(tmp_path):
+    """A global pose no tree explains is global_pose.txt's fault, with its line."""
+    d = tmp_path / "hm"
+    shutil.copytree(FIXTURE, d)
+    lines = (d / "global_pose.txt").read_text().splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("b_r_index2 "))
+    lines[i] = lines[i].replace(" 60 ", " 63 ", 1)
+    (d / "global_pose.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(HandModelError, match=rf"global_pose.txt:{i + 1}: global pose of 'b_r_index2' differs"):
+        HandModel.read(d)
+
+
+def test_repr_is_one_line():
+    r = repr(HandModel.read(FIXTURE))
+    assert "\n" not in r and len(r) < 200
+    assert r.startswith("HandModel(8 vertices, 12 faces, 5 joints") and "tiny_hand_model" in r

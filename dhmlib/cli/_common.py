@@ -84,11 +84,11 @@ def device(text: str) -> str:
 def writable_file(path, suffixes: tuple[str, ...] | None = None, what: str = "--out") -> Path:
     """Check before any work that ``path`` can be written: suffix, not a folder, parent creatable."""
     path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"{what} {path}: is a folder; expected a file name")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise CLIError(f"{what} {path}: cannot write {path.suffix or 'a file without suffix'}; "
                        f"expected one of {', '.join(suffixes)}")
-    if path.is_dir():
-        raise CLIError(f"{what} {path}: is a folder; expected a file name")
     writable_folder(path.parent, what)
     return path
 

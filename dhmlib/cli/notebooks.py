@@ -15,8 +15,9 @@ failing cell's error is printed; the executed copy is kept in --out).
 
 def add(p):
     p.description = DESCRIPTION
-    p.add_argument("--folder", default="notebooks", help="folder of NN_*.ipynb notebooks")
-    p.add_argument("--out", default="output/notebooks", help="where executed copies go")
+    p.add_argument("--folder", help="folder of NN_*.ipynb notebooks (default: the project's notebooks/)")
+    p.add_argument("--out", help="where executed copies go (default: $DHM_OUTPUT/notebooks, else the "
+                                 "project's output/notebooks/)")
     p.add_argument("--smoke", action="store_true", help="small, quick parameters (smoke = True)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="notebook parameter (YAML value), passed to notebooks that declare it")

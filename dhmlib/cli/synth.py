@@ -21,7 +21,8 @@ def add(p):
     from ..synth.capture import OWNED
 
     p.description = DESCRIPTION
-    p.add_argument("--out", default="data", help="dataset root to write the official layout into")
+    p.add_argument("--out", help="dataset root to write the official layout into "
+                                 "(default: $DHM_DATA, else the project's data/)")
     p.add_argument("--subjects", type=int_at_least(1), default=1, help="number of subjects (identities)")
     p.add_argument("--frames", type=int_at_least(1, 10000), default=200, help="frames per subject")
     p.add_argument("--cameras", type=int_at_least(1), default=24, help="cameras of the dome")
@@ -49,12 +50,15 @@ def run(args) -> int:
                                vertices=args.vertices, image_size=tuple(args.image_size), workers=args.workers)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    writable_folder(args.out)
+    from ..paths import data_dir
+
+    out = data_dir(args.out)
+    writable_folder(out)
     keep_freed_memory()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread and sys.platform != "win32" else None
     try:
-        s = write_capture(args.out, config, overwrite=args.overwrite, progress=not args.quiet,
+        s = write_capture(out, config, overwrite=args.overwrite, progress=not args.quiet,
                           log=lambda msg: note(args.command, msg))
     except FileExistsError as e:
         raise CLIError(str(e)) from None
