@@ -107,3 +107,40 @@ def test_posing_notebook_started_in_notebooks_folder_writes_the_projects_folders
     kinds = {k for o in outputs for k in o.get("data", {})}
     assert "application/vnd.jupyter.widget-view+json" in kinds      # the widgets were built
     assert "image/png" in kinds                                     # the static snapshot
+
+
+def test_unknown_parameter_is_an_error_naming_the_declared_ones(tmp_path, capsys):
+    from dhmlib.cli import main
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _tiny_notebook(folder / "01_a.ipynb", ["open('ran', 'w').close()"])
+    _tiny_notebook(folder / "02_b.ipynb", ["pass"])
+    code = main(["notebooks", "--folder", str(folder), "--out", str(tmp_path / "out"), "-p", "presett", "point"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "dhm notebooks: error: parameter 'presett' is declared by none of the selected notebooks " \
+           "(01_a: x, smoke; 02_b: x, smoke)" in err
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
+    assert main(["notebooks", "--folder", str(folder), "-p", "x", "1", "-p", "x", "2"]) == 2
+    assert "-p x: given twice" in capsys.readouterr().err
+
+
+def test_progress_line_per_cell_and_heartbeat(tmp_path, monkeypatch):
+    from dhmlib.notebooks import run_notebooks
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _tiny_notebook(folder / "01_slow.ipynb", ["import time", "time.sleep(2.5)", "y = 2"])
+    lines = []
+    runs = run_notebooks(folder, tmp_path / "out", {"x": 3}, kernel="python3", log=lines.append, heartbeat=1.0)
+    assert runs[0].ok
+    cells = [ln for ln in lines if ": cell " in ln and "still running" not in ln]
+    # 4 code cells + papermill's injected parameters cell, in order, each with the elapsed time
+    assert [ln.split(": cell ")[1].split(",")[0] for ln in cells] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert cells[3].startswith("[dhm notebooks] 01_slow: cell 4/5, ") and cells[3].endswith("time.sleep(2.5)")
+    assert int(cells[4].split(", ")[1].split(" s")[0]) >= 2
+    beats = [ln for ln in lines if "still running" in ln]
+    assert beats and all("cell 4/5 still running" in ln for ln in beats)
+    assert lines[-1].startswith("[dhm notebooks] 01_slow.ipynb ok in ")
