@@ -1,7 +1,19 @@
 """``dhm notebooks``: run notebooks/ in order with papermill, with a progress line per cell."""
 from __future__ import annotations
 
+import argparse
+
 from ._common import CLIError, OK, PROBLEMS
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return v
 
 HELP = "run notebooks/ in order with papermill into output/notebooks/, a progress line per cell"
 DESCRIPTION = HELP + """
@@ -23,11 +35,16 @@ def add(p):
                    help="notebook parameter (YAML value), passed to notebooks that declare it")
     p.add_argument("--only", nargs="+", help="run only these notebooks (name prefixes, e.g. 01 04)")
     p.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
-    p.add_argument("--heartbeat", type=float, default=30.0,
+    p.add_argument("--heartbeat", type=_seconds, default=30.0,
                    help="seconds between 'still running' lines inside a long cell (0: none)")
 
 
 def run(args) -> int:
+    try:
+        import papermill  # noqa: F401
+    except ImportError:
+        raise CLIError("papermill is not installed; install the notebook stack with pip install -e '.[lab]' "
+                       "(or make setup)") from None
     from ..notebooks import NotebookParameterError, format_seconds, parse_value, run_notebooks
 
     params = {}
