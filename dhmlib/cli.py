@@ -80,7 +80,7 @@ def run_demo(args):
 
     from .handmodel import HandModel
     from .meshio import write_obj, write_ply
-    from .model import DeepHandMesh
+    from .model import DeepHandMesh, ModelConfig
     from .snapshot import model_from_snapshot
 
     hand = HandModel.read(args.hand_model)
@@ -90,8 +90,8 @@ def run_demo(args):
     if args.snapshot:
         model = model_from_snapshot(args.snapshot, hand, map_location="cpu")
     else:
-        model = DeepHandMesh(hand, backbone=18, use_pose_corrective=False, use_id_corrective=False,
-                             use_skeleton_corrective=False)
+        model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
+                                               skeleton_corrective=False))
     model = model.to(args.device).eval()
     root = torch.eye(4, device=args.device) if args.frame == "root" else None
     with torch.no_grad():

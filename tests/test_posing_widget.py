@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dhmlib import meshio
-from dhmlib.model import DeepHandMesh
+from dhmlib.model import DeepHandMesh, ModelConfig
 from dhmlib.viz import (PRESETS, PosingWidget, joint_limits_deg, model_pose_fn, preset_degrees,
                         preset_names, within_limits)
 from dhmlib.viz.geometry import SKIN_RGB, NormalSolver
@@ -16,7 +16,7 @@ from toyhand import toy_hand
 @pytest.fixture(scope="module")
 def model():
     """A DeepHandMesh with non-zero pose/identity/skeleton correctives (zero-init would hide them)."""
-    m = DeepHandMesh(toy_hand(600), backbone=18)
+    m = DeepHandMesh(toy_hand(600), ModelConfig(backbone=18))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for lin in (m.skin_refine_net.fc_pose[-1], m.skin_refine_net.fc_id[-1],
@@ -27,14 +27,12 @@ def model():
 
 
 def decode(model, euler_rad, pose=True, identity=True):
-    """Reference: (J, 3) radians → (V, 3) vertices from decode() with the given switches."""
-    saved = model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective
-    model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective = pose, identity, identity
-    try:
-        with torch.no_grad():
-            out = model.decode(torch.as_tensor(euler_rad, dtype=torch.float32)[None])
-    finally:
-        model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective = saved
+    """Reference: (J, 3) radians → (V, 3) vertices from decode() with the given correctives."""
+    chosen = {"pose"} if pose else set()
+    if identity:
+        chosen |= {"identity", "skeleton"}
+    with torch.no_grad():
+        out = model.decode(torch.as_tensor(euler_rad, dtype=torch.float32)[None], correctives=chosen)
     return out.vertices[0].numpy(), out.joints[0].numpy()
 
 
@@ -121,8 +119,17 @@ def test_corrective_toggles(model):
     np.testing.assert_array_equal(w.vertices, plain)
     w.pose_toggle.value = True
     np.testing.assert_array_equal(w.vertices, decode(model, euler, pose=True, identity=False)[0])
-    # the model's own switches are untouched between calls
-    assert model.use_pose_corrective and model.use_id_corrective and model.use_skeleton_corrective
+    # the model is untouched: its default decode still applies every corrective
+    assert model.config.correctives == {"pose", "identity", "skeleton"}
+    with torch.no_grad():
+        default = model.decode(torch.as_tensor(euler, dtype=torch.float32)[None]).vertices[0].numpy()
+    np.testing.assert_array_equal(default, full)
+    # a model whose config turns correctives off starts with those toggles off
+    off = DeepHandMesh(model.hand.hand_model, ModelConfig(backbone=18, pose_corrective=False))
+    off.load_state_dict(model.state_dict())
+    w_off = widget(off.eval(), preset="fist")
+    assert not w_off.pose_toggle.value and w_off.id_toggle.value
+    np.testing.assert_array_equal(w_off.vertices, decode(model, euler, pose=False)[0])
     # without correctives everything equals the bare HandLayer (plain LBS)
     with torch.no_grad():
         lbs = model.hand(torch.as_tensor(euler, dtype=torch.float32)[None]).vertices[0].numpy()
@@ -183,7 +190,7 @@ def test_capture_ground_truth_error_map():
     from dhmlib.viz import capture_ground_truth
 
     hand = build_procedural_hand(target_vertices=1500)
-    m = DeepHandMesh(hand, backbone=18).eval()
+    m = DeepHandMesh(hand, ModelConfig(backbone=18)).eval()
     gt = capture_ground_truth(hand, identity_seed=3)
     w = PosingWidget.from_model(m, preset="fist", ground_truth=gt)
     w.error_toggle.value = True
@@ -251,6 +258,37 @@ def test_generic_pose_fn_and_errors(model):
 
 
 def test_snapshot_figure(model, tmp_path):
+    import matplotlib.image as mpimg
+    from mpl_toolkits.mplot3d import proj3d
+
+    from dhmlib.viz.figures import hand_figure
+
     w = widget(model, compare=True, preset="fist")
-    fig = w.snapshot_figure(path=tmp_path / "snap.png", size=2.0)
-    assert len(fig.axes) == 2 and (tmp_path / "snap.png").stat().st_size > 1000
+    meshes = (w.vertices, w.plain_view.vertices)
+    assert np.abs(meshes[0] - meshes[1]).max() > 1.0                # the correctives move the fist by mm
+    fig = w.snapshot_figure(path=tmp_path / "snap.png", size=2.0, dpi=100)
+    assert [a.get_title() for a in fig.axes] == ["with correctives", "without correctives"]
+    img = mpimg.imread(tmp_path / "snap.png")[..., :3]
+    assert img.shape == (200, 400, 3)                                # 2 panels of 2 in at 100 dpi
+    skin = img[..., 0] - img[..., 2] > 0.08                          # shaded skin is red-heavy; text is grey
+    H = img.shape[0]
+    for ax, v, cols in zip(fig.axes, meshes, (slice(0, 200), slice(200, 400))):
+        # where the panel's projection puts the mesh is where skin was drawn (within 2 px)
+        x, y, _ = proj3d.proj_transform(*v.T, ax.get_proj())
+        px = ax.transData.transform(np.c_[x, y])
+        rows, cs = np.nonzero(skin[:, cols])
+        cs = cs + cols.start
+        assert abs(rows.min() - (H - px[:, 1].max())) <= 2 and abs(rows.max() - (H - px[:, 1].min())) <= 2
+        assert abs(cs.min() - px[:, 0].min()) <= 2 and abs(cs.max() - px[:, 0].max()) <= 2
+        assert rows.max() - rows.min() > 0.3 * H and 0.03 < skin[:, cols].mean() < 0.6   # a hand, not a speck
+        assert rows.min() > 0.15 * H                                  # below the title
+    # the right panel is exactly the plain mesh; the left one is not
+    ref = tmp_path / "plain.png"
+    hand_figure([(t, meshes[1]) for t in ("with correctives", "without correctives")], w.faces, path=ref,
+                size=2.0, dpi=100)
+    plain = mpimg.imread(ref)[..., :3]
+    np.testing.assert_array_equal(img[:, 200:], plain[:, 200:])
+    changed = np.abs(img[:, :200] - plain[:, :200]).max(-1) > 0.05
+    # measured: ~1560 of ~4400 hand pixels change (silhouette and shading)
+    assert changed.sum() > 0.1 * skin[:, :200].sum(), "the correctives are invisible in the left panel"
+

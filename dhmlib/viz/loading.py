@@ -86,7 +86,7 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
         vertices: target vertex count of a procedural hand built here.
         backbone: ResNet depth of the untrained model (a snapshot brings its own).
     """
-    from ..model import DeepHandMesh
+    from ..model import DeepHandMesh, ModelConfig
     from ..snapshot import SnapshotError, model_from_snapshot
 
     built = False
@@ -113,4 +113,4 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
     elif str(snapshot) != "":
         path = Path(snapshot)
         return PosingModel(model_from_snapshot(path, hand).eval(), folder, path, built)
-    return PosingModel(DeepHandMesh(hand, backbone=backbone).eval(), folder, None, built)
+    return PosingModel(DeepHandMesh(hand, ModelConfig(backbone=backbone)).eval(), folder, None, built)

@@ -353,10 +353,10 @@ class PosingWidget:
     def from_model(cls, model, **kwargs) -> "PosingWidget":
         """A widget around ``DeepHandMesh.decode`` (with corrective toggles) or a ``HandLayer``.
 
-        For a ``DeepHandMesh`` the pose toggle sets ``use_pose_corrective`` and the identity
-        toggle sets ``use_id_corrective`` and ``use_skeleton_corrective`` for the duration of
-        each ``decode`` call (the model's switches are restored afterwards); the toggles
-        start from the model's switches.  ``threads`` (default 1) is the number of torch CPU
+        For a ``DeepHandMesh`` the pose toggle chooses the ``"pose"`` corrective and the identity
+        toggle the ``"identity"`` and ``"skeleton"`` correctives of each ``decode`` call
+        (``decode(..., correctives=...)``; the model is not modified); the toggles start from
+        the model's config.  ``threads`` (default 1) is the number of torch CPU
         threads used per decode (see :func:`model_pose_fn`).  Other keyword arguments go to the
         constructor.
         """
@@ -568,17 +568,12 @@ def model_pose_fn(model, threads: int | None = 1):
             if layer is model:
                 out = layer(e)
             else:
-                saved = (model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective)
-                try:
-                    model.use_pose_corrective = pose_corrective
-                    model.use_id_corrective = id_corrective
-                    model.use_skeleton_corrective = id_corrective
-                    out = model.decode(e)
-                finally:
-                    model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective = saved
+                chosen = (("pose",) if pose_corrective else ()) + (("identity", "skeleton") if id_corrective else ())
+                out = model.decode(e, correctives=chosen)
         return out.vertices[0].cpu().numpy(), faces, out.joints[0].cpu().numpy()
 
     if layer is model:
         return pose_fn, layer.skeleton, False, (False, False)
-    initial = (bool(model.use_pose_corrective), bool(model.use_id_corrective or model.use_skeleton_corrective))
+    on = model.config.correctives
+    initial = ("pose" in on, bool(on & {"identity", "skeleton"}))
     return pose_fn, layer.skeleton, True, initial
