@@ -39,6 +39,23 @@ def _map_tensors(obj, fn: Callable[[torch.Tensor], torch.Tensor]):
     return replace(obj, **{f.name: one(getattr(obj, f.name)) for f in fields(obj)})
 
 
+def _summary(obj) -> str:
+    """One line per field: name, type and shape (tensors), batch shape and size (Cameras, Crop) or value."""
+    rows = []
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, torch.Tensor):
+            what = f"tensor {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+        elif isinstance(v, Cameras):
+            what = f"Cameras {v.batch_shape}"
+        elif isinstance(v, Crop):
+            what = f"Crop {v.batch_shape} → {v.size[0]}×{v.size[1]}"
+        else:
+            what = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+        rows.append(f"{f.name:13s} {what}")
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True, eq=False)
 class HandSample:
     """One dataset item: an input view of a frame, its 3D joints and K cropped depth views.
@@ -84,6 +101,10 @@ class HandSample:
     @property
     def num_views(self) -> int:
         return self.depth.shape[0]
+
+    def summary(self) -> str:
+        """A table of the fields with their shapes (for notebooks)."""
+        return _summary(self)
 
     def to(self, device, non_blocking: bool = False) -> "HandSample":
         """The same sample with every tensor on ``device``."""
@@ -138,6 +159,10 @@ class HandBatch:
 
     def __len__(self) -> int:
         return self.batch_size
+
+    def summary(self) -> str:
+        """A table of the fields with their shapes (for notebooks)."""
+        return _summary(self)
 
     def to(self, device, non_blocking: bool = False) -> "HandBatch":
         """The same batch with every tensor on ``device``."""
