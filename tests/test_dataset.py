@@ -166,6 +166,29 @@ def test_dataset_without_images(capture_copy):
         collate_samples([s, ref])
     with pytest.raises(DatasetError, match="images folder not found"):
         DeepHandMeshDataset(capture_copy, images=True)
+    import matplotlib
+    matplotlib.use("Agg")
+    from dhmlib.viz.data_figures import plot_sample
+
+    fig = plot_sample(s)  # depth views only, one colour bar
+    assert [a.get_title() for a in fig.axes[:2]] == [f"view {cam}, frame {s.frame}"] * 2 and len(fig.axes) == 3
+    assert len(plot_sample(ref).axes) == 4  # the input crop first
+
+
+def test_crops_and_cameras_stack_and_concatenate():
+    a = crop_from_bbox(torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 10.0]]), size=(8, 8))
+    b = crop_from_bbox(torch.tensor([[1.0, 2.0, 30.0, 10.0], [3.0, 4.0, 5.0, 6.0]]), size=(8, 8))
+    st, ct = Crop.stack([a, b]), Crop.cat([a, b])
+    assert st.batch_shape == (2, 2) and ct.batch_shape == (4,) and st.size == ct.size == (8, 8)
+    assert torch.equal(st.matrix[1, 0], b.matrix[0]) and torch.equal(ct.matrix[2], b.matrix[0])
+    with pytest.raises(ValueError, match="one render size"):
+        Crop.stack([a, crop_from_bbox(torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2), size=(8, 9))])
+    eye = torch.tensor([[0.0, 0.0, -500.0], [0.0, 500.0, 0.0], [500.0, 0.0, 0.0]])
+    rig = Cameras.look_at(eye, torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]) + torch.tensor([0.0, 0.0, 0.1]),
+                          (800.0, 800.0), (160.0, 250.0), names=["a", "b", "c"])
+    c = Cameras.cat([rig.index_select([2]), rig.index_select([0, 1])])
+    assert c.names == ("c", "a", "b") and torch.equal(c.t, rig.t[[2, 0, 1]])
+    assert Cameras.stack([rig, rig]).batch_shape == (2, 3)
 
 
 def test_rom_takes_are_excluded_unless_asked(small_capture):
