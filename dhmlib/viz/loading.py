@@ -35,13 +35,13 @@ class PosingModel:
 
 
 def default_output_dir() -> Path:
-    """``$DHM_OUTPUT/vis`` or ``./output/vis`` (where the widget exports meshes and pictures)."""
+    """``$DHM_OUTPUT/vis``, or the project's ``output/vis`` (where the widget exports meshes and pictures)."""
     return output_dir("vis")
 
 
 def latest_snapshot(folder=None) -> Path | None:
     """The ``snapshot_<epoch>.pth.tar`` with the highest epoch in ``folder``
-    (default ``$DHM_OUTPUT/model_dump`` or ``output/model_dump``), or None."""
+    (default ``$DHM_OUTPUT/model_dump``, or the project's ``output/model_dump``), or None."""
     folder = Path(folder) if folder is not None else output_dir("model_dump")
     found = []
     for p in folder.glob("snapshot_*.pth.tar"):
