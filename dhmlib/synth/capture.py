@@ -45,7 +45,7 @@ from ..render.rasterize import rasterize
 from ..render.shade import vertex_normals
 from .deform import DeformParams, GroundTruthDeformer
 from .identity import HandIdentity
-from .poses import generate_sequences
+from .poses import subject_sequences
 from .procedural_hand import build_procedural_hand
 from .rig import dome_rig
 from .texture import skin_colors
@@ -266,7 +266,7 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
     np.save(syn / "faces.npy", hand.faces.astype(np.int32))
     (syn / "meshes").mkdir(parents=True)
 
-    seqs = generate_sequences(hand.skeleton, config.frames, seed=config.seed * 7919 + n)
+    seqs = subject_sequences(hand.skeleton, config.frames, config.seed, n)
     names = [f"{i:04d}_RT_{s.name}" for i, s in enumerate(seqs)]
     euler = np.concatenate([s.euler for s in seqs])
     root_tf = np.concatenate([s.root for s in seqs])
