@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dhmlib.anatomy import (AXES, AXIS_LABELS, GESTURES, JOINT_LIMITS_DEG, NATURAL_RANGE_DEG, clamp_to_limits,
+from dhmlib.anatomy import (AXES, AXIS_LABELS, JOINT_LIMITS_DEG, NATURAL_RANGE_DEG, clamp_to_limits,
                             describe_joints, gesture_degrees, gesture_euler, gesture_names, joint_limits_deg,
                             natural_range, natural_range_deg, pose_degrees, random_plausible_pose, within_limits)
 from dhmlib.skeleton import FINGERS, Skeleton, official_skeleton
