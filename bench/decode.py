@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dhmlib.kinematics import euler_to_matrix  # noqa: E402
-from dhmlib.model import DeepHandMesh  # noqa: E402
+from dhmlib.model import DeepHandMesh, ModelConfig  # noqa: E402
 
 
 def hand_model(vertices: int):
@@ -173,7 +173,7 @@ def main(argv=None):
 
     hm = hand_model(args.vertices)
     torch.manual_seed(0)
-    model = DeepHandMesh(hm, backbone=18)
+    model = DeepHandMesh(hm, ModelConfig(backbone=18))
     for fc in (model.skin_refine_net.fc_pose, model.skin_refine_net.fc_id, model.skeleton_refine_net.fc_skeleton):
         torch.nn.init.normal_(fc[-1].weight, std=1e-3)  # trained-like, non-zero correctives
     model.train(False)

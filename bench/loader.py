@@ -25,12 +25,12 @@ def measure(root: str, workers: int, batch: int, views: int, batches: int) -> di
 
     import torch
 
-    from dhmlib.data.dataset import DeepHandMeshDataset
+    from dhmlib.data.dataset import DeepHandMeshDataset, collate_samples
 
     torch.set_num_threads(1)  # as in DataLoader workers: compare processes, not intra-op threading
     ds = DeepHandMeshDataset(root, num_views=views)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=True,
-                                     generator=torch.Generator().manual_seed(0),
+                                     collate_fn=collate_samples, generator=torch.Generator().manual_seed(0),
                                      persistent_workers=False, prefetch_factor=2 if workers else None)
     it = iter(dl)
     next(it)  # start-up (worker spawn, first files) is not throughput
@@ -41,7 +41,7 @@ def measure(root: str, workers: int, batch: int, views: int, batches: int) -> di
         except StopIteration:
             it = iter(dl)
             b = next(it)
-        n += b["image"].shape[0]
+        n += b.batch_size
     dt = time.perf_counter() - t
     del it
     self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

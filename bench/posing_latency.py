@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dhmlib.model import DeepHandMesh  # noqa: E402
+from dhmlib.model import DeepHandMesh, ModelConfig  # noqa: E402
 from dhmlib.synth import build_procedural_hand  # noqa: E402
 from dhmlib.viz import PosingWidget  # noqa: E402
 from dhmlib.viz.geometry import NormalSolver  # noqa: E402
@@ -69,7 +69,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     hand = build_procedural_hand(target_vertices=args.vertices)
-    model = DeepHandMesh(hand, backbone=18).eval()
+    model = DeepHandMesh(hand, ModelConfig(backbone=18)).eval()
     with torch.no_grad():   # non-zero correctives, as after training (the cost is the same)
         for lin in (model.skin_refine_net.fc_pose[-1], model.skin_refine_net.fc_id[-1]):
             lin.weight.normal_(0, 0.01)

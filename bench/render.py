@@ -4,7 +4,7 @@ Scene: the procedural hand (≈8k vertices, ≈16k faces) in 8 random poses, 6 r
 the seed's 256² crop around the projected joints: 48 depth maps, as one training batch
 (batch 8 × 6 views).
 
-- dhmlib (``rasterize(backend="torch")`` via ``render_depth``): one call for all 48 maps
+- dhmlib (``render_depth(settings=RasterSettings(backend="torch"))``): one call for all 48 maps
   ("48 maps", time ÷ 48), and 48 single-map calls ("per map"). forward+backward = depth sum
   backpropagated to the vertices.
 - Open3D ``RaycastingScene`` (Embree, not differentiable): per pose a scene build
@@ -33,10 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dhmlib.anatomy import random_plausible_pose
 from dhmlib.model import HandLayer
-from dhmlib.render import crop_from_joints, random_hand_euler, render_depth, ring_cameras
+from dhmlib.render import RasterSettings, crop_from_joints, render_depth, ring_cameras
 from dhmlib.synth import build_procedural_hand
 from dhmlib.memory import keep_freed_memory  # noqa: E402
+
+TORCH = RasterSettings(backend="torch")
 
 
 def best_of(fn, repeat: int) -> float:
@@ -54,7 +57,8 @@ def make_scene(size: int, batch: int = 8, views: int = 6, vertices: int = 8000):
     hand = build_procedural_hand(vertices, seed=0)
     layer = HandLayer(hand)
     with torch.no_grad():
-        out = layer(random_hand_euler(layer.dof_mask, batch, seed=1))
+        e = random_plausible_pose(layer.skeleton, np.random.default_rng(1), batch=batch)
+        out = layer(torch.as_tensor(e, dtype=torch.float32))
     V, J = out.vertices, out.joints
     cams = ring_cameras(V.reshape(-1, 3).mean(0), views)
     crop = crop_from_joints(cams.project(J.unsqueeze(1)), size=(size, size))  # (B, C)
@@ -79,11 +83,11 @@ def pixel_rays(cams, crop, b: int, c: int, size: int) -> tuple[np.ndarray, np.nd
 def bench_dhmlib(V, faces, cams, crop, size, repeat):
     B, C = crop.batch_shape
     res = {}
-    res["fwd_48"] = best_of(lambda: render_depth(V, faces, cams, crop, backend="torch"), repeat)
+    res["fwd_48"] = best_of(lambda: render_depth(V, faces, cams, crop, settings=TORCH), repeat)
 
     def fb():
         Vg = V.detach().requires_grad_()
-        render_depth(Vg, faces, cams, crop, backend="torch").sum().backward()
+        render_depth(Vg, faces, cams, crop, settings=TORCH).sum().backward()
     res["fwdbwd_48"] = best_of(fb, repeat)
     singles = [(b, c) for b in range(B) for c in range(C)]
     cams1 = [cams.index_select([c]) for c in range(C)]
@@ -92,12 +96,12 @@ def bench_dhmlib(V, faces, cams, crop, size, repeat):
     def one(backward: bool):
         for k, (b, c) in enumerate(singles):
             v = V[b:b + 1].detach().requires_grad_(backward)
-            d = render_depth(v, faces, cams1[c], crops1[k], backend="torch")
+            d = render_depth(v, faces, cams1[c], crops1[k], settings=TORCH)
             if backward:
                 d.sum().backward()
     res["fwd_single"] = best_of(lambda: one(False), max(1, repeat // 2))
     res["fwdbwd_single"] = best_of(lambda: one(True), max(1, repeat // 2))
-    depth = render_depth(V, faces, cams, crop, backend="torch")
+    depth = render_depth(V, faces, cams, crop, settings=TORCH)
     return {k: v / (B * C) for k, v in res.items()}, depth
 
 

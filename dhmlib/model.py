@@ -12,7 +12,9 @@ one-to-one onto official snapshots (see :mod:`dhmlib.snapshot`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +25,100 @@ from .backbone import ResNet
 from .handmodel import HandModel
 from .kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
                          skinning_transforms)
+
+#: Names of the decoder's correctives, as ``decode(..., correctives=...)`` takes them.
+CORRECTIVES = ("pose", "identity", "skeleton")
+BACKBONE_DEPTHS = (18, 34, 50)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a :class:`DeepHandMesh` besides the hand model and the weights.
+
+    Saved in every snapshot (``model_config``, see :mod:`dhmlib.snapshot`) as a plain dict.
+
+    Attributes:
+        backbone: ResNet depth, 18, 34 or 50 (the paper uses 50).
+        id_dim: length of the identity code.
+        pose_corrective: apply the pose-dependent vertex corrective by default.
+        id_corrective: apply the identity-dependent vertex corrective by default.
+        skeleton_corrective: apply the identity-dependent bone-length corrective by default.
+        detach_pose_corrective_input: the pose corrective sees the Euler angles without
+            gradient back to them, as in the official code (``joint_euler.detach()``), so only
+            FK and skinning steer the pose estimate.
+        seed: seed of the random ``id_code`` buffer (None: torch's global generator); a
+            snapshot's ``id_code`` replaces it.
+    """
+
+    backbone: int = 50
+    id_dim: int = 32
+    pose_corrective: bool = True
+    id_corrective: bool = True
+    skeleton_corrective: bool = True
+    detach_pose_corrective_input: bool = True
+    seed: int | None = 0
+
+    def __post_init__(self):
+        def is_int(x):
+            return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+        if not is_int(self.backbone) or int(self.backbone) not in BACKBONE_DEPTHS:
+            raise ValueError(f"ModelConfig.backbone: expected a ResNet depth in {BACKBONE_DEPTHS}, "
+                             f"got {self.backbone!r}")
+        if not is_int(self.id_dim) or self.id_dim < 1:
+            raise ValueError(f"ModelConfig.id_dim: expected a positive int, got {self.id_dim!r}")
+        for name in ("pose_corrective", "id_corrective", "skeleton_corrective", "detach_pose_corrective_input"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"ModelConfig.{name}: expected True or False, got {getattr(self, name)!r}")
+        if self.seed is not None and not is_int(self.seed):
+            raise ValueError(f"ModelConfig.seed: expected an int or None, got {self.seed!r}")
+        # plain Python values, so that to_dict() stays JSON-able and weights-only loadable
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                object.__setattr__(self, f.name, bool(v) if isinstance(v, (bool, np.bool_)) else int(v))
+
+    @property
+    def correctives(self) -> frozenset[str]:
+        """The correctives on by default (names from :data:`CORRECTIVES`)."""
+        on = (self.pose_corrective, self.id_corrective, self.skeleton_corrective)
+        return frozenset(name for name, flag in zip(CORRECTIVES, on) if flag)
+
+    def to_dict(self) -> dict:
+        """A plain dict of str/int/bool/None (JSON-able; loadable with ``torch.load(weights_only=True)``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def _check_keys(cls, keys, what: str) -> None:
+        known = [f.name for f in dataclasses.fields(cls)]
+        for k in keys:
+            if k not in known:
+                raise ValueError(f"{what}: unknown key {k!r}; known keys: {', '.join(known)}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ModelConfig":
+        """The inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys raise."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"ModelConfig.from_dict: expected a mapping, got {type(d).__name__}")
+        cls._check_keys(d, "ModelConfig.from_dict")
+        return cls(**d)
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with ``changes`` applied (validated; unknown keys raise)."""
+        self._check_keys(changes, "ModelConfig.replace")
+        return dataclasses.replace(self, **changes)
+
+
+def check_correctives(correctives: Collection[str]) -> frozenset[str]:
+    """``correctives`` as a frozenset, every name one of :data:`CORRECTIVES` (ValueError otherwise)."""
+    if isinstance(correctives, (str, bytes)):
+        raise ValueError(f"correctives: expected a collection of names from {CORRECTIVES}, got the string "
+                         f"{correctives!r} (write ({correctives!r},))")
+    chosen = frozenset(correctives)
+    unknown = sorted(str(c) for c in chosen if c not in CORRECTIVES)
+    if unknown:
+        raise ValueError(f"correctives: unknown name {unknown[0]!r}; expected names from {CORRECTIVES}")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -47,8 +143,14 @@ class HandLayer(nn.Module):
 
     Holds the model as buffers (float32 by default); no learnable parameters.
     ``layer(euler)`` with all-zero angles and no offsets returns the template
-    and the bind joints.
+    and the bind joints.  Moving the layer to another dtype or device re-reads its
+    floating-point buffers from the hand model's float64 arrays, so ``.double()`` after a
+    float32 build is as exact as ``HandLayer(hand_model, torch.float64)``.
     """
+
+    #: float buffers and the HandModel arrays they hold
+    _SOURCES = {"template": "vertices", "skin_weights": "skinning_weights", "local_bind": "local_pose",
+                "global_bind": "global_pose", "global_bind_inv": "global_pose_inv"}
 
     def __init__(self, hand_model: HandModel, dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -73,6 +175,15 @@ class HandLayer(nn.Module):
         nonroot = torch.ones(self.skeleton.num_joints, 1)
         nonroot[self.skeleton.root] = 0
         self.register_buffer("_nonroot", nonroot, persistent=False)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for name, source in self._SOURCES.items():
+            b = self._buffers[name]
+            if b.is_floating_point() and b.device.type != "meta":   # no float32 rounding carried over
+                self._buffers[name] = torch.as_tensor(np.asarray(getattr(self.hand_model, source)),
+                                                      dtype=b.dtype).to(b.device)
+        return self
 
     @property
     def num_joints(self) -> int:
@@ -253,34 +364,33 @@ class DeepHandMesh(nn.Module):
 
     Args:
         hand_model: template, skeleton and skinning.
-        backbone: ResNet depth, 18, 34 or 50 (the paper uses 50).
-        id_dim: length of the identity code.
-        use_pose_corrective, use_id_corrective, use_skeleton_corrective: switches
-            (mutable attributes; the ablation study turns them off).
-        detach_pose_corrective_input: the pose corrective sees the Euler angles without
-            gradient back to them, as in the official code (``joint_euler.detach()``), so
-            only FK and skinning steer the pose estimate.
+        config: architecture and default correctives (:class:`ModelConfig`; None: the defaults,
+            ResNet-50 as in the paper).  Read-only afterwards as ``model.config``; choose the
+            correctives of one call with ``decode(..., correctives=...)``.
     """
 
-    def __init__(self, hand_model: HandModel, backbone: int = 50, id_dim: int = 32,
-                 use_pose_corrective: bool = True, use_id_corrective: bool = True,
-                 use_skeleton_corrective: bool = True, seed: int | None = 0,
-                 detach_pose_corrective_input: bool = True):
+    def __init__(self, hand_model: HandModel, config: ModelConfig | None = None):
         super().__init__()
+        if config is None:
+            config = ModelConfig()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"DeepHandMesh: config must be a ModelConfig, got {type(config).__name__} "
+                            f"(e.g. DeepHandMesh(hand, ModelConfig(backbone=18)))")
+        self._config = config
         self.hand = HandLayer(hand_model)
         J, V = self.hand.num_joints, self.hand.num_vertices
-        self.backbone_depth = backbone
-        self.backbone_net = BackboneNet(backbone)
+        self.backbone_net = BackboneNet(config.backbone)
         self.pose_net = PoseNet(self.hand.dof_mask)
-        self.skeleton_refine_net = SkeletonRefineNet(J, id_dim)
-        self.skin_refine_net = SkinRefineNet(J, V, id_dim)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        self.register_buffer("id_code", torch.randn(id_dim, generator=gen))
-        self.use_pose_corrective = use_pose_corrective
-        self.use_id_corrective = use_id_corrective
-        self.use_skeleton_corrective = use_skeleton_corrective
-        self.detach_pose_corrective_input = detach_pose_corrective_input
+        self.skeleton_refine_net = SkeletonRefineNet(J, config.id_dim)
+        self.skin_refine_net = SkinRefineNet(J, V, config.id_dim)
+        gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+        self.register_buffer("id_code", torch.randn(config.id_dim, generator=gen))
         self._cache: dict = {}
+
+    @property
+    def config(self) -> ModelConfig:
+        """The :class:`ModelConfig` this model was built with (frozen)."""
+        return self._config
 
     # ------------------------------------------------------------ correctives
     def _cached(self, name, module, fn):
@@ -316,20 +426,33 @@ class DeepHandMesh(nn.Module):
         return self.skin_refine_net.pose(euler * self.hand.dof_mask.to(euler.dtype))
 
     # ----------------------------------------------------------------- decode
-    def decode(self, euler: torch.Tensor, root_transform: torch.Tensor | None = None) -> HandPose:
-        """Euler angles (B, J, 3) radians → joints (B, J, 3) and vertices (B, V, 3), mm."""
+    def decode(self, euler: torch.Tensor, root_transform: torch.Tensor | None = None, *,
+               correctives: Collection[str] | None = None) -> HandPose:
+        """Euler angles (B, J, 3) radians → joints (B, J, 3) and vertices (B, V, 3), mm.
+
+        Args:
+            euler: (B, J, 3) radians.
+            root_transform: (B, 4, 4) or (4, 4) placement of the root; None keeps its bind pose.
+            correctives: names from :data:`CORRECTIVES` to apply in this call (``()``: plain LBS
+                of the template); None: those the config turns on.
+        """
+        on = self._config.correctives if correctives is None else check_correctives(correctives)
         rest = self.hand.template.to(euler.dtype)
-        if self.use_id_corrective:
+        if "identity" in on:
             rest = rest + self.identity_corrective()
-        if self.use_pose_corrective:
+        if "pose" in on:
             pose_in = euler * self.hand.dof_mask.to(euler.dtype)
-            if self.detach_pose_corrective_input:
+            if self._config.detach_pose_corrective_input:
                 pose_in = pose_in.detach()
             rest = self.skin_refine_net.pose_plus(pose_in, rest)
-        joint_offsets = self.skeleton_corrective() if self.use_skeleton_corrective else None
+        joint_offsets = self.skeleton_corrective() if "skeleton" in on else None
         return self.hand(euler, joint_offsets=joint_offsets, root_transform=root_transform, rest_vertices=rest)
 
-    def forward(self, image: torch.Tensor, root_transform: torch.Tensor | None = None) -> HandPose:
-        """Image (B, 3, H, W), normalized to [0, 1] → HandPose (Euler angles, joints, vertices)."""
+    def forward(self, image: torch.Tensor, root_transform: torch.Tensor | None = None, *,
+                correctives: Collection[str] | None = None) -> HandPose:
+        """Image (B, 3, H, W), normalized to [0, 1] → HandPose (Euler angles, joints, vertices).
+
+        ``correctives`` as in :meth:`decode`.
+        """
         euler = self.pose_net(self.backbone_net(image))
-        return self.decode(euler, root_transform)
+        return self.decode(euler, root_transform, correctives=correctives)

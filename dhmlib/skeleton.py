@@ -48,6 +48,13 @@ def dof_of(name: str, is_root: bool) -> tuple[bool, bool, bool]:
     return (True, True, True)  # *1 joints and thumb0
 
 
+def finger_chain(finger: str) -> list[str]:
+    """Short joint names of one finger, from the palm to the tip end (``thumb0`` … ``thumb_null``)."""
+    if finger == "thumb":
+        return ["thumb0", "thumb1", "thumb2", "thumb3", "thumb_null"]
+    return [finger + "1", finger + "2", finger + "3", finger + "_null"]
+
+
 def tree_depth(parents, names=None) -> list[int]:
     """Depth of each joint (root 0) from parent indices (-1 for a root); a cycle raises ValueError."""
     depth = [-1] * len(parents)
@@ -150,3 +157,15 @@ class Skeleton:
             if s.startswith(f):
                 return f
         return None
+
+
+def official_skeleton() -> Skeleton:
+    """The official 22-joint right-hand tree (names and order of :data:`OFFICIAL_JOINT_NAMES`)."""
+    idx = {short_name(n): i for i, n in enumerate(OFFICIAL_JOINT_NAMES)}
+    parents = [-1] * len(OFFICIAL_JOINT_NAMES)
+    for f in FINGERS:
+        chain = finger_chain(f)
+        parents[idx[chain[0]]] = idx["wrist"]
+        for a, b in zip(chain[:-1], chain[1:]):
+            parents[idx[b]] = idx[a]
+    return Skeleton(OFFICIAL_JOINT_NAMES, tuple(parents))

@@ -9,12 +9,17 @@ Layout (from the public release)::
                  "module.id_code", … loss buffers …},
      "optimizer": optimizer state dict}
 
+Snapshots written by dhmlib add one key beside these, ``"model_config"``: the
+model's :class:`~dhmlib.model.ModelConfig` as a plain dict, from which
+:func:`model_from_snapshot` rebuilds the model (the original code ignores it).
+
 dhmlib's module names equal the official ones, so keys map one-to-one after
 the DataParallel ``module.`` prefix is removed.  Loading uses
 ``torch.load(weights_only=True)``: a snapshot cannot execute code.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +29,8 @@ from .backbone import infer_resnet_depth
 from .handmodel import HandModel
 
 NETWORK_PREFIXES = ("backbone_net.", "pose_net.", "skeleton_refine_net.", "skin_refine_net.", "id_code")
+OFFICIAL_KEYS = ("epoch", "network", "optimizer")
+CONFIG_KEY = "model_config"
 
 
 class SnapshotError(ValueError):
@@ -40,19 +47,72 @@ class SnapshotInfo:
 
 
 def read_snapshot(path, map_location="cpu") -> dict:
-    """Load a snapshot file safely (tensors and plain containers only)."""
+    """Load a snapshot file safely (tensors and plain containers only).
+
+    Raises :class:`SnapshotError` naming the file when it is missing, unreadable (corrupt,
+    truncated, not a PyTorch file), would run code when unpickled (refused), or lacks ``network``.
+    """
     path = Path(path)
     if not path.is_file():
         raise SnapshotError(f"{path}: snapshot file not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle with code, truncated file, …
-        raise SnapshotError(f"{path}: cannot be read as a weights-only snapshot ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''})") from e
+        raise SnapshotError(_unreadable_message(path, e)) from None
     if not isinstance(ckpt, dict) or "network" not in ckpt:
         keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise SnapshotError(f"{path}: expected a dict with key 'network' (and 'epoch', 'optimizer'), got {keys}")
     return ckpt
+
+
+def _unreadable_message(path: Path, e: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in our words.
+
+    PyTorch's own message advises loading with ``weights_only=False``, i.e. running the file's
+    code: that advice is never passed on.
+    """
+    text = str(e)
+    found = re.search(r"GLOBAL\s+([\w.]+)", text)
+    name = found.group(1) if found else _foreign_global(path)
+    if name:
+        return (f"{path}: refused: unpickling it would call {name}, and a snapshot may only hold "
+                f"tensors and plain containers (weights-only loading); not loaded, nothing was run")
+    return (f"{path}: unreadable: the file is corrupt or truncated, or not a PyTorch snapshot "
+            f"({type(e).__name__} while reading it; size {path.stat().st_size} bytes)")
+
+
+def _foreign_global(path: Path) -> str | None:
+    """The first global outside torch/collections that a plain (non-zip) pickle file imports, or None.
+
+    Reads the opcodes only (``pickletools``), so nothing is executed.  PyTorch reports such
+    globals itself for zip snapshots; a bare pickle can fail earlier, on an opcode it does not
+    support, without naming them.
+    """
+    import pickletools
+
+    try:
+        data = path.read_bytes()
+        strings, memo = [], {}
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                module, name = arg.split(" ", 1)
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                module, name = strings[-2], strings[-1]
+            else:
+                if isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+                    strings.append(arg)
+                elif op.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                    memo[int(arg)] = strings[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
+                    strings.append(memo[int(arg)])
+                continue
+            if module.split(".")[0] not in ("torch", "collections"):
+                return f"{module}.{name}"
+    except Exception:  # not a pickle (zip, random bytes, truncated): nothing to name
+        return None
+    return None
 
 
 def network_state(ckpt: dict) -> dict[str, torch.Tensor]:
@@ -111,14 +171,24 @@ def _load_network(model, ckpt: dict, path) -> SnapshotInfo:
 def save_snapshot(path, model, epoch: int, optimizer=None, **extra) -> Path:
     """Write ``model`` in the official layout (``module.`` keys), loadable by the original code.
 
-    ``extra`` entries (e.g. ``config``) are stored beside ``epoch``/``network``/``optimizer``;
-    they must be plain containers and tensors to stay weights-only loadable.
+    The model's config is stored as ``model_config`` (a plain dict).  ``extra`` entries are
+    stored beside ``epoch``/``network``/``optimizer``/``model_config`` (which they may not
+    replace); they must be plain containers and tensors to stay weights-only loadable.
     """
+    from .model import ModelConfig
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"save_snapshot: expected a DeepHandMesh (with a ModelConfig), got {type(model).__name__}")
+    taken = [k for k in extra if k in OFFICIAL_KEYS + (CONFIG_KEY,)]
+    if taken:
+        raise ValueError(f"save_snapshot: extra key {taken[0]!r} would replace the snapshot's own entry")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"module." + k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt = {"epoch": int(epoch), "network": state,
-            "optimizer": optimizer.state_dict() if optimizer is not None else {}}
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},
+            CONFIG_KEY: config.to_dict()}
     ckpt.update(extra)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
@@ -126,18 +196,54 @@ def save_snapshot(path, model, epoch: int, optimizer=None, **extra) -> Path:
     return path
 
 
-def model_from_snapshot(path, hand_model: HandModel, map_location="cpu", **switches):
-    """Build a :class:`~dhmlib.model.DeepHandMesh` shaped like the snapshot and load it.
+def snapshot_config(ckpt: dict, path="snapshot"):
+    """The :class:`~dhmlib.model.ModelConfig` of a loaded snapshot, checked against its tensors.
 
-    The ResNet depth and identity-code length are read from the tensors.
+    From ``model_config`` when the snapshot has it (dhmlib's), else guessed from the tensor
+    shapes (official snapshots): ResNet depth from the backbone's keys, identity-code length
+    from ``id_code``; the corrective switches then take their defaults.  Raises
+    :class:`SnapshotError` naming the file and field when the stored config contradicts the tensors.
+    """
+    from .model import ModelConfig
+
+    state = network_state(ckpt)
+    if "id_code" not in state:
+        raise SnapshotError(f"{path}: missing tensor 'id_code' (expected shape (32,))")
+    depth = infer_resnet_depth(k for k in state if k.startswith("backbone_net.resnet."))
+    id_dim = int(state["id_code"].shape[0])
+    if CONFIG_KEY not in ckpt:
+        return ModelConfig(backbone=depth, id_dim=id_dim)
+    try:
+        config = ModelConfig.from_dict(ckpt[CONFIG_KEY])
+    except (ValueError, TypeError) as e:
+        raise SnapshotError(f"{path}: {CONFIG_KEY}: {e}") from None
+    _check_shapes(config, depth, id_dim, f"{path}: {CONFIG_KEY}")
+    return config
+
+
+def _check_shapes(config, depth: int, id_dim: int, where: str) -> None:
+    if config.backbone != depth:
+        raise SnapshotError(f"{where}: backbone={config.backbone}, but the snapshot's tensors are a "
+                            f"ResNet-{depth}")
+    if config.id_dim != id_dim:
+        raise SnapshotError(f"{where}: id_dim={config.id_dim}, but the snapshot's 'id_code' has {id_dim} entries")
+
+
+def model_from_snapshot(path, hand_model: HandModel, map_location="cpu", **overrides):
+    """Build a :class:`~dhmlib.model.DeepHandMesh` from a snapshot and load its weights.
+
+    The config comes from the snapshot (see :func:`snapshot_config`); ``overrides`` replace its
+    fields (``ModelConfig.replace``), e.g. ``pose_corrective=False``.  An override of
+    ``backbone`` or ``id_dim`` must agree with the tensors.
     """
     from .model import DeepHandMesh
 
     ckpt = read_snapshot(path, map_location)
-    state = network_state(ckpt)
-    depth = infer_resnet_depth(k for k in state if k.startswith("backbone_net.resnet."))
-    if "id_code" not in state:
-        raise SnapshotError(f"{path}: missing tensor 'id_code' (expected shape (32,))")
-    model = DeepHandMesh(hand_model, backbone=depth, id_dim=int(state["id_code"].shape[0]), **switches)
+    config = snapshot_config(ckpt, path)
+    if overrides:
+        guessed = (config.backbone, config.id_dim)
+        config = config.replace(**overrides)
+        _check_shapes(config, *guessed, f"{path}: override")
+    model = DeepHandMesh(hand_model, config)
     _load_network(model, ckpt, path)
     return model

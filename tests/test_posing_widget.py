@@ -1,14 +1,16 @@
 """Kernel-side tests of the posing widget (no browser): values pushed to pythreejs equal decode()."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from dhmlib import meshio
-from dhmlib.model import DeepHandMesh
-from dhmlib.viz import (PRESETS, PosingWidget, joint_limits_deg, model_pose_fn, preset_degrees,
-                        preset_names, within_limits)
+from dhmlib.anatomy import GESTURES, gesture_degrees, gesture_names, joint_limits_deg, within_limits
+from dhmlib.model import DeepHandMesh, ModelConfig
+from dhmlib.viz import PosingWidget, model_pose_fn
 from dhmlib.viz.geometry import SKIN_RGB, NormalSolver
 from toyhand import toy_hand
 
@@ -16,7 +18,7 @@ from toyhand import toy_hand
 @pytest.fixture(scope="module")
 def model():
     """A DeepHandMesh with non-zero pose/identity/skeleton correctives (zero-init would hide them)."""
-    m = DeepHandMesh(toy_hand(600), backbone=18)
+    m = DeepHandMesh(toy_hand(600), ModelConfig(backbone=18))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for lin in (m.skin_refine_net.fc_pose[-1], m.skin_refine_net.fc_id[-1],
@@ -27,14 +29,12 @@ def model():
 
 
 def decode(model, euler_rad, pose=True, identity=True):
-    """Reference: (J, 3) radians → (V, 3) vertices from decode() with the given switches."""
-    saved = model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective
-    model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective = pose, identity, identity
-    try:
-        with torch.no_grad():
-            out = model.decode(torch.as_tensor(euler_rad, dtype=torch.float32)[None])
-    finally:
-        model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective = saved
+    """Reference: (J, 3) radians → (V, 3) vertices from decode() with the given correctives."""
+    chosen = {"pose"} if pose else set()
+    if identity:
+        chosen |= {"identity", "skeleton"}
+    with torch.no_grad():
+        out = model.decode(torch.as_tensor(euler_rad, dtype=torch.float32)[None], correctives=chosen)
     return out.vertices[0].numpy(), out.joints[0].numpy()
 
 
@@ -63,7 +63,7 @@ def test_slider_change_gives_decode_vertices_exactly(model, joint, axis, deg):
     old_position = w.view.position.array
     w.sliders[(joint, axis)].value = deg                       # as the browser does
     assert w.last_error is None
-    euler = np.deg2rad(preset_degrees("point", model.hand.skeleton))
+    euler = np.deg2rad(gesture_degrees("point", model.hand.skeleton))
     euler[model.hand.skeleton.index(joint), "xyz".index(axis)] = np.deg2rad(deg)
     ref, joints = decode(model, euler)
     np.testing.assert_array_equal(w.vertices, ref)
@@ -76,10 +76,11 @@ def test_slider_change_gives_decode_vertices_exactly(model, joint, axis, deg):
 
 def test_presets_within_limits_and_applied(model):
     sk = model.hand.skeleton
-    assert set(preset_names()) >= {"rest", "fist", "point", "pinch", "spread", "ok", "thumbs_up"}
+    assert set(gesture_names()) >= {"rest", "fist", "point", "pinch", "spread", "ok", "thumbs_up"}
     w = widget(model)
-    for name in PRESETS:
-        deg = preset_degrees(name, sk)
+    assert list(w.preset_buttons) == list(gesture_names())
+    for name in GESTURES:
+        deg = gesture_degrees(name, sk)
         assert within_limits(deg, sk).all(), name
         assert not (deg[~sk.dof_mask()] != 0).any(), name
         w.preset_buttons[name].click()
@@ -90,27 +91,23 @@ def test_presets_within_limits_and_applied(model):
         np.testing.assert_array_equal(w.vertices, decode(model, np.deg2rad(deg))[0])
     # flexion presets bend toward the palm: the fist's fingers close (tips move toward -x)
     rest = decode(model, np.zeros((sk.num_joints, 3)))[1]
-    fist = decode(model, np.deg2rad(preset_degrees("fist", sk)))[1]
+    fist = decode(model, np.deg2rad(gesture_degrees("fist", sk)))[1]
     tip = sk.index("middle_null")
     assert fist[tip, 0] < rest[tip, 0] - 20
 
 
-def test_unknown_preset_and_bad_axis_raise(model):
-    sk = model.hand.skeleton
-    with pytest.raises(KeyError, match="known presets"):
-        preset_degrees("wave", sk)
-    PRESETS["_bad"] = {"index2": (10.0, 0.0, 0.0)}
-    try:
-        with pytest.raises(ValueError, match="does not have"):
-            preset_degrees("_bad", sk)
-    finally:
-        del PRESETS["_bad"]
+def test_unknown_preset_raises_in_the_status_line(model):
+    w = widget(model)
+    w._guard(w.apply_preset, "wave")
+    assert isinstance(w.last_error, KeyError) and "known gestures" in w.status.value
+    with pytest.raises(KeyError, match="known gestures"):
+        widget(model, preset="wave")
 
 
 def test_corrective_toggles(model):
     sk = model.hand.skeleton
     w = widget(model, preset="fist")
-    euler = np.deg2rad(preset_degrees("fist", sk))
+    euler = np.deg2rad(gesture_degrees("fist", sk))
     full = decode(model, euler)[0]
     np.testing.assert_array_equal(w.vertices, full)
     w.pose_toggle.value = False
@@ -121,8 +118,17 @@ def test_corrective_toggles(model):
     np.testing.assert_array_equal(w.vertices, plain)
     w.pose_toggle.value = True
     np.testing.assert_array_equal(w.vertices, decode(model, euler, pose=True, identity=False)[0])
-    # the model's own switches are untouched between calls
-    assert model.use_pose_corrective and model.use_id_corrective and model.use_skeleton_corrective
+    # the model is untouched: its default decode still applies every corrective
+    assert model.config.correctives == {"pose", "identity", "skeleton"}
+    with torch.no_grad():
+        default = model.decode(torch.as_tensor(euler, dtype=torch.float32)[None]).vertices[0].numpy()
+    np.testing.assert_array_equal(default, full)
+    # a model whose config turns correctives off starts with those toggles off
+    off = DeepHandMesh(model.hand.hand_model, ModelConfig(backbone=18, pose_corrective=False))
+    off.load_state_dict(model.state_dict())
+    w_off = widget(off.eval(), preset="fist")
+    assert not w_off.pose_toggle.value and w_off.id_toggle.value
+    np.testing.assert_array_equal(w_off.vertices, decode(model, euler, pose=False)[0])
     # without correctives everything equals the bare HandLayer (plain LBS)
     with torch.no_grad():
         lbs = model.hand(torch.as_tensor(euler, dtype=torch.float32)[None]).vertices[0].numpy()
@@ -178,28 +184,77 @@ def test_error_colour_map(model):
     np.testing.assert_allclose(static.last_error_mm, 0.0, atol=1e-6)
 
 
-def test_capture_ground_truth_error_map():
-    from dhmlib.synth import build_procedural_hand
+def test_capture_ground_truth_error_map(tmp_path):
+    """The error map is |decode − the capture's true surface|: checked against the meshes a capture wrote."""
+    from dhmlib.handmodel import HandModel
+    from dhmlib.synth.capture import CaptureConfig, write_capture
     from dhmlib.viz import capture_ground_truth
 
-    hand = build_procedural_hand(target_vertices=1500)
-    m = DeepHandMesh(hand, backbone=18).eval()
-    gt = capture_ground_truth(hand, identity_seed=3)
-    w = PosingWidget.from_model(m, preset="fist", ground_truth=gt)
+    write_capture(tmp_path, CaptureConfig(frames=14, cameras=1, vertices=1500, image_size=(32, 21)), progress=False)
+    syn = tmp_path / "annotations" / "synthetic" / "subject_1"
+    hand = HandModel.read(syn / "hand_model")
+    assert np.array_equal(hand.global_pose[hand.skeleton.root], np.eye(4))   # decode's root = identity
+    poses = np.load(syn / "poses.npz")
+    m = DeepHandMesh(hand, ModelConfig(backbone=18)).eval()
+    gt = capture_ground_truth(hand, json.loads((syn / "params.json").read_text())["identity_seed"])
+    w = PosingWidget.from_model(m, ground_truth=gt)
     w.error_toggle.value = True
-    assert w.last_error is None
-    err = w.last_error_mm
-    assert err.shape == (hand.num_vertices,) and np.isfinite(err).all()
-    # LBS of the template misses the identity shape and the bulges: mm-scale, not metres, not zero
-    assert 0.1 < err.mean() < 20.0
+    mean = {}
+    for f in (0, 1, 5):                                # fist take: relaxed, then the fist; a free pose
+        euler, root = poses["euler"][f], poses["root"][f]
+        w.set_pose(euler)
+        assert w.last_error is None
+        # the capture's mesh of this frame (world mm, float32) brought back to the model frame
+        true = (np.load(syn / "meshes" / f"{f:06d}.npy").astype(np.float64) - root[:3, 3]) @ root[:3, :3]
+        with torch.no_grad():
+            v = m.decode(torch.as_tensor(euler, dtype=torch.float32)[None]).vertices[0].numpy()
+        np.testing.assert_array_equal(w.vertices, v)
+        np.testing.assert_allclose(w.last_error_mm, np.linalg.norm(v - true, axis=1), rtol=0, atol=5e-5)
+        np.testing.assert_array_equal(w.last_error_mm, np.linalg.norm(w.vertices - gt(w.pose), axis=1))
+        mean[f] = w.last_error_mm.mean()
+    # LBS of the template misses the identity shape (≈1 mm everywhere) and the flexion bulges
+    assert 0.5 < mean[0] < 3.0 and mean[1] > mean[0] + 0.3
     fig = w.snapshot_figure(size=2.0)
     assert [a.get_title() for a in fig.axes] == ["current pose", "ground truth"]
+
+
+def test_widget_reproduces_every_frame_of_the_default_capture():
+    """Every frame of ``dhm synth``'s default capture can be set in the widget exactly (no clamping,
+    no slider rounding): what the pose function receives equals the frame's angles."""
+    from dhmlib.skeleton import official_skeleton
+    from dhmlib.synth.capture import CaptureConfig
+    from dhmlib.synth.poses import subject_sequences
+
+    c = CaptureConfig()
+    sk = official_skeleton()
+    euler = np.concatenate([s.euler for s in subject_sequences(sk, c.frames, c.seed, 1)])     # (200, J, 3)
+    assert euler.shape == (c.frames, sk.num_joints, 3)
+    verts = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    seen = []
+
+    def fn(e, *, pose_corrective, id_corrective):
+        seen.append(np.array(e))
+        return verts, faces
+
+    w = PosingWidget(fn, sk, correctives=False)
+    mask = sk.dof_mask()
+    for e in euler:
+        deg = np.rad2deg(e)
+        assert within_limits(deg, sk, atol=0.0).all()
+        w.set_pose(e)
+        assert w.last_error is None
+        np.testing.assert_allclose(w.pose, e, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(seen[-1], e, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(w.pose_degrees, np.where(mask, deg, 0.0))    # not clamped
+        for (short, axis), s in w.sliders.items():      # ipywidgets keeps the value as given
+            assert s.value == deg[sk.index(short), "xyz".index(axis)]
 
 
 def test_compare_view_has_plain_lbs(model):
     sk = model.hand.skeleton
     w = widget(model, compare=True, preset="pinch")
-    euler = np.deg2rad(preset_degrees("pinch", sk))
+    euler = np.deg2rad(gesture_degrees("pinch", sk))
     np.testing.assert_array_equal(w.vertices, decode(model, euler)[0])
     np.testing.assert_array_equal(w.plain_view.vertices, decode(model, euler, False, False)[0])
     assert "corrective" in w.status.value and len(w.views) == 2
@@ -251,6 +306,37 @@ def test_generic_pose_fn_and_errors(model):
 
 
 def test_snapshot_figure(model, tmp_path):
+    import matplotlib.image as mpimg
+    from mpl_toolkits.mplot3d import proj3d
+
+    from dhmlib.viz.figures import hand_figure
+
     w = widget(model, compare=True, preset="fist")
-    fig = w.snapshot_figure(path=tmp_path / "snap.png", size=2.0)
-    assert len(fig.axes) == 2 and (tmp_path / "snap.png").stat().st_size > 1000
+    meshes = (w.vertices, w.plain_view.vertices)
+    assert np.abs(meshes[0] - meshes[1]).max() > 1.0                # the correctives move the fist by mm
+    fig = w.snapshot_figure(path=tmp_path / "snap.png", size=2.0, dpi=100)
+    assert [a.get_title() for a in fig.axes] == ["with correctives", "without correctives"]
+    img = mpimg.imread(tmp_path / "snap.png")[..., :3]
+    assert img.shape == (200, 400, 3)                                # 2 panels of 2 in at 100 dpi
+    skin = img[..., 0] - img[..., 2] > 0.08                          # shaded skin is red-heavy; text is grey
+    H = img.shape[0]
+    for ax, v, cols in zip(fig.axes, meshes, (slice(0, 200), slice(200, 400))):
+        # where the panel's projection puts the mesh is where skin was drawn (within 2 px)
+        x, y, _ = proj3d.proj_transform(*v.T, ax.get_proj())
+        px = ax.transData.transform(np.c_[x, y])
+        rows, cs = np.nonzero(skin[:, cols])
+        cs = cs + cols.start
+        assert abs(rows.min() - (H - px[:, 1].max())) <= 2 and abs(rows.max() - (H - px[:, 1].min())) <= 2
+        assert abs(cs.min() - px[:, 0].min()) <= 2 and abs(cs.max() - px[:, 0].max()) <= 2
+        assert rows.max() - rows.min() > 0.3 * H and 0.03 < skin[:, cols].mean() < 0.6   # a hand, not a speck
+        assert rows.min() > 0.15 * H                                  # below the title
+    # the right panel is exactly the plain mesh; the left one is not
+    ref = tmp_path / "plain.png"
+    hand_figure([(t, meshes[1]) for t in ("with correctives", "without correctives")], w.faces, path=ref,
+                size=2.0, dpi=100)
+    plain = mpimg.imread(ref)[..., :3]
+    np.testing.assert_array_equal(img[:, 200:], plain[:, 200:])
+    changed = np.abs(img[:, :200] - plain[:, :200]).max(-1) > 0.05
+    # measured: ~1560 of ~4400 hand pixels change (silhouette and shading)
+    assert changed.sum() > 0.1 * skin[:, :200].sum(), "the correctives are invisible in the left panel"
+

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.render import (Cameras, KRTError, bbox_from_joints, crop_from_bbox, crop_from_joints, identity_crop,
-                           is_closed_mesh, kaolin_available, KAOLIN_UNAVAILABLE_REASON, rasterize, read_krt,
-                           render_depth, render_face_index, render_shaded, render_silhouette, ring_cameras,
-                           write_krt)
+from dhmlib.render import (Cameras, KRTError, Light, RasterSettings, bbox_from_joints, crop_from_bbox,
+                           crop_from_joints, identity_crop, is_closed_mesh, kaolin_available, KAOLIN_UNAVAILABLE_REASON,
+                           project_mesh, rasterize, read_krt, render_depth, render_face_index, render_shaded,
+                           render_silhouette, ring_cameras, vertex_normals, write_krt)
 from dhmlib.render.reference import rasterize_reference
+
+TORCH = RasterSettings(backend="torch")
 
 KRT_TEXT = """400262
 1200.5 0 160.25
@@ -256,7 +258,7 @@ def test_render_depth_sphere_exact_and_consistent():
     assert torch.equal(idx >= 0, fg)
     # convex closed outward mesh: culling back faces changes nothing
     assert is_closed_mesh(f, v.shape[0])
-    assert torch.equal(render_depth(v[None], f, cams, size=(64, 48), cull_backfaces=True), d)
+    assert torch.equal(render_depth(v[None], f, cams, size=(64, 48), settings=RasterSettings(cull_backfaces=True)), d)
     # crop = identity crop of the same size gives the same image; (B, C) cameras = (C,) cameras
     same = render_depth(v[None], f, cams, identity_crop((4,), (64, 48), dtype=torch.float64))
     assert torch.equal(same, d)
@@ -267,13 +269,80 @@ def test_render_shaded_range_background_and_grad():
     v, f = _icosphere(radius=40.0, subdivisions=2, dtype=torch.float32)
     cams = ring_cameras(torch.zeros(3), 2, distance=300.0, focal=400.0, image_size=(32, 32))
     v = v[None].clone().requires_grad_()
-    rgb = render_shaded(v, f, cams, size=(32, 32), background=1.0)
-    assert rgb.shape == (1, 2, 32, 32, 3)
-    assert float(rgb.min()) >= 0 and float(rgb.max()) <= 1
+    r = render_shaded(v, f, cams, size=(32, 32), background=1.0)
+    rgb = r.rgb
+    assert rgb.shape == (1, 2, 32, 32, 3) and rgb.requires_grad
+    assert float(rgb.detach().min()) >= 0 and float(rgb.detach().max()) <= 1
     sil = render_silhouette(v, f, cams, size=(32, 32)).bool()
     assert torch.all(rgb[~sil] == 1.0)
+    # depth and face index come from the same rasterizer call as the colour
+    assert torch.equal(r.face_idx, render_face_index(v, f, cams, size=(32, 32)))
+    assert torch.equal(r.depth, render_depth(v, f, cams, size=(32, 32)))
     rgb.sum().backward()
     assert torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0
+
+
+def test_render_shaded_follows_the_lambert_formula_on_a_tilted_plane():
+    """A flat square tilted 35° about the vertical, seen by two cameras (the second rolled 90° about
+    its optical axis), lit by a camera-space light, a world-space light and a light behind the surface:
+    every covered pixel equals ``albedo · (ambient + Σ I_k max(0, n·l_k))`` computed here by hand."""
+    th, a, z0 = np.deg2rad(35.0), 20.0, 200.0
+    u, w = np.array([np.cos(th), 0.0, np.sin(th)]), np.array([0.0, 1.0, 0.0])
+    n = np.array([np.sin(th), 0.0, -np.cos(th)])                       # = w × u: faces the cameras (−z)
+    c = np.array([0.0, 0.0, z0])
+    verts = np.stack([c - a * u - a * w, c + a * u - a * w, c + a * u + a * w, c - a * u + a * w])
+    faces = torch.tensor([[0, 2, 1], [0, 3, 2]])                         # counter-clockwise about n
+    V = torch.tensor(verts)[None]
+    np.testing.assert_allclose(vertex_normals(V, faces)[0].numpy(), np.tile(n, (4, 1)), atol=1e-15)
+    roll = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    R = np.stack([np.eye(3), roll])
+    cams = Cameras(torch.tensor(R), torch.zeros(2, 3, dtype=torch.float64),
+                   torch.full((2, 2), 300.0, dtype=torch.float64), torch.full((2, 2), 32.0, dtype=torch.float64))
+    albedo = np.array([0.9, 0.6, 0.3])
+    l_cam = np.array([0.3, -0.2, -1.0])
+    l_world = np.array([1.0, 0.5, -0.5])
+    lights = (Light(tuple(l_cam), 0.5, "camera"), Light(tuple(l_world), 0.4, "world"),
+              Light(tuple(-n), 1.0, "world"))                            # from behind: contributes 0
+    r = render_shaded(V, faces, cams, size=(64, 64), colors=torch.tensor(np.tile(albedo, (4, 1))),
+                      ambient=0.1, lights=lights, background=(0.0, 0.25, 1.0), settings=TORCH)
+    hit = (r.face_idx >= 0).numpy()[0]                                   # (C, H, W)
+    assert 0.2 < hit.mean() < 0.8
+    for k in range(2):
+        n_cam = R[k] @ n
+        shade = 0.1 + 0.5 * max(0.0, n_cam @ (l_cam / np.linalg.norm(l_cam))) \
+            + 0.4 * max(0.0, n @ (l_world / np.linalg.norm(l_world)))
+        assert 0.1 < shade < 1.0 and abs(n_cam @ l_cam) > 0.1
+        rgb = r.rgb[0, k].numpy()
+        np.testing.assert_allclose(rgb[hit[k]], np.broadcast_to(albedo * shade, rgb[hit[k]].shape), rtol=0,
+                                   atol=1e-12)
+        np.testing.assert_array_equal(rgb[~hit[k]], np.broadcast_to([0.0, 0.25, 1.0], rgb[~hit[k]].shape))
+    # the camera-space light differs between the rolled cameras; the world-space one does not
+    assert abs(float(r.rgb[0, 0][hit[0]][0, 0] - r.rgb[0, 1][hit[1]][0, 0])) > 0.01
+
+
+def test_raster_settings_are_one_checked_object():
+    with pytest.raises(ValueError, match="near"):
+        RasterSettings(near=0.0)
+    with pytest.raises(ValueError, match="near"):
+        RasterSettings(near=float("nan"))
+    with pytest.raises(ValueError, match="backend"):
+        RasterSettings(backend="opengl")
+    with pytest.raises(TypeError, match="cull_backfaces"):
+        RasterSettings(cull_backfaces=1)
+    with pytest.raises(Exception):
+        RasterSettings().near = 2.0                                      # frozen
+    v, f = _icosphere()
+    cams = ring_cameras(torch.zeros(3), 2, distance=300.0, focal=400.0, image_size=(16, 16), dtype=torch.float64)
+    with pytest.raises(TypeError, match="RasterSettings"):
+        render_depth(v[None], f, cams, settings={"near": 1.0})
+    with pytest.raises(TypeError):
+        render_depth(v[None], f, cams, near=1.0)                         # one way: no loose keywords
+    # near: faces with a vertex closer than near are dropped whole
+    depth = project_mesh(v[None], f, cams).vertices_camera[..., 2]       # (1, C, V)
+    far = float(depth.median())
+    pm = project_mesh(v[None], f, cams, settings=RasterSettings(near=far))
+    assert 0 < int(pm.valid_faces.sum()) < pm.valid_faces.numel()
+    assert bool((depth[0, :, f].min(-1).values[pm.valid_faces.reshape(2, -1)] >= far).all())
 
 
 def test_render_errors_and_camera_behind_mesh():
@@ -316,8 +385,8 @@ def test_kaolin_backend_matches_torch():  # pragma: no cover - needs a GPU with 
 def test_torch_backend_on_cuda_matches_cpu():  # pragma: no cover - needs a GPU
     v, f = _icosphere(dtype=torch.float32)
     cams = ring_cameras(torch.zeros(3), 3, distance=300.0, focal=400.0, image_size=(64, 48))
-    d_cpu = render_depth(v[None], f, cams, size=(64, 48), backend="torch")
-    d_gpu = render_depth(v[None].cuda(), f.cuda(), cams.to(device="cuda"), size=(64, 48), backend="torch")
+    d_cpu = render_depth(v[None], f, cams, size=(64, 48), settings=TORCH)
+    d_gpu = render_depth(v[None].cuda(), f.cuda(), cams.to(device="cuda"), size=(64, 48), settings=TORCH)
     assert ((d_gpu.cpu() > 0) != (d_cpu > 0)).float().mean() < 1e-3
     both = (d_gpu.cpu() > 0) & (d_cpu > 0)
     assert (d_gpu.cpu() - d_cpu)[both].abs().max() < 1e-2

@@ -21,7 +21,8 @@ from dhmlib.synth import build_procedural_hand
 from dhmlib.synth.capture import CaptureConfig, write_capture
 from dhmlib.synth.deform import (DeformParams, GroundTruthDeformer, dual_quaternion_skinning, fit_lbs,
                                  matrix_to_quaternion)
-from dhmlib.synth.poses import SEQUENCE_KINDS, generate_sequences, joint_limits, plan_sequences
+from dhmlib.anatomy import natural_range
+from dhmlib.synth.poses import SEQUENCE_KINDS, generate_sequences, plan_sequences
 from dhmlib.synth.rig import dome_rig
 
 SIZE = (256, 167)
@@ -56,7 +57,7 @@ def test_pose_sequences_are_natural_smooth_and_deterministic(hand):
     seqs = generate_sequences(sk, 70, seed=1)
     assert [s.name for s in seqs] == list(SEQUENCE_KINDS)
     assert any("ROM" in s.name for s in seqs)
-    lo, hi = joint_limits(sk)
+    lo, hi = natural_range(sk)
     mask = sk.dof_mask()
     for s in seqs:
         assert s.euler.shape == (s.num_frames, sk.num_joints, 3) and s.root.shape == (s.num_frames, 4, 4)

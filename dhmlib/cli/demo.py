@@ -154,22 +154,14 @@ def limit_violations(euler: np.ndarray, skeleton, limit: int = 5) -> tuple[int, 
 
 
 def _anatomy():
-    try:
-        from .. import anatomy
-        return anatomy
-    except ImportError:  # TEMP until dhmlib.anatomy lands
-        import types
+    from .. import anatomy
 
-        from ..viz import limits, presets
-        return types.SimpleNamespace(joint_limits_deg=limits.joint_limits_deg, gesture_names=presets.preset_names,
-                                     gesture_euler=presets.preset_euler, describe_joints=lambda sk=None: "")
+    return anatomy
 
 
 def _epilog() -> str:
     a = _anatomy()
-    describe_joints, gesture_names = a.describe_joints, a.gesture_names
-
-    return (describe_joints() + "\n\npresets (--preset): " + ", ".join(gesture_names()) + "\n\n" + POSE_FILE_HELP)
+    return a.describe_joints() + "\n\npresets (--preset): " + ", ".join(a.gesture_names()) + "\n\n" + POSE_FILE_HELP
 
 
 def _preset_names():

@@ -1,10 +1,11 @@
-"""``DeepHandMeshDataset``: samples of the official layout as stacked tensors.
+"""``DeepHandMeshDataset``: items of the official layout as typed :class:`~dhmlib.data.sample.HandSample` s.
 
-One sample is one (sequence, frame, input camera) image. It carries the
+One item is one (sequence, frame, input camera) image. It carries the
 input crop of that image, the frame's 3D joints, and K depth maps from
 randomly chosen colour cameras, each cropped around the hand to the render
-size, with the affine crops and camera parameters as tensors, so the default
-``collate`` batches everything (no lists of dicts).
+size, with their :class:`~dhmlib.render.Cameras` and :class:`~dhmlib.render.Crop`;
+:func:`~dhmlib.data.sample.collate_samples` batches them. Without RGB images
+(the public release has none) one item is one frame, and its image fields are ``None``.
 
 View sampling draws from ``numpy.random.default_rng((seed, epoch, index))``: the
 same views for the same sample whichever DataLoader worker loads it;
@@ -12,6 +13,7 @@ same views for the same sample whichever DataLoader worker loads it;
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +23,15 @@ import torch.nn.functional as F
 
 from ..handmodel import HandModel
 from ..render.cameras import Cameras, read_krt
-from ..render.crop import Crop, crop_from_joints
+from ..render.crop import Crop, crop_depth, crop_from_joints, crop_image
 from ..skeleton import Skeleton
 from .keypoints import keypoints_to_joints, read_keypoints
 from .layout import Layout, is_color_camera
 from .safe_pickle import load_array_pickle
+from .sample import HandBatch, HandSample, collate_samples
+
+__all__ = ["DeepHandMeshDataset", "DatasetError", "HandBatch", "HandSample", "Sample", "collate_samples",
+           "read_depth", "read_image", "IMAGE_SIZE"]
 
 IMAGE_SIZE = (512, 334)  # (H, W) of the released images
 
@@ -36,9 +42,11 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
+    """Where an item comes from: ``sequence`` "" and ``camera`` ``None`` when the dataset has no images."""
+
     sequence: str
     frame: int
-    camera: str
+    camera: str | None
 
 
 def read_image(path, expected_size=IMAGE_SIZE) -> np.ndarray:
@@ -73,55 +81,6 @@ def read_depth(path, expected_size=IMAGE_SIZE) -> np.ndarray:
     return d
 
 
-def _render_grid(crop: Crop) -> torch.Tensor:
-    """Image-pixel coordinates (*S, H, W, 2) of the render pixel centres of ``crop``."""
-    H, W = crop.size
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=crop.matrix.dtype) + 0.5,
-                            torch.arange(W, dtype=crop.matrix.dtype) + 0.5, indexing="ij")
-    pts = torch.stack([xs, ys], -1).reshape(-1, 2)
-    return crop.inverse().apply(pts).reshape(crop.batch_shape + (H, W, 2))
-
-
-def crop_image(image: torch.Tensor, crop: Crop) -> torch.Tensor:
-    """Bilinear crop: image (*S, 3, Hi, Wi) → (*S, 3, H, W), zero outside."""
-    Hi, Wi = image.shape[-2:]
-    uv = _render_grid(crop)
-    grid = torch.stack([uv[..., 0] / Wi * 2 - 1, uv[..., 1] / Hi * 2 - 1], -1)
-    lead = image.shape[:-3]
-    out = F.grid_sample(image.reshape(-1, *image.shape[-3:]), grid.reshape(-1, *grid.shape[-3:]).to(image.dtype),
-                        mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.reshape(lead + out.shape[1:])
-
-
-def crop_depth(depth: torch.Tensor, crop: Crop, edge_mm: float = 10.0) -> torch.Tensor:
-    """Crop depth maps (*S, Hi, Wi) → (*S, H, W) without averaging across depth edges.
-
-    Bilinear where the four neighbouring samples are all surface and within
-    ``edge_mm`` of each other; the nearest sample elsewhere (edges, background).
-    Outside the image: 0.
-    """
-    Hi, Wi = depth.shape[-2:]
-    lead = depth.shape[:-2]
-    # a zero border (1 before, 2 after) makes every tap of a clamped position valid: outside reads 0
-    Wp = Wi + 3
-    d = F.pad(depth.reshape(-1, Hi, Wi), (1, 2, 1, 2)).reshape(-1, (Hi + 3) * Wp)
-    uv = _render_grid(crop).reshape(d.shape[0], -1, 2).to(d.dtype)       # (N, H*W, 2)
-    x = (uv[..., 0] - 0.5).clamp(-1.0, Wi)                                 # integer = pixel centre
-    y = (uv[..., 1] - 0.5).clamp(-1.0, Hi)
-    x0, y0 = torch.floor(x), torch.floor(y)
-    fx, fy = x - x0, y - y0
-    base = ((y0 + 1) * Wp + (x0 + 1)).long()
-    offsets = torch.tensor([0, 1, Wp, Wp + 1], device=d.device)
-    taps = torch.gather(d, 1, (base.unsqueeze(-1) + offsets).reshape(d.shape[0], -1)).view(*base.shape, 4)
-    t00, t10, t01, t11 = taps.unbind(-1)
-    smooth = (taps > 0).all(-1) & ((taps.amax(-1) - taps.amin(-1)) <= edge_mm)
-    bil = torch.lerp(torch.lerp(t00, t10, fx), torch.lerp(t01, t11, fx), fy)
-    near = torch.where(fy < 0.5, torch.where(fx < 0.5, t00, t10), torch.where(fx < 0.5, t01, t11))
-    out = torch.where(smooth, bil, near)
-    H, W = crop.size
-    return out.reshape(lead + (H, W))
-
-
 class DeepHandMeshDataset(torch.utils.data.Dataset):
     """Official-layout dataset (real capture or the virtual capture; same code).
 
@@ -139,35 +98,29 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
             1.5× per axis, clamped to the image, each axis mapped onto the crop on its own;
             ``"square"`` keeps the aspect ratio (no distortion) and does not clamp.
 
-    Each item is a dict of tensors:
+        images: use the RGB images: ``None`` (default) when ``images/subject_N`` exists, ``True``
+            requires them, ``False`` ignores them. Without images one item is one frame (every
+            keypoint frame that has depth maps; sequences, hence ``ROM`` takes, cannot be told
+            apart) and its ``image``, ``input_camera`` and ``input_crop`` are ``None``.
 
-    ============== ============== ===========================================
-    key            shape          meaning
-    ============== ============== ===========================================
-    image          (3, Hi, Wi)    input crop, RGB in [0, 1]
-    image_crop     (2, 3)         affine image px → input-crop px
-    joints         (J, 3)         3D joints, world mm
-    joint_valid    (J,)           1 where a keypoint exists (thumb0: 0)
-    depth          (K, Hr, Wr)    camera z in mm, 0 = no surface
-    depth_crop     (K, 2, 3)      affine image px → render px per view
-    cam_R          (K, 3, 3)      world → camera rotation of each view
-    cam_t          (K, 3)         world → camera translation, mm
-    cam_focal      (K, 2)         pixels
-    cam_principal  (K, 2)         pixels
-    input_cam_*    (…)            the same four for the input camera
-    view_index     (K,)           indices into ``dataset.camera_names``
-    frame          ()             frame number
-    index          ()             sample index
-    ============== ============== ===========================================
+    Each item is a :class:`~dhmlib.data.sample.HandSample` (fields, shapes and units there);
+    batch with ``DataLoader(dataset, batch_size=B, collate_fn=collate_samples)``.
     """
 
     def __init__(self, root, subject: int = 1, skeleton: Skeleton | None = None, num_views: int = 6,
                  input_size=(256, 256), render_size=(256, 256), cameras=None, include_rom: bool = False,
-                 seed: int = 0, max_frames: int | None = None, image_size=IMAGE_SIZE, crop_mode: str = "seed"):
+                 seed: int = 0, max_frames: int | None = None, image_size=IMAGE_SIZE, crop_mode: str = "seed",
+                 images: bool | None = None):
         if crop_mode not in ("seed", "square"):
             raise ValueError(f"crop_mode: expected 'seed' or 'square', got {crop_mode!r}")
         self.crop_mode = crop_mode
         self.layout = Layout(root, subject)
+        if images is None:
+            images = self.layout.images_dir.is_dir()
+        elif images and not self.layout.images_dir.is_dir():
+            raise DatasetError(f"{self.layout.images_dir}: images folder not found (images=True); pass images=False "
+                               "to train on depth maps and joints alone")
+        self.has_images = bool(images)
         self.num_views = int(num_views)
         self.input_size, self.render_size = tuple(input_size), tuple(render_size)
         self.image_size = tuple(image_size)
@@ -178,6 +131,7 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         if not self.layout.krt.is_file():
             raise DatasetError(f"{self.layout.krt}: camera file not found (expected annotations/KRT_512)")
         records = [r for r in read_krt(self.layout.krt) if is_color_camera(r.name)]
+        self._krt_colour = {r.name for r in records}
         if cameras is not None:
             known = {r.name for r in records}
             missing = [c for c in cameras if c not in known]
@@ -190,7 +144,11 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         self.rig = Cameras.from_records(records)
         self.camera_names = self.rig.names
         self._cam_index = {n: i for i, n in enumerate(self.camera_names)}
-        self.samples = self._discover(include_rom, max_frames)
+        self.samples = (self._discover(include_rom, max_frames) if self.has_images
+                        else self._discover_frames(max_frames))
+        if not self.samples and not self.has_images:
+            raise DatasetError(f"{self.layout.depth_dir}: no samples (images=False: expected keypoint files with "
+                               "a depth-map folder <frame:06d>/ of the same frame)")
         if not self.samples:
             raise DatasetError(f"{self.layout.images_dir}: no samples (expected RT sequences with cam<name>/"
                                "image<frame>.jpg files of colour cameras and keypoint files)")
@@ -200,8 +158,8 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         samples = []
         for seq in self.layout.sequences(include_rom=include_rom):
             for cam in self.layout.cameras_of(seq):
-                if cam not in self._cam_index:
-                    if is_color_camera(cam):
+                if cam not in self._cam_index:  # not selected; an error if the KRT file lacks it
+                    if is_color_camera(cam) and cam not in self._krt_colour:
                         raise DatasetError(f"{self.layout.images_dir / seq / ('cam' + cam)}: camera {cam!r} is not in "
                                            f"{self.layout.krt}")
                     continue
@@ -211,6 +169,13 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
             keep = sorted({s.frame for s in samples})[:max_frames]
             samples = [s for s in samples if s.frame in set(keep)]
         return samples
+
+    def _discover_frames(self, max_frames) -> list[Sample]:
+        kp_frames = self.layout.keypoint_frames()
+        d = self.layout.depth_dir
+        depth_frames = {int(e.name) for e in os.scandir(d) if e.is_dir() and e.name.isdigit()} if d.is_dir() else set()
+        frames = sorted(kp_frames & depth_frames)[:max_frames]
+        return [Sample("", f, None) for f in frames]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -243,45 +208,33 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
             return crop_from_joints(joints_px, valid, size=size, keep_aspect=False, clamp_to=self.image_size)
         return crop_from_joints(joints_px, valid, size=size)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> HandSample:
         s = self.samples[index]
         joints, valid = self.joints(s.frame)
         views = self.choose_views(index, s.frame)
         vidx = torch.tensor([self._cam_index[c] for c in views])
-        cam_in = self.rig.index_select([self._cam_index[s.camera]])
         cams = self.rig.index_select(vidx)
         ok = valid > 0
         if not ok.any():
             raise DatasetError(f"{self.layout.keypoints_path(s.frame)}: no valid keypoint to crop around")
-        # input crop
-        img = read_image(self.layout.image_path(s.sequence, s.camera, s.frame), self.image_size)
-        img = torch.from_numpy(img.copy()).permute(2, 0, 1).float().div_(255)
-        px_in = cam_in.project(joints[None])                                     # (1, J, 2)
-        crop_in = self._crop(px_in, ok[None], self.input_size)
-        image = crop_image(img[None], crop_in)[0]
+        image = cam_in = crop_in = None
+        if s.camera is not None:  # the input crop
+            cam_in = self.rig.index_select([self._cam_index[s.camera]])
+            img = read_image(self.layout.image_path(s.sequence, s.camera, s.frame), self.image_size)
+            img = torch.from_numpy(img.copy()).permute(2, 0, 1).float().div_(255)
+            px_in = cam_in.project(joints[None])                                 # (1, J, 2)
+            crop_in = self._crop(px_in, ok[None], self.input_size)
+            image = crop_image(img[None], crop_in)[0]
         # depth views
         depth = torch.stack([torch.from_numpy(read_depth(self.layout.depth_path(s.frame, c), self.image_size))
                              for c in views])                                     # (K, H, W)
         px = cams.project(joints[None].expand(len(views), -1, -1))               # (K, J, 2)
         crop_d = self._crop(px, ok[None].expand(len(views), -1), self.render_size)
-        return {
-            "image": image, "image_crop": crop_in.matrix[0],
-            "joints": joints, "joint_valid": valid,
-            "depth": crop_depth(depth, crop_d), "depth_crop": crop_d.matrix,
-            "cam_R": cams.R, "cam_t": cams.t, "cam_focal": cams.focal, "cam_principal": cams.principal,
-            "input_cam_R": cam_in.R[0], "input_cam_t": cam_in.t[0], "input_cam_focal": cam_in.focal[0],
-            "input_cam_principal": cam_in.principal[0],
-            "view_index": vidx, "frame": torch.tensor(s.frame), "index": torch.tensor(index),
-        }
+        return HandSample(image=image, input_camera=cam_in, input_crop=crop_in, joints=joints, joint_valid=valid,
+                          depth=crop_depth(depth, crop_d), view_cameras=cams, view_crops=crop_d, view_index=vidx,
+                          view_names=tuple(views), subject=self.layout.subject, sequence=s.sequence, frame=s.frame,
+                          camera=s.camera, index=int(index))
 
-
-def batch_cameras(batch: dict, prefix: str = "cam_") -> Cameras:
-    """Cameras of a collated batch: (B, K) for the depth views (``prefix='cam_'``),
-    (B,) for the input camera (``prefix='input_cam_'``)."""
-    return Cameras(batch[prefix + "R"], batch[prefix + "t"], batch[prefix + "focal"], batch[prefix + "principal"])
-
-
-def batch_crop(batch: dict, key: str = "depth_crop") -> Crop:
-    """The (B, K) depth crops (or ``key='image_crop'``: the (B,) input crops) of a collated batch."""
-    size = batch["depth"].shape[-2:] if key == "depth_crop" else batch["image"].shape[-2:]
-    return Crop(batch[key], tuple(size))
+    def loader(self, batch_size: int = 8, **kwargs) -> torch.utils.data.DataLoader:
+        """A ``DataLoader`` of :class:`~dhmlib.data.sample.HandBatch` es (``kwargs`` go to ``DataLoader``)."""
+        return torch.utils.data.DataLoader(self, batch_size=batch_size, collate_fn=collate_samples, **kwargs)

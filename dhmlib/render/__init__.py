@@ -1,4 +1,5 @@
-"""Rendering: cameras (KRT_512), the seed's crop, a Kaolin-compatible rasterizer, depth and shaded renders.
+"""Rendering: cameras (KRT_512), the seed's crop and resampling through it, a Kaolin-compatible
+rasterizer, depth and shaded renders.
 
 Conventions in one place:
 
@@ -9,19 +10,24 @@ Conventions in one place:
 - :func:`rasterize` takes Kaolin's conventions (NDC, y up, camera looking along −z) and
   Kaolin's call shape; ``backend="auto"`` uses Kaolin on CUDA where it imports, else the
   built-in PyTorch rasterizer (CPU or GPU).
+- The renders (depth, face index, silhouette, shaded) take one frozen :class:`RasterSettings`
+  (``near``, ``cull_backfaces``, ``backend``) as ``settings=``.
 """
 from .cameras import OFFICIAL_IMAGE_SIZE, CameraRecord, Cameras, KRTError, read_krt, write_krt
-from .crop import (Crop, bbox_from_joints, compose_affine, crop_from_bbox, crop_from_joints, identity_crop,
-                   invert_affine)
+from .crop import (Crop, bbox_from_joints, compose_affine, crop_depth, crop_from_bbox, crop_from_joints, crop_image,
+                   identity_crop, invert_affine)
 from .depth import ProjectedMesh, is_closed_mesh, project_mesh, render_depth, render_face_index, render_silhouette
 from .rasterize import KAOLIN_UNAVAILABLE_REASON, RasterOutput, kaolin_available, rasterize
-from .scene import random_hand_euler, ring_cameras
-from .shade import render_shaded, vertex_normals
+from .scene import ring_cameras
+from .settings import RasterSettings
+from .shade import Light, ShadedRender, render_shaded, vertex_normals
 
 __all__ = [
     "OFFICIAL_IMAGE_SIZE", "CameraRecord", "Cameras", "KRTError", "read_krt", "write_krt",
-    "Crop", "bbox_from_joints", "compose_affine", "crop_from_bbox", "crop_from_joints", "identity_crop",
+    "Crop", "bbox_from_joints", "compose_affine", "crop_depth", "crop_from_bbox", "crop_from_joints", "crop_image",
+    "identity_crop",
     "invert_affine", "ProjectedMesh", "is_closed_mesh", "project_mesh", "render_depth", "render_face_index", "render_silhouette",
-    "KAOLIN_UNAVAILABLE_REASON", "RasterOutput", "kaolin_available", "rasterize", "render_shaded",
-    "vertex_normals", "random_hand_euler", "ring_cameras",
+    "KAOLIN_UNAVAILABLE_REASON", "RasterOutput", "kaolin_available", "rasterize", "RasterSettings",
+    "Light", "ShadedRender", "render_shaded",
+    "vertex_normals", "ring_cameras",
 ]

@@ -291,6 +291,22 @@ class Cameras:
         return Cameras(*(torch.stack([getattr(c, a) for c in cameras]) for a in ("R", "t", "focal", "principal")),
                        names=names)
 
+    @staticmethod
+    def cat(cameras: Sequence["Cameras"]) -> "Cameras":
+        """Concatenate along the first batch dimension: (C1, …), (C2, …) → (C1 + C2, …).
+
+        Names are kept for 1-D batches (concatenated) and dropped otherwise unless all agree.
+        """
+        if not cameras:
+            raise ValueError("Cameras.cat: expected a non-empty sequence")
+        if len(cameras[0].batch_shape) == 1:
+            names = (tuple(n for c in cameras for n in c.names) if all(c.names is not None for c in cameras)
+                     else None)
+        else:
+            names = cameras[0].names if all(c.names == cameras[0].names for c in cameras) else None
+        return Cameras(*(torch.cat([getattr(c, a) for c in cameras]) for a in ("R", "t", "focal", "principal")),
+                       names=names)
+
     def expand(self, batch: int) -> "Cameras":
         """(C,) → (B, C) without copying."""
         if len(self.batch_shape) != 1:

@@ -10,6 +10,10 @@ and the scale is ``W_out / w = H_out / h`` (the box is first grown to the render
 aspect ratio, as in the seed, then enlarged 1.5×). The transform is a general 2×3
 affine, so rotations or flips for augmentation can be composed in.
 
+Resampling through a crop lives here too: :func:`crop_image` (bilinear) and
+:func:`crop_depth` (bilinear on smooth surfaces, nearest across depth edges) map an
+image or depth map of the camera onto the render pixels of a :class:`Crop`.
+
 To crop an image with OpenCV (``cv2.warpAffine``, whose pixel centres sit at integer
 coordinates) use :meth:`Crop.opencv_matrix`; with ``torch.nn.functional.grid_sample``
 use ``align_corners=False``, which shares this module's convention.
@@ -17,8 +21,10 @@ use ``align_corners=False``, which shares this module's convention.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +70,82 @@ class Crop:
     def compose(self, other: "Crop") -> "Crop":
         """``other ∘ self`` (apply ``self`` first), output size ``other.size``."""
         return Crop(compose_affine(other.matrix, self.matrix), other.size)
+
+    def pixel_grid(self) -> torch.Tensor:
+        """Image-pixel coordinates (*S, H_out, W_out, 2) ``(u, v)`` of the render's pixel centres."""
+        H, W = self.size
+        ys, xs = torch.meshgrid(torch.arange(H, dtype=self.matrix.dtype, device=self.matrix.device) + 0.5,
+                                torch.arange(W, dtype=self.matrix.dtype, device=self.matrix.device) + 0.5,
+                                indexing="ij")
+        pts = torch.stack([xs, ys], -1).reshape(-1, 2)
+        return self.inverse().apply(pts).reshape(self.batch_shape + (H, W, 2))
+
+    # ------------------------------------------------------------------ batching
+    def to(self, device=None, dtype=None) -> "Crop":
+        return Crop(self.matrix.to(device=device, dtype=dtype), self.size)
+
+    @staticmethod
+    def stack(crops: Sequence["Crop"], dim: int = 0) -> "Crop":
+        """Stack crops of equal batch shape S and size into (N, *S) (``dim`` counts batch dimensions)."""
+        return Crop(torch.stack([c.matrix for c in _same_size(crops, "stack")], dim), crops[0].size)
+
+    @staticmethod
+    def cat(crops: Sequence["Crop"], dim: int = 0) -> "Crop":
+        """Concatenate crops of equal size along batch dimension ``dim``: (N1, …), (N2, …) → (N1 + N2, …)."""
+        return Crop(torch.cat([c.matrix for c in _same_size(crops, "cat")], dim), crops[0].size)
+
+
+def _same_size(crops: Sequence[Crop], what: str) -> Sequence[Crop]:
+    if not crops:
+        raise ValueError(f"Crop.{what}: expected a non-empty sequence")
+    sizes = {c.size for c in crops}
+    if len(sizes) != 1:
+        raise ValueError(f"Crop.{what}: expected crops of one render size, got {sorted(sizes)}")
+    return crops
+
+
+def crop_image(image: torch.Tensor, crop: Crop) -> torch.Tensor:
+    """Resample images through ``crop``, bilinear: (*S, C, H_img, W_img) → (*S, C, H_out, W_out), 0 outside.
+
+    ``S`` is the crop's batch shape; the result has the image's dtype and device.
+    """
+    Hi, Wi = image.shape[-2:]
+    uv = crop.to(device=image.device).pixel_grid()
+    grid = torch.stack([uv[..., 0] / Wi * 2 - 1, uv[..., 1] / Hi * 2 - 1], -1)
+    lead = image.shape[:-3]
+    out = F.grid_sample(image.reshape(-1, *image.shape[-3:]), grid.reshape(-1, *grid.shape[-3:]).to(image.dtype),
+                        mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.reshape(lead + out.shape[1:])
+
+
+def crop_depth(depth: torch.Tensor, crop: Crop, edge_mm: float = 10.0) -> torch.Tensor:
+    """Resample depth maps through ``crop`` without averaging across depth edges: (*S, H_img, W_img) mm →
+    (*S, H_out, W_out) mm.
+
+    Bilinear where the four neighbouring samples are all surface (> 0) and within
+    ``edge_mm`` of each other; the nearest sample elsewhere (edges, background).
+    Outside the image: 0.
+    """
+    Hi, Wi = depth.shape[-2:]
+    lead = depth.shape[:-2]
+    # a zero border (1 before, 2 after) makes every tap of a clamped position valid: outside reads 0
+    Wp = Wi + 3
+    d = F.pad(depth.reshape(-1, Hi, Wi), (1, 2, 1, 2)).reshape(-1, (Hi + 3) * Wp)
+    uv = crop.to(device=depth.device).pixel_grid().reshape(d.shape[0], -1, 2).to(d.dtype)  # (N, H*W, 2)
+    x = (uv[..., 0] - 0.5).clamp(-1.0, Wi)                                 # integer = pixel centre
+    y = (uv[..., 1] - 0.5).clamp(-1.0, Hi)
+    x0, y0 = torch.floor(x), torch.floor(y)
+    fx, fy = x - x0, y - y0
+    base = ((y0 + 1) * Wp + (x0 + 1)).long()
+    offsets = torch.tensor([0, 1, Wp, Wp + 1], device=d.device)
+    taps = torch.gather(d, 1, (base.unsqueeze(-1) + offsets).reshape(d.shape[0], -1)).view(*base.shape, 4)
+    t00, t10, t01, t11 = taps.unbind(-1)
+    smooth = (taps > 0).all(-1) & ((taps.amax(-1) - taps.amin(-1)) <= edge_mm)
+    bil = torch.lerp(torch.lerp(t00, t10, fx), torch.lerp(t01, t11, fx), fy)
+    near = torch.where(fy < 0.5, torch.where(fx < 0.5, t00, t10), torch.where(fx < 0.5, t01, t11))
+    out = torch.where(smooth, bil, near)
+    H, W = crop.size
+    return out.reshape(lead + (H, W))
 
 
 def invert_affine(M: torch.Tensor) -> torch.Tensor:

@@ -6,17 +6,14 @@ optional :class:`~dhmlib.render.crop.Crop` (batch shape (C,) or (B, C)) and
 rasterized at ``size`` = (H, W) with :func:`~dhmlib.render.rasterize.rasterize`.
 All B·C views go through one rasterizer call.
 
-Back-face culling (``cull_backfaces``, default ``False``): ``True`` drops faces turned
-away from the camera (counter-clockwise = outward), about 30 % less rasterizer work. It is
-exact only for closed meshes without inside-out regions: a posed LBS hand folds inside
-out at the joints, and culling then shows the wrong surface on ~0.05 % of the pixels
-(up to 9 mm off), so the default keeps all faces, like a ray caster.
+How faces are drawn (near distance, back-face culling, backend) is one
+:class:`~dhmlib.render.settings.RasterSettings` (``settings=``; default: near 1 mm, all
+faces, automatic backend).
 
 Behind-camera behaviour (documented, never a crash): there is no near-plane
-clipping. A face with any vertex closer to the camera plane than ``near`` (mm,
-default 1) is dropped whole, so a camera inside or behind the mesh sees only the
-faces entirely in front of it, and a camera with the whole mesh behind it renders
-an all-zero depth map.
+clipping. A face with any vertex closer to the camera plane than ``settings.near``
+is dropped whole, so a camera inside or behind the mesh sees only the faces entirely
+in front of it, and a camera with the whole mesh behind it renders an all-zero depth map.
 """
 from __future__ import annotations
 
@@ -27,6 +24,7 @@ import torch
 from .cameras import OFFICIAL_IMAGE_SIZE, Cameras
 from .crop import Crop
 from .rasterize import rasterize
+from .settings import DEFAULT_RASTER_SETTINGS, RasterSettings
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +64,12 @@ def _check_mesh(vertices: torch.Tensor, faces: torch.Tensor):
         raise ValueError(f"expected face indices in [0, {V}), got range [{int(faces.min())}, {int(faces.max())}]")
 
 
+def _check_settings(settings):
+    if not isinstance(settings, RasterSettings):
+        raise TypeError(f"settings: expected a dhmlib.render.RasterSettings, got {type(settings).__name__} "
+                        "(near, cull_backfaces and backend are its fields)")
+
+
 def is_closed_mesh(faces: torch.Tensor, num_vertices: int) -> bool:
     """Whether every directed edge (a, b) of faces (F, 3) occurs once and its reverse (b, a) once."""
     f = faces.long()
@@ -78,8 +82,8 @@ def is_closed_mesh(faces: torch.Tensor, num_vertices: int) -> bool:
 
 
 def project_mesh(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
-                 size: tuple[int, int] | None = None, near: float = 1.0,
-                 cull_backfaces: bool = False) -> ProjectedMesh:
+                 size: tuple[int, int] | None = None,
+                 settings: RasterSettings = DEFAULT_RASTER_SETTINGS) -> ProjectedMesh:
     """Project a batch of meshes into every view (differentiable in vertices and cameras).
 
     Args:
@@ -88,9 +92,11 @@ def project_mesh(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, 
         cameras: batch shape (C,) or (B, C).
         crop: image → render pixels, batch shape (C,) or (B, C); ``None`` renders the full image.
         size: (H, W) of the render; defaults to ``crop.size``, or the official 512 × 334 without crop.
-        near: faces with a vertex at camera depth < ``near`` mm are marked invalid.
-        cull_backfaces: drop faces turned away from the camera (see the module doc).
+        settings: ``near`` (faces with a vertex at camera depth < ``near`` mm are marked invalid)
+            and ``cull_backfaces`` (faces turned away from the camera are marked invalid) of
+            :class:`~dhmlib.render.settings.RasterSettings`; its ``backend`` is the renders' business.
     """
+    _check_settings(settings)
     _check_mesh(vertices, faces)
     B = vertices.shape[0]
     S = cameras.batch_shape
@@ -113,6 +119,7 @@ def project_mesh(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, 
     cams = cameras.to(device=vertices.device, dtype=vertices.dtype)
     vc = cams.world_to_camera(vertices.unsqueeze(1))  # (B, C, V, 3)
     depth = vc[..., 2]
+    near = settings.near
     safe = torch.where(depth > near, depth, torch.full_like(depth, near))  # avoid inf for dropped faces
     uv = vc[..., :2] / safe.unsqueeze(-1) * cams.focal.unsqueeze(-2) + cams.principal.unsqueeze(-2)
     if crop is not None:
@@ -123,7 +130,7 @@ def project_mesh(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, 
     fimg = ndc.reshape(N, -1, 2).index_select(1, f).reshape(N, -1, 3, 2)
     fz = (-depth).reshape(N, -1).index_select(1, f).reshape(N, -1, 3)
     valid = (fz[..., 0] < -near) & (fz[..., 1] < -near) & (fz[..., 2] < -near)
-    if cull_backfaces:  # counter-clockwise outward faces appear counter-clockwise (area > 0) in NDC
+    if settings.cull_backfaces:  # counter-clockwise outward faces appear counter-clockwise (area > 0) in NDC
         with torch.no_grad():
             x, y = fimg[..., 0], fimg[..., 1]
             area = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0])
@@ -132,41 +139,41 @@ def project_mesh(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, 
 
 
 def render_depth(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
-                 size: tuple[int, int] | None = None, *, near: float = 1.0, cull_backfaces: bool = False,
-                 backend: str = "auto") -> torch.Tensor:
+                 size: tuple[int, int] | None = None, *,
+                 settings: RasterSettings = DEFAULT_RASTER_SETTINGS) -> torch.Tensor:
     """Camera-space depth maps (the official depth-map convention).
 
-    Args: see :func:`project_mesh`; ``backend`` as :func:`rasterize`.
+    Args: see :func:`project_mesh`; ``settings.backend`` as :func:`rasterize`.
 
     Returns:
         (B, C, H, W) depth z in the camera frame, mm, exact (perspective-correct) at each
         pixel centre; 0 where no surface. Differentiable w.r.t. vertices (and cameras)
         through the visible faces.
     """
-    pm = project_mesh(vertices, faces, cameras, crop, size, near, cull_backfaces)
+    pm = project_mesh(vertices, faces, cameras, crop, size, settings)
     H, W = pm.size
     feat = (-pm.face_vertices_z).unsqueeze(-1)  # (N, F, 3, 1) depth
-    out, _ = rasterize(H, W, pm.face_vertices_z, pm.face_vertices_image, feat, pm.valid_faces, backend=backend)
+    out, _ = rasterize(H, W, pm.face_vertices_z, pm.face_vertices_image, feat, pm.valid_faces,
+                       backend=settings.backend)
     return out[..., 0].reshape(*pm.batch, H, W)
 
 
 def render_face_index(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
-                      size: tuple[int, int] | None = None, *, near: float = 1.0,
-                      cull_backfaces: bool = False, backend: str = "auto") -> torch.Tensor:
+                      size: tuple[int, int] | None = None, *,
+                      settings: RasterSettings = DEFAULT_RASTER_SETTINGS) -> torch.Tensor:
     """(B, C, H, W) long index of the visible face, -1 where no surface."""
     with torch.no_grad():
-        pm = project_mesh(vertices, faces, cameras, crop, size, near, cull_backfaces)
+        pm = project_mesh(vertices, faces, cameras, crop, size, settings)
         H, W = pm.size
         feat = pm.face_vertices_z.new_zeros(pm.face_vertices_z.shape + (1,))
         _, idx = rasterize(H, W, pm.face_vertices_z, pm.face_vertices_image, feat, pm.valid_faces,
-                           backend=backend)
+                           backend=settings.backend)
     return idx.reshape(*pm.batch, H, W)
 
 
 def render_silhouette(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
-                      size: tuple[int, int] | None = None, *, near: float = 1.0,
-                      cull_backfaces: bool = False, backend: str = "auto") -> torch.Tensor:
+                      size: tuple[int, int] | None = None, *,
+                      settings: RasterSettings = DEFAULT_RASTER_SETTINGS) -> torch.Tensor:
     """(B, C, H, W) float mask, 1 where the mesh covers the pixel centre (a hard mask: no gradient)."""
-    idx = render_face_index(vertices, faces, cameras, crop, size, near=near, cull_backfaces=cull_backfaces,
-                            backend=backend)
+    idx = render_face_index(vertices, faces, cameras, crop, size, settings=settings)
     return (idx >= 0).to(vertices.dtype)

@@ -1,4 +1,4 @@
-"""Small scene helpers for renders, tests and benchmarks: a camera ring and hand poses."""
+"""Small scene helpers for renders, tests and benchmarks: a ring of cameras (hand poses: :mod:`dhmlib.anatomy`)."""
 from __future__ import annotations
 
 import math
@@ -28,16 +28,3 @@ def ring_cameras(center, num_cameras: int = 6, distance: float = 550.0, elevatio
                            names=[f"cam{i}" for i in range(num_cameras)])
     return cams.to(device=device, dtype=dtype)
 
-
-def random_hand_euler(dof_mask: torch.Tensor, batch: int, seed: int = 0, flex: float = 1.0,
-                      spread: float = 0.15) -> torch.Tensor:
-    """Plausible random euler angles (B, J, 3) radians for a :class:`~dhmlib.model.HandLayer`.
-
-    Flexion (local z) uniform in ``[-0.1, flex]``, other axes uniform in ``±spread``; zero where
-    ``dof_mask`` (J, 3) is False.
-    """
-    g = torch.Generator().manual_seed(seed)
-    J = dof_mask.shape[0]
-    e = (torch.rand(batch, J, 3, generator=g) * 2 - 1) * spread
-    e[..., 2] = torch.rand(batch, J, generator=g) * (flex + 0.1) - 0.1
-    return e * dof_mask.to(e.dtype)

@@ -42,12 +42,11 @@ import torch
 from ..data.keypoints import KEYPOINT_NAMES, joints_to_keypoints, write_keypoints
 from ..data.safe_pickle import save_array_pickle
 from ..render.cameras import OFFICIAL_IMAGE_SIZE, Cameras, write_krt
-from ..render.depth import project_mesh
-from ..render.rasterize import rasterize
-from ..render.shade import vertex_normals
+from ..render.settings import RasterSettings
+from ..render.shade import Light, render_shaded
 from .deform import DeformParams, GroundTruthDeformer
 from .identity import HandIdentity
-from .poses import generate_sequences
+from .poses import subject_sequences
 from .procedural_hand import build_procedural_hand
 from .rig import dome_rig
 from .staging import remove_stale, staging_folder
@@ -57,9 +56,11 @@ from .texture import skin_colors
 OWNED = ("hand_model", "images", "annotations/KRT_512", "annotations/keypoints", "annotations/depthmaps",
          "annotations/synthetic")
 BACKGROUND_RGB = (0.17, 0.17, 0.19)
-#: directions toward the lights in the world (z up) and their strengths; plus a head-light and ambient
-KEY_LIGHT = ((0.35, -0.25, 1.0), 0.30)
-AMBIENT, HEADLIGHT = 0.28, 0.50
+#: the images' lighting: ambient, a head-light at each camera, a key light fixed in the world (z up)
+AMBIENT = 0.28
+CAPTURE_LIGHTS = (Light((0.0, 0.0, -1.0), 0.50, "camera"), Light((0.35, -0.25, 1.0), 0.30, "world"))
+#: the built-in rasterizer everywhere, so that the files do not depend on the machine
+CAPTURE_RASTER = RasterSettings(backend="torch")
 
 README = """Synthetic-only extras of dhmlib's virtual capture (`dhm synth`).
 
@@ -150,9 +151,9 @@ def render_views(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tens
                  size: tuple[int, int], background=BACKGROUND_RGB) -> tuple[np.ndarray, np.ndarray]:
     """Depth maps and shaded colour images of one mesh in all C cameras (one rasterizer call).
 
-    Depth is interpolated perspective-correctly (exactly as
-    :func:`~dhmlib.render.render_depth`); colour is per-vertex ``colors`` times
-    ``ambient + head-light + key light`` Lambert terms on interpolated normals.
+    :func:`~dhmlib.render.render_shaded` with the capture's lights (:data:`CAPTURE_LIGHTS`:
+    ambient + head-light + key light, Lambert on interpolated normals) on the built-in
+    ``"torch"`` backend; depth is exact at pixel centres, as :func:`~dhmlib.render.render_depth`.
 
     Args:
         vertices: (V, 3) world mm.  faces: (F, 3) long.  colors: (V, 3) RGB in [0, 1].
@@ -160,27 +161,10 @@ def render_views(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tens
     Returns:
         depth (C, H, W) float32 camera z mm (0 = no surface), rgb (C, H, W, 3) uint8.
     """
-    pm = project_mesh(vertices[None], faces, cameras, size=size)
-    C = len(cameras)
-    H, W = pm.size
-    R = cameras.R.to(vertices)
-    n_cam = vertex_normals(vertices[None], faces).unsqueeze(1) @ R.transpose(-1, -2)     # (1, C, V, 3)
-    per_vertex = torch.cat([pm.vertices_camera[..., 2:], colors.to(vertices).expand(1, C, -1, 3), n_cam], -1)
-    f = faces.reshape(-1)
-    feats = per_vertex.reshape(C, -1, 7).index_select(1, f).reshape(C, -1, 3, 7)
-    out, idx = rasterize(H, W, pm.face_vertices_z, pm.face_vertices_image, feats, pm.valid_faces, backend="torch")
-    hit = idx >= 0
-    depth = out[..., 0]
-    n = torch.nn.functional.normalize(out[..., 4:], dim=-1)
-    key_dir = torch.nn.functional.normalize(vertices.new_tensor(KEY_LIGHT[0]), dim=0)
-    key_cam = R @ key_dir                                                                  # (C, 3)
-    lam_key = (n * key_cam[:, None, None]).sum(-1).clamp_min(0)
-    lam_head = (-n[..., 2]).clamp_min(0)                                                   # toward the camera
-    light = AMBIENT + HEADLIGHT * lam_head + KEY_LIGHT[1] * lam_key
-    rgb = out[..., 1:4] * light.unsqueeze(-1)
-    rgb = torch.where(hit.unsqueeze(-1), rgb, vertices.new_tensor(background))
-    rgb8 = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    return torch.where(hit, depth, 0).float().numpy(), rgb8.numpy()
+    r = render_shaded(vertices[None], faces, cameras, size=size, colors=colors.to(vertices), ambient=AMBIENT,
+                      lights=CAPTURE_LIGHTS, background=background, settings=CAPTURE_RASTER)
+    rgb8 = (r.rgb[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    return r.depth[0].float().numpy(), rgb8.numpy()
 
 
 def keypoint_views(points: np.ndarray, depth: np.ndarray, cameras: Cameras, radius: np.ndarray,
@@ -274,7 +258,7 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
     np.save(syn / "faces.npy", hand.faces.astype(np.int32))
     (syn / "meshes").mkdir(parents=True)
 
-    seqs = generate_sequences(hand.skeleton, config.frames, seed=config.seed * 7919 + n)
+    seqs = subject_sequences(hand.skeleton, config.frames, config.seed, n)
     names = [f"{i:04d}_RT_{s.name}" for i, s in enumerate(seqs)]
     euler = np.concatenate([s.euler for s in seqs])
     root_tf = np.concatenate([s.root for s in seqs])

@@ -3,10 +3,11 @@
 A sequence is a short take of one gesture (fist, point, pinch, spread, OK, free
 natural motion, range of motion): keyframes in degrees per joint, eased into
 each other (zero velocity at every key, so the hand "holds" the gesture), with
-a smooth low-amplitude wobble on every degree of freedom, clipped to
-anatomical limits. The wrist (root) moves rigidly: a base orientation that
-points the fingers up (world +z), a per-sequence turn about the vertical, and
-a slow smooth sway of rotation and translation.
+a smooth low-amplitude wobble on every degree of freedom, clipped to the
+natural range of :mod:`dhmlib.anatomy` (where the gestures, ranges and random
+poses live). The wrist (root) moves rigidly: a base orientation that points
+the fingers up (world +z), a per-sequence turn about the vertical, and a slow
+smooth sway of rotation and translation.
 
 Angles follow :mod:`dhmlib.kinematics`: radians, per joint ``(x, y, z)``,
 flexion about local z (positive bends toward the palm; for the thumb, across
@@ -20,91 +21,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..skeleton import FINGERS, Skeleton, short_name
-
-# --------------------------------------------------------------------------- limits (degrees)
-#: (lo, hi) per axis (x, y, z), degrees, by joint kind.
-LIMITS_DEG = {
-    "finger1": ((-8, 8), (-25, 25), (-20, 95)),
-    "finger2": ((0, 0), (0, 0), (-5, 110)),
-    "finger3": ((0, 0), (0, 0), (-8, 80)),
-    "thumb0": ((-15, 15), (-20, 20), (-15, 25)),
-    "thumb1": ((-20, 20), (-30, 30), (-25, 60)),
-    "thumb2": ((0, 0), (0, 0), (-15, 60)),
-    "thumb3": ((0, 0), (0, 0), (-20, 80)),
-}
+from ..anatomy import GESTURES, gesture_euler, natural_range, pose_degrees, random_plausible_pose
+from ..skeleton import FINGERS, Skeleton
 
 
-def _kind(name: str) -> str | None:
-    s = short_name(name)
-    if s.endswith("_null") or s == "wrist":
-        return None
-    if s.startswith("thumb"):
-        return s
-    return "finger" + s[-1]
-
-
-def joint_limits(skeleton: Skeleton) -> tuple[np.ndarray, np.ndarray]:
-    """Anatomical limits: ``lo, hi`` each (J, 3) radians; 0 on axes a joint does not have."""
-    J = skeleton.num_joints
-    lo, hi = np.zeros((J, 3)), np.zeros((J, 3))
-    mask = skeleton.dof_mask()
-    for j, n in enumerate(skeleton.names):
-        k = _kind(n)
-        if k is None:
-            continue
-        lim = np.deg2rad(np.array(LIMITS_DEG[k], dtype=float))  # (3, 2)
-        lo[j], hi[j] = lim[:, 0] * mask[j], lim[:, 1] * mask[j]
-    return lo, hi
-
-
-# --------------------------------------------------------------------------- keyframes (degrees)
-def _fingers(values: dict[str, tuple[float, float, float]], fingers=FINGERS[1:]) -> dict:
-    """``{"1": (x, y, z), "2": z, "3": z}`` applied to several fingers."""
-    out = {}
-    for f in fingers:
-        for s, v in values.items():
-            out[f + s] = v if isinstance(v, tuple) else (0.0, 0.0, v)
-    return out
-
-
-RELAXED = {**_fingers({"1": (0, 0, 12), "2": 18, "3": 10}), "thumb1": (0, 0, 8), "thumb2": (0, 0, 8)}
-OPEN = {**_fingers({"1": (0, 0, -4), "2": -5, "3": -4}), "thumb1": (0, 0, -10)}
-FIST = {**_fingers({"1": (0, 0, 85), "2": 100, "3": 62}), "pinky1": (0, 6, 90),
-        "thumb0": (0, 0, 12), "thumb1": (0, 8, 30), "thumb2": (0, 0, 35), "thumb3": (0, 0, 40)}
-POINT = {**FIST, **_fingers({"1": (0, 0, 2), "2": 3, "3": 2}, ("index",)),
-         "thumb1": (0, 5, 25), "thumb2": (0, 0, 30), "thumb3": (0, 0, 35)}
-PINCH = {**_fingers({"1": (0, 0, 22), "2": 30, "3": 15}, ("middle", "ring", "pinky")),
-         "ring1": (0, 4, 28), "pinky1": (0, 8, 34),
-         "index1": (0, 0, 42), "index2": (0, 0, 45), "index3": (0, 0, 22),
-         "thumb0": (0, 0, 16), "thumb1": (0, -8, 28), "thumb2": (0, 0, 22), "thumb3": (0, 0, 14)}
-SPREAD = {**_fingers({"1": (0, 0, -6), "2": -4, "3": -4}),
-          "index1": (0, -20, -6), "middle1": (0, -4, -6), "ring1": (0, 12, -6), "pinky1": (0, 24, -6),
-          "thumb0": (0, 0, -10), "thumb1": (0, -15, -20), "thumb2": (0, 0, -10)}
-OK_SIGN = {**_fingers({"1": (0, 0, 8), "2": 10, "3": 6}, ("middle", "ring", "pinky")),
-           "middle1": (0, -3, 8), "ring1": (0, 6, 12), "pinky1": (0, 12, 16),
-           "index1": (0, 0, 48), "index2": (0, 0, 58), "index3": (0, 0, 35),
-           "thumb0": (0, 0, 18), "thumb1": (0, -5, 35), "thumb2": (0, 0, 26), "thumb3": (0, 0, 22)}
-
-#: named gestures (degrees per short joint name); missing joints are 0 (the bind pose)
-KEYFRAMES = {"relaxed": RELAXED, "open": OPEN, "fist": FIST, "point": POINT, "pinch": PINCH,
-             "spread": SPREAD, "ok": OK_SIGN}
-
-
+# --------------------------------------------------------------------------- keys
 def keyframe_euler(pose: str | dict, skeleton: Skeleton) -> np.ndarray:
-    """A named gesture (see :data:`KEYFRAMES`) or a ``{short name: (x, y, z) degrees}`` dict → (J, 3) radians."""
-    spec = KEYFRAMES[pose] if isinstance(pose, str) else pose
-    e = np.zeros((skeleton.num_joints, 3))
-    for name, v in spec.items():
-        e[skeleton.index(name)] = np.deg2rad(np.asarray(v, dtype=float))
-    return e * skeleton.dof_mask()
+    """A gesture of :data:`dhmlib.anatomy.GESTURES` or a ``{short name: (x, y, z) degrees}`` dict → (J, 3) radians."""
+    if isinstance(pose, str):
+        return gesture_euler(pose, skeleton)
+    return np.deg2rad(pose_degrees(pose, skeleton, what="keyframe"))
 
 
 def _rom_keys(skeleton: Skeleton) -> list[np.ndarray]:
     """Range of motion: each finger alone to full flexion, spread, fist, open, a thumb circle."""
     keys = [keyframe_euler("open", skeleton)]
     for f in FINGERS[1:]:
-        spec = dict(OPEN)
+        spec = dict(GESTURES["open"])
         spec.update({f + "1": (0, 0, 88), f + "2": (0, 0, 105), f + "3": (0, 0, 70)})
         keys += [keyframe_euler(spec, skeleton), keyframe_euler("open", skeleton)]
     keys += [keyframe_euler("spread", skeleton), keyframe_euler("fist", skeleton)]
@@ -113,16 +46,6 @@ def _rom_keys(skeleton: Skeleton) -> list[np.ndarray]:
                                     "thumb2": (0, 0, 15 + 20 * np.sin(a))}, skeleton))
     keys.append(keyframe_euler("open", skeleton))
     return keys
-
-
-def _free_key(skeleton: Skeleton, lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random natural pose: each DoF in the inner part of its range, distal flexion coupled to proximal."""
-    u = rng.uniform(0.1, 0.75, size=lo.shape)
-    e = lo + u * (hi - lo)
-    for f in FINGERS[1:]:  # DIP follows PIP (~2/3), as in real fingers
-        e[skeleton.index(f + "3"), 2] = np.clip(0.65 * e[skeleton.index(f + "2"), 2] + rng.normal(0, 0.08),
-                                                lo[skeleton.index(f + "3"), 2], hi[skeleton.index(f + "3"), 2])
-    return e
 
 
 # --------------------------------------------------------------------------- time curves
@@ -205,7 +128,8 @@ class PoseSequence:
 
     Attributes:
         name: gesture name (``fist``, ``point``, ``pinch``, ``spread``, ``ok``, ``free``, ``ROM_fingers``).
-        euler: (T, J, 3) joint Euler angles, radians (DoF-masked, within :func:`joint_limits`).
+        euler: (T, J, 3) joint Euler angles, radians (DoF-masked, within
+            :func:`dhmlib.anatomy.natural_range`).
         root: (T, 4, 4) wrist placement, model frame → world, mm.
     """
 
@@ -239,26 +163,27 @@ def plan_sequences(num_frames: int) -> list[tuple[str, int]]:
 
 def make_sequence(kind: str, num_frames: int, skeleton: Skeleton, rng: np.random.Generator,
                   frames_per_key: float = 12.0, wobble_deg: float = 2.0) -> np.ndarray:
-    """Euler angles of one take: (T, J, 3) radians, within :func:`joint_limits`.
+    """Euler angles of one take: (T, J, 3) radians, within :func:`dhmlib.anatomy.natural_range`.
 
     Gesture takes go relaxed → gesture → relaxed → gesture … (each repetition of the gesture
     jittered by a few degrees, a key every ``frames_per_key`` frames); ``free`` strings random
     natural poses; ``ROM_*`` runs the range-of-motion script at the same pace (a short take plays
     only its beginning: 200 frames cover open, index, open, middle).
     """
-    lo, hi = joint_limits(skeleton)
+    lo, hi = natural_range(skeleton)
     mask = skeleton.dof_mask()
     jitter = lambda: rng.normal(0.0, np.deg2rad(4.0), size=lo.shape) * mask  # noqa: E731
     n_keys = max(2, int(round(num_frames / frames_per_key)) + 1)
     if kind.startswith("ROM"):  # the script at the same pace; a short take plays its beginning only
         keys = _rom_keys(skeleton)[:n_keys]
     elif kind == "free":
-        keys = [keyframe_euler("relaxed", skeleton)] + [_free_key(skeleton, lo, hi, rng) for _ in range(n_keys - 1)]
-    elif kind in KEYFRAMES:
+        keys = [keyframe_euler("relaxed", skeleton)] + [random_plausible_pose(skeleton, rng) for _ in range(n_keys - 1)]
+    elif kind in GESTURES:
         rest, target = keyframe_euler("relaxed", skeleton), keyframe_euler(kind, skeleton)
         keys = [rest + (target - rest) * (k % 2) + jitter() * (k > 0) for k in range(n_keys)]
     else:
-        raise ValueError(f"unknown sequence kind {kind!r}; expected one of {SEQUENCE_KINDS} or a ROM_* name")
+        raise ValueError(f"unknown sequence kind {kind!r}; expected 'free', a ROM_* name or a gesture "
+                         f"({', '.join(GESTURES)})")
     e = ease_keys(np.stack(keys), num_frames)
     e = e + smooth_noise(num_frames, lo.shape, np.deg2rad(wobble_deg), rng) * mask
     return np.clip(e, lo, hi)
@@ -273,3 +198,8 @@ def generate_sequences(skeleton: Skeleton, num_frames: int, seed: int) -> list[P
         yaw = rng.uniform(-np.pi, np.pi)
         out.append(PoseSequence(kind, euler, wrist_motion(T, rng, yaw=yaw)))
     return out
+
+
+def subject_sequences(skeleton: Skeleton, num_frames: int, seed: int, subject: int) -> list[PoseSequence]:
+    """The takes of ``subject_<subject>`` (1-based) in the capture of master ``seed`` (what ``dhm synth`` writes)."""
+    return generate_sequences(skeleton, num_frames, seed=int(seed) * 7919 + int(subject))

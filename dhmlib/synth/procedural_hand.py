@@ -33,7 +33,7 @@ from skimage.measure import marching_cubes
 
 from ..handmodel import HandModel
 from ..meshcheck import signed_volume
-from ..skeleton import FINGERS, OFFICIAL_JOINT_NAMES, Skeleton, short_name
+from ..skeleton import FINGERS, Skeleton, finger_chain, official_skeleton, short_name
 from .identity import HandIdentity
 from .meshops import averaging_operator, largest_component, taubin_smooth, unique_edges, vertex_normals
 from .sdf import Ellipsoid, Part, RoundBox, RoundCone, evaluate_grid, scene_bounds
@@ -84,24 +84,6 @@ class HandLayout:
         return self.global_pose[:, :3, 3]
 
 
-def _chain(finger: str) -> list[str]:
-    if finger == "thumb":
-        return ["thumb0", "thumb1", "thumb2", "thumb3", "thumb_null"]
-    return [finger + "1", finger + "2", finger + "3", finger + "_null"]
-
-
-def official_skeleton() -> Skeleton:
-    """The official 22-joint right-hand tree (names and order of :data:`OFFICIAL_JOINT_NAMES`)."""
-    idx = {short_name(n): i for i, n in enumerate(OFFICIAL_JOINT_NAMES)}
-    parents = [-1] * len(OFFICIAL_JOINT_NAMES)
-    for f in FINGERS:
-        chain = _chain(f)
-        parents[idx[chain[0]]] = idx["wrist"]
-        for a, b in zip(chain[:-1], chain[1:]):
-            parents[idx[b]] = idx[a]
-    return Skeleton(OFFICIAL_JOINT_NAMES, tuple(parents))
-
-
 def _frame(x: np.ndarray, y_hint: np.ndarray) -> np.ndarray:
     """(3, 3) rotation with columns x (given direction), y (hint made orthogonal), z = x × y."""
     x = x / np.linalg.norm(x)
@@ -129,7 +111,7 @@ def hand_layout(identity: HandIdentity | None = None) -> HandLayout:
 
     for fi, f in enumerate(FINGERS[1:], start=1):
         base, fan, lengths, rad = FINGER_LAYOUT[f]
-        chain = _chain(f)
+        chain = finger_chain(f)
         p = np.asarray(base) * scale
         flex = 0.0
         for k, name in enumerate(chain):
@@ -144,7 +126,7 @@ def hand_layout(identity: HandIdentity | None = None) -> HandLayout:
                 rot[j] = rot[idx[chain[k - 1]]]
 
     t = THUMB_LAYOUT
-    chain = _chain("thumb")
+    chain = finger_chain("thumb")
     hint = np.asarray(THUMB_Y_HINT)
     pos[idx["thumb0"]] = np.asarray(t["thumb0"]) * scale
     p = np.asarray(t["thumb1"]) * scale
@@ -220,7 +202,7 @@ def hand_parts(layout: HandLayout, identity: HandIdentity | None = None) -> tupl
     drivers.append([idx["thumb0"]])
     # fingers and thumb: one round cone per bone, driven by its proximal joint
     for f in FINGERS:
-        chain = [idx[n] for n in _chain(f)]
+        chain = [idx[n] for n in finger_chain(f)]
         cones, drv = [], []
         for a, b in zip(chain[:-1], chain[1:]):
             end = P[b]

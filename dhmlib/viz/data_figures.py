@@ -72,18 +72,22 @@ def plot_depth(depth, ax=None, title: str = "", colorbar: bool = True):
     return ax.figure
 
 
-def plot_sample(sample: dict, camera_names=None):
-    """The input crop and the K depth crops of one dataset item."""
+def plot_sample(sample):
+    """The input crop and the K depth crops of one dataset item (a :class:`~dhmlib.data.sample.HandSample`);
+    the depth crops alone when the dataset has no images."""
     import matplotlib.pyplot as plt
 
-    K = sample["depth"].shape[0]
-    fig, axes = plt.subplots(1, K + 1, figsize=(2.4 * (K + 1), 2.8))
-    axes[0].imshow(sample["image"].permute(1, 2, 0).numpy())
-    axes[0].set_title(f"input crop, frame {int(sample['frame'])}", fontsize=8)
-    axes[0].axis("off")
+    K = sample.num_views
+    first = 1 if sample.has_image else 0
+    fig, axes = plt.subplots(1, K + first, figsize=(2.4 * (K + first), 2.8), squeeze=False)
+    axes = axes[0]
+    if sample.has_image:
+        axes[0].imshow(sample.image.permute(1, 2, 0).cpu().numpy())
+        axes[0].set_title(f"input crop cam{sample.camera}, frame {sample.frame}", fontsize=8)
+        axes[0].axis("off")
     for k in range(K):
-        name = camera_names[int(sample["view_index"][k])] if camera_names is not None else k
-        plot_depth(sample["depth"][k].numpy(), axes[k + 1], title=f"view {name}", colorbar=(k == K - 1))
+        title = f"view {sample.view_names[k]}" + ("" if first else f", frame {sample.frame}")
+        plot_depth(sample.depth[k].cpu().numpy(), axes[k + first], title=title, colorbar=(k == K - 1))
     fig.tight_layout()
     return fig
 

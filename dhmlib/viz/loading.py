@@ -35,13 +35,13 @@ class PosingModel:
 
 
 def default_output_dir() -> Path:
-    """``$DHM_OUTPUT/vis`` or ``./output/vis`` (where the widget exports meshes and pictures)."""
+    """``$DHM_OUTPUT/vis``, or the project's ``output/vis`` (where the widget exports meshes and pictures)."""
     return output_dir("vis")
 
 
 def latest_snapshot(folder=None) -> Path | None:
     """The ``snapshot_<epoch>.pth.tar`` with the highest epoch in ``folder``
-    (default ``$DHM_OUTPUT/model_dump`` or ``output/model_dump``), or None."""
+    (default ``$DHM_OUTPUT/model_dump``, or the project's ``output/model_dump``), or None."""
     folder = Path(folder) if folder is not None else output_dir("model_dump")
     found = []
     for p in folder.glob("snapshot_*.pth.tar"):
@@ -86,7 +86,7 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
         vertices: target vertex count of a procedural hand built here.
         backbone: ResNet depth of the untrained model (a snapshot brings its own).
     """
-    from ..model import DeepHandMesh
+    from ..model import DeepHandMesh, ModelConfig
     from ..snapshot import SnapshotError, model_from_snapshot
 
     built = False
@@ -113,4 +113,4 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
     elif str(snapshot) != "":
         path = Path(snapshot)
         return PosingModel(model_from_snapshot(path, hand).eval(), folder, path, built)
-    return PosingModel(DeepHandMesh(hand, backbone=backbone).eval(), folder, None, built)
+    return PosingModel(DeepHandMesh(hand, ModelConfig(backbone=backbone)).eval(), folder, None, built)

@@ -34,13 +34,15 @@ except ImportError as e:  # pragma: no cover - exercised only without the lab ex
                       "pip install -e '.[lab]'") from e
 
 from .. import meshio
+from ..anatomy import AXES, AXIS_LABELS, GESTURES, clamp_to_limits, gesture_degrees, joint_limits_deg
 from ..skeleton import FINGERS, Skeleton
 from .geometry import SKIN_RGB, NormalSolver, error_colors, look_at_quaternion
 from .loading import default_output_dir
-from .limits import AXES, AXIS_LABELS, clamp_to_limits, joint_limits_deg
-from .presets import PRESET_LABELS, PRESETS, preset_degrees
 
 log = logging.getLogger(__name__)
+
+#: Button labels of the preset gestures (:data:`dhmlib.anatomy.GESTURES`) where not the name itself.
+PRESET_LABELS = {"ok": "OK", "thumbs_up": "thumbs-up"}
 
 PoseFn = Callable[..., tuple]
 _EXPORT_COUNTER = itertools.count()
@@ -211,13 +213,14 @@ class PosingWidget:
     Args:
         pose_fn: ``pose_fn(euler (J, 3) radians, *, pose_corrective, id_corrective)`` →
             ``(vertices (V, 3) mm, faces (F, 3)[, joints (J, 3) mm])``.
-        skeleton: the joint tree (slider names, DoF and limits come from it).
+        skeleton: the joint tree (slider names and DoF come from it; slider ranges are the
+            range of motion, :func:`dhmlib.anatomy.joint_limits_deg`).
         faces: (F, 3) used when ``pose_fn`` returns ``faces=None``.
         ground_truth: (V, 3) mm, or a callable ``euler (J, 3) radians → (V, 3) mm``; enables the
             per-vertex error colour map.
         correctives: whether ``pose_fn`` honours the corrective flags (False greys out the toggles).
         initial_correctives: initial ``(pose, identity)`` toggle values.
-        preset: initial preset name (:data:`dhmlib.viz.presets.PRESETS`).
+        preset: initial preset: a gesture name of :data:`dhmlib.anatomy.GESTURES`.
         compare: add a second view, driven by the same sliders, with both correctives off.
         width, height: canvas size in pixels.
         output_dir: where :meth:`export` writes (default ``output/vis``).
@@ -245,7 +248,7 @@ class PosingWidget:
         J = skeleton.num_joints
         self.dof_mask = skeleton.dof_mask()
         self.limits_deg = joint_limits_deg(skeleton)                      # (J, 3, 2)
-        self._deg = clamp_to_limits(preset_degrees(preset, skeleton), skeleton) if preset else np.zeros((J, 3))
+        self._deg = clamp_to_limits(gesture_degrees(preset, skeleton), skeleton) if preset else np.zeros((J, 3))
         self.preset = preset
 
         # --- controls ---------------------------------------------------------------
@@ -271,7 +274,7 @@ class PosingWidget:
             self.finger_tabs.selected_index = order.index(finger)
 
         self.preset_buttons = {}
-        for key in PRESETS:
+        for key in GESTURES:
             b = W.Button(description=PRESET_LABELS.get(key, key), layout=W.Layout(width="auto"),
                          tooltip=f"preset pose '{key}'")
             b.add_class(f"dhm-preset-{key}")
@@ -353,10 +356,10 @@ class PosingWidget:
     def from_model(cls, model, **kwargs) -> "PosingWidget":
         """A widget around ``DeepHandMesh.decode`` (with corrective toggles) or a ``HandLayer``.
 
-        For a ``DeepHandMesh`` the pose toggle sets ``use_pose_corrective`` and the identity
-        toggle sets ``use_id_corrective`` and ``use_skeleton_corrective`` for the duration of
-        each ``decode`` call (the model's switches are restored afterwards); the toggles
-        start from the model's switches.  ``threads`` (default 1) is the number of torch CPU
+        For a ``DeepHandMesh`` the pose toggle chooses the ``"pose"`` corrective and the identity
+        toggle the ``"identity"`` and ``"skeleton"`` correctives of each ``decode`` call
+        (``decode(..., correctives=...)``; the model is not modified); the toggles start from
+        the model's config.  ``threads`` (default 1) is the number of torch CPU
         threads used per decode (see :func:`model_pose_fn`).  Other keyword arguments go to the
         constructor.
         """
@@ -396,8 +399,8 @@ class PosingWidget:
         self._set_degrees(deg)
 
     def apply_preset(self, name: str) -> None:
-        """Move the sliders to preset ``name`` and update once."""
-        deg = clamp_to_limits(preset_degrees(name, self.skeleton), self.skeleton)
+        """Move the sliders to gesture ``name`` (:data:`dhmlib.anatomy.GESTURES`) and update once."""
+        deg = clamp_to_limits(gesture_degrees(name, self.skeleton), self.skeleton)
         self.preset = name
         self._set_degrees(deg)
 
@@ -568,17 +571,12 @@ def model_pose_fn(model, threads: int | None = 1):
             if layer is model:
                 out = layer(e)
             else:
-                saved = (model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective)
-                try:
-                    model.use_pose_corrective = pose_corrective
-                    model.use_id_corrective = id_corrective
-                    model.use_skeleton_corrective = id_corrective
-                    out = model.decode(e)
-                finally:
-                    model.use_pose_corrective, model.use_id_corrective, model.use_skeleton_corrective = saved
+                chosen = (("pose",) if pose_corrective else ()) + (("identity", "skeleton") if id_corrective else ())
+                out = model.decode(e, correctives=chosen)
         return out.vertices[0].cpu().numpy(), faces, out.joints[0].cpu().numpy()
 
     if layer is model:
         return pose_fn, layer.skeleton, False, (False, False)
-    initial = (bool(model.use_pose_corrective), bool(model.use_id_corrective or model.use_skeleton_corrective))
+    on = model.config.correctives
+    initial = ("pose" in on, bool(on & {"identity", "skeleton"}))
     return pose_fn, layer.skeleton, True, initial
