@@ -16,11 +16,12 @@ D = torch.float64
 
 # ------------------------------------------------------------------ reference
 def reference_terms(skeleton, segmentation, posed_joints, posed_vertices, rest_joints, rest_vertices,
-                    K=10, non_rigid=("thumb1", "wrist")):
+                    K=10, non_rigid=("thumb1", "wrist"), stats=None):
     """The original's PenetLoss written out with Python loops over samples, pairs, spheres and vertices.
 
     posed (B, J, 3), (B, V, 3); rest (J, 3) or (B, J, 3), (V, 3) or (B, V, 3).  Returns (rigid, nonrigid),
-    each a list of B scalars (differentiable w.r.t. the posed inputs).
+    each a list of B scalars (differentiable w.r.t. the posed inputs).  ``stats`` (a dict) counts the
+    non-rigid cases whose first penetrating sphere is not the first one and those whose mean is positive.
     """
     B = posed_joints.shape[0]
     names = skeleton.short_names
@@ -51,10 +52,14 @@ def reference_terms(skeleton, segmentation, posed_joints, posed_vertices, rest_j
         rj = rest_joints if rest_joints.dim() == 2 else rest_joints[s]
         rv = rest_vertices if rest_vertices.dim() == 2 else rest_vertices[s]
         rv_list = [rv[v].detach() for v in range(rv.shape[0])]
+        radii = {}
+        for a, b in parts:
+            for k in range(K):
+                c = point(rj.detach(), a, b, k)
+                radii[a, b, k] = min(float(dist(c, v)) for v in rv_list)
 
         def radius(a, b, k):
-            c = point(rj.detach(), a, b, k)
-            return min(float(dist(c, v)) for v in rv_list)
+            return radii[a, b, k]
 
         J = posed_joints[s]
         rigid, cnt = 0.0, 0
@@ -70,7 +75,7 @@ def reference_terms(skeleton, segmentation, posed_joints, posed_vertices, rest_j
                         acc = acc + torch.clamp(thr - dist(point(J, s1, e1, k1), point(J, s2, e2, k2)), min=0)
                 rigid = rigid + acc / (K * K)
                 cnt += 1
-        rigid_out.append(rigid / cnt)
+        rigid_out.append(torch.as_tensor(rigid / cnt, dtype=posed_joints.dtype))
 
         nonrigid, cnt = 0.0, 0
         for g in [skeleton.index(n) for n in non_rigid]:
@@ -85,9 +90,13 @@ def reference_terms(skeleton, segmentation, posed_joints, posed_vertices, rest_j
                 hit = [k for k in range(K) if float(d[k]) < r[k]]
                 if hit:
                     k0 = hit[0]
-                    nonrigid = nonrigid + abs(sum(d[k] - r[k] for k in range(k0, K)) / (K - k0))
+                    mean = sum(d[k] - r[k] for k in range(k0, K)) / (K - k0)
+                    nonrigid = nonrigid + abs(mean)
+                    if stats is not None:
+                        stats["late_start"] += k0 > 0
+                        stats["positive_mean"] += float(mean) > 0
                 cnt += 1
-        nonrigid_out.append(nonrigid / cnt)
+        nonrigid_out.append(torch.as_tensor(nonrigid / cnt, dtype=posed_joints.dtype))
     return rigid_out, nonrigid_out
 
 
@@ -213,7 +222,7 @@ def test_fingertip_in_palm_pushes_the_skin(toy):
     J[_idx(hand, "index3")], J[_idx(hand, "index_null")] = a, b
     V = rv[None].clone().requires_grad_(True)
     t = loss(J[None], V, rj, rv)
-    assert float(t.nonrigid) > 0
+    assert float(t.nonrigid.detach()) > 0
     t.nonrigid.backward()
     g = V.grad[0].abs().sum(1)
     nr = torch.isin(seg, torch.tensor(loss.non_rigid_joints))
@@ -232,6 +241,19 @@ def _random_case(hand, rj, rv, B, seed, per_sample_rest):
     cj, cv = rj.mean(0), rv.mean(0)
     J = cj + (rj - cj) * scale + 3 * torch.randn(B, *rj.shape, generator=gen, dtype=D)
     V = cv + (rv - cv) * scale + 3 * torch.randn(B, *rv.shape, generator=gen, dtype=D)
+    # each non-thumb distal bone gets one end in the non-rigid skin (the parent end or the tip, so that the
+    # first penetrating sphere varies) and the other end 25 mm away in a random direction
+    seg = torch.as_tensor(hand.segmentation)
+    skin = torch.isin(seg, torch.tensor([hand.skeleton.index("thumb1"), hand.skeleton.root])).nonzero().flatten()
+    for b in range(B):
+        for f in ("index", "middle", "ring", "pinky"):
+            ends = [hand.skeleton.index(f + "3"), hand.skeleton.index(f + "_null")]
+            if torch.rand((), generator=gen) < 0.5:
+                ends.reverse()
+            v = skin[torch.randint(len(skin), (), generator=gen)]
+            u = torch.randn(3, generator=gen, dtype=D)
+            J[b, ends[0]] = V[b, v] + torch.randn(3, generator=gen, dtype=D)
+            J[b, ends[1]] = J[b, ends[0]] + 25 * u / u.norm()
     if per_sample_rest:
         RJ = rj + torch.randn(B, *rj.shape, generator=gen, dtype=D)
         RV = rv + torch.randn(B, *rv.shape, generator=gen, dtype=D)
@@ -250,7 +272,9 @@ def test_equals_loop_reference_values_and_gradients(per_sample_rest):
     V.requires_grad_(True)
     loss = PenetrationLoss.from_hand(hand)
     t = loss(J, V, RJ, RV, reduction="none")
-    ref_r, ref_n = reference_terms(hand.skeleton, hand.segmentation, J, V, RJ, RV)
+    stats = {"late_start": 0, "positive_mean": 0}
+    ref_r, ref_n = reference_terms(hand.skeleton, hand.segmentation, J, V, RJ, RV, stats=stats)
+    assert stats["late_start"] > 0 and stats["positive_mean"] > 0     # both branches of the original are exercised
     ref_r, ref_n = torch.stack(ref_r), torch.stack(ref_n)
     assert torch.all(ref_r > 0) and torch.all(ref_n > 0)
     torch.testing.assert_close(t.rigid, ref_r, rtol=0, atol=1e-10)
