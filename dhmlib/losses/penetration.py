@@ -106,8 +106,8 @@ class PenetrationLoss(nn.Module):
         num_steps: spheres per bone (K; 10 in the original).
 
     Buffers (long): ``bone_start``, ``bone_end`` (NB,), ``pair_a``, ``pair_b`` (P,) bone indices of
-    the rigid pairs, ``distal`` (F,) bone indices of the non-rigid fingertips, ``skin_index``
-    (Vn,) vertices dominated by a non-rigid joint and ``skin_group`` (G, Vn) bool membership.
+    the rigid pairs, ``distal`` (F,) bone indices of the non-rigid fingertips and ``skin_index``
+    (Vn,) the vertices dominated by a non-rigid joint, grouped by joint (``skin_bounds``: G + 1 offsets).
     """
 
     def __init__(self, skeleton: Skeleton, segmentation, non_rigid_joints: Sequence[str] = NON_RIGID_JOINTS,
@@ -140,6 +140,12 @@ class PenetrationLoss(nn.Module):
         self.register_buffer("bone_end", end, persistent=False)
         self.register_buffer("pair_a", ia[~share].clone(), persistent=False)
         self.register_buffer("pair_b", ib[~share].clone(), persistent=False)
+        # the K × K grid of squared distances of a pair is a quadratic in the steps (t_k, t_l):
+        # |C + t_k A − t_l B|² = [|C|², 2C·A, −2C·B, |A|², |B|², −2A·B] · [1, t_k, t_l, t_k², t_l², t_k t_l]
+        t = torch.arange(self.num_steps, dtype=torch.float64) / self.num_steps
+        tk, tl = t[:, None].expand(-1, self.num_steps), t[None, :].expand(self.num_steps, -1)
+        basis = torch.stack([torch.ones_like(tk), tk, tl, tk * tk, tl * tl, tk * tl]).reshape(6, -1)
+        self.register_buffer("_grid_basis", basis, persistent=False)           # (6, K·K), cast at use
 
         names = skeleton.short_names
         distal = [bones.index((p[-2], p[-1])) for p in paths if len(p) >= 2
@@ -148,9 +154,11 @@ class PenetrationLoss(nn.Module):
         self.non_rigid_joints = [skeleton.index(n) for n in non_rigid_joints]
         in_group = np.stack([seg == g for g in self.non_rigid_joints]) if self.non_rigid_joints \
             else np.zeros((0, seg.size), bool)
-        keep = np.flatnonzero(in_group.any(0))
+        # skin vertices sorted by non-rigid joint: group g is skin_index[bounds[g]:bounds[g + 1]]
+        groups = [np.flatnonzero(row) for row in in_group]
+        keep = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+        self.skin_bounds = [0] + np.cumsum([len(g) for g in groups]).tolist()
         self.register_buffer("skin_index", torch.as_tensor(keep, dtype=torch.long), persistent=False)
-        self.register_buffer("skin_group", torch.as_tensor(in_group[:, keep]), persistent=False)
         self._radii: torch.Tensor | None = None
 
     @classmethod
@@ -184,6 +192,34 @@ class PenetrationLoss(nn.Module):
         d = torch.cdist(c, v, compute_mode="donot_use_mm_for_euclid_dist")  # exact, no (n, S, V, 3) tensor
         return d.amin(-1).view(n, self.num_bones, self.num_steps)
 
+    def _tips(self, joints: torch.Tensor) -> torch.Tensor:
+        """(B, J, 3) → (B, F, K, 3) sphere centres of the non-rigid term's distal bones."""
+        steps = torch.arange(self.num_steps, dtype=joints.dtype, device=joints.device) / self.num_steps
+        a = joints[:, self.bone_start[self.distal]].unsqueeze(-2)
+        b = joints[:, self.bone_end[self.distal]].unsqueeze(-2)
+        return a + steps[:, None] * (b - a)
+
+    @torch.no_grad()
+    def _nearest_skin(self, tips: torch.Tensor, vertices: torch.Tensor):
+        """Index (into V) of the nearest skin vertex of each non-rigid joint per sphere, (B, G, F, K), and
+        whether that joint has any skin (G, 1, 1) bool.  Without gradient: the distance is recomputed
+        from the chosen vertex, which is where ``min`` would send the gradient."""
+        B, F, K, _ = tips.shape
+        skin = vertices[:, self.skin_index]                                 # (B, Vn, 3)
+        q = tips.reshape(B, F * K, 3)
+        out, found = [], []
+        for g in range(len(self.skin_bounds) - 1):                          # ≤ 2 non-rigid joints
+            lo, hi = self.skin_bounds[g], self.skin_bounds[g + 1]
+            if hi == lo:
+                out.append(torch.zeros(B, F * K, dtype=torch.long, device=tips.device))
+                found.append(False)
+                continue
+            d2 = ((q.unsqueeze(-2) - skin[:, None, lo:hi]) ** 2).sum(-1)   # (B, F·K, Vg)
+            out.append(self.skin_index[lo + d2.argmin(-1)])
+            found.append(True)
+        idx = torch.stack(out, 1).view(B, -1, F, K)
+        return idx, torch.tensor(found, device=tips.device).view(-1, 1, 1)
+
     def set_rest(self, rest_joints: torch.Tensor, rest_vertices: torch.Tensor) -> "PenetrationLoss":
         """Cache the radii of a fixed rest pose (used when ``forward`` gets no rest inputs)."""
         self._radii = self.radii(rest_joints, rest_vertices)
@@ -215,25 +251,31 @@ class PenetrationLoss(nn.Module):
             raise ValueError("PenetrationLoss: no rest pose; pass rest_joints and rest_vertices or call set_rest()")
         r = r.to(device=posed_joints.device, dtype=posed_joints.dtype)       # (B|1, NB, K)
 
-        x = self.centres(posed_joints)                                      # (B, NB, K, 3)
-        # rigid: every kept pair of bones, the K × K grid of sphere pairs
-        xa, xb = x[:, self.pair_a], x[:, self.pair_b]                       # (B, P, K, 3)
-        d = _safe_norm_sq(((xa.unsqueeze(-2) - xb.unsqueeze(-3)) ** 2).sum(-1))   # (B, P, K, K)
+        # rigid: every kept pair of bones, the K × K grid of sphere pairs, as one matmul
+        pj = posed_joints
+        a0, b0 = pj[:, self.bone_start[self.pair_a]], pj[:, self.bone_start[self.pair_b]]      # (B, P, 3)
+        da = pj[:, self.bone_end[self.pair_a]] - a0
+        db = pj[:, self.bone_end[self.pair_b]] - b0
+        c = a0 - b0
+        coef = torch.stack([(c * c).sum(-1), 2 * (c * da).sum(-1), -2 * (c * db).sum(-1),
+                            (da * da).sum(-1), (db * db).sum(-1), -2 * (da * db).sum(-1)], -1)  # (B, P, 6)
+        K = self.num_steps
+        d = _safe_norm_sq(coef @ self._grid_basis.to(coef.dtype)).view(*coef.shape[:2], K, K)  # (B, P, K, K)
         thr = r[:, self.pair_a].unsqueeze(-1) + r[:, self.pair_b].unsqueeze(-2)
         rigid = torch.relu(thr - d).mean((-2, -1)).mean(-1)                 # (B,)
 
         # non-rigid: fingertip spheres against the skin of each non-rigid joint
-        G, F = self.skin_group.shape[0], self.distal.numel()
+        G, F = len(self.skin_bounds) - 1, self.distal.numel()
+        B = pj.shape[0]
         if G == 0 or F == 0:
-            nonrigid = posed_joints.new_zeros(posed_joints.shape[0])
+            nonrigid = pj.new_zeros(B)
         else:
-            tips = x[:, self.distal]                                        # (B, F, K, 3)
-            skin = posed_vertices[:, self.skin_index]                       # (B, Vn, 3)
-            d2 = ((tips.unsqueeze(-2) - skin[:, None, None]) ** 2).sum(-1)  # (B, F, K, Vn)
-            inf = torch.full((), float("inf"), dtype=d2.dtype, device=d2.device)
-            mask = self.skin_group[:, None, None, :]                        # (G, 1, 1, Vn)
-            dmin = torch.where(mask, d2.unsqueeze(1), inf).min(-1).values   # (B, G, F, K)
-            dist = _safe_norm_sq(dmin)
+            tips = self._tips(pj)                                           # (B, F, K, 3)
+            nearest, found = self._nearest_skin(tips.detach(), posed_vertices.detach())    # (B, G, F, K)
+            skin = posed_vertices.gather(1, nearest.reshape(B, -1, 1).expand(-1, -1, 3)).view(B, G, F, K, 3)
+            dist = _safe_norm_sq(((tips.unsqueeze(1) - skin) ** 2).sum(-1))               # (B, G, F, K)
+            inf = torch.full((), float("inf"), dtype=dist.dtype, device=dist.device)
+            dist = torch.where(found, dist, inf)
             rad = r[:, self.distal].unsqueeze(1)                            # (B|1, 1, F, K)
             active = torch.cumsum((dist < rad).to(torch.int32), -1) > 0    # k >= first penetrating sphere
             count = active.sum(-1)
