@@ -80,6 +80,16 @@ def _safe_norm_sq(d2: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(d2.clamp_min(torch.finfo(d2.dtype).tiny))
 
 
+@torch.no_grad()
+def _nearest(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest of ``v`` (B, M, 3) for each of ``q`` (B, N, 3) → (B, N).
+
+    One batched matmul: argmin of ``|v|² − 2 q·v`` (``|q|²`` is constant per row).  Only the choice
+    comes from here; callers recompute the distance to the chosen point exactly.
+    """
+    return torch.baddbmm((v * v).sum(-1).unsqueeze(1), q, v.transpose(1, 2), alpha=-2).argmin(-1)
+
+
 def root_to_leaf_paths(skeleton: Skeleton) -> list[list[int]]:
     """Joint indices of every root → leaf path, in depth-first order of the children."""
     children = [skeleton.children(j) for j in range(skeleton.num_joints)]
@@ -140,12 +150,16 @@ class PenetrationLoss(nn.Module):
         self.register_buffer("bone_end", end, persistent=False)
         self.register_buffer("pair_a", ia[~share].clone(), persistent=False)
         self.register_buffer("pair_b", ib[~share].clone(), persistent=False)
-        # the K × K grid of squared distances of a pair is a quadratic in the steps (t_k, t_l):
-        # |C + t_k A − t_l B|² = [|C|², 2C·A, −2C·B, |A|², |B|², −2A·B] · [1, t_k, t_l, t_k², t_l², t_k t_l]
+        # the K × K grid of squared distances of a pair is a quadratic form in w = (1, t_k, −t_l):
+        # |C + t_k A − t_l B|² = Σ_ij w_i w_j Gram_ij with C = a0 − b0, A = a1 − a0, B = b1 − b0
+        self.register_buffer("_pair_joints", torch.stack([start[self.pair_a], end[self.pair_a],
+                                                          start[self.pair_b], end[self.pair_b]], -1),
+                             persistent=False)                                  # (P, 4): a0, a1, b0, b1
         t = torch.arange(self.num_steps, dtype=torch.float64) / self.num_steps
-        tk, tl = t[:, None].expand(-1, self.num_steps), t[None, :].expand(self.num_steps, -1)
-        basis = torch.stack([torch.ones_like(tk), tk, tl, tk * tk, tl * tl, tk * tl]).reshape(6, -1)
-        self.register_buffer("_grid_basis", basis, persistent=False)           # (6, K·K), cast at use
+        w = torch.stack([torch.ones(self.num_steps, self.num_steps, dtype=torch.float64),
+                         t[:, None].expand(-1, self.num_steps), -t[None, :].expand(self.num_steps, -1)])
+        self.register_buffer("_grid_basis", (w[:, None] * w[None, :]).reshape(9, -1),
+                             persistent=False)                                  # (9, K·K), cast at use
 
         names = skeleton.short_names
         distal = [bones.index((p[-2], p[-1])) for p in paths if len(p) >= 2
@@ -189,8 +203,8 @@ class PenetrationLoss(nn.Module):
         n = max(c.shape[0], rest_vertices.shape[0])
         c = c.expand(n, *c.shape[1:]).reshape(n, -1, 3)
         v = rest_vertices.expand(n, *rest_vertices.shape[1:])
-        d = torch.cdist(c, v, compute_mode="donot_use_mm_for_euclid_dist")  # exact, no (n, S, V, 3) tensor
-        return d.amin(-1).view(n, self.num_bones, self.num_steps)
+        near = v.gather(1, _nearest(c, v).unsqueeze(-1).expand(-1, -1, 3))  # (n, NB·K, 3)
+        return ((c - near) ** 2).sum(-1).sqrt().view(n, self.num_bones, self.num_steps)
 
     def _tips(self, joints: torch.Tensor) -> torch.Tensor:
         """(B, J, 3) → (B, F, K, 3) sphere centres of the non-rigid term's distal bones."""
@@ -207,16 +221,17 @@ class PenetrationLoss(nn.Module):
         B, F, K, _ = tips.shape
         skin = vertices[:, self.skin_index]                                 # (B, Vn, 3)
         q = tips.reshape(B, F * K, 3)
+        # argmin of |v|² − 2 q·v (|q|² is constant per row); only the choice is used
+        score = torch.baddbmm((skin * skin).sum(-1).unsqueeze(1), q, skin.transpose(1, 2), alpha=-2)
         out, found = [], []
         for g in range(len(self.skin_bounds) - 1):                          # ≤ 2 non-rigid joints
             lo, hi = self.skin_bounds[g], self.skin_bounds[g + 1]
             if hi == lo:
                 out.append(torch.zeros(B, F * K, dtype=torch.long, device=tips.device))
                 found.append(False)
-                continue
-            d2 = ((q.unsqueeze(-2) - skin[:, None, lo:hi]) ** 2).sum(-1)   # (B, F·K, Vg)
-            out.append(self.skin_index[lo + d2.argmin(-1)])
-            found.append(True)
+            else:
+                out.append(self.skin_index[lo + score[..., lo:hi].argmin(-1)])
+                found.append(True)
         idx = torch.stack(out, 1).view(B, -1, F, K)
         return idx, torch.tensor(found, device=tips.device).view(-1, 1, 1)
 
@@ -253,20 +268,16 @@ class PenetrationLoss(nn.Module):
 
         # rigid: every kept pair of bones, the K × K grid of sphere pairs, as one matmul
         pj = posed_joints
-        a0, b0 = pj[:, self.bone_start[self.pair_a]], pj[:, self.bone_start[self.pair_b]]      # (B, P, 3)
-        da = pj[:, self.bone_end[self.pair_a]] - a0
-        db = pj[:, self.bone_end[self.pair_b]] - b0
-        c = a0 - b0
-        coef = torch.stack([(c * c).sum(-1), 2 * (c * da).sum(-1), -2 * (c * db).sum(-1),
-                            (da * da).sum(-1), (db * db).sum(-1), -2 * (da * db).sum(-1)], -1)  # (B, P, 6)
-        K = self.num_steps
-        d = _safe_norm_sq(coef @ self._grid_basis.to(coef.dtype)).view(*coef.shape[:2], K, K)  # (B, P, K, K)
+        B, P, K = pj.shape[0], self.pair_a.numel(), self.num_steps
+        ends = pj[:, self._pair_joints]                                     # (B, P, 4, 3): a0, a1, b0, b1
+        E = ends[:, :, [0, 1, 3]] - ends[:, :, [2, 0, 2]]                   # (B, P, 3, 3): C, A, B
+        gram = (E.unsqueeze(-2) * E.unsqueeze(-3)).sum(-1).reshape(B, P, 9)
+        d = _safe_norm_sq(gram @ self._grid_basis.to(pj.dtype)).view(B, P, K, K)
         thr = r[:, self.pair_a].unsqueeze(-1) + r[:, self.pair_b].unsqueeze(-2)
         rigid = torch.relu(thr - d).mean((-2, -1)).mean(-1)                 # (B,)
 
         # non-rigid: fingertip spheres against the skin of each non-rigid joint
         G, F = len(self.skin_bounds) - 1, self.distal.numel()
-        B = pj.shape[0]
         if G == 0 or F == 0:
             nonrigid = pj.new_zeros(B)
         else:
