@@ -41,11 +41,24 @@ Deliberate differences (none changes a value on the hand skeleton beyond float r
   empty ``min``); it still counts in the denominator.
 * Distances go through ``sqrt(max(‖·‖², tiny))`` so that coincident points give a zero, not
   NaN, gradient; values differ by at most ``sqrt(tiny)`` (1e-154 in float64, 1e-19 in float32).
+* The rigid grid's squared distances are evaluated as a quadratic form in the steps (a pair's
+  3 × 3 Gram matrix times a fixed (9, K²) basis: one matmul) instead of K² vector differences;
+  in float32 this rounds differently (≈ 1e-4 mm on hand-sized inputs), in float64 it agrees with
+  the direct formula to 1e-10 (tested).
+* The nearest skin vertex (and the nearest rest vertex for a radius) is chosen without gradient
+  by one batched matmul (``argmin |v|² − 2 q·v``), then its distance is recomputed exactly with
+  gradient: the same value and the same gradient as ``min`` over exact distances except at
+  near-ties (≈ 1e-4 mm² apart in float32), where either vertex is a valid minimum.
+
+Note: on a real-shaped hand the rest pose itself is not free of overlap: the thumb metacarpal
+(``thumb0 → thumb1``) and the palm bones (``wrist → *1``) lie in the same palm, so their spheres
+overlap (procedural hand: rigid term 0.053 at rest), and the rigid term has a floor whose
+gradient acts on those palm bones only; the fingers are free.  The original has the same floor.
 * Radii may be per sample (rest mesh (B, V, 3), as the original with its pose corrective) or
   shared ((V, 3)); :meth:`PenetrationLoss.set_rest` caches shared radii.
 
 Everything is vectorized over batch, pairs, spheres and vertices; the Python loops run once at
-construction, over the joints of the skeleton.  Device and dtype follow the inputs (``meta``
+construction, over the joints of the skeleton, and per call over the ≤ 2 non-rigid joints.  Device and dtype follow the inputs (``meta``
 included).
 """
 from __future__ import annotations
