@@ -230,7 +230,7 @@ def test_fingertip_in_palm_pushes_the_skin(toy):
     assert g[seg == hand.skeleton.root].sum() > 0
     with torch.no_grad():
         t2 = loss(J[None], V - 0.05 * V.grad / V.grad.norm(), rj, rv)
-    assert float(t2.nonrigid) < float(t.nonrigid)
+    assert float(t2.nonrigid) < float(t.nonrigid.detach())
 
 
 # ------------------------------------------------------------------ reference

@@ -89,7 +89,8 @@ class PenetrationTerms(NamedTuple):
         return rigid_weight * self.rigid + nonrigid_weight * self.nonrigid
 
 
-def _safe_norm_sq(d2: torch.Tensor) -> torch.Tensor:
+def _safe_sqrt(d2: torch.Tensor) -> torch.Tensor:
+    """Distance from a squared distance; ``tiny`` floor: finite gradient at 0 and for rounding below 0."""
     return torch.sqrt(d2.clamp_min(torch.finfo(d2.dtype).tiny))
 
 
@@ -285,7 +286,7 @@ class PenetrationLoss(nn.Module):
         ends = pj[:, self._pair_joints]                                     # (B, P, 4, 3): a0, a1, b0, b1
         E = ends[:, :, [0, 1, 3]] - ends[:, :, [2, 0, 2]]                   # (B, P, 3, 3): C, A, B
         gram = (E.unsqueeze(-2) * E.unsqueeze(-3)).sum(-1).reshape(B, P, 9)
-        d = _safe_norm_sq(gram @ self._grid_basis.to(pj.dtype)).view(B, P, K, K)
+        d = _safe_sqrt(gram @ self._grid_basis.to(pj.dtype)).view(B, P, K, K)
         thr = r[:, self.pair_a].unsqueeze(-1) + r[:, self.pair_b].unsqueeze(-2)
         rigid = torch.relu(thr - d).mean((-2, -1)).mean(-1)                 # (B,)
 
@@ -297,7 +298,7 @@ class PenetrationLoss(nn.Module):
             tips = self._tips(pj)                                           # (B, F, K, 3)
             nearest, found = self._nearest_skin(tips.detach(), posed_vertices.detach())    # (B, G, F, K)
             skin = posed_vertices.gather(1, nearest.reshape(B, -1, 1).expand(-1, -1, 3)).view(B, G, F, K, 3)
-            dist = _safe_norm_sq(((tips.unsqueeze(1) - skin) ** 2).sum(-1))               # (B, G, F, K)
+            dist = _safe_sqrt(((tips.unsqueeze(1) - skin) ** 2).sum(-1))               # (B, G, F, K)
             inf = torch.full((), float("inf"), dtype=dist.dtype, device=dist.device)
             dist = torch.where(found, dist, inf)
             rad = r[:, self.distal].unsqueeze(1)                            # (B|1, 1, F, K)
