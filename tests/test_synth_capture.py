@@ -181,6 +181,35 @@ def test_official_layout_and_extras(capture):
     assert not list(root.glob(".synth-partial-*"))
 
 
+def test_decimated_scans_are_the_ground_truth_surface_subset(capture):
+    """annotations/3D_scans_decimated/subject_1/<frame:06d>.ply: the ground-truth mesh of the frame restricted to
+    scan_vertices.npy, with the clustered triangles of the rest template; it covers the whole surface."""
+    from scipy.spatial import cKDTree
+
+    from dhmlib.data.layout import Layout
+    from dhmlib.data.scans import read_scan
+    from dhmlib.synth.capture import SCAN_VERTEX_FRACTION
+    from dhmlib.synth.meshops import decimate_by_clustering
+
+    lay = Layout(capture)
+    syn = capture / "annotations/synthetic/subject_1"
+    keep = np.load(syn / "scan_vertices.npy")
+    hand = HandModel.read(syn / "hand_model")
+    keep_ref, faces_ref = decimate_by_clustering(hand.vertices, hand.faces,
+                                                 round(SCAN_VERTEX_FRACTION * hand.num_vertices))
+    assert np.array_equal(keep, keep_ref)
+    assert abs(len(keep) - SCAN_VERTEX_FRACTION * hand.num_vertices) < 0.05 * hand.num_vertices
+    assert lay.scan_frames() == list(range(CFG.frames))
+    for f in lay.scan_frames():
+        v, faces = read_scan(lay.scan_path(f))
+        gt = np.load(syn / "meshes" / f"{f:06d}.npy")
+        assert np.array_equal(v, gt[keep].astype(np.float64))          # exact: float32 in both files
+        assert np.array_equal(faces, faces_ref)
+        assert len(np.unique(faces)) == len(v)                         # every scan vertex is on a triangle
+        d, _ = cKDTree(v).query(gt)                                     # every true vertex near the scan, mm
+        assert d.max() < 6.0
+
+
 def test_keypoints_land_on_the_rendered_hand_in_every_camera(capture):
     """Project the written keypoints with the written cameras onto the written depth maps and images.
 

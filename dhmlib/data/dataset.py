@@ -81,6 +81,11 @@ def read_depth(path, expected_size=IMAGE_SIZE) -> np.ndarray:
     return d
 
 
+def _frames_brief(frames) -> str:
+    f = sorted(frames)
+    return ", ".join(map(str, f)) if len(f) <= 6 else f"{f[0]}, {f[1]}, {f[2]} … {f[-1]}"
+
+
 class DeepHandMeshDataset(torch.utils.data.Dataset):
     """Official-layout dataset (real capture or the virtual capture; same code).
 
@@ -93,7 +98,9 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         cameras: colour cameras to use (names); default all ``40…`` cameras in KRT_512.
         include_rom: also use ``ROM`` sequences.
         seed: view-sampling seed.
-        max_frames: keep only the first N frames (quick runs).
+        max_frames: keep only the first N frames (quick runs; applied after ``frames``).
+        frames: keep only these frame numbers (e.g. one part of a :class:`~dhmlib.data.split.FrameSplit`;
+            see :meth:`from_split`); frames not in the dataset are ignored.
         crop_mode: ``"seed"`` (default) crops as the original code: the joints' box enlarged
             1.5× per axis, clamped to the image, each axis mapped onto the crop on its own;
             ``"square"`` keeps the aspect ratio (no distortion) and does not clamp.
@@ -110,7 +117,7 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
     def __init__(self, root, subject: int = 1, skeleton: Skeleton | None = None, num_views: int = 6,
                  input_size=(256, 256), render_size=(256, 256), cameras=None, include_rom: bool = False,
                  seed: int = 0, max_frames: int | None = None, image_size=IMAGE_SIZE, crop_mode: str = "seed",
-                 images: bool | None = None):
+                 images: bool | None = None, frames=None):
         if crop_mode not in ("seed", "square"):
             raise ValueError(f"crop_mode: expected 'seed' or 'square', got {crop_mode!r}")
         self.crop_mode = crop_mode
@@ -144,8 +151,12 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         self.rig = Cameras.from_records(records)
         self.camera_names = self.rig.names
         self._cam_index = {n: i for i, n in enumerate(self.camera_names)}
-        self.samples = (self._discover(include_rom, max_frames) if self.has_images
-                        else self._discover_frames(max_frames))
+        keep = None if frames is None else {int(f) for f in frames}
+        self.samples = (self._discover(include_rom, max_frames, keep) if self.has_images
+                        else self._discover_frames(max_frames, keep))
+        if not self.samples and keep is not None:
+            raise DatasetError(f"{self.layout.keypoints_dir}: none of the {len(keep)} requested frames "
+                               f"({_frames_brief(keep)}) is in the dataset")
         if not self.samples and not self.has_images:
             raise DatasetError(f"{self.layout.depth_dir}: no samples (images=False: expected keypoint files with "
                                "a depth-map folder <frame:06d>/ of the same frame)")
@@ -153,8 +164,20 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{self.layout.images_dir}: no samples (expected RT sequences with cam<name>/"
                                "image<frame>.jpg files of colour cameras and keypoint files)")
 
-    def _discover(self, include_rom, max_frames) -> list[Sample]:
+    @classmethod
+    def from_split(cls, root, split, part: str = "train", **kwargs) -> "DeepHandMeshDataset":
+        """The ``"train"`` or ``"test"`` frames of ``split`` (a :class:`~dhmlib.data.split.FrameSplit`, or a
+        ``held_out`` rule string / ``None`` for :func:`~dhmlib.data.split.split_frames` on ``root``)."""
+        from .split import FrameSplit, split_frames
+
+        if not isinstance(split, FrameSplit):
+            split = split_frames(root, kwargs.get("subject", 1), split)
+        return cls(root, frames=split.part(part), **kwargs)
+
+    def _discover(self, include_rom, max_frames, keep=None) -> list[Sample]:
         kp_frames = self.layout.keypoint_frames()
+        if keep is not None:
+            kp_frames &= keep
         samples = []
         for seq in self.layout.sequences(include_rom=include_rom):
             for cam in self.layout.cameras_of(seq):
@@ -170,8 +193,10 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
             samples = [s for s in samples if s.frame in set(keep)]
         return samples
 
-    def _discover_frames(self, max_frames) -> list[Sample]:
+    def _discover_frames(self, max_frames, keep=None) -> list[Sample]:
         kp_frames = self.layout.keypoint_frames()
+        if keep is not None:
+            kp_frames &= keep
         d = self.layout.depth_dir
         depth_frames = {int(e.name) for e in os.scandir(d) if e.is_dir() and e.name.isdigit()} if d.is_dir() else set()
         frames = sorted(kp_frames & depth_frames)[:max_frames]

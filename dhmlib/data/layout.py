@@ -6,6 +6,7 @@
     ROOT/annotations/KRT_512
     ROOT/annotations/keypoints/subject_N/keypoints<frame:04d>.pts
     ROOT/annotations/depthmaps/subject_N/<frame:06d>/depthmap<cam>.pkl
+    ROOT/annotations/3D_scans_decimated/subject_N/<frame:06d>.ply   (optional)
     ROOT/hand_model/
 
 Training uses sequences with ``RT`` (right hand) in their name and skips
@@ -22,6 +23,7 @@ from pathlib import Path
 IMAGE_RE = re.compile(r"^image(\d+)\.jpg$")
 DEPTH_RE = re.compile(r"^depthmap(.+)\.pkl$")
 KEYPOINT_RE = re.compile(r"^keypoints(\d+)\.pts$")
+SCAN_RE = re.compile(r"^(\d+)\.ply$")
 COLOR_PREFIX = "40"
 
 
@@ -63,6 +65,13 @@ class Layout:
     def depth_dir(self) -> Path:
         return self.root / "annotations" / "depthmaps" / f"subject_{self.subject}"
 
+    @property
+    def scans_dir(self) -> Path:
+        return self.root / "annotations" / "3D_scans_decimated" / f"subject_{self.subject}"
+
+    def scan_path(self, frame: int) -> Path:
+        return self.scans_dir / f"{frame:06d}.ply"
+
     def keypoints_path(self, frame: int) -> Path:
         return self.keypoints_dir / f"keypoints{frame:04d}.pts"
 
@@ -97,3 +106,9 @@ class Layout:
         if not d.is_dir():
             return []
         return sorted(m.group(1) for e in os.scandir(d) if (m := DEPTH_RE.match(e.name)))
+
+    def scan_frames(self) -> list[int]:
+        """Frames with a decimated scan (``[]`` when the optional scans folder is absent)."""
+        if not self.scans_dir.is_dir():
+            return []
+        return sorted(int(m.group(1)) for e in os.scandir(self.scans_dir) if (m := SCAN_RE.match(e.name)))

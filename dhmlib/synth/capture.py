@@ -7,9 +7,11 @@
     OUT/annotations/keypoints/subject_N/keypoints<frame:04d>.pts
     OUT/annotations/depthmaps/subject_N/<frame:06d>/depthmap<cam>.pkl   float32 (H, W), camera z mm, 0 = none
     OUT/images/subject_N/<seq>/cam<cam>/image<frame:04d>.jpg             shaded, textured renders
+    OUT/annotations/3D_scans_decimated/subject_N/<frame:06d>.ply         decimated ground-truth surface
     OUT/annotations/synthetic/                        extras the real data lacks (see its README.txt):
         README.txt, COMPLETE
-        subject_N/params.json, poses.npz, faces.npy, meshes/<frame:06d>.npy, hand_model/
+        subject_N/params.json, poses.npz, faces.npy, meshes/<frame:06d>.npy, hand_model/,
+        subject_N/scan_vertices.npy                   (V',) int32: which ground-truth vertices the scans keep
 
 Per subject: an identity (:class:`~dhmlib.synth.HandIdentity`) and its procedural
 hand; takes ``0000_RT_fist`` … ``0006_RT_ROM_fingers`` (:mod:`.poses`) with
@@ -19,6 +21,13 @@ dual-quaternion skinning); all cameras of a frame rendered in one rasterizer cal
 (depth and colour together). Keypoints are the ground-truth joints (FK of the hand
 model's skeleton with the identity's bone lengths), score 1, ``num_views`` = cameras in which
 the point is inside the image and not hidden behind other skin.
+
+Decimated scans, as the official ``3D_scans_decimated`` (triangle PLY per frame, world mm): every
+frame's ground-truth surface restricted to a fixed subset of its vertices (about
+:data:`SCAN_VERTEX_FRACTION` of them, chosen once per subject by vertex clustering of the rest
+template, :func:`~.meshops.decimate_by_clustering`) with the clustered triangles; the subset is
+``annotations/synthetic/subject_N/scan_vertices.npy``, so ``scan = meshes/<frame>.npy[subset]``
+exactly (float32). Read them with :func:`dhmlib.data.scans.read_scan`.
 
 Crash safety: everything is written under ``OUT/.synth-partial-<pid>/`` and
 moved into place at the end (``annotations/synthetic`` last, holding the
@@ -41,11 +50,13 @@ import torch
 
 from ..data.keypoints import KEYPOINT_NAMES, joints_to_keypoints, write_keypoints
 from ..data.safe_pickle import save_array_pickle
+from ..data.scans import write_scan
 from ..render.cameras import OFFICIAL_IMAGE_SIZE, Cameras, write_krt
 from ..render.settings import RasterSettings
 from ..render.shade import Light, render_shaded
 from .deform import DeformParams, GroundTruthDeformer
 from .identity import HandIdentity
+from .meshops import decimate_by_clustering
 from .poses import subject_sequences
 from .procedural_hand import build_procedural_hand
 from .rig import dome_rig
@@ -54,7 +65,9 @@ from .texture import skin_colors
 
 #: the pieces of OUT this writer owns, in the order they are moved into place (the marker's last)
 OWNED = ("hand_model", "images", "annotations/KRT_512", "annotations/keypoints", "annotations/depthmaps",
-         "annotations/synthetic")
+         "annotations/3D_scans_decimated", "annotations/synthetic")
+#: about this fraction of the ground-truth vertices is kept in the decimated scans
+SCAN_VERTEX_FRACTION = 0.25
 BACKGROUND_RGB = (0.17, 0.17, 0.19)
 #: the images' lighting: ambient, a head-light at each camera, a key light fixed in the world (z up)
 AMBIENT = 0.28
@@ -273,7 +286,12 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
     kp_dir = tmp / "annotations" / "keypoints" / f"subject_{n}"
     dm_dir = tmp / "annotations" / "depthmaps" / f"subject_{n}"
     img_dir = tmp / "images" / f"subject_{n}"
+    scan_dir = tmp / "annotations" / "3D_scans_decimated" / f"subject_{n}"
     kp_dir.mkdir(parents=True)
+    scan_dir.mkdir(parents=True)
+    scan_keep, scan_faces = decimate_by_clustering(hand.vertices, hand.faces,
+                                                   int(round(SCAN_VERTEX_FRACTION * hand.num_vertices)))
+    np.save(syn / "scan_vertices.npy", scan_keep.astype(np.int32))
     for name in names:
         for c in cams.names:
             (img_dir / name / f"cam{c}").mkdir(parents=True)
@@ -298,7 +316,8 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
         for p in pending:  # at most one frame in flight: bounded memory
             p.result()
         pending = [pool.submit(write_keypoints, kp_dir / f"keypoints{frame:04d}.pts", kp, None, nv),
-                   pool.submit(np.save, syn / "meshes" / f"{frame:06d}.npy", verts.astype(np.float32))]
+                   pool.submit(np.save, syn / "meshes" / f"{frame:06d}.npy", verts.astype(np.float32)),
+                   pool.submit(write_scan, scan_dir / f"{frame:06d}.ply", verts[scan_keep], scan_faces)]
         for c, cname in enumerate(cams.names):
             pending.append(pool.submit(save_array_pickle, fdir / f"depthmap{cname}.pkl", depth[c]))
             pending.append(pool.submit(_save_jpeg, img_dir / seq / f"cam{cname}" / f"image{frame:04d}.jpg",
