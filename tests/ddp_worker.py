@@ -79,7 +79,10 @@ def main(argv=None):
     opt = torch.optim.Adam([p for p in step_module.parameters() if p.requires_grad], lr=1e-2)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[1], gamma=0.5)
     sampler = make_sampler(range(NUM_FRAMES), info, shuffle=True, seed=11)
-    loader = DataLoader(torch.arange(NUM_FRAMES), batch_size=a.batch, sampler=sampler, drop_last=True)
+    # a generator of its own: each iter(DataLoader) otherwise draws a base seed from torch's global RNG,
+    # one draw more after a mid-epoch resume than in the uninterrupted run
+    loader = DataLoader(torch.arange(NUM_FRAMES), batch_size=a.batch, sampler=sampler, drop_last=True,
+                        generator=torch.Generator().manual_seed(0))
     torch.manual_seed(100 + info.rank)  # the loop's randomness (--noise)
     start_epoch, step = 0, 0
     if a.resume:

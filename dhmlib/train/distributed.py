@@ -233,7 +233,12 @@ class ResumableSampler(Sampler[int]):
 
 
 def make_sampler(dataset, info: DistInfo, shuffle: bool, seed: int) -> ResumableSampler:
-    """A :class:`ResumableSampler` over ``len(dataset)`` for this rank (also with one process)."""
+    """A :class:`ResumableSampler` over ``len(dataset)`` for this rank (also with one process).
+
+    For a bit-exact resume give the DataLoader ``generator=torch.Generator()``: without one, every
+    ``iter(loader)`` draws a base seed from torch's global RNG, and a run resumed mid-epoch makes
+    that draw after restoring the RNG state, the uninterrupted run before saving it.
+    """
     return ResumableSampler(len(dataset), info.world_size, info.rank, shuffle=shuffle, seed=seed)
 
 
