@@ -19,7 +19,6 @@ def hand_dir(tmp_path_factory):
     return d
 
 
-@pytest.mark.slow
 def test_fit_writes_poses_and_meshes(hand_dir, tmp_path, capsys):
     hand = HandModel.read(hand_dir)
     layer = HandLayer(hand)
