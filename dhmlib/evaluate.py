@@ -281,7 +281,7 @@ class EvalResult:
 
 def evaluate(frames, *, pred_joints=None, gt_joints=None, joint_valid=None, rendered_depth=None,
              target_depth=None, pred_vertices=None, gt_vertices=None, faces=None, gt_faces=None,
-             surface: bool = True, info: dict | None = None) -> EvalResult:
+             scans=None, surface: bool = True, info: dict | None = None) -> EvalResult:
     """Compute every metric whose inputs are given, for B frames.
 
     Args:
@@ -291,6 +291,9 @@ def evaluate(frames, *, pred_joints=None, gt_joints=None, joint_valid=None, rend
         pred_vertices: (B, V, 3) mm with ``faces`` (F, 3) (the hand model's).
         gt_vertices: (B, V', 3) mm, the true meshes (or scans) with ``gt_faces`` (None: ``faces``).
             With the same topology (V' = V, ``gt_faces`` None) the per-vertex error is computed.
+        scans: per frame ``(vertices (V_i, 3) mm, faces (F_i, 3))`` of a scan of any topology (e.g. the
+            decimated scans); the surface distances are then to the scans (``surface`` becomes
+            ``scan``-based: prediction = a, scan = b).
         surface: also compute surface-to-surface distances (needs ``faces``).
     """
     frames = tuple(int(f) for f in np.asarray(frames).reshape(-1))
@@ -313,6 +316,15 @@ def evaluate(frames, *, pred_joints=None, gt_joints=None, joint_valid=None, rend
             gf = faces if gt_faces is None else gt_faces
             d = [surface_distance(a, faces, b, gf) for a, b in zip(pv, gv)]
             kw["surface"] = {k: tuple(x[k] for x in d) for k in ("a_to_b", "b_to_a", "symmetric")}
+    if scans is not None:
+        if pred_vertices is None or faces is None:
+            raise ValueError("evaluate: distances to scans need pred_vertices and faces")
+        pv = np.asarray(_t(pred_vertices))
+        if len(scans) != len(frames) or len(pv) != len(frames):
+            raise ValueError(f"evaluate: {len(frames)} frames but {len(pv)} predicted meshes and {len(scans)} scans")
+        d = [surface_distance(a, faces, sv, sf) for a, (sv, sf) in zip(pv, scans)]
+        kw["surface"] = {k: tuple(x[k] for x in d) for k in ("a_to_b", "b_to_a", "symmetric")}
+        kw["info"].setdefault("surface_reference", "scans")
     return EvalResult(**kw)
 
 

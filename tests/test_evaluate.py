@@ -161,3 +161,12 @@ def test_ground_truth_meshes_reads_the_capture_layout(tmp_path):
     assert ev.ground_truth_faces(tmp_path, 2).tolist() == [[0, 1, 2]]
     with pytest.raises(FileNotFoundError, match="000001.npy"):
         ev.ground_truth_meshes(tmp_path, 2, [1])
+
+
+def test_evaluate_against_scans_of_another_topology():
+    v, f = grid(n=5)
+    fine_v, fine_f = grid(n=13)
+    res = ev.evaluate([0, 1], pred_vertices=np.stack([v, v]), faces=f,
+                      scans=[(fine_v + [0, 0, 0.25], fine_f), (fine_v - [0, 0, 1.0], fine_f)])
+    assert res.surface["symmetric"] == pytest.approx((0.25, 1.0), abs=1e-12)
+    assert res.vertex is None and res.info["surface_reference"] == "scans"
