@@ -1,0 +1,97 @@
+"""``dhm fit``: fit Euler angles and root placement to 3D joints with a frozen decoder.
+
+Inputs: a hand model, optionally a snapshot (its correctives), and joints: ``.npy`` arrays
+(B, J, 3) or (J, 3) mm in skeleton.txt's joint order (NaN rows: not annotated), or official
+keypoint files ``keypoints<frame>.pts`` (one frame each). Output ``--out`` folder: ``poses.npz``
+(``euler`` (B, J, 3) rad, ``root`` (B, 4, 4) mm, ``joints`` (B, J, 3) mm, ``joint_error`` (B,) mm,
+``source``) and ``meshes/<index:06d>.obj`` (world mm, the hand model's faces and texture coordinates).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ._common import CLIError, device, int_at_least, writable_folder
+
+HELP = "fit hand poses (Euler angles + root) to 3D joints with a frozen decoder; write poses.npz and meshes"
+
+
+def add(p):
+    p.add_argument("joints", nargs="+", help=".npy joints (B, J, 3) or (J, 3) mm in skeleton order, or .pts "
+                                             "keypoint files (official layout)")
+    p.add_argument("--hand-model", help="official-format hand_model folder (default: $DHM_DATA/hand_model)")
+    p.add_argument("--snapshot", help="snapshot_N.pth.tar whose decoder is used (default: no correctives)")
+    p.add_argument("--out", required=True, help="output folder (poses.npz, meshes/)")
+    p.add_argument("--steps", type=int_at_least(0), default=600, help="Adam steps")
+    p.add_argument("--lr", type=float, default=0.05, help="initial learning rate (radians per step)")
+    p.add_argument("--no-meshes", action="store_true", help="write poses.npz only")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps")
+
+
+def read_joints(paths, skeleton) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Joint files → joints (B, J, 3) mm (0 where invalid), valid (B, J), and a source name per row."""
+    from ..data.keypoints import keypoints_to_joints, read_keypoints
+
+    J = skeleton.num_joints
+    joints, valid, source = [], [], []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise CLIError(f"{p}: joint file not found")
+        if p.suffix == ".pts":
+            j, v = keypoints_to_joints(read_keypoints(p), skeleton)
+            joints.append(j[None]), valid.append(v[None]), source.append(str(p))
+        elif p.suffix == ".npy":
+            a = np.load(p, allow_pickle=False).astype(np.float64)
+            a = a[None] if a.ndim == 2 else a
+            if a.ndim != 3 or a.shape[1:] != (J, 3):
+                raise CLIError(f"{p}: expected joints of shape (B, {J}, 3) or ({J}, 3) mm, got {a.shape}")
+            v = np.isfinite(a).all(-1).astype(np.float64)
+            joints.append(np.nan_to_num(a)), valid.append(v)
+            source += [f"{p}[{i}]" for i in range(len(a))]
+        else:
+            raise CLIError(f"{p}: expected a .npy array or a .pts keypoint file")
+    return np.concatenate(joints), np.concatenate(valid), source
+
+
+def run(args) -> int:
+    import torch
+
+    from ..evaluate import joint_error
+    from ..fit import fit_pose
+    from ..handmodel import HandModel, default_hand_model_dir
+    from ..meshio import write_obj
+    from ..model import DeepHandMesh, ModelConfig
+
+    if not args.lr > 0:
+        raise CLIError(f"--lr: expected a positive learning rate, got {args.lr}")
+    out = writable_folder(args.out)
+    hand = HandModel.read(args.hand_model or default_hand_model_dir())
+    joints, valid, source = read_joints(args.joints, hand.skeleton)
+    few = np.nonzero(valid.sum(1) < 3)[0]
+    if len(few):
+        raise CLIError(f"{source[few[0]]}: fewer than 3 valid joints; cannot place the hand")
+    dev = torch.device(args.device)
+    if args.snapshot:
+        from ..snapshot import model_from_snapshot
+
+        model = model_from_snapshot(args.snapshot, hand, map_location="cpu")
+    else:
+        model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
+                                               skeleton_corrective=False))
+    model = model.to(dev).eval()
+    res = fit_pose(model, joints=torch.as_tensor(joints, dtype=torch.float32, device=dev),
+                   joint_valid=torch.as_tensor(valid, dtype=torch.float32, device=dev), steps=args.steps, lr=args.lr,
+                   lr_end=min(args.lr, 0.001))
+    err = joint_error(res.joints.cpu(), joints, valid).numpy()
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "poses.npz", euler=res.euler.cpu().numpy(), root=res.root.cpu().numpy(),
+             joints=res.joints.cpu().numpy(), joint_error=err, source=np.array(source))
+    if not args.no_meshes:
+        uvs = hand.uvs if hand.uvs.any() else None
+        for i, v in enumerate(res.vertices.double().cpu().numpy()):
+            write_obj(out / "meshes" / f"{i:06d}.obj", v, hand.faces, uvs=uvs,
+                      uv_faces=hand.uv_faces if uvs is not None else None)
+    print(f"fitted {len(joints)} frame(s): joint error mean {np.nanmean(err):.3f} mm, max {np.nanmax(err):.3f} mm; "
+          f"wrote {out / 'poses.npz'}" + ("" if args.no_meshes else f" and {out / 'meshes'}/"))
+    return 0
