@@ -1,0 +1,168 @@
+"""dhmlib.train: configs, pose embeddings, the training step (Kabsch root, gradients) and the loop."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from dhmlib.data.dataset import DeepHandMeshDataset
+from dhmlib.data.sample import collate_samples
+from dhmlib.handmodel import HandModel
+from dhmlib.kinematics import euler_to_matrix
+from dhmlib.model import DeepHandMesh, ModelConfig
+from dhmlib.snapshot import model_from_snapshot, read_snapshot
+from dhmlib.train import PoseEmbedding, TrainConfig, TrainStep, parse_set, preset, rest_pose, root_from_joints
+from dhmlib.train.__main__ import main as train_main
+
+SMALL = dict(batch_size=2, num_views=2, render_size=(48, 48), input_size=(64, 64), log_every=1)
+
+
+# --------------------------------------------------------------------------- config
+def test_train_config_round_trips_and_rejects_unknown_keys():
+    tc = TrainConfig(pose_source="embedding", lr_milestones=(3, 5), held_out="last:2", render_size=(96, 80))
+    d = tc.to_dict()
+    assert json.loads(json.dumps(d)) == d                     # JSON-able, tuples as lists
+    assert TrainConfig.from_dict(d) == tc
+    with pytest.raises(ValueError, match="unknown key 'learning_rate'"):
+        TrainConfig.from_dict({**d, "learning_rate": 1})
+    with pytest.raises(ValueError, match="unknown key 'bogus'"):
+        tc.replace(bogus=1)
+    with pytest.raises(ValueError, match="pose_source"):
+        TrainConfig(pose_source="video")
+    with pytest.raises(ValueError, match="lr_milestones"):
+        TrainConfig(lr_milestones=(32, 30))
+    with pytest.raises(ValueError, match="render_size"):
+        TrainConfig(render_size=(4, 96))
+
+
+def test_paper_preset_is_the_original_recipe_and_set_overrides():
+    tc, mc = preset("paper")
+    assert (tc.lr, tc.lr_milestones, tc.lr_gamma, tc.epochs, tc.batch_size, tc.num_views) == \
+        (1e-4, (30, 32), 0.1, 35, 8, 6)
+    assert (tc.input_size, tc.render_size, tc.pose_source, mc.backbone) == ((256, 256), (256, 256), "image", 50)
+    assert (tc.joint_weight, tc.depth_weight, tc.penetration_rigid_weight, tc.penetration_nonrigid_weight,
+            tc.laplacian_weight) == (1, 1, 1, 5, 5)
+    small, smc = preset("cpu-small")
+    assert small.pose_source == "embedding" and smc.backbone == 18
+    tc2, mc2 = parse_set(["lr=1e-3", "lr_milestones=[2, 4]", "held_out=null", "laplacian_form=posed",
+                          "model.backbone=34"], tc, mc)
+    assert (tc2.lr, tc2.lr_milestones, tc2.held_out, tc2.laplacian_form, mc2.backbone) == \
+        (1e-3, (2, 4), None, "posed", 34)
+    with pytest.raises(ValueError, match="unknown key 'lrr'"):
+        parse_set(["lrr=1"], tc, mc)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("gpu-huge")
+
+
+# --------------------------------------------------------------------------- embedding
+def test_pose_embedding_maps_frames_masks_dof_and_reloads():
+    mask = torch.tensor([[True, True, True], [True, False, False], [False, False, True]])
+    init = torch.arange(27, dtype=torch.float32).view(3, 3, 3)
+    emb = PoseEmbedding([7, 2, 40], mask, init=init)
+    out = emb(torch.tensor([40, 7, 40]))
+    assert torch.equal(out[0], init[2] * mask) and torch.equal(out[1], init[0] * mask)
+    with pytest.raises(KeyError, match=r"frame\(s\) \[3\]"):
+        emb(torch.tensor([2, 3]))
+    other = PoseEmbedding([1], mask)                 # a different frame list: the state dict brings its own
+    other.load_state_dict(emb.state_dict())
+    assert torch.equal(other(torch.tensor([2])), emb(torch.tensor([2])))
+
+
+# --------------------------------------------------------------------------- step
+@pytest.fixture(scope="module")
+def hand(small_capture):
+    return HandModel.read(small_capture / "hand_model")
+
+
+def test_root_by_kabsch_reproduces_a_rigid_placement(hand):
+    model = DeepHandMesh(hand, ModelConfig(backbone=18)).double()
+    with torch.no_grad():   # a non-zero skeleton corrective: the rest joints are the *refined* ones
+        model.skeleton_refine_net.fc_skeleton[2].bias.normal_(0, 2.0)
+    rest = rest_pose(model)
+    R = euler_to_matrix(torch.tensor([[0.3, -1.1, 2.0], [-2.5, 0.4, 0.1]], dtype=torch.float64))
+    t = torch.tensor([[10.0, -400.0, 900.0], [-50.0, 20.0, 700.0]], dtype=torch.float64)
+    gt = rest.joints @ R.transpose(1, 2) + t[:, None]                                   # (2, J, 3)
+    valid = torch.ones(2, hand.num_joints, dtype=torch.float64)
+    root = root_from_joints(model, gt, valid)
+    J = hand.num_joints
+    pose = model.decode(torch.zeros(2, J, 3, dtype=torch.float64), root)
+    assert torch.allclose(pose.joints, gt, atol=1e-8)
+    expect_v = rest.vertices @ R.transpose(1, 2) + t[:, None]
+    assert torch.allclose(pose.vertices, expect_v, atol=1e-8)
+
+
+def test_step_gradients_reach_correctives_embedding_and_skeleton(small_capture, hand):
+    tc = TrainConfig(pose_source="embedding", penetration_rigid_weight=0, penetration_nonrigid_weight=0, **SMALL)
+    ds = DeepHandMeshDataset(small_capture, num_views=2, render_size=(48, 48), images=False)
+    model = DeepHandMesh(hand, ModelConfig(backbone=18))
+    with torch.no_grad():   # leave the zero init of the last layers so that every corrective gets a gradient
+        for fc in (model.skin_refine_net.fc_pose, model.skin_refine_net.fc_id, model.skeleton_refine_net.fc_skeleton):
+            fc[2].weight.normal_(0, 1e-3)
+    emb = PoseEmbedding(ds.frames, model.hand.dof_mask)
+    step = TrainStep(model, tc, emb)
+    batch = collate_samples([ds[0], ds[1]])
+    out = step(batch)
+    assert set(out.terms) == {"joint", "depth", "laplacian"}
+    assert out.depth.shape == (2, 2, 48, 48) and (out.depth > 0).any()
+    expect = out.terms["joint"] + out.terms["depth"] + 5 * out.terms["laplacian"]
+    assert torch.allclose(out.total, expect)
+    out.total.backward()
+    for name, p in [("fc_pose", model.skin_refine_net.fc_pose[2].weight),
+                    ("fc_id", model.skin_refine_net.fc_id[2].weight),
+                    ("skeleton", model.skeleton_refine_net.fc_skeleton[2].weight)]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    rows = emb.rows(batch.frame)
+    g = emb.euler.grad
+    assert g[rows].abs().sum() > 0
+    others = torch.ones(emb.num_frames, dtype=torch.bool)
+    others[rows] = False
+    assert g[others].abs().sum() == 0                         # only the batch's frames move
+    assert (g[rows][:, ~emb.dof_mask] == 0).all()             # and only their degrees of freedom
+
+
+def test_image_source_trains_the_encoder(small_capture, hand):
+    tc = TrainConfig(pose_source="image", penetration_rigid_weight=0, penetration_nonrigid_weight=0, **SMALL)
+    ds = DeepHandMeshDataset(small_capture, num_views=2, render_size=(48, 48), input_size=(64, 64))
+    model = DeepHandMesh(hand, ModelConfig(backbone=18))
+    step = TrainStep(model, tc)
+    out = step(collate_samples([ds[0], ds[1]]))
+    out.total.backward()
+    assert model.pose_net.fc[2].weight.grad.abs().sum() > 0
+    assert model.backbone_net.resnet.conv1.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs images"):
+        TrainStep(model, tc)(collate_samples([DeepHandMeshDataset(small_capture, num_views=2, render_size=(48, 48),
+                                                                   images=False)[0]]))
+
+
+# --------------------------------------------------------------------------- loop
+@pytest.mark.slow
+def test_two_epochs_without_images_lower_the_loss_and_write_snapshots_and_logs(small_capture, hand, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_capture, data, ignore=shutil.ignore_patterns("images"))
+    assert not (data / "images").exists()
+    out = tmp_path / "out"
+    args = ["--preset", "cpu-small", "--data", str(data), "--output", str(out), "--epochs", "2", "--no-progress",
+            "--set", "batch_size=5", "--set", "render_size=[64,64]", "--set", "num_views=3",
+            "--set", "log_every=1", "--set", "held_out=null", "--set", "lr_milestones=[1]"]
+    assert train_main(args) == 0
+    recs = [json.loads(line) for line in (out / "log" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    steps = [r for r in recs if r["kind"] == "step"]
+    assert [r["epoch"] for r in epochs] == [0, 1] and len(steps) >= 2
+    assert all({"joint", "depth", "laplacian", "total", "lr", "steps_per_s"} <= set(r) for r in steps)
+    assert epochs[1]["total"] < epochs[0]["total"]
+    assert steps[-1]["lr"] == pytest.approx(preset("cpu-small")[0].lr * 0.1)       # MultiStepLR at epoch 1
+    log = (out / "log" / "train.log").read_text()
+    assert "snapshot" in log and "done: 2 epochs" in log
+    for e in (0, 1):
+        path = out / "model_dump" / f"snapshot_{e}.pth.tar"
+        ckpt = read_snapshot(path)
+        assert ckpt["epoch"] == e
+        assert TrainConfig.from_dict(ckpt["train_config"]).pose_source == "embedding"
+        assert ModelConfig.from_dict(ckpt["model_config"]) == preset("cpu-small")[1]
+        assert ckpt["pose_embedding"]["euler"].shape[1:] == (hand.num_joints, 3)
+    model = model_from_snapshot(out / "model_dump" / "snapshot_1.pth.tar", hand)
+    trained = model.skin_refine_net.fc_id[2].weight
+    assert trained.abs().sum() > 0                            # the correctives moved from their zero init
