@@ -235,6 +235,15 @@ def _all_finite(terms: dict, dist_info, step: int, check_finite) -> None:
     check_finite(terms, step)
 
 
+def _any_rank(flag: bool, dist_info) -> bool:
+    """``flag`` of any rank (so that every rank stops at the same step)."""
+    if dist_info.world_size == 1:
+        return bool(flag)
+    t = torch.tensor(float(flag), device=dist_info.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 # ----------------------------------------------------------------- train
 def train(train_config: TrainConfig, model_config: ModelConfig, data_root, output_root, *,
           resume: bool = False, hand_model: HandModel | None = None, device: str | None = None,
@@ -394,7 +403,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                     sums, n_int, t_int = {}, 0, time.perf_counter()
                 if cfg.snapshot_every_steps and step % cfg.snapshot_every_steps == 0:
                     snapshot = save(epoch, mid_epoch=True, consumed=n_epoch) or snapshot
-                if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s:
+                if time_limit_s is not None and _any_rank(time.perf_counter() - t_start > time_limit_s, info):
                     stopped = f"time limit {time_limit_s:g} s reached at epoch {epoch}, step {step}"
                     break
             if stopped is not None and n_epoch < num_batches:
