@@ -15,7 +15,8 @@
 5. per step: forward, NaN/inf check (all ranks agree), backward, optimizer step; every
    ``log_every`` steps a line in ``output/log/train.log`` and a record in
    ``output/log/metrics.jsonl`` (``kind: "step"``: step, epoch, mean of each term and of the total
-   over the interval, lr, steps/s), TensorBoard scalars when ``torch.utils.tensorboard`` imports;
+   over the interval, lr, steps/s, and the wall time per step of its parts: ``data_ms``,
+   ``forward_ms``, ``backward_ms``, ``optimizer_ms``), TensorBoard scalars when ``torch.utils.tensorboard`` imports;
    per epoch a ``kind: "epoch"`` record and ``output/model_dump/snapshot_<epoch>.pth.tar``
    (optionally also every ``snapshot_every_steps``).
 
@@ -235,6 +236,26 @@ def _all_finite(terms: dict, dist_info, step: int, check_finite) -> None:
     check_finite(terms, step)
 
 
+class _Clock:
+    """Wall time of the parts of a step (ms), synchronising CUDA so that each part is its own."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.t = time.perf_counter()
+        self.parts: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.parts[name] = self.parts.get(name, 0.0) + (now - self.t) * 1000
+        self.t = now
+
+    def take(self) -> dict[str, float]:
+        parts, self.parts = self.parts, {}
+        return parts
+
+
 def _any_rank(flag: bool, dist_info) -> bool:
     """``flag`` of any rank (so that every rank stops at the same step)."""
     if dist_info.world_size == 1:
@@ -373,17 +394,22 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
             batches, num_batches = loader, len(loader)
             if tqdm is not None and progress and main:
                 batches = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+            clock = _Clock(info.device)
             for batch in batches:
+                clock.lap("data_ms")
                 batch = batch.to(info.device, non_blocking=True)
                 out = net(batch)
                 terms = dict(out.terms, total=out.total)
                 _all_finite(terms, info, step, check_finite)
+                clock.lap("forward_ms")
                 optimizer.zero_grad(set_to_none=True)
                 out.total.backward()
+                clock.lap("backward_ms")
                 optimizer.step()
                 step += 1
                 vals = {k: float(v.detach()) for k, v in terms.items()}
-                for k, v in vals.items():
+                clock.lap("optimizer_ms")
+                for k, v in {**vals, **clock.take()}.items():
                     sums[k] = sums.get(k, 0.0) + v
                     epoch_sums[k] = epoch_sums.get(k, 0.0) + v
                 n_int += 1
