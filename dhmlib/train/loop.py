@@ -15,7 +15,7 @@
 5. per step: forward, NaN/inf check (all ranks agree), backward, optimizer step; every
    ``log_every`` steps a line in ``output/log/train.log`` and a record in
    ``output/log/metrics.jsonl`` (``kind: "step"``: step, epoch, mean of each term and of the total
-   over the interval, lr, steps/s, and the wall time per step of its parts: ``data_ms``,
+   over the interval and the ranks, lr, steps/s, and the wall time per step of its parts: ``data_ms``,
    ``forward_ms``, ``backward_ms``, ``optimizer_ms``), TensorBoard scalars when ``torch.utils.tensorboard`` imports;
    per epoch a ``kind: "epoch"`` record and ``output/model_dump/snapshot_<epoch>.pth.tar``
    (optionally also every ``snapshot_every_steps``).
@@ -256,6 +256,16 @@ class _Clock:
         return parts
 
 
+def _mean_over_ranks(sums: dict[str, float], dist_info) -> dict[str, float]:
+    """The ranks' mean of each logged sum (every rank calls this at the same step)."""
+    if dist_info.world_size == 1:
+        return sums
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=dist_info.device)
+    torch.distributed.all_reduce(t)
+    return dict(zip(keys, (t / dist_info.world_size).tolist()))
+
+
 def _any_rank(flag: bool, dist_info) -> bool:
     """``flag`` of any rank (so that every rank stops at the same step)."""
     if dist_info.world_size == 1:
@@ -417,6 +427,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                 if tqdm is not None and hasattr(batches, "set_postfix"):
                     batches.set_postfix(loss=f"{vals['total']:.3f}")
                 if step % cfg.log_every == 0:
+                    sums = _mean_over_ranks(sums, info)
                     dt = time.perf_counter() - t_int
                     rec = {"kind": "step", "step": step, "epoch": epoch,
                            **{k: v / n_int for k, v in sums.items()},
