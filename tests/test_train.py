@@ -166,3 +166,26 @@ def test_two_epochs_without_images_lower_the_loss_and_write_snapshots_and_logs(s
     model = model_from_snapshot(out / "model_dump" / "snapshot_1.pth.tar", hand)
     trained = model.skin_refine_net.fc_id[2].weight
     assert trained.abs().sum() > 0                            # the correctives moved from their zero init
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_with_step_and_term_and_keeps_the_last_good_snapshot(small_capture, tmp_path, monkeypatch):
+    import dhmlib.train.step as step_module
+    from dhmlib.train import train
+
+    calls = {"n": 0}
+    real = step_module.depth_loss
+
+    def flaky(rendered, target, **kw):
+        calls["n"] += 1
+        value = real(rendered, target, **kw)
+        return value * float("nan") if calls["n"] == 2 else value
+
+    monkeypatch.setattr(step_module, "depth_loss", flaky)
+    tc, mc = preset("cpu-small", batch_size=5, num_views=2, render_size=(48, 48), epochs=3, held_out=None)
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match=r"step 1: loss term 'depth'"):
+        train(tc, mc, small_capture, out, progress=False, echo=False)
+    assert (out / "model_dump" / "snapshot_0.pth.tar").is_file()
+    assert sorted(p.name for p in (out / "model_dump").iterdir()) == ["snapshot_0.pth.tar"]
+    assert "step 1: loss term 'depth'" in (out / "log" / "train.log").read_text()

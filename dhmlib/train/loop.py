@@ -462,9 +462,8 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         return TrainResult(model=model, embedding=embedding, train_frames=train_frames, test_frames=test_frames,
                            split_rule=rule, snapshot=snapshot, epochs=epochs_done, steps=step, wall_s=wall,
                            history=list(log.records), stopped_early=stopped)
-    except Exception as e:
-        if type(e).__name__ == "NonFiniteLoss":
-            log(f"ERROR {e}")
+    except Exception as e:      # the log says why training stopped (NaN/inf: step and term)
+        log(f"ERROR {type(e).__name__}: {e}")
         raise
     finally:
         log.close()
