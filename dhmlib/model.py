@@ -24,11 +24,17 @@ from torch import nn
 from .backbone import ResNet
 from .handmodel import HandModel
 from .kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
-                         skinning_transforms)
+                         rigid_align, rigid_transform_matrix, skinning_transforms)
 
 #: Names of the decoder's correctives, as ``decode(..., correctives=...)`` takes them.
 CORRECTIVES = ("pose", "identity", "skeleton")
 BACKBONE_DEPTHS = (18, 34, 50)
+#: Allowed values of the string options of :class:`ModelConfig` (the first is the original's).
+CORRECTIVE_BASES = ("free", "normal")
+SKELETON_CORRECTIVE_MODES = ("free", "bone_length")
+POSE_CORRECTIVE_GAUGES = ("none", "zero_at_rest")
+_CHOICES = {"corrective_basis": CORRECTIVE_BASES, "skeleton_corrective_mode": SKELETON_CORRECTIVE_MODES,
+            "pose_corrective_gauge": POSE_CORRECTIVE_GAUGES}
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,20 @@ class ModelConfig:
             FK and skinning steer the pose estimate.
         seed: seed of the random ``id_code`` buffer (None: torch's global generator); a
             snapshot's ``id_code`` replaces it.
+        corrective_basis: ``"free"``: the skin correctives (pose and identity) are the networks'
+            V·3 outputs, as in the original; ``"normal"``: each vertex's output ``o_v`` is projected
+            onto the template's unit area-weighted vertex normal, ``(o_v · n_v) n_v``, so the
+            correctives can only move the surface along its normal (same tensors, same shapes).
+        skeleton_corrective_mode: ``"free"``: the J·3 output is added to the local bind
+            translations, as in the original; ``"bone_length"``: only its component along each
+            bind translation ``t_j / |t_j|`` is, so bones change length but not direction.
+        pose_corrective_gauge: ``"none"``: the pose corrective is the network's ``f(θ)``, as in
+            the original; ``"zero_at_rest"``: it is ``f(θ) − f(0)``, zero at the rest pose, so a
+            constant offset can only live in the identity corrective (with one subject the two
+            could otherwise trade it freely).  The last layer's bias then has no effect.
+
+    The defaults reproduce the original model; official snapshots (no ``model_config``) decode
+    with them.
     """
 
     backbone: int = 50
@@ -57,6 +77,9 @@ class ModelConfig:
     skeleton_corrective: bool = True
     detach_pose_corrective_input: bool = True
     seed: int | None = 0
+    corrective_basis: str = "free"
+    skeleton_corrective_mode: str = "free"
+    pose_corrective_gauge: str = "none"
 
     def __post_init__(self):
         def is_int(x):
@@ -72,10 +95,16 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name}: expected True or False, got {getattr(self, name)!r}")
         if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"ModelConfig.seed: expected an int or None, got {self.seed!r}")
+        for name, allowed in _CHOICES.items():
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name}: expected one of {', '.join(map(repr, allowed))}, "
+                                 f"got {getattr(self, name)!r}")
         # plain Python values, so that to_dict() stays JSON-able and weights-only loadable
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if v is not None:
+            if isinstance(v, str):
+                object.__setattr__(self, f.name, str(v))
+            elif v is not None:
                 object.__setattr__(self, f.name, bool(v) if isinstance(v, (bool, np.bool_)) else int(v))
 
     @property
@@ -130,12 +159,15 @@ class HandPose:
         vertices: (B, V, 3) mesh vertices, mm.
         transforms: (B, J, 4, 4) global joint transforms.
         euler: (B, J, 3) the DoF-masked Euler angles that were applied, radians.
+        offsets: (B, V, 3) the total skin corrective (identity + pose, after any projection) that
+            was added to the template before skinning, mm; None when no skin corrective was applied.
     """
 
     joints: torch.Tensor
     vertices: torch.Tensor
     transforms: torch.Tensor
     euler: torch.Tensor
+    offsets: torch.Tensor | None = None
 
 
 class HandLayer(nn.Module):
@@ -207,6 +239,37 @@ class HandLayer(nn.Module):
             t.inverse_order = self._inverse_order
         return t
 
+    def local_poses(self, joint_offsets: torch.Tensor | None = None,
+                    dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Local bind poses (J, 4, 4), or (B, J, 4, 4) for batched offsets, with translations corrected.
+
+        Args:
+            joint_offsets: (J, 3) or (B, J, 3) corrective added to the local bind translations, mm
+                (the root's row is ignored: the root keeps its bind pose, as in the official code).
+            dtype: of the result (default: the layer's).
+        """
+        local = self.local_bind.to(dtype or self.local_bind.dtype)
+        if joint_offsets is not None:
+            joint_offsets = joint_offsets * self._nonroot.to(joint_offsets.dtype)
+            trans = local[..., :3, 3] + joint_offsets                   # (J,3) or (B,J,3)
+            local = torch.cat([torch.cat([local[..., :3, :3].expand(trans.shape[:-1] + (3, 3)),
+                                          trans.unsqueeze(-1)], -1),
+                               local[..., 3:, :].expand(trans.shape[:-1] + (1, 4))], -2)
+        return local
+
+    def rest_transforms(self, joint_offsets: torch.Tensor | None = None,
+                        dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(1, J, 4, 4) global joint transforms at zero Euler angles, root at its bind pose.
+
+        With ``joint_offsets`` (J, 3) (mm) this is the original's ``global_pose_refined``;
+        without, the global bind poses.
+        """
+        local = self.local_poses(joint_offsets, dtype)
+        if local.dim() != 3:
+            raise ValueError(f"joint_offsets: expected shape ({self.num_joints}, 3), got {tuple(joint_offsets.shape)}")
+        rot = torch.eye(3, dtype=local.dtype, device=local.device).expand(1, self.num_joints, 3, 3)
+        return forward_kinematics(rot, local, self._device_tree())
+
     def forward(self, euler: torch.Tensor, vertex_offsets: torch.Tensor | None = None,
                 joint_offsets: torch.Tensor | None = None,
                 root_transform: torch.Tensor | None = None,
@@ -228,14 +291,7 @@ class HandLayer(nn.Module):
             raise ValueError(f"euler: expected shape (B, {self.num_joints}, 3), got {tuple(euler.shape)}")
         euler = euler * self.dof_mask.to(euler.dtype)
         rot = euler_to_matrix(euler)                                    # (B, J, 3, 3)
-        local = self.local_bind.to(euler.dtype)
-        if joint_offsets is not None:
-            # the root keeps its bind pose: a corrective of its translation is ignored, as in the official code
-            joint_offsets = joint_offsets * self._nonroot.to(joint_offsets.dtype)
-            trans = local[..., :3, 3] + joint_offsets                   # (J,3) or (B,J,3)
-            local = torch.cat([torch.cat([local[..., :3, :3].expand(trans.shape[:-1] + (3, 3)),
-                                          trans.unsqueeze(-1)], -1),
-                               local[..., 3:, :].expand(trans.shape[:-1] + (1, 4))], -2)
+        local = self.local_poses(joint_offsets, euler.dtype)
         G = forward_kinematics(rot, local, self._device_tree(), root_transform)   # (B, J, 4, 4)
         A = skinning_transforms(G, self.global_bind_inv.to(euler.dtype))         # (B, J, 3, 4)
         rest = self.template.to(euler.dtype) if rest_vertices is None else rest_vertices
@@ -336,27 +392,74 @@ class SkinRefineNet(nn.Module):
             nn.init.zeros_(fc[-1].weight)
             nn.init.zeros_(fc[-1].bias)
 
-    def pose(self, euler):
-        return self.fc_pose(euler.reshape(euler.shape[0], -1)).view(-1, self.num_vertices, 3)
+    def pose(self, euler, *, zero_at_rest: bool = False, normals: torch.Tensor | None = None):
+        """(B, J, 3) radians → (B, V, 3) mm; options as in :meth:`pose_plus`."""
+        if not zero_at_rest and normals is None:
+            return self.fc_pose(euler.reshape(euler.shape[0], -1)).view(-1, self.num_vertices, 3)
+        base = self.fc_pose[2].bias.new_zeros(self.num_vertices, 3)
+        return self.pose_plus(euler, base, zero_at_rest=zero_at_rest, normals=normals)
 
-    def pose_plus(self, euler, base):
+    def pose_plus(self, euler, base, *, zero_at_rest: bool = False, normals: torch.Tensor | None = None):
         """``base + pose(euler)`` in one GEMM (``base`` folded into the last layer's bias).
 
         Args:
             euler: (B, J, 3) radians.  base: (V, 3) mm.
+            zero_at_rest: return ``base + f(θ) − f(0)``: the hidden layer's rest value
+                ``relu(b₁)`` is subtracted and the last bias dropped, so the result is exactly
+                ``base`` at θ = 0 (same GEMM).
+            normals: (V, 3) unit vectors; if given, each vertex's network output is projected
+                onto its normal, ``(o_v · n_v) n_v``, before ``base`` is added.
         Returns:
             (B, V, 3) mm (a permuted view of a (V, 3, B) buffer).
         """
-        hidden = self.fc_pose[1](self.fc_pose[0](euler.reshape(euler.shape[0], -1)))   # (B, 256)
-        last = self.fc_pose[2]
-        out = _BatchLastLinear.apply(hidden, last.weight, last.bias + base.reshape(-1))   # (V·3, B)
-        return out.view(self.num_vertices, 3, -1).permute(2, 0, 1)
+        first, relu, last = self.fc_pose
+        hidden = relu(first(euler.reshape(euler.shape[0], -1)))                        # (B, 256)
+        if zero_at_rest:
+            hidden = hidden - torch.relu(first.bias)
+            bias = None
+        else:
+            bias = last.bias
+        if normals is None:
+            b = base.reshape(-1) if bias is None else bias + base.reshape(-1)
+            out = _BatchLastLinear.apply(hidden, last.weight, b).view(self.num_vertices, 3, -1)   # (V, 3, B)
+        else:
+            b = torch.zeros_like(last.bias) if bias is None else bias
+            raw = _BatchLastLinear.apply(hidden, last.weight, b).view(self.num_vertices, 3, -1)
+            n = normals.unsqueeze(-1)                                                  # (V, 3, 1)
+            out = torch.addcmul(base.unsqueeze(-1), n, (raw * n).sum(1, keepdim=True))
+        return out.permute(2, 0, 1)
 
-    def identity(self, id_code):
+    def identity(self, id_code, *, normals: torch.Tensor | None = None):
+        """id_code (id_dim,) → (V, 3) mm; with ``normals`` (V, 3) projected as in :meth:`pose_plus`."""
         hidden = self.fc_id[1](self.fc_id[0](id_code))                   # (256,)
         last = self.fc_id[2]
         # matrix-vector product: its weight gradient is an outer product, not a K=1 GEMM
-        return torch.addmv(last.bias, last.weight, hidden).view(self.num_vertices, 3)
+        out = torch.addmv(last.bias, last.weight, hidden).view(self.num_vertices, 3)
+        return out if normals is None else project_onto(out, normals)
+
+
+def project_onto(vectors: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """``(x · d) d`` row by row: (..., N, 3) vectors onto (N, 3) unit (or zero) directions."""
+    return (vectors * directions).sum(-1, keepdim=True) * directions
+
+
+def template_normals(hand_model: HandModel) -> np.ndarray:
+    """(V, 3) float64 area-weighted unit vertex normals of the template (zero where undefined)."""
+    v = np.asarray(hand_model.vertices, dtype=np.float64)
+    f = np.asarray(hand_model.faces, dtype=np.int64)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])    # (F, 3), |fn| = 2·area
+    n = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(n, f[:, k], fn)
+    length = np.linalg.norm(n, axis=1, keepdims=True)
+    return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
+
+
+def bone_directions(hand_model: HandModel) -> np.ndarray:
+    """(J, 3) float64 unit local bind translations ``t_j / |t_j|`` (zero for zero-length ones)."""
+    t = np.asarray(hand_model.local_pose, dtype=np.float64)[:, :3, 3]
+    length = np.linalg.norm(t, axis=1, keepdims=True)
+    return np.divide(t, length, out=np.zeros_like(t), where=length > 0)
 
 
 class DeepHandMesh(nn.Module):
@@ -385,7 +488,26 @@ class DeepHandMesh(nn.Module):
         self.skin_refine_net = SkinRefineNet(J, V, config.id_dim)
         gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         self.register_buffer("id_code", torch.randn(config.id_dim, generator=gen))
+        # projection directions of the config's options (non-persistent: official keys only);
+        # re-read from float64 on dtype moves, like HandLayer's buffers
+        self._directions = {}
+        if config.corrective_basis == "normal":
+            self._directions["template_normals"] = template_normals(hand_model)
+        if config.skeleton_corrective_mode == "bone_length":
+            self._directions["bone_directions"] = bone_directions(hand_model)
+        for name in ("template_normals", "bone_directions"):
+            value = self._directions.get(name)
+            self.register_buffer(name, None if value is None else torch.as_tensor(value, dtype=torch.float32),
+                                 persistent=False)
         self._cache: dict = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for name, value in self._directions.items():
+            b = self._buffers[name]
+            if b.is_floating_point() and b.device.type != "meta":
+                self._buffers[name] = torch.as_tensor(value, dtype=b.dtype).to(b.device)
+        return self
 
     @property
     def config(self) -> ModelConfig:
@@ -413,17 +535,36 @@ class DeepHandMesh(nn.Module):
         return value
 
     def skeleton_corrective(self) -> torch.Tensor:
-        """(J, 3) corrective of local bone translations, mm."""
-        return self._cached("skeleton", self.skeleton_refine_net, lambda: self.skeleton_refine_net(self.id_code))
+        """(J, 3) corrective of local bone translations, mm (along the bind bones for ``"bone_length"``)."""
+        def compute():
+            out = self.skeleton_refine_net(self.id_code)
+            return out if self.bone_directions is None else project_onto(out, self.bone_directions.to(out.dtype))
+        return self._cached("skeleton", self.skeleton_refine_net, compute)
 
     def identity_corrective(self) -> torch.Tensor:
-        """(V, 3) identity-dependent vertex corrective, mm."""
+        """(V, 3) identity-dependent vertex corrective, mm (along the template normals for ``"normal"``)."""
         return self._cached("identity", self.skin_refine_net.fc_id,
-                            lambda: self.skin_refine_net.identity(self.id_code))
+                            lambda: self.skin_refine_net.identity(
+                                self.id_code, normals=self._normals(self.skin_refine_net.fc_id[2].weight.dtype)))
+
+    def _normals(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """(V, 3) template normals in ``dtype`` for ``corrective_basis="normal"``, else None."""
+        n = self.template_normals
+        return None if n is None else n.to(dtype)
+
+    def _pose_input(self, euler: torch.Tensor) -> torch.Tensor:
+        pose_in = euler * self.hand.dof_mask.to(euler.dtype)
+        return pose_in.detach() if self._config.detach_pose_corrective_input else pose_in
 
     def pose_corrective(self, euler: torch.Tensor) -> torch.Tensor:
-        """(B, J, 3) Euler angles → (B, V, 3) pose-dependent vertex corrective, mm."""
-        return self.skin_refine_net.pose(euler * self.hand.dof_mask.to(euler.dtype))
+        """(B, J, 3) Euler angles → (B, V, 3) pose-dependent vertex corrective, mm.
+
+        Follows the config's ``corrective_basis`` and ``pose_corrective_gauge`` (but not
+        ``detach_pose_corrective_input``: this is the corrective as a function of the angles).
+        """
+        return self.skin_refine_net.pose(euler * self.hand.dof_mask.to(euler.dtype),
+                                         zero_at_rest=self._config.pose_corrective_gauge == "zero_at_rest",
+                                         normals=self._normals(self.skin_refine_net.fc_pose[2].weight.dtype))
 
     # ----------------------------------------------------------------- decode
     def decode(self, euler: torch.Tensor, root_transform: torch.Tensor | None = None, *,
@@ -432,21 +573,85 @@ class DeepHandMesh(nn.Module):
 
         Args:
             euler: (B, J, 3) radians.
-            root_transform: (B, 4, 4) or (4, 4) placement of the root; None keeps its bind pose.
+            root_transform: (B, 4, 4) or (4, 4) placement of the root; None keeps its bind pose
+                (training places it with :meth:`root_from_joints`).
             correctives: names from :data:`CORRECTIVES` to apply in this call (``()``: plain LBS
                 of the template); None: those the config turns on.
+        Returns:
+            :class:`HandPose`; its ``offsets`` is the skin corrective (B, V, 3) when one was applied.
         """
         on = self._config.correctives if correctives is None else check_correctives(correctives)
-        rest = self.hand.template.to(euler.dtype)
+        template = self.hand.template.to(euler.dtype)
+        rest = template
         if "identity" in on:
             rest = rest + self.identity_corrective()
         if "pose" in on:
-            pose_in = euler * self.hand.dof_mask.to(euler.dtype)
-            if self._config.detach_pose_corrective_input:
-                pose_in = pose_in.detach()
-            rest = self.skin_refine_net.pose_plus(pose_in, rest)
+            cfg = self._config
+            rest = self.skin_refine_net.pose_plus(self._pose_input(euler), rest,
+                                                  zero_at_rest=cfg.pose_corrective_gauge == "zero_at_rest",
+                                                  normals=self._normals(euler.dtype))
         joint_offsets = self.skeleton_corrective() if "skeleton" in on else None
-        return self.hand(euler, joint_offsets=joint_offsets, root_transform=root_transform, rest_vertices=rest)
+        out = self.hand(euler, joint_offsets=joint_offsets, root_transform=root_transform, rest_vertices=rest)
+        if rest is template:
+            return out
+        offsets = rest - template
+        return HandPose(out.joints, out.vertices, out.transforms, out.euler,
+                        offsets if offsets.dim() == 3 else offsets.expand(euler.shape[0], -1, -1))
+
+    def rest_pose(self, correctives: Collection[str] | None = None) -> HandPose:
+        """The hand at zero Euler angles with the root at its bind pose, B = 1.
+
+        ``joints`` is the rest-pose refined skeleton (the original's ``global_pose_refined``),
+        ``vertices`` the corrected mesh skinned to it (with a skeleton corrective the bones move,
+        so this differs from ``template + offsets``, the unskinned corrected mesh), ``offsets``
+        the skin corrective at θ = 0 (identity corrective plus ``f(0)``, or zero pose part with
+        ``pose_corrective_gauge="zero_at_rest"``).  ``correctives`` as in :meth:`decode`.
+        """
+        euler = self.hand.template.new_zeros(1, self.hand.num_joints, 3)
+        return self.decode(euler, correctives=correctives)
+
+    def root_from_joints(self, joints_gt: torch.Tensor, valid: torch.Tensor | None = None,
+                         correctives: Collection[str] | None = None) -> torch.Tensor:
+        """The root's global transform that places the hand on ground-truth joints, as in training.
+
+        As the original's training forward: the alignment joints (the four finger ``*1``
+        joints and the root, :meth:`~dhmlib.skeleton.Skeleton.alignment_joints`) of the
+        rest-pose refined skeleton (zero Euler angles, skeleton corrective if on) are aligned
+        rigidly (Kabsch, no scale, no reflection) onto the same joints of ``joints_gt``; the
+        result composed with the refined root's rest transform is the root's placement.  The
+        original aligns all five joints unweighted; here ``valid`` weights them.  Gradient
+        flows through the alignment into the skeleton corrective.
+
+        Args:
+            joints_gt: (B, J, 3) ground-truth joints, mm.
+            valid: (B, J) or (J,) validity (bool or 0/1 weights) of the ground-truth joints;
+                None: all valid.  A sample needs at least three valid, non-collinear alignment
+                joints, else its fit is ill-posed (and its SVD gradient may not be finite).
+            correctives: as in :meth:`decode` (only ``"skeleton"`` matters here).
+        Returns:
+            (B, 4, 4) root transform to pass as ``decode(..., root_transform=...)``.
+        """
+        J = self.hand.num_joints
+        if joints_gt.dim() != 3 or joints_gt.shape[1:] != (J, 3):
+            raise ValueError(f"joints_gt: expected shape (B, {J}, 3), got {tuple(joints_gt.shape)}")
+        on = self._config.correctives if correctives is None else check_correctives(correctives)
+        offsets = self.skeleton_corrective() if "skeleton" in on else None
+        if offsets is not None:
+            offsets = offsets.to(joints_gt.dtype)
+        G = self.hand.rest_transforms(offsets, joints_gt.dtype)[0]        # (J, 4, 4)
+        align = self._alignment_index(joints_gt.device)
+        B = joints_gt.shape[0]
+        source = G[align, :3, 3].expand(B, -1, -1)
+        weights = None
+        if valid is not None:
+            if valid.shape not in ((B, J), (J,)):
+                raise ValueError(f"valid: expected shape ({B}, {J}) or ({J},), got {tuple(valid.shape)}")
+            weights = valid[..., align].to(joints_gt.dtype)
+        R, t = rigid_align(source, joints_gt[:, align], weights)
+        return rigid_transform_matrix(R, t) @ G[self.hand.skeleton.root]
+
+    def _alignment_index(self, device) -> torch.Tensor:
+        return torch.tensor(self.hand.skeleton.alignment_joints(), device=device)
 
     def forward(self, image: torch.Tensor, root_transform: torch.Tensor | None = None, *,
                 correctives: Collection[str] | None = None) -> HandPose:

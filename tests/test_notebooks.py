@@ -142,5 +142,7 @@ def test_progress_line_per_cell_and_heartbeat(tmp_path, monkeypatch):
     assert cells[3].startswith("[dhm notebooks] 01_slow: cell 4/5, ") and cells[3].endswith("time.sleep(2.5)")
     assert int(cells[4].split(", ")[1].split(" s")[0]) >= 2
     beats = [ln for ln in lines if "still running" in ln]
-    assert beats and all("cell 4/5 still running" in ln for ln in beats)
+    # the 2.5 s cell beats (1 s heartbeat); on a loaded machine a slow start may beat too
+    assert any("cell 4/5 still running" in ln for ln in beats)
+    assert all(" still running (" in ln for ln in beats)
     assert lines[-1].startswith("[dhm notebooks] 01_slow.ipynb ok in ")

@@ -1,6 +1,7 @@
 """dhmlib.train: configs, pose embeddings, the training step (Kabsch root, gradients) and the loop."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -13,7 +14,7 @@ from dhmlib.handmodel import HandModel
 from dhmlib.kinematics import euler_to_matrix
 from dhmlib.model import DeepHandMesh, ModelConfig
 from dhmlib.snapshot import model_from_snapshot, read_snapshot
-from dhmlib.train import PoseEmbedding, TrainConfig, TrainStep, parse_set, preset, rest_pose, root_from_joints
+from dhmlib.train import PoseEmbedding, TrainConfig, TrainStep, parse_set, preset
 from dhmlib.train.__main__ import main as train_main
 
 SMALL = dict(batch_size=2, num_views=2, render_size=(48, 48), input_size=(64, 64), log_every=1)
@@ -76,27 +77,32 @@ def hand(small_capture):
     return HandModel.read(small_capture / "hand_model")
 
 
-def test_root_by_kabsch_reproduces_a_rigid_placement(hand):
+def test_step_places_the_root_by_kabsch_on_the_ground_truth_joints(small_capture, hand):
+    """Ground-truth joints = the rest-pose refined skeleton moved rigidly: with zero angles the step's
+    hand lands exactly on them (joint loss 0) and its mesh is the rest mesh moved the same way."""
+    ds = DeepHandMeshDataset(small_capture, num_views=2, render_size=(48, 48), images=False)
     model = DeepHandMesh(hand, ModelConfig(backbone=18)).double()
     with torch.no_grad():   # a non-zero skeleton corrective: the rest joints are the *refined* ones
         model.skeleton_refine_net.fc_skeleton[2].bias.normal_(0, 2.0)
-    rest = rest_pose(model)
+    rest = model.rest_pose()
     R = euler_to_matrix(torch.tensor([[0.3, -1.1, 2.0], [-2.5, 0.4, 0.1]], dtype=torch.float64))
-    t = torch.tensor([[10.0, -400.0, 900.0], [-50.0, 20.0, 700.0]], dtype=torch.float64)
+    t = torch.tensor([[10.0, -40.0, 90.0], [-50.0, 20.0, 70.0]], dtype=torch.float64)
     gt = rest.joints @ R.transpose(1, 2) + t[:, None]                                   # (2, J, 3)
-    valid = torch.ones(2, hand.num_joints, dtype=torch.float64)
-    root = root_from_joints(model, gt, valid)
-    J = hand.num_joints
-    pose = model.decode(torch.zeros(2, J, 3, dtype=torch.float64), root)
-    assert torch.allclose(pose.joints, gt, atol=1e-8)
-    expect_v = rest.vertices @ R.transpose(1, 2) + t[:, None]
-    assert torch.allclose(pose.vertices, expect_v, atol=1e-8)
+    batch = collate_samples([ds[0], ds[1]])
+    batch = dataclasses.replace(batch, joints=gt, joint_valid=torch.ones(gt.shape[:2], dtype=torch.float64))
+    tc = TrainConfig(pose_source="embedding", penetration_rigid_weight=0, penetration_nonrigid_weight=0, **SMALL)
+    emb = PoseEmbedding(ds.frames, model.hand.dof_mask).double()
+    out = TrainStep(model, tc, emb)(batch)
+    assert torch.allclose(out.pose.joints, gt, atol=1e-8)
+    assert out.terms["joint"] < 1e-8
+    assert torch.allclose(out.pose.vertices, rest.vertices @ R.transpose(1, 2) + t[:, None], atol=1e-8)
 
 
-def test_step_gradients_reach_correctives_embedding_and_skeleton(small_capture, hand):
+@pytest.mark.parametrize("options", [{}, {"corrective_basis": "normal", "pose_corrective_gauge": "zero_at_rest"}])
+def test_step_gradients_reach_correctives_embedding_and_skeleton(small_capture, hand, options):
     tc = TrainConfig(pose_source="embedding", penetration_rigid_weight=0, penetration_nonrigid_weight=0, **SMALL)
     ds = DeepHandMeshDataset(small_capture, num_views=2, render_size=(48, 48), images=False)
-    model = DeepHandMesh(hand, ModelConfig(backbone=18))
+    model = DeepHandMesh(hand, ModelConfig(backbone=18, **options))
     with torch.no_grad():   # leave the zero init of the last layers so that every corrective gets a gradient
         for fc in (model.skin_refine_net.fc_pose, model.skin_refine_net.fc_id, model.skeleton_refine_net.fc_skeleton):
             fc[2].weight.normal_(0, 1e-3)

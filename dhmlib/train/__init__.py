@@ -6,7 +6,7 @@
 from .config import PRESETS, TrainConfig, parse_set, preset
 from .embedding import PoseEmbedding
 from .loop import TrainResult, train
-from .step import TERMS, StepOutput, TrainStep, rest_pose, root_from_joints, skin_offsets
+from .step import TERMS, StepOutput, TrainStep
 
 __all__ = ["TrainConfig", "PRESETS", "preset", "parse_set", "PoseEmbedding", "TrainStep", "StepOutput", "TERMS",
-           "rest_pose", "root_from_joints", "skin_offsets", "train", "TrainResult"]
+           "train", "TrainResult"]

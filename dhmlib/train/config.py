@@ -14,7 +14,8 @@ Presets (:data:`PRESETS`, :func:`preset`):
 - ``"cpu-small"``: trains on a 2-core CPU in minutes: per-frame pose embeddings (works without
   images), 4 views of 96², batch 8, ResNet-18 (used only with the image source), higher
   learning rates for the correctives and the embedding, normal-direction skin correctives with
-  the ``zero_at_rest`` gauge where the model supports them.
+  the ``zero_at_rest`` gauge (the issue-9 probe: 0.29× the LBS-only held-out error, against
+  0.47× with free correctives).
 """
 from __future__ import annotations
 
@@ -176,16 +177,6 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _model_config(**fields) -> ModelConfig:
-    """A ModelConfig with those of ``fields`` this version of the model knows.
-
-    The corrective-basis and gauge options arrive with the model's issue-9 work; until then a
-    preset asks for them and gets the original behaviour.
-    """
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in fields.items() if k in known})
-
-
 #: name → (TrainConfig, ModelConfig)
 PRESETS: dict[str, tuple[TrainConfig, ModelConfig]] = {
     "paper": (TrainConfig(), ModelConfig(backbone=50)),
@@ -194,7 +185,7 @@ PRESETS: dict[str, tuple[TrainConfig, ModelConfig]] = {
                     lr_milestones=(50,), batch_size=8, num_views=4, input_size=(128, 128),
                     render_size=(96, 96), penetration_rigid_weight=0.0, penetration_nonrigid_weight=0.0,
                     log_every=5, max_frames=None),
-        _model_config(backbone=18, corrective_basis="normal", pose_corrective_gauge="zero_at_rest")),
+        ModelConfig(backbone=18, corrective_basis="normal", pose_corrective_gauge="zero_at_rest")),
 }
 
 

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from ..data.sample import HandBatch
-from ..kinematics import rigid_align, rigid_transform_matrix
 from ..losses import MeshLaplacian, depth_loss, joint_loss, laplacian_loss
 from ..model import DeepHandMesh, HandPose
 from ..render import render_depth
@@ -51,58 +50,6 @@ class StepOutput:
     terms: dict[str, torch.Tensor]
     pose: HandPose
     depth: torch.Tensor
-
-
-def rest_pose(model: DeepHandMesh) -> HandPose:
-    """The rest pose (zero angles, root at its bind pose) with the default correctives, B = 1."""
-    if hasattr(model, "rest_pose"):
-        return model.rest_pose()
-    J = model.hand.num_joints
-    return model.decode(model.hand.template.new_zeros(1, J, 3))
-
-
-def root_from_joints(model: DeepHandMesh, joints: torch.Tensor, valid: torch.Tensor,
-                     rest_joints: torch.Tensor | None = None) -> torch.Tensor:
-    """Root placement (B, 4, 4) by Kabsch of the rest-pose refined alignment joints onto ``joints``.
-
-    Args:
-        joints: (B, J, 3) ground-truth joints, world mm.
-        valid: (B, J) validity (weights of the alignment).
-        rest_joints: (1, J, 3) rest-pose refined joints (default: computed from the model; the
-            gradient flows into the skeleton corrective either way).
-    Returns:
-        (B, 4, 4) ``M @ G_bind[root]`` with M the rigid map of the rest alignment joints
-        (the four ``*1`` joints and the root) onto the ground truth.
-    """
-    if rest_joints is None and hasattr(model, "root_from_joints"):
-        return model.root_from_joints(joints, valid)
-    if rest_joints is None:
-        rest_joints = rest_pose(model).joints
-    align = model.hand.skeleton.alignment_joints()
-    B = joints.shape[0]
-    src = rest_joints[:, align].expand(B, -1, -1)
-    R, t = rigid_align(src, joints[:, align], valid[:, align].to(joints.dtype))
-    root = model.hand.skeleton.root
-    return rigid_transform_matrix(R, t) @ model.hand.global_bind[root].to(joints.dtype)
-
-
-def skin_offsets(model: DeepHandMesh, pose: HandPose) -> torch.Tensor:
-    """(B, V, 3) or (V, 3) total skin corrective (identity + pose) of a decoded pose, mm.
-
-    ``pose.offsets`` when the model provides it; else recomputed as the decoder does.
-    """
-    offsets = getattr(pose, "offsets", None)
-    if offsets is not None:
-        return offsets
-    on = model.config.correctives
-    V = model.hand.num_vertices
-    out = pose.vertices.new_zeros(V, 3)
-    if "identity" in on:
-        out = out + model.identity_corrective()
-    if "pose" in on:
-        e = pose.euler.detach() if model.config.detach_pose_corrective_input else pose.euler
-        out = out + model.pose_corrective(e)
-    return out
 
 
 class TrainStep(nn.Module):
@@ -142,8 +89,7 @@ class TrainStep(nn.Module):
     def forward(self, batch: HandBatch) -> StepOutput:
         cfg, m = self.config, self.model
         euler = self.euler(batch)                                              # (B, J, 3)
-        rest = rest_pose(m)                                                    # B = 1
-        root = root_from_joints(m, batch.joints, batch.joint_valid, rest.joints)   # (B, 4, 4)
+        root = m.root_from_joints(batch.joints, batch.joint_valid)             # (B, 4, 4), Kabsch
         pose = m.decode(euler, root)                                           # world mm
         h, w = cfg.render_size
         depth = render_depth(pose.vertices, m.hand.faces, batch.view_cameras, batch.view_crops, (h, w))
@@ -152,15 +98,15 @@ class TrainStep(nn.Module):
             "depth": depth_loss(depth, batch.depth, normalize=cfg.loss_normalize),
         }
         weights = {"joint": cfg.joint_weight, "depth": cfg.depth_weight}
-        if self.penetration is not None:
+        if self.penetration is not None:   # radii from the rest-pose refined skeleton and corrected mesh
+            rest = m.rest_pose()
             pen = self.penetration(pose.joints, pose.vertices, rest.joints[0], rest.vertices[0])
             terms["penetration_rigid"], terms["penetration_nonrigid"] = pen.rigid, pen.nonrigid
             weights["penetration_rigid"] = cfg.penetration_rigid_weight
             weights["penetration_nonrigid"] = cfg.penetration_nonrigid_weight
-        lap_x = pose.vertices if cfg.laplacian_form == "posed" else skin_offsets(m, pose)
-        if lap_x.dim() == 2:
-            lap_x = lap_x.unsqueeze(0)
-        terms["laplacian"] = laplacian_loss(lap_x, self.laplacian)
+        lap_x = pose.vertices if cfg.laplacian_form == "posed" else pose.offsets   # offsets: None without skin correctives
+        terms["laplacian"] = (laplacian_loss(lap_x, self.laplacian) if lap_x is not None
+                              else pose.vertices.new_zeros(()))
         weights["laplacian"] = cfg.laplacian_weight
         total = sum(weights[k] * v for k, v in terms.items())
         return StepOutput(total=total, terms=terms, pose=pose, depth=depth)
