@@ -106,7 +106,9 @@ def test_step_gradients_reach_correctives_embedding_and_skeleton(small_capture, 
     with torch.no_grad():   # leave the zero init of the last layers so that every corrective gets a gradient
         for fc in (model.skin_refine_net.fc_pose, model.skin_refine_net.fc_id, model.skeleton_refine_net.fc_skeleton):
             fc[2].weight.normal_(0, 1e-3)
-    emb = PoseEmbedding(ds.frames, model.hand.dof_mask)
+    # away from the rest pose: with the zero_at_rest gauge f(θ) − f(0) has no weight gradient at θ = 0
+    init = 0.2 * torch.randn(len(ds.frames), hand.num_joints, 3, generator=torch.Generator().manual_seed(0))
+    emb = PoseEmbedding(ds.frames, model.hand.dof_mask, init=init)
     step = TrainStep(model, tc, emb)
     batch = collate_samples([ds[0], ds[1]])
     out = step(batch)
