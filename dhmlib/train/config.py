@@ -70,6 +70,7 @@ class TrainConfig:
             (bit-identical CPU runs, e.g. for resume tests).
         log_every: steps between log lines and metrics records.
         snapshot_every_steps: also write a mid-epoch snapshot every N steps (None: per epoch only).
+        keep_snapshots: keep only the newest N snapshots this run wrote (None: all, as the original).
         num_workers: DataLoader worker processes (0: in the main process).
         crop_mode: the dataset's crop mode (``"seed"`` as the original, or ``"square"``).
     """
@@ -99,6 +100,7 @@ class TrainConfig:
     deterministic: bool = False
     log_every: int = 10
     snapshot_every_steps: int | None = None
+    keep_snapshots: int | None = None
     num_workers: int = 0
     crop_mode: str = "seed"
 
@@ -122,7 +124,7 @@ class TrainConfig:
         for name in ("seed", "num_workers"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 fail(name, "an int >= 0")
-        for name in ("max_frames", "snapshot_every_steps"):
+        for name in ("max_frames", "snapshot_every_steps", "keep_snapshots"):
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 1):
                 fail(name, "a positive int or None")
@@ -184,7 +186,7 @@ PRESETS: dict[str, tuple[TrainConfig, ModelConfig]] = {
         TrainConfig(pose_source="embedding", epochs=60, lr=1e-3, corrective_lr=1e-3, embedding_lr=3e-2,
                     lr_milestones=(50,), batch_size=8, num_views=4, input_size=(128, 128),
                     render_size=(96, 96), penetration_rigid_weight=0.0, penetration_nonrigid_weight=0.0,
-                    log_every=5, max_frames=None),
+                    log_every=5, max_frames=None, keep_snapshots=2),
         ModelConfig(backbone=18, corrective_basis="normal", pose_corrective_gauge="zero_at_rest")),
 }
 

@@ -371,6 +371,8 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                 log(f"resumed from {path}: epoch {start_epoch}"
                     f"{' (mid-epoch)' if state['mid_epoch'] else ''}, step {step}")
 
+        written: list[Path] = []     # snapshots of this run, oldest first (keep_snapshots)
+
         def save(epoch: int, mid_epoch: bool, consumed: int = 0) -> Path | None:
             """``consumed``: batches of this pass over the epoch used so far (mid-epoch snapshots)."""
             if not main:
@@ -381,6 +383,9 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                                    sampler_state=sampler_state,
                                    pose_embedding=embedding, step=step, mid_epoch=mid_epoch)
             log(f"snapshot {p}")
+            written.append(p)
+            while cfg.keep_snapshots is not None and len(written) > cfg.keep_snapshots:
+                written.pop(0).unlink(missing_ok=True)
             return p
 
         def emit(rec: dict) -> None:
