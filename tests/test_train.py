@@ -15,7 +15,7 @@ from dhmlib.kinematics import euler_to_matrix
 from dhmlib.model import DeepHandMesh, ModelConfig
 from dhmlib.snapshot import model_from_snapshot, read_snapshot
 from dhmlib.train import PoseEmbedding, TrainConfig, TrainStep, parse_set, preset
-from dhmlib.train.__main__ import main as train_main
+from dhmlib.cli._train_module import main as train_main
 
 SMALL = dict(batch_size=2, num_views=2, render_size=(48, 48), input_size=(64, 64), log_every=1)
 
