@@ -198,3 +198,22 @@ def test_a_nan_loss_stops_with_step_and_term_and_keeps_the_last_good_snapshot(sm
     assert (out / "model_dump" / "snapshot_0.pth.tar").is_file()
     assert sorted(p.name for p in (out / "model_dump").iterdir()) == ["snapshot_0.pth.tar"]
     assert "step 1: loss term 'depth'" in (out / "log" / "train.log").read_text()
+
+
+def test_step_with_penetration_weights_its_two_terms(small_capture, hand):
+    from dhmlib.losses import PenetrationLoss
+
+    tc = TrainConfig(pose_source="embedding", penetration_rigid_weight=2.0, penetration_nonrigid_weight=5.0, **SMALL)
+    ds = DeepHandMeshDataset(small_capture, num_views=2, render_size=(48, 48), images=False)
+    model = DeepHandMesh(hand, ModelConfig(backbone=18))
+    init = 0.8 * torch.randn(len(ds.frames), hand.num_joints, 3, generator=torch.Generator().manual_seed(1))
+    step = TrainStep(model, tc, PoseEmbedding(ds.frames, model.hand.dof_mask, init=init),
+                     PenetrationLoss.from_hand(hand))
+    out = step(collate_samples([ds[0], ds[1]]))
+    t = out.terms
+    assert set(t) == {"joint", "depth", "penetration_rigid", "penetration_nonrigid", "laplacian"}
+    expect = t["joint"] + t["depth"] + 2 * t["penetration_rigid"] + 5 * t["penetration_nonrigid"] + 5 * t["laplacian"]
+    assert torch.allclose(out.total, expect)
+    rest = model.rest_pose()
+    ref = PenetrationLoss.from_hand(hand)(out.pose.joints, out.pose.vertices, rest.joints[0], rest.vertices[0])
+    assert torch.allclose(t["penetration_rigid"], ref.rigid) and torch.allclose(t["penetration_nonrigid"], ref.nonrigid)
