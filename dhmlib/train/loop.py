@@ -1,0 +1,546 @@
+"""The training loop: one code path for one process and torchrun DDP.
+
+``train(train_config, model_config, data_root, output_root)``:
+
+1. processes: :func:`~dhmlib.train.distributed.init_distributed` (torchrun's environment, or one
+   process); rank 0 alone logs and writes snapshots;
+2. data: the training frames of ``split_frames(data_root, subject, held_out)``, a
+   ``DeepHandMeshDataset`` over them (without images for the embedding source), a resumable
+   sharded sampler, ``DataLoader(collate_fn=collate_samples)``;
+3. model: :class:`~dhmlib.model.DeepHandMesh` (+ a :class:`PoseEmbedding` per training frame for
+   the embedding source) inside a :class:`~dhmlib.train.step.TrainStep`, DDP-wrapped when
+   there are several processes;
+4. Adam with one parameter group per part (network ``lr``, correctives ``corrective_lr``,
+   embedding ``embedding_lr``), ``MultiStepLR`` per epoch;
+5. per step: forward, NaN/inf check (all ranks agree), backward, optimizer step; every
+   ``log_every`` steps a line in ``output/log/train.log`` and a record in
+   ``output/log/metrics.jsonl`` (``kind: "step"``: step, epoch, mean of each term and of the total
+   over the interval and the ranks, lr, steps/s, and the wall time per step of its parts: ``data_ms``,
+   ``forward_ms``, ``backward_ms``, ``optimizer_ms``), TensorBoard scalars when ``torch.utils.tensorboard`` imports;
+   per epoch a ``kind: "epoch"`` record and ``output/model_dump/snapshot_<epoch>.pth.tar``
+   (optionally also every ``snapshot_every_steps``).
+
+``resume=True`` continues from the newest snapshot that loads (weights, optimizer, scheduler,
+embedding, RNG states, sampler position): on CPU with ``deterministic=True`` the final weights
+equal those of an uninterrupted run. A NaN or infinite loss stops training with
+:class:`~dhmlib.train.checkpoint.NonFiniteLoss` naming the step and the term; the last good
+snapshot stays.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.dataset import DeepHandMeshDataset
+from ..data.layout import Layout
+from ..data.safe_pickle import load_array_pickle
+from ..data.sample import collate_samples
+from ..handmodel import HandModel
+from ..model import DeepHandMesh, ModelConfig
+from .config import TrainConfig
+from .embedding import PoseEmbedding
+from .step import TERMS, TrainStep
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank).
+
+    Attributes:
+        model: the trained network (unwrapped, on the training device).
+        embedding: the per-frame pose embedding (embedding source), else None.
+        train_frames, test_frames: the split's frame numbers.
+        split_rule: the split's description.
+        snapshot: the last snapshot written (rank 0), or None.
+        epochs: epochs completed (including those before a resume).
+        steps: global optimizer steps.
+        wall_s: seconds this call trained.
+        history: the metrics records written (rank 0), as dicts.
+        stopped_early: why training ended before ``epochs`` (time limit), else None.
+    """
+
+    model: DeepHandMesh
+    embedding: PoseEmbedding | None
+    train_frames: tuple[int, ...]
+    test_frames: tuple[int, ...]
+    split_rule: str
+    snapshot: Path | None
+    epochs: int
+    steps: int
+    wall_s: float
+    history: list[dict] = field(default_factory=list)
+    stopped_early: str | None = None
+
+
+# ----------------------------------------------------------------- pieces
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed torch, numpy and random; ``deterministic``: deterministic algorithms where PyTorch has them."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if torch.backends.cudnn.is_available():
+            torch.backends.cudnn.benchmark = False
+
+
+def capture_image_size(layout: Layout, frame: int) -> tuple[int, int]:
+    """(H, W) of the capture's images, read from one depth map of ``frame``."""
+    cams = layout.depth_cameras(frame)
+    if not cams:
+        raise FileNotFoundError(f"{layout.depth_dir / f'{frame:06d}'}: no depth maps")
+    d = load_array_pickle(layout.depth_path(frame, cams[0]))
+    return int(d.shape[0]), int(d.shape[1])
+
+
+def split_training_frames(data_root, config: TrainConfig, log: Callable[[str], None] = print):
+    """(train frames, test frames, rule) of the configured split, ``max_frames`` applied to train."""
+    try:
+        from ..data.split import split_frames
+    except ImportError:       # the split module arrives with issue 9's split work
+        split_frames = None
+    if split_frames is None:
+        layout = Layout(data_root, config.subject)
+        frames = sorted(layout.keypoint_frames())
+        train, test, rule = tuple(frames), (), "no split module: training on all frames"
+        log(rule)
+    else:
+        s = split_frames(data_root, config.subject, config.held_out)
+        train, test, rule = tuple(s.train), tuple(s.test), s.rule
+    if config.max_frames is not None:
+        train = train[:config.max_frames]
+    if not train:
+        raise ValueError(f"{data_root}: no training frames ({rule})")
+    return train, test, rule
+
+
+def make_dataset(data_root, config: TrainConfig, frames, skeleton=None) -> DeepHandMeshDataset:
+    """The training dataset: ``frames`` only, images only for the image source."""
+    layout = Layout(data_root, config.subject)
+    kwargs = dict(subject=config.subject, skeleton=skeleton, num_views=config.num_views,
+                  input_size=config.input_size, render_size=config.render_size, seed=config.seed,
+                  image_size=capture_image_size(layout, frames[0]), crop_mode=config.crop_mode,
+                  images=config.pose_source == "image")
+    try:
+        return DeepHandMeshDataset(data_root, frames=frames, **kwargs)
+    except TypeError:         # a dataset without ``frames=``: filter its samples
+        ds = DeepHandMeshDataset(data_root, **kwargs)
+        keep = set(frames)
+        ds.samples = [s for s in ds.samples if s.frame in keep]
+        return ds
+
+
+def parameter_groups(model: DeepHandMesh, config: TrainConfig, embedding: PoseEmbedding | None) -> list[dict]:
+    """Adam parameter groups; parts the configuration does not use are frozen (``requires_grad=False``).
+
+    Groups (by ``name``): ``network`` (backbone and pose net; image source only, ``lr``),
+    ``correctives`` (skin and skeleton refine nets that are on, ``corrective_lr``), ``embedding``
+    (``embedding_lr``).
+    """
+    on = model.config.correctives
+    image = config.pose_source == "image"
+    parts = {
+        "network": [(model.backbone_net, image), (model.pose_net, image)],
+        "correctives": [(model.skeleton_refine_net, "skeleton" in on),
+                        (model.skin_refine_net.fc_pose, "pose" in on),
+                        (model.skin_refine_net.fc_id, "identity" in on)],
+    }
+    lrs = {"network": config.lr, "correctives": config.corrective_lr or config.lr}
+    groups = []
+    for name, mods in parts.items():
+        params = []
+        for mod, used in mods:
+            mod.requires_grad_(used)
+            if used:
+                params += list(mod.parameters())
+        if params:
+            groups.append({"name": name, "params": params, "lr": lrs[name]})
+    if embedding is not None:
+        groups.append({"name": "embedding", "params": list(embedding.parameters()), "lr": config.embedding_lr})
+    return groups
+
+
+class _Log:
+    """Rank-0 text log (train.log), metrics (metrics.jsonl), TensorBoard; no-ops elsewhere."""
+
+    def __init__(self, output_root: Path, active: bool, echo: bool, tensorboard: bool = True):
+        self.active, self.echo = active, echo
+        self.tb = None
+        self.records: list[dict] = []
+        if not active:
+            return
+        self.dir = output_root / "log"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.text = open(self.dir / "train.log", "a", encoding="utf-8")
+        self.metrics = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+            except Exception:   # TensorBoard not installed: scalars stay in metrics.jsonl
+                self.tb = None
+
+    def __call__(self, msg: str) -> None:
+        if not self.active:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        self.text.write(line + "\n")
+        self.text.flush()
+        if self.echo:
+            try:
+                from tqdm.auto import tqdm
+                tqdm.write(line)
+            except ImportError:
+                print(line, flush=True)
+
+    def record(self, rec: dict) -> None:
+        if not self.active:
+            return
+        self.records.append(rec)
+        self.metrics.write(json.dumps(rec) + "\n")
+        self.metrics.flush()
+        if self.tb is not None:
+            prefix = "epoch/" if rec.get("kind") == "epoch" else "train/"
+            x = rec["epoch"] if rec.get("kind") == "epoch" else rec["step"]
+            for k, v in rec.items():
+                if k not in ("kind", "step", "epoch") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(prefix + k, v, x)
+
+    def close(self) -> None:
+        if self.active:
+            self.text.close()
+            self.metrics.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _all_finite(terms: dict, dist_info, step: int, check_finite) -> None:
+    """Raise NonFiniteLoss on every rank when any rank's loss is not finite."""
+    if dist_info.world_size > 1:
+        flag = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()]).all().to(torch.float32)
+        flag = flag.to(dist_info.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        if flag.item() < 1:
+            bad = {k: v for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())}
+            if not bad:   # another rank's term: name it generically
+                bad = {"total (another rank)": torch.tensor(float("nan"))}
+            check_finite(bad, step)
+    check_finite(terms, step)
+
+
+class _Clock:
+    """Wall time of the parts of a step (ms), synchronising CUDA so that each part is its own."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.t = time.perf_counter()
+        self.parts: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.parts[name] = self.parts.get(name, 0.0) + (now - self.t) * 1000
+        self.t = now
+
+    def take(self) -> dict[str, float]:
+        parts, self.parts = self.parts, {}
+        return parts
+
+
+def _mean_over_ranks(sums: dict[str, float], dist_info) -> dict[str, float]:
+    """The ranks' mean of each logged sum (every rank calls this at the same step)."""
+    if dist_info.world_size == 1:
+        return sums
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=dist_info.device)
+    torch.distributed.all_reduce(t)
+    return dict(zip(keys, (t / dist_info.world_size).tolist()))
+
+
+def _any_rank(flag: bool, dist_info) -> bool:
+    """``flag`` of any rank (so that every rank stops at the same step)."""
+    if dist_info.world_size == 1:
+        return bool(flag)
+    t = torch.tensor(float(flag), device=dist_info.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+# ----------------------------------------------------------------- train
+def train(train_config: TrainConfig, model_config: ModelConfig, data_root, output_root, *,
+          resume: bool = False, hand_model: HandModel | None = None, device: str | None = None,
+          progress: bool = True, echo: bool = True, time_limit_s: float | None = None,
+          on_record: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train a DeepHandMesh (see the module docstring).
+
+    Args:
+        train_config, model_config: the recipe and the architecture (saved in every snapshot).
+        data_root: dataset root (official layout; the virtual capture or the real data).
+        output_root: where ``log/`` and ``model_dump/`` go.
+        resume: continue from the newest loadable snapshot in ``output_root/model_dump`` (none:
+            start afresh, saying so).
+        hand_model: the template (default: ``data_root/hand_model``).
+        device: ``"cpu"``, ``"cuda"``, … (default: torchrun's local GPU, else CUDA if available, else CPU).
+        progress: tqdm progress bar (rank 0).
+        echo: also print log lines (rank 0).
+        time_limit_s: stop after the step that exceeds this many seconds of training (a snapshot
+            is written there); None: train all epochs.
+        on_record: called with each metrics record on rank 0 (e.g. a notebook's live plot).
+    Returns:
+        :class:`TrainResult`.
+    Raises:
+        NonFiniteLoss: a loss term became NaN or infinite (message: step and term).
+    """
+    (check_finite, find_resumable, restore_training_state, save_training_snapshot, snapshot_path,
+     cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model) = _infra()
+
+    cfg = train_config
+    data_root, output_root = Path(data_root), Path(output_root)
+    info = init_distributed(device)
+    main = is_main(info)
+    log = _Log(output_root, main, echo)
+    previous_det = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(cfg.seed, cfg.deterministic)
+        log(f"training on {info.device} ({info.world_size} process{'es' if info.world_size > 1 else ''}, "
+            f"{info.backend or 'no backend'}); data {data_root}; output {output_root}")
+        log(f"train_config {json.dumps(cfg.to_dict())}")
+        log(f"model_config {json.dumps(model_config.to_dict())}")
+
+        # ---- data
+        train_frames, test_frames, rule = split_training_frames(data_root, cfg, log)
+        log(f"split: {rule}; {len(train_frames)} training frames, {len(test_frames)} held out")
+        if hand_model is None:
+            hand_model = HandModel.read(Layout(data_root, cfg.subject).hand_model_dir)
+        dataset = make_dataset(data_root, cfg, train_frames, hand_model.skeleton)
+        sampler = make_sampler(dataset, info, shuffle=True, seed=cfg.seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                                             collate_fn=collate_samples, num_workers=cfg.num_workers,
+                                             pin_memory=info.device.type == "cuda",
+                                             persistent_workers=False)
+
+        # ---- model
+        torch.manual_seed(cfg.seed)
+        model = DeepHandMesh(hand_model, model_config)
+        embedding = (PoseEmbedding(train_frames, model.hand.dof_mask)
+                     if cfg.pose_source == "embedding" else None)
+        penetration = None
+        if cfg.uses_penetration:
+            try:
+                from ..losses import PenetrationLoss
+                penetration = PenetrationLoss.from_hand(hand_model)
+            except ImportError:
+                log("penetration loss not available in this dhmlib: training without it")
+        step_module = TrainStep(model, cfg, embedding, penetration).to(info.device)
+        groups = parameter_groups(model, cfg, embedding)
+        try:    # the fused kernel: ~5x faster than the default loop on CPU for the 12M corrective weights
+            optimizer = torch.optim.Adam(groups, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            optimizer = torch.optim.Adam(groups)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.lr_milestones), cfg.lr_gamma)
+        net = wrap_model(step_module, info)
+        log("parameters: " + ", ".join(f"{g['name']} {sum(p.numel() for p in g['params']):,} (lr {g['lr']:g})"
+                                       for g in groups))
+
+        # ---- resume
+        start_epoch, step, snapshot = 0, 0, None
+        dump = output_root / "model_dump"
+        if resume:
+            found = find_resumable(dump, log=log) if dump.is_dir() else None
+            if found is None:
+                log(f"--continue: no loadable snapshot in {dump}; starting from scratch")
+            else:
+                path, ckpt = found
+                saved = ckpt.get("train_config") or {}
+                diff = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v)
+                if diff:
+                    log(f"{path}: train_config differs from the snapshot's in {', '.join(diff)} (using the new values)")
+                state = restore_training_state(ckpt, model, optimizer, scheduler, embedding, path=path)
+                start_epoch, step, snapshot = state["start_epoch"], state["step"], path
+                if state["mid_epoch"] and state["sampler"] is not None:
+                    sampler.load_state_dict(state["sampler"])
+                log(f"resumed from {path}: epoch {start_epoch}"
+                    f"{' (mid-epoch)' if state['mid_epoch'] else ''}, step {step}")
+
+        written: list[Path] = []     # snapshots of this run, oldest first (keep_snapshots)
+
+        def save(epoch: int, mid_epoch: bool, consumed: int = 0) -> Path | None:
+            """``consumed``: batches of this pass over the epoch used so far (mid-epoch snapshots)."""
+            if not main:
+                return None
+            p = snapshot_path(output_root, epoch, step if mid_epoch else None)
+            sampler_state = sampler.state_dict(consumed=consumed * cfg.batch_size) if mid_epoch else None
+            save_training_snapshot(p, model, epoch, optimizer, train_config=cfg.to_dict(), scheduler=scheduler,
+                                   sampler_state=sampler_state,
+                                   pose_embedding=embedding, step=step, mid_epoch=mid_epoch)
+            log(f"snapshot {p}")
+            written.append(p)
+            while cfg.keep_snapshots is not None and len(written) > cfg.keep_snapshots:
+                written.pop(0).unlink(missing_ok=True)
+            return p
+
+        def emit(rec: dict) -> None:
+            log.record(rec)
+            if main and on_record is not None:
+                on_record(rec)
+
+        # ---- loop
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        t_start = time.perf_counter()
+        stopped = None
+        epochs_done = start_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            net.train()
+            sums: dict[str, float] = {}
+            epoch_sums: dict[str, float] = {}
+            n_int = n_epoch = 0
+            t_int = time.perf_counter()
+            batches, num_batches = loader, len(loader)
+            if tqdm is not None and progress and main:
+                batches = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+            clock = _Clock(info.device)
+            for batch in batches:
+                clock.lap("data_ms")
+                batch = batch.to(info.device, non_blocking=True)
+                out = net(batch)
+                terms = dict(out.terms, total=out.total)
+                _all_finite(terms, info, step, check_finite)
+                clock.lap("forward_ms")
+                optimizer.zero_grad(set_to_none=True)
+                out.total.backward()
+                clock.lap("backward_ms")
+                optimizer.step()
+                step += 1
+                vals = {k: float(v.detach()) for k, v in terms.items()}
+                clock.lap("optimizer_ms")
+                for k, v in {**vals, **clock.take()}.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                    epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+                n_int += 1
+                n_epoch += 1
+                if tqdm is not None and hasattr(batches, "set_postfix"):
+                    batches.set_postfix(loss=f"{vals['total']:.3f}")
+                if step % cfg.log_every == 0:
+                    sums = _mean_over_ranks(sums, info)
+                    dt = time.perf_counter() - t_int
+                    rec = {"kind": "step", "step": step, "epoch": epoch,
+                           **{k: v / n_int for k, v in sums.items()},
+                           "lr": optimizer.param_groups[0]["lr"], "steps_per_s": n_int / max(dt, 1e-9),
+                           "time_s": time.perf_counter() - t_start}
+                    emit(rec)
+                    log(f"epoch {epoch} step {step}: " + " ".join(
+                        f"{k} {rec[k]:.4g}" for k in (*TERMS, "total") if k in rec)
+                        + f" lr {rec['lr']:.2g} {rec['steps_per_s']:.2f} steps/s")
+                    sums, n_int, t_int = {}, 0, time.perf_counter()
+                if cfg.snapshot_every_steps and step % cfg.snapshot_every_steps == 0:
+                    snapshot = save(epoch, mid_epoch=True, consumed=n_epoch) or snapshot
+                if time_limit_s is not None and _any_rank(time.perf_counter() - t_start > time_limit_s, info):
+                    stopped = f"time limit {time_limit_s:g} s reached at epoch {epoch}, step {step}"
+                    break
+            if stopped is not None and n_epoch < num_batches:
+                snapshot = save(epoch, mid_epoch=True, consumed=n_epoch) or snapshot
+                log(stopped)
+                break
+            scheduler.step()
+            epochs_done = epoch + 1
+            if n_epoch:
+                emit({"kind": "epoch", "step": step, "epoch": epoch,
+                      **{k: v / n_epoch for k, v in epoch_sums.items()},
+                      "lr": optimizer.param_groups[0]["lr"], "time_s": time.perf_counter() - t_start})
+            snapshot = save(epoch, mid_epoch=False) or snapshot
+            if stopped is not None:
+                log(stopped)
+                break
+        wall = time.perf_counter() - t_start
+        log(f"done: {epochs_done} epochs, {step} steps, {wall:.1f} s")
+        return TrainResult(model=model, embedding=embedding, train_frames=train_frames, test_frames=test_frames,
+                           split_rule=rule, snapshot=snapshot, epochs=epochs_done, steps=step, wall_s=wall,
+                           history=list(log.records), stopped_early=stopped)
+    except Exception as e:      # the log says why training stopped (NaN/inf: step and term)
+        log(f"ERROR {type(e).__name__}: {e}")
+        raise
+    finally:
+        log.close()
+        torch.use_deterministic_algorithms(previous_det)
+        cleanup_distributed()
+
+
+def _infra():
+    """The checkpoint and distributed helpers (``.checkpoint``, ``.distributed``); while those modules
+    are not in this tree, single-process stand-ins built on :func:`dhmlib.snapshot.save_snapshot`."""
+    try:
+        from .checkpoint import (check_finite, find_resumable, restore_training_state, save_training_snapshot,
+                                 snapshot_path)
+        from .distributed import cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model
+        return (check_finite, find_resumable, restore_training_state, save_training_snapshot, snapshot_path,
+                cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model)
+    except ImportError:
+        pass
+    from types import SimpleNamespace
+
+    from ..snapshot import load_snapshot, read_snapshot, save_snapshot
+
+    def check_finite(terms, step):
+        for k, v in terms.items():
+            if not bool(torch.isfinite(v.detach()).all()):
+                raise FloatingPointError(f"step {step}: loss term {k!r} is not finite; training stopped, "
+                                         "the last good snapshot is kept")
+
+    def snapshot_path(output_root, epoch, step=None):
+        name = f"snapshot_{epoch}.pth.tar" if step is None else f"snapshot_{epoch}_step{step}.pth.tar"
+        return Path(output_root) / "model_dump" / name
+
+    def save_training_snapshot(path, model, epoch, optimizer, *, train_config, scheduler=None, sampler_state=None,
+                               pose_embedding=None, step=0, mid_epoch=False):
+        return save_snapshot(path, model, epoch, optimizer, train_config=train_config, step=step,
+                             pose_embedding=None if pose_embedding is None else pose_embedding.state_dict())
+
+    def find_resumable(dump, log=print):
+        paths = sorted(Path(dump).glob("snapshot_*.pth.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+        return (paths[0], read_snapshot(paths[0])) if paths else None
+
+    def restore_training_state(ckpt, model, optimizer, scheduler=None, pose_embedding=None, path=""):
+        load_snapshot(model, path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if pose_embedding is not None:
+            pose_embedding.load_state_dict(ckpt["pose_embedding"])
+        return {"start_epoch": ckpt["epoch"] + 1, "step": ckpt.get("step", 0), "mid_epoch": False, "sampler": None}
+
+    class Sampler(torch.utils.data.Sampler):
+        def __init__(self, n, seed):
+            self.n, self.seed, self.epoch = n, seed, 0
+
+        def set_epoch(self, e):
+            self.epoch = e
+
+        def __len__(self):
+            return self.n
+
+        def __iter__(self):
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            return iter(torch.randperm(self.n, generator=g).tolist())
+
+        def state_dict(self, consumed=None):
+            return {}
+
+    def init_distributed(device=None):
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return SimpleNamespace(rank=0, world_size=1, local_rank=0, device=dev, backend="")
+
+    return (check_finite, find_resumable, restore_training_state, save_training_snapshot, snapshot_path,
+            lambda: None, init_distributed, lambda info: True,
+            lambda dataset, info, shuffle, seed: Sampler(len(dataset), seed), lambda m, info: m)
