@@ -89,8 +89,9 @@ def test_nproc_passes_multi_node_flags_to_torchrun():
     (["--nproc", "2", "--device", "cuda"] if torch.cuda.is_available() else ["--gpu", "0"],
      "--nproc starts CPU processes" if torch.cuda.is_available() else "CUDA is not available"),
 ])
-def test_user_errors_are_one_line_exit_2(capture, tmp_path, capsys, argv, phrase):
-    assert main(["train", "--data", str(capture), "--output", str(tmp_path / "o"), *argv]) == 2
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, phrase):
+    (tmp_path / "data").mkdir()                       # checked before any data is read
+    assert main(["train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "o"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dhm train: error: ") and phrase in err and "\n" not in err
     assert not (tmp_path / "o").exists()
@@ -99,6 +100,7 @@ def test_user_errors_are_one_line_exit_2(capture, tmp_path, capsys, argv, phrase
 
 
 # ------------------------------------------------------------------ NaN
+@pytest.mark.slow
 def test_a_nan_exits_1_naming_step_and_term_and_keeps_the_last_good_snapshot(capture, tmp_path, monkeypatch,
                                                                              capsys):
     import dhmlib.train.step as step_module
