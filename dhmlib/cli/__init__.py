@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import check_data, demo, fit, hand_model, notebooks, synth
+from . import check_data, demo, fit, hand_model, notebooks, synth, test
 from ._common import INTERRUPTED, USAGE, CLIError, HelpFormatter
 from .demo import parse_euler, parse_rotation
 
@@ -26,6 +26,7 @@ COMMANDS = {
     "check-data": (check_data.add, check_data.run, check_data.HELP),
     "notebooks": (notebooks.add, notebooks.run, notebooks.HELP),
     "fit": (fit.add, fit.run, fit.HELP),
+    "test": (test.add, test.run, test.HELP),
 }
 
 EPILOG = """exit status: 0 done; 1 ran and found problems (check-data) or a notebook failed;

@@ -305,8 +305,8 @@ def summary(m: Measured) -> dict:
 # --------------------------------------------------------------------------- baseline
 def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, frames=None,
                  fit_steps: int = 300, device=None, hand_model: HandModel | None = None,
-                 config: TrainConfig | None = None, data: HeldOut | None = None, log: Callable[[str], None] = print,
-                 ) -> dict[str, Measured]:
+                 config: TrainConfig | None = None, data: HeldOut | None = None, fit: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, Measured]:
     """The metrics of the template + LBS alone (no correctives) on the held-out frames.
 
     Args:
@@ -315,9 +315,10 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
         fit_steps: joint-fit steps of the fitted angles (:func:`fit_held_out`).
         config: render size, views, crops (default: the ``cpu-small`` preset's TrainConfig).
         data: already loaded held-out observations (skips loading; ``frames`` ignored).
+        fit: also measure the fitted angles.
     Returns:
         ``{"true_angles": …}`` (only with the virtual capture's ``poses.npz``: true angles and root) and
-        ``{"fitted_angles": …}``, each a :class:`Measured` (``.result`` an EvalResult).
+        ``{"fitted_angles": …}`` (with ``fit``), each a :class:`Measured` (``.result`` an EvalResult).
     """
     from .config import preset
 
@@ -337,6 +338,8 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
         out["true_angles"] = measure(model, data, true, data_root, subject, correctives=PLAIN_LBS,
                                      info={"model": "template + LBS", "pose_source": "true angles and root",
                                            "poses": true.notes["file"]})
+    if not fit:
+        return out
     fitted = fit_held_out(model, data, fit_steps, correctives=PLAIN_LBS, log=log)
     out["fitted_angles"] = measure(model, data, fitted, data_root, subject, correctives=PLAIN_LBS,
                                    info={"model": "template + LBS", "pose_source": "fit", "fit": fitted.notes})
