@@ -143,22 +143,27 @@ def model_and_config(ckpt: dict, path, hand: HandModel) -> tuple[DeepHandMesh, T
 
 # --------------------------------------------------------------------------- data
 def load_held_out(data_root, frames, config: TrainConfig, skeleton, device, images: bool) -> HeldOut:
-    """Every colour camera of each held-out frame as a view (depth crops at ``config.render_size``)."""
+    """Every colour camera of each held-out frame as a view (depth crops at ``config.render_size``).
+
+    ``ROM`` takes count (training leaves them out when it reads images; a held-out frame is tested
+    whatever its take).
+    """
     layout = Layout(data_root, config.subject)
     ds = DeepHandMeshDataset(data_root, subject=config.subject, skeleton=skeleton, num_views=1,
                              input_size=config.input_size, render_size=config.render_size, seed=config.seed,
                              image_size=capture_image_size(layout, frames[0]), crop_mode=config.crop_mode,
-                             images=images, frames=frames)
+                             images=images, frames=frames, include_rom=True)
     ds.num_views = max(len(layout.depth_cameras(f)) for f in ds.frames)
     # one sample per frame (with images the first camera's crop is the input, as any camera would do)
     first = {}
     for i, s in enumerate(ds.samples):
         first.setdefault(s.frame, i)
-    b = collate_samples([ds[first[f]] for f in sorted(first)]).to(device)
+    samples = [ds[first[f]] for f in sorted(first)]
+    b = collate_samples(samples).to(device)
     return HeldOut(frames=tuple(int(f) for f in b.frame.tolist()), joints=b.joints.float(),
                    valid=b.joint_valid.float(), depth=b.depth.float(), cameras=b.view_cameras.to(dtype=torch.float32),
                    crops=b.view_crops.to(dtype=torch.float32), image=b.image,
-                   views=tuple(tuple(ds[first[f]].view_names) for f in sorted(first)))
+                   views=tuple(tuple(s.view_names) for s in samples))
 
 
 def _chunks(n: int):
