@@ -441,7 +441,7 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
             p = out_root / "vis" / f"test_{f:06d}.png"
             test_frame_figure(f, data.depth[i].cpu().numpy(), m.rendered[i], m.vertices[i], hand.faces,
                               vertex_error=None if m.vertex_error is None else m.vertex_error[i], vmax=vmax,
-                              views=data.views[i], path=p)
+                              views=data.views[i], root=poses.root[i].detach().cpu().numpy(), path=p)
             figures.append(str(p))
     info = {**m.result.info, "metrics": str(metrics_path), "meshes": str(mesh_dir), "poses": str(poses_path),
             "figures": figures,

@@ -18,7 +18,7 @@ def error_colors(error, vmax: float | None = None, cmap: str = "magma") -> np.nd
 
 
 def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_error=None, vmax=None, views=None,
-                      num_views: int = 2, path=None, dpi: int = 80):
+                      root=None, num_views: int = 2, path=None, dpi: int = 80):
     """One held-out frame: per view ground-truth depth, predicted depth and |difference|; the mesh
     coloured by its per-vertex error to the true mesh (when known).
 
@@ -28,6 +28,8 @@ def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_e
         vertices: (V, 3) predicted mesh, mm; faces (F, 3).
         vertex_error: (V,) mm or None; ``vmax`` the top of its colour scale (mm).
         views: the K camera names; ``num_views`` how many views to show (the first ones).
+        root: (4, 4) the root's placement (model → world, mm): the mesh is drawn in the model frame
+            (fingers up, palm facing), else as given.
         path: PNG to write (folders created).
     Returns:
         the matplotlib Figure (closed after saving when ``path`` is given).
@@ -36,8 +38,11 @@ def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_e
 
     target, rendered = np.asarray(target), np.asarray(rendered)
     k = min(num_views, len(target))
-    cols = 3 + (vertex_error is not None)
-    fig = plt.figure(figsize=(3.0 * cols, 2.8 * k), dpi=dpi)
+    mesh = vertex_error is not None
+    cols = 3 + mesh
+    widths = [1, 1, 1.25] + ([2.2] if mesh else [])
+    fig = plt.figure(figsize=(3.0 * sum(widths), 2.8 * k), dpi=dpi)
+    grid = fig.add_gridspec(k, cols, width_ratios=widths)
     for i in range(k):
         t, r = target[i], rendered[i]
         both = (t != 0) & (r != 0)
@@ -50,17 +55,26 @@ def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_e
                 (np.where(r != 0, r, np.nan), "predicted depth", {"vmin": lo, "vmax": hi, "cmap": "viridis"}),
                 (diff, f"|diff| mean {np.nanmean(diff) if both.any() else float('nan'):.2f} mm",
                  {"vmin": 0, "vmax": 5, "cmap": "magma"})]):
-            ax = fig.add_subplot(k, cols, i * cols + j + 1)
+            ax = fig.add_subplot(grid[i, j])
             im = ax.imshow(img, **kw)
             ax.set_title(title, fontsize=8)
             ax.set_axis_off()
             if j == 2:
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mm")
-    if vertex_error is not None:
-        ax = fig.add_subplot(1, cols, cols, projection="3d")
-        plot_hand(ax, vertices, faces, colors=error_colors(vertex_error, vmax),
+    if mesh:
+        v = np.asarray(vertices, dtype=np.float64)
+        if root is not None:   # world → model frame: (v − t) R
+            r = np.asarray(root, dtype=np.float64)
+            v = (v - r[:3, 3]) @ r[:3, :3]
+        ax = fig.add_subplot(grid[:, cols - 1], projection="3d")
+        plot_hand(ax, v, faces, colors=error_colors(vertex_error, vmax),
                   title=f"frame {frame}: vertex error\nmean {np.mean(vertex_error):.2f} mm (scale 0–{vmax or np.max(vertex_error):.1f})")
         ax.title.set_fontsize(8)
+        import matplotlib
+
+        top = float(vmax) if vmax else max(float(np.max(vertex_error)), 1e-9)
+        sm = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, top), "magma")
+        fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.02, label="vertex error, mm")
     fig.tight_layout()
     if path is not None:
         path = Path(path)
