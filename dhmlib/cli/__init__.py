@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import check_data, demo, fit, hand_model, notebooks, synth, train
+from . import check_data, demo, fit, hand_model, notebooks, synth, test, train
 from ._common import USAGE, CLIError, HelpFormatter, run_command
 from .demo import parse_euler, parse_rotation
 
@@ -28,6 +28,7 @@ COMMANDS = {
     "notebooks": (notebooks.add, notebooks.run, notebooks.HELP),
     "fit": (fit.add, fit.run, fit.HELP),
     "train": (train.add, train.run, train.HELP),
+    "test": (test.add, test.run, test.HELP),
 }
 
 EPILOG = """exit status: 0 done; 1 ran and found problems (check-data), a notebook failed or a training loss became NaN;

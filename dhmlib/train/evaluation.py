@@ -1,0 +1,455 @@
+"""Testing a training snapshot on the held-out frames (``dhm test --test_epoch N``).
+
+:func:`test_snapshot`::
+
+    output/model_dump/snapshot_<epoch>.pth.tar ─► model (+ train_config, model_config)
+    split_frames(data_root, held_out=train_config.held_out) ─► held-out frames
+    DeepHandMeshDataset(frames=held out, every colour camera as a view) ─► joints, depth, cameras
+    poses:  image source      the encoder on the input crop; root by Kabsch on the joints (as training)
+            embedding source  no pose for unseen frames: fit_pose with the decoder frozen,
+                              (1) joints only, ``fit_steps`` Adam steps from the zero pose (lr 0.05 → 0.001),
+                              (2) joints + depth, ``fit_steps // 8`` steps (lr 0.01 → 0.001) from (1)
+    decode ─► render every view ─► dhmlib.evaluate.evaluate(...)
+    output/result/metrics.json, output/result/meshes/<frame:06d>.obj, output/result/poses.npz,
+    output/vis/test_<frame:06d>.png
+
+:func:`lbs_baseline`: the same metrics for the template with linear blend skinning alone (no
+correctives), posed (a) with the virtual capture's true angles and root
+(``annotations/synthetic/subject_N/poses.npz``) and (b) with angles fitted as above: the reference
+the correctives must beat.
+
+``metrics.json`` = :meth:`~dhmlib.evaluate.EvalResult.to_dict` (``summary`` means, ``per_frame``,
+``info`` = the run's identity: snapshot, epoch, step, split, pose source, fit settings, configs)
+plus ``scans`` (surface distances to ``annotations/3D_scans_decimated`` when present) and
+``baseline`` (the :func:`lbs_baseline` summaries, when computed). All distances mm.
+``poses.npz``: ``frame`` (B,), ``euler`` (B, J, 3) rad, ``root`` (B, 4, 4) mm, ``source`` ("fit" | "encoder"):
+``decode(euler, root)`` of the snapshot's model reproduces ``meshes/``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.dataset import DeepHandMeshDataset
+from ..data.layout import Layout
+from ..data.sample import collate_samples
+from ..data.split import split_frames
+from ..evaluate import EvalResult, evaluate, ground_truth_faces, ground_truth_meshes, vertex_error_maps, write_results
+from ..fit import fit_pose
+from ..handmodel import HandModel
+from ..model import DeepHandMesh, ModelConfig
+from ..paths import data_dir, output_dir
+from ..render import render_depth
+from ..render.cameras import Cameras
+from ..render.crop import Crop
+from ..snapshot import SnapshotError, _load_network, read_snapshot, snapshot_config
+from .checkpoint import MODEL_DUMP, find_resumable, list_snapshots, parse_snapshot_name, snapshot_path
+from .config import TrainConfig
+from .loop import capture_image_size
+
+#: fit settings of the embedding source (and of the baseline's fitted angles)
+JOINT_FIT_LR = (0.05, 0.001)
+DEPTH_FIT_LR = (0.01, 0.001)
+DEPTH_FIT_FRACTION = 8          # depth steps = fit_steps // 8
+BATCH = 16                      # frames decoded / rendered / fitted at once
+PLAIN_LBS = ()                  # decode(correctives=()) = template + LBS
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out frames' observations (one batch, on the evaluation device).
+
+    Attributes:
+        frames: (B,) frame numbers.  joints (B, J, 3) mm, valid (B, J).
+        depth: (B, K, h, w) target depth crops, mm (0 = no surface); cameras, crops: batch shape (B, K).
+        image: (B, 3, H, W) input crops or None.  views: the K camera names of each frame.
+    """
+
+    frames: tuple[int, ...]
+    joints: torch.Tensor
+    valid: torch.Tensor
+    depth: torch.Tensor
+    cameras: Cameras
+    crops: Crop
+    image: torch.Tensor | None
+    views: tuple[tuple[str, ...], ...]
+
+    def part(self, sl: slice) -> "HeldOut":
+        """Frames ``sl`` of the batch."""
+        c = self.cameras
+        return HeldOut(self.frames[sl], self.joints[sl], self.valid[sl], self.depth[sl],
+                       Cameras(c.R[sl], c.t[sl], c.focal[sl], c.principal[sl], c.names),
+                       Crop(self.crops.matrix[sl], self.crops.size),
+                       None if self.image is None else self.image[sl], self.views[sl])
+
+
+@dataclass(frozen=True)
+class Poses:
+    """Euler (B, J, 3) rad and root (B, 4, 4) mm of the held-out frames, with how they were obtained."""
+
+    euler: torch.Tensor
+    root: torch.Tensor
+    source: str
+    notes: dict
+
+
+# --------------------------------------------------------------------------- snapshot
+def resolve_snapshot(snapshot=None, output_root=None, epoch: int | None = None,
+                     log: Callable[[str], None] = print) -> tuple[Path, dict]:
+    """(path, loaded snapshot) of ``snapshot`` (a file), or ``epoch`` / the newest in ``output_root/model_dump``.
+
+    Raises:
+        SnapshotError: the file does not exist or does not load; the message names it and lists the
+            epochs that exist.
+    """
+    if snapshot not in (None, "latest"):
+        path = Path(snapshot)
+        if not path.is_file():
+            raise SnapshotError(f"{path}: snapshot not found")
+        return path, read_snapshot(path)
+    dump = output_dir(MODEL_DUMP, output_root)
+    found = list_snapshots(dump)
+    if epoch is not None:
+        path = snapshot_path(dump.parent, epoch)
+        if not path.is_file():
+            have = sorted({parse_snapshot_name(p.name)[0] for p in found})
+            raise SnapshotError(f"{path}: no snapshot of epoch {epoch} (epochs in {dump}: "
+                                f"{', '.join(map(str, have)) if have else 'none'})")
+        return path, read_snapshot(path)
+    got = find_resumable(dump, log=log)
+    if got is None:
+        raise SnapshotError(f"{dump}: no snapshot (expected snapshot_<epoch>.pth.tar; train first with dhm train)")
+    return got
+
+
+def model_and_config(ckpt: dict, path, hand: HandModel) -> tuple[DeepHandMesh, TrainConfig | None]:
+    """The snapshot's network (weights loaded) and its TrainConfig (None for a snapshot without one)."""
+    model = DeepHandMesh(hand, snapshot_config(ckpt, path))
+    _load_network(model, ckpt, path)
+    tc = ckpt.get("train_config")
+    if tc is None:
+        return model, None
+    try:
+        return model, TrainConfig.from_dict(tc)
+    except ValueError as e:
+        raise SnapshotError(f"{path}: train_config: {e}") from None
+
+
+# --------------------------------------------------------------------------- data
+def load_held_out(data_root, frames, config: TrainConfig, skeleton, device, images: bool) -> HeldOut:
+    """Every colour camera of each held-out frame as a view (depth crops at ``config.render_size``).
+
+    ``ROM`` takes count (training leaves them out when it reads images; a held-out frame is tested
+    whatever its take).
+    """
+    layout = Layout(data_root, config.subject)
+    ds = DeepHandMeshDataset(data_root, subject=config.subject, skeleton=skeleton, num_views=1,
+                             input_size=config.input_size, render_size=config.render_size, seed=config.seed,
+                             image_size=capture_image_size(layout, frames[0]), crop_mode=config.crop_mode,
+                             images=images, frames=frames, include_rom=True)
+    ds.num_views = max(len(layout.depth_cameras(f)) for f in ds.frames)
+    # one sample per frame (with images the first camera's crop is the input, as any camera would do)
+    first = {}
+    for i, s in enumerate(ds.samples):
+        first.setdefault(s.frame, i)
+    samples = [ds[first[f]] for f in sorted(first)]
+    b = collate_samples(samples).to(device)
+    return HeldOut(frames=tuple(int(f) for f in b.frame.tolist()), joints=b.joints.float(),
+                   valid=b.joint_valid.float(), depth=b.depth.float(), cameras=b.view_cameras.to(dtype=torch.float32),
+                   crops=b.view_crops.to(dtype=torch.float32), image=b.image,
+                   views=tuple(tuple(s.view_names) for s in samples))
+
+
+def _chunks(n: int):
+    for s in range(0, n, BATCH):
+        yield slice(s, min(n, s + BATCH))
+
+
+# --------------------------------------------------------------------------- poses
+def fit_held_out(model: DeepHandMesh, data: HeldOut, steps: int, correctives=None,
+                 log: Callable[[str], None] = print) -> Poses:
+    """Euler + root of the held-out frames by :func:`~dhmlib.fit.fit_pose` with the decoder frozen.
+
+    Stage 1: joints only, ``steps`` Adam steps from the zero pose (root by Kabsch), lr 0.05 → 0.001.
+    Stage 2: joints + depth of every view, ``steps // 8`` steps from stage 1, lr 0.01 → 0.001 (the
+    depth term has no silhouette gradient, so it only refines a pose that is already close).
+    """
+    depth_steps = steps // DEPTH_FIT_FRACTION
+    euler, root, j1, j2, d2 = [], [], [], [], []
+    for sl in _chunks(len(data.frames)):
+        d = data.part(sl)
+        joints, valid = d.joints, d.valid
+        r1 = fit_pose(model, joints=joints, joint_valid=valid, steps=steps, lr=JOINT_FIT_LR[0],
+                      lr_end=JOINT_FIT_LR[1], correctives=correctives)
+        j1.append(r1.final["joint"])
+        r = r1
+        if depth_steps > 0:
+            r = fit_pose(model, joints=joints, joint_valid=valid, depth=d.depth, cameras=d.cameras,
+                         crops=d.crops, steps=depth_steps, lr=DEPTH_FIT_LR[0], lr_end=DEPTH_FIT_LR[1],
+                         init=r1.euler, root_init=r1.root, correctives=correctives)
+            d2.append(r.final["depth"])
+        j2.append(r.final["joint"])
+        euler.append(r.euler)
+        root.append(r.root)
+    notes = {"joint_steps": int(steps), "joint_lr": list(JOINT_FIT_LR), "depth_steps": int(depth_steps),
+             "depth_lr": list(DEPTH_FIT_LR),
+             "joint_loss_after_joints": float(torch.cat(j1).mean()),
+             "joint_loss_after_depth": float(torch.cat(j2).mean())}
+    if d2:
+        notes["depth_loss_after_depth"] = float(torch.cat(d2).mean())
+    log(f"fitted {len(data.frames)} held-out frame(s): {steps} joint steps + {depth_steps} joint+depth steps")
+    return Poses(torch.cat(euler), torch.cat(root), "fit", notes)
+
+
+def encoder_poses(model: DeepHandMesh, data: HeldOut) -> Poses:
+    """Image source: Euler angles from the encoder, root by Kabsch on the joints (as in training)."""
+    if data.image is None:
+        raise ValueError("the image pose source needs the held-out frames' images (images/ folder)")
+    with torch.no_grad():
+        euler = torch.cat([model.pose_net(model.backbone_net(data.image[sl])) for sl in _chunks(len(data.frames))])
+        root = model.root_from_joints(data.joints, data.valid)
+    return Poses(euler, root, "encoder", {"root": "Kabsch of the alignment joints onto the ground-truth joints"})
+
+
+def true_poses(data_root, subject: int, frames, device) -> Poses | None:
+    """The virtual capture's true angles and root (``annotations/synthetic/subject_N/poses.npz``), or None."""
+    p = Path(data_root) / "annotations" / "synthetic" / f"subject_{int(subject)}" / "poses.npz"
+    if not p.is_file():
+        return None
+    with np.load(p, allow_pickle=False) as z:
+        index = {int(f): i for i, f in enumerate(z["frame"])}
+        missing = [f for f in frames if f not in index]
+        if missing:
+            raise KeyError(f"{p}: no pose for frames {missing[:10]}")
+        rows = [index[f] for f in frames]
+        euler, root = z["euler"][rows], z["root"][rows]
+    return Poses(torch.as_tensor(euler, dtype=torch.float32, device=device),
+                 torch.as_tensor(root, dtype=torch.float32, device=device), "true", {"file": str(p)})
+
+
+# --------------------------------------------------------------------------- measuring
+@dataclass(frozen=True)
+class Measured:
+    """One evaluated pose set: metrics, decoded vertices (B, V, 3) mm, joints, rendered depth (B, K, h, w)."""
+
+    result: EvalResult
+    vertices: np.ndarray
+    joints: np.ndarray
+    rendered: np.ndarray
+    vertex_error: np.ndarray | None
+    scans: EvalResult | None
+
+
+def _ground_truth(data_root, subject, frames):
+    syn = Path(data_root) / "annotations" / "synthetic" / f"subject_{int(subject)}"
+    if not (syn / "meshes").is_dir():
+        return None, None
+    return ground_truth_meshes(data_root, subject, frames), ground_truth_faces(data_root, subject)
+
+
+def _scans(data_root, subject, frames):
+    from ..data.scans import read_scan
+
+    lay = Layout(data_root, subject)
+    have = set(lay.scan_frames())
+    keep = [i for i, f in enumerate(frames) if f in have]
+    return keep, [read_scan(lay.scan_path(frames[i])) for i in keep]
+
+
+def measure(model: DeepHandMesh, data: HeldOut, poses: Poses, data_root, subject: int, *, correctives=None,
+            info: dict | None = None) -> Measured:
+    """Decode ``poses``, render every view and compute every metric the data allows."""
+    faces = model.hand.faces
+    verts, joints, rendered = [], [], []
+    with torch.no_grad():
+        for sl in _chunks(len(data.frames)):
+            d = data.part(sl)
+            pose = model.decode(poses.euler[sl], poses.root[sl], correctives=correctives)
+            verts.append(pose.vertices)
+            joints.append(pose.joints)
+            rendered.append(render_depth(pose.vertices, faces, d.cameras, d.crops, tuple(d.depth.shape[-2:])))
+    V, Jt, D = torch.cat(verts).double().cpu(), torch.cat(joints).double().cpu(), torch.cat(rendered).cpu()
+    gt, gt_faces = _ground_truth(data_root, subject, data.frames)
+    f_np = faces.cpu().numpy()
+    info = dict(info or {})
+    if gt is not None:
+        info["surface_reference"] = "virtual capture's true meshes"
+    result = evaluate(data.frames, pred_joints=Jt, gt_joints=data.joints.cpu(), joint_valid=data.valid.cpu(),
+                      rendered_depth=D, target_depth=data.depth.cpu(), pred_vertices=V if gt is not None else None,
+                      gt_vertices=gt, faces=f_np, gt_faces=None if gt_faces is None or
+                      np.array_equal(gt_faces, f_np) else gt_faces, info=info)
+    verr = None
+    if gt is not None and gt.shape == tuple(V.shape):
+        verr = vertex_error_maps(V, gt, faces=f_np)["total"].numpy()
+    keep, scans = _scans(data_root, subject, data.frames)
+    scan_result = None
+    if scans:
+        scan_result = evaluate([data.frames[i] for i in keep], pred_vertices=V[keep], faces=f_np, scans=scans)
+    return Measured(result, V.numpy(), Jt.numpy(), D.numpy(), verr, scan_result)
+
+
+def _scan_dict(r: EvalResult | None) -> dict | None:
+    if r is None:
+        return None
+    d = r.to_dict()
+    return {"summary": {k.replace("surface_", "scan_"): v for k, v in d["summary"].items()},
+            "per_frame": {k.replace("surface_", "scan_"): v for k, v in d["per_frame"].items()}}
+
+
+def summary(m: Measured) -> dict:
+    """The means (mm) of one measurement, scans included (``scan_*`` keys)."""
+    s = m.result.summary()
+    if m.scans is not None:
+        s.update(_scan_dict(m.scans)["summary"])
+    return s
+
+
+# --------------------------------------------------------------------------- baseline
+def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, frames=None,
+                 fit_steps: int = 300, device=None, hand_model: HandModel | None = None,
+                 config: TrainConfig | None = None, data: HeldOut | None = None, fit: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, Measured]:
+    """The metrics of the template + LBS alone (no correctives) on the held-out frames.
+
+    Args:
+        data_root: dataset root (default: :func:`dhmlib.paths.data_dir`).
+        subject, split: the subject and the ``held_out`` rule (None: the split's default); or ``frames``.
+        fit_steps: joint-fit steps of the fitted angles (:func:`fit_held_out`).
+        config: render size, views, crops (default: the ``cpu-small`` preset's TrainConfig).
+        data: already loaded held-out observations (skips loading; ``frames`` ignored).
+        fit: also measure the fitted angles.
+    Returns:
+        ``{"true_angles": …}`` (only with the virtual capture's ``poses.npz``: true angles and root) and
+        ``{"fitted_angles": …}`` (with ``fit``), each a :class:`Measured` (``.result`` an EvalResult).
+    """
+    from .config import preset
+
+    data_root = data_dir(data_root)
+    dev = torch.device(device or "cpu")
+    hand = hand_model or HandModel.read(Layout(data_root, subject).hand_model_dir)
+    cfg = (config or preset("cpu-small")[0]).replace(subject=subject)
+    if data is None:
+        if frames is None:
+            frames = split_frames(data_root, subject, split).test
+        data = load_held_out(data_root, list(frames), cfg, hand.skeleton, dev, images=False)
+    model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
+                                           skeleton_corrective=False)).to(dev).eval()
+    out = {}
+    true = true_poses(data_root, subject, data.frames, dev)
+    if true is not None:
+        out["true_angles"] = measure(model, data, true, data_root, subject, correctives=PLAIN_LBS,
+                                     info={"model": "template + LBS", "pose_source": "true angles and root",
+                                           "poses": true.notes["file"]})
+    if not fit:
+        return out
+    fitted = fit_held_out(model, data, fit_steps, correctives=PLAIN_LBS, log=log)
+    out["fitted_angles"] = measure(model, data, fitted, data_root, subject, correctives=PLAIN_LBS,
+                                   info={"model": "template + LBS", "pose_source": "fit", "fit": fitted.notes})
+    return out
+
+
+# --------------------------------------------------------------------------- test
+_MESH_RE = re.compile(r"^\d{6}\.obj$")
+
+
+def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int | None = None,
+                  split: str | None = None, fit_steps: int = 300, device=None, render: bool = True,
+                  baseline: bool = True, hand_model: HandModel | None = None,
+                  log: Callable[[str], None] = print) -> EvalResult:
+    """Evaluate a training snapshot on the held-out frames and write the results.
+
+    Args:
+        snapshot: a snapshot file, or None / ``"latest"``: ``output_root/model_dump``'s snapshot of
+            ``epoch``, or its newest loadable one.
+        data_root: dataset root (default: :func:`dhmlib.paths.data_dir`).
+        output_root: where ``model_dump/`` is read and ``result/``, ``vis/`` written (default
+            :func:`dhmlib.paths.output_dir`).
+        epoch: the snapshot ``snapshot_<epoch>.pth.tar`` (0-based, as the file names); None: the newest.
+        split: ``held_out`` rule (None: the one stored in the snapshot's train_config).
+        fit_steps: joint-fit steps for the embedding source (and the baseline's fitted angles).
+        device: ``"cpu"``, ``"cuda"`` … (default: CUDA when available).
+        render: write the per-frame figures to ``output_root/vis/``.
+        baseline: also compute :func:`lbs_baseline` (stored under ``baseline`` in metrics.json and in
+            the result's ``info["baseline"]``).
+    Returns:
+        the :class:`~dhmlib.evaluate.EvalResult`; ``info`` holds the run's identity, the paths written
+        (``metrics``, ``meshes``, ``poses``, ``figures``), the scan distances and the baseline summaries.
+    Raises:
+        SnapshotError: no such snapshot (message: the file and the epochs that exist).
+    """
+    data_root = data_dir(data_root)
+    out_root = output_dir(None, output_root)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    path, ckpt = resolve_snapshot(snapshot, out_root, epoch, log)
+    stored = ckpt.get("train_config")
+    subject = int((stored or {}).get("subject", 1))
+    hand = hand_model or HandModel.read(Layout(data_root, subject).hand_model_dir)
+    model, tc = model_and_config(ckpt, path, hand)
+    if tc is None:    # an official snapshot: the paper's recipe (image source)
+        tc = TrainConfig()
+    model = model.to(dev).eval()
+    held_out = split if split is not None else tc.held_out
+    sp = split_frames(data_root, subject, held_out)
+    log(f"testing {path} (epoch {ckpt.get('epoch')}) on {sp.rule}")
+    image = tc.pose_source == "image"
+    data = load_held_out(data_root, list(sp.test), tc, hand.skeleton, dev, images=image)
+    poses = encoder_poses(model, data) if image else fit_held_out(model, data, fit_steps, log=log)
+    identity = {
+        "snapshot": str(path), "epoch": int(ckpt.get("epoch", -1)), "step": int(ckpt.get("step", 0)),
+        "split": {"spec": sp.spec, "rule": sp.rule, "test": list(sp.test), "from": "argument" if split is not None
+                  else "snapshot's train_config"},
+        "pose_source": {"image": "encoder", "embedding": "fit"}[tc.pose_source],
+        "fit": poses.notes, "data_root": str(data_root), "subject": subject, "device": str(dev),
+        "views": len(data.views[0]) if data.views else 0, "render_size": list(tc.render_size),
+        "train_config": tc.to_dict(), "model_config": model.config.to_dict(),
+    }
+    m = measure(model, data, poses, data_root, subject, info=identity)
+    base = None
+    if baseline:
+        base = lbs_baseline(data_root, subject=subject, fit_steps=fit_steps, device=dev, hand_model=hand, config=tc,
+                            data=data, log=log)
+    result_dir = out_root / "result"
+    mesh_dir = result_dir / "meshes"
+    if mesh_dir.is_dir():       # meshes of an earlier test (other frames) would mix with these
+        for p in mesh_dir.iterdir():
+            if _MESH_RE.match(p.name):
+                p.unlink()
+    uvs = hand.uvs if len(hand.uvs) else None
+    metrics_path = write_results(m.result, result_dir, m.vertices, hand.faces, uvs=uvs,
+                                 uv_faces=hand.uv_faces if uvs is not None else None)
+    poses_path = result_dir / "poses.npz"
+    np.savez(poses_path, frame=np.asarray(data.frames), euler=poses.euler.detach().cpu().numpy(),
+             root=poses.root.detach().cpu().numpy(), source=np.array(poses.source))
+    doc = m.result.to_dict()
+    doc["scans"] = _scan_dict(m.scans)
+    doc["baseline"] = None if base is None else {k: {**summary(v), "info": v.result.info} for k, v in base.items()}
+    tmp = metrics_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(metrics_path)
+    figures = []
+    if render:
+        from ..viz.result_figures import test_frame_figure
+
+        vmax = float(np.percentile(m.vertex_error, 99)) if m.vertex_error is not None else None
+        for i, f in enumerate(data.frames):
+            p = out_root / "vis" / f"test_{f:06d}.png"
+            test_frame_figure(f, data.depth[i].cpu().numpy(), m.rendered[i], m.vertices[i], hand.faces,
+                              vertex_error=None if m.vertex_error is None else m.vertex_error[i], vmax=vmax,
+                              views=data.views[i], root=poses.root[i].detach().cpu().numpy(), path=p)
+            figures.append(str(p))
+    info = {**m.result.info, "metrics": str(metrics_path), "meshes": str(mesh_dir), "poses": str(poses_path),
+            "figures": figures,
+            "scans": doc["scans"]["summary"] if doc["scans"] else None,
+            "baseline": {k: summary(v) for k, v in base.items()} if base else None}
+    return EvalResult(frames=m.result.frames, joint_error=m.result.joint_error, depth_error=m.result.depth_error,
+                      vertex=m.result.vertex, vertex_per_frame=m.result.vertex_per_frame, surface=m.result.surface,
+                      info=info)
+
+
+test_snapshot.__test__ = False   # a library function, not a pytest test, wherever it is imported

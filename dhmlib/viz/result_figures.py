@@ -1,0 +1,84 @@
+"""Figures of a test run: predicted vs ground-truth depth and the per-vertex error on the mesh."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .figures import plot_hand
+
+
+def error_colors(error, vmax: float | None = None, cmap: str = "magma") -> np.ndarray:
+    """(V,) errors, mm → (V, 3) RGB in [0, 1] (0 dark … ``vmax`` bright; default ``vmax``: the maximum)."""
+    import matplotlib
+
+    e = np.asarray(error, dtype=np.float64)
+    top = float(vmax) if vmax else max(float(e.max()), 1e-9)
+    return matplotlib.colormaps[cmap](np.clip(e / top, 0, 1))[:, :3]
+
+
+def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_error=None, vmax=None, views=None,
+                      root=None, num_views: int = 2, path=None, dpi: int = 80):
+    """One held-out frame: per view ground-truth depth, predicted depth and |difference|; the mesh
+    coloured by its per-vertex error to the true mesh (when known).
+
+    Args:
+        frame: frame number (titles).
+        target, rendered: (K, h, w) depth crops, mm (0 = no surface).
+        vertices: (V, 3) predicted mesh, mm; faces (F, 3).
+        vertex_error: (V,) mm or None; ``vmax`` the top of its colour scale (mm).
+        views: the K camera names; ``num_views`` how many views to show (the first ones).
+        root: (4, 4) the root's placement (model → world, mm): the mesh is drawn in the model frame
+            (fingers up, palm facing), else as given.
+        path: PNG to write (folders created).
+    Returns:
+        the matplotlib Figure (closed after saving when ``path`` is given).
+    """
+    import matplotlib.pyplot as plt
+
+    target, rendered = np.asarray(target), np.asarray(rendered)
+    k = min(num_views, len(target))
+    mesh = vertex_error is not None
+    cols = 3 + mesh
+    widths = [1, 1, 1.25] + ([2.2] if mesh else [])
+    fig = plt.figure(figsize=(3.0 * sum(widths), 2.8 * k), dpi=dpi)
+    grid = fig.add_gridspec(k, cols, width_ratios=widths)
+    for i in range(k):
+        t, r = target[i], rendered[i]
+        both = (t != 0) & (r != 0)
+        on = np.concatenate([t[t != 0], r[r != 0]])
+        lo, hi = (float(on.min()), float(on.max())) if on.size else (0.0, 1.0)
+        diff = np.where(both, np.abs(r - t), np.nan)
+        name = f" cam {views[i]}" if views is not None else f" view {i}"
+        for j, (img, title, kw) in enumerate([
+                (np.where(t != 0, t, np.nan), f"true depth{name}", {"vmin": lo, "vmax": hi, "cmap": "viridis"}),
+                (np.where(r != 0, r, np.nan), "predicted depth", {"vmin": lo, "vmax": hi, "cmap": "viridis"}),
+                (diff, f"|diff| mean {np.nanmean(diff) if both.any() else float('nan'):.2f} mm",
+                 {"vmin": 0, "vmax": 5, "cmap": "magma"})]):
+            ax = fig.add_subplot(grid[i, j])
+            im = ax.imshow(img, **kw)
+            ax.set_title(title, fontsize=8)
+            ax.set_axis_off()
+            if j == 2:
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mm")
+    if mesh:
+        v = np.asarray(vertices, dtype=np.float64)
+        if root is not None:   # world → model frame: (v − t) R
+            r = np.asarray(root, dtype=np.float64)
+            v = (v - r[:3, 3]) @ r[:3, :3]
+        ax = fig.add_subplot(grid[:, cols - 1], projection="3d")
+        plot_hand(ax, v, faces, colors=error_colors(vertex_error, vmax),
+                  title=f"frame {frame}: vertex error\nmean {np.mean(vertex_error):.2f} mm (scale 0–{vmax or np.max(vertex_error):.1f})")
+        ax.title.set_fontsize(8)
+        import matplotlib
+
+        top = float(vmax) if vmax else max(float(np.max(vertex_error)), 1e-9)
+        sm = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, top), "magma")
+        fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.02, label="vertex error, mm")
+    fig.tight_layout()
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+    return fig
