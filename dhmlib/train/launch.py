@@ -11,6 +11,7 @@ A notebook cannot host torchrun's workers itself, so for several devices it star
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import threading
 import time
@@ -69,6 +70,13 @@ class LaunchResult:
     def ok(self) -> bool:
         return self.returncode == 0
 
+    def check(self, lines: int = 20) -> "LaunchResult":
+        """Self when the run succeeded, else RuntimeError with the exit status and its last output lines."""
+        if not self.ok:
+            tail = "\n".join(self.output[-lines:])
+            raise RuntimeError(f"training exited with status {self.returncode}: {self.command}\n{tail}")
+        return self
+
 
 def _new_records(path: Path, offset: int) -> tuple[list[dict], int]:
     """Complete JSON lines of ``path`` after byte ``offset``, and the offset after them."""
@@ -97,10 +105,15 @@ def run_training(argv: list[str], env: dict | None, output_root, *, on_record: C
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     output: list[str] = []
+    lines: queue.SimpleQueue = queue.SimpleQueue()
 
-    def pump():
+    def pump():     # reads the pipe; the lines are passed on in the calling thread (a notebook cell's output)
         for text in proc.stdout:
-            output.append(text.rstrip("\n"))
+            lines.put(text.rstrip("\n"))
+
+    def drain():
+        while not lines.empty():
+            output.append(lines.get())
             say(output[-1])
 
     reader = threading.Thread(target=pump, daemon=True)
@@ -109,6 +122,9 @@ def run_training(argv: list[str], env: dict | None, output_root, *, on_record: C
     try:
         while True:
             done = proc.poll() is not None
+            if done:
+                reader.join(5)     # the rest of the output
+            drain()
             new, offset = _new_records(metrics, offset)
             for r in new:
                 records.append(r)
@@ -121,5 +137,4 @@ def run_training(argv: list[str], env: dict | None, output_root, *, on_record: C
         proc.terminate()
         proc.wait(30)
         raise
-    reader.join(5)
     return LaunchResult(line, proc.returncode, records, output, time.perf_counter() - t0)
