@@ -23,6 +23,8 @@ def test_corrective_fields():
     assert corrective_fields("all") == {"pose_corrective": True, "id_corrective": True, "skeleton_corrective": True}
     assert corrective_fields("none") == corrective_fields([]) == dict.fromkeys(corrective_fields("all"), False)
     assert corrective_fields("pose") == {"pose_corrective": True, "id_corrective": False, "skeleton_corrective": False}
+    assert corrective_fields("pose, skeleton") == corrective_fields(["skeleton", "pose"]) == \
+        {"pose_corrective": True, "id_corrective": False, "skeleton_corrective": True}
     with pytest.raises(ValueError, match="unknown \\['skin'\\]"):
         corrective_fields(["pose", "skin"])
 

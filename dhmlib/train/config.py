@@ -238,11 +238,13 @@ def parse_set(items, train_config: TrainConfig, model_config: ModelConfig) -> tu
 
 def corrective_fields(correctives) -> dict:
     """ModelConfig overrides that switch on exactly ``correctives``: ``"all"``, or names from
-    :data:`dhmlib.model.CORRECTIVES` (``"pose"``, ``"identity"``, ``"skeleton"``); ``[]``/``"none"``: LBS only."""
+    :data:`dhmlib.model.CORRECTIVES` (``"pose"``, ``"identity"``, ``"skeleton"``) as a list or a
+    comma-separated string; ``[]``/``"none"``: LBS only."""
     from ..model import CORRECTIVES
 
-    names = list(CORRECTIVES) if correctives == "all" else [] if correctives in ("none", None) else \
-        [correctives] if isinstance(correctives, str) else list(correctives)
+    if isinstance(correctives, str):
+        correctives = [] if correctives.strip() in ("none", "") else [n.strip() for n in correctives.split(",")]
+    names = list(CORRECTIVES) if list(correctives or []) == ["all"] else list(correctives or [])
     bad = [n for n in names if n not in CORRECTIVES]
     if bad:
         raise ValueError(f"correctives: unknown {bad}; expected 'all' or names from {CORRECTIVES}")
