@@ -29,20 +29,26 @@ def test_corrective_fields():
         corrective_fields(["pose", "skin"])
 
 
-def test_train_command_runs_dhmlib_train_under_torchrun(tmp_path):
+def test_train_command_is_dhm_train_with_gpu_or_nproc(tmp_path):
+    import argparse
+
+    from dhmlib.cli.train import add, configs
+
     tc, mc = preset("cpu-small", epochs=2)
     argv, env = train_command(tc, mc, tmp_path / "d", tmp_path / "o", gpus="0-1,3", time_limit_s=30)
-    assert argv[1:4] == ["-m", "torch.distributed.run", "--standalone"]
-    assert argv[argv.index("--nproc_per_node") + 1] == "3" and env["CUDA_VISIBLE_DEVICES"] == "0,1,3"
-    tail = argv[argv.index("-m", 2):]
-    assert tail[:4] == ["-m", "dhmlib.train", "--preset", "paper"]
-    assert tail[tail.index("--data") + 1] == str(tmp_path / "d") and tail[tail.index("--time-limit") + 1] == "30"
-    sets = [tail[i + 1] for i, a in enumerate(tail) if a == "--set"]
-    assert sets == config_sets(tc, mc)
+    assert argv[:4] == [sys.executable, "-m", "dhmlib.cli", "train"]
+    parser = argparse.ArgumentParser()
+    add(parser)
+    args = parser.parse_args(argv[4:])                  # what dhm train will see
+    assert (args.preset, args.data, args.output, args.gpu, args.nproc, args.time_limit) == \
+        ("paper", str(tmp_path / "d"), str(tmp_path / "o"), "0,1,3", None, 30.0)
+    assert configs(args) == (tc, mc)
     argv, env = train_command(tc, mc, "d", "o", nproc=2)
-    assert argv[argv.index("--nproc_per_node") + 1] == "2" and env["CUDA_VISIBLE_DEVICES"] == ""
+    assert argv[-2:] == ["--nproc", "2"] and "--gpu" not in argv
     with pytest.raises(ValueError, match="bad token 'x'"):
         train_command(tc, mc, "d", "o", gpus="0,x")
+    with pytest.raises(ValueError, match="give gpus or nproc"):
+        train_command(tc, mc, "d", "o")
 
 
 def test_run_training_follows_new_metrics_records_and_output(tmp_path):

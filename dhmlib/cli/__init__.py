@@ -3,7 +3,8 @@
 One module per sub-command (``add(parser)`` declares its arguments, ``run(args) -> exit code``);
 the library functions they call raise or return results.
 
-Exit codes: 0 done; 1 the command ran and found problems (``check-data``) or a notebook failed;
+Exit codes: 0 done; 1 the command ran and found problems (``check-data``), a notebook failed or a training
+loss became NaN (``train``);
 2 a usage or input error, printed as one ``dhm <cmd>: error: …`` line without a traceback
 (as argparse does for malformed arguments); 130 interrupted (Ctrl-C, SIGTERM).
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import check_data, demo, fit, hand_model, notebooks, synth
-from ._common import INTERRUPTED, USAGE, CLIError, HelpFormatter
+from . import check_data, demo, fit, hand_model, notebooks, synth, train
+from ._common import USAGE, CLIError, HelpFormatter, run_command
 from .demo import parse_euler, parse_rotation
 
 __all__ = ["CLIError", "main", "build_parser", "parse_euler", "parse_rotation", "COMMANDS", "register"]
@@ -26,9 +27,10 @@ COMMANDS = {
     "check-data": (check_data.add, check_data.run, check_data.HELP),
     "notebooks": (notebooks.add, notebooks.run, notebooks.HELP),
     "fit": (fit.add, fit.run, fit.HELP),
+    "train": (train.add, train.run, train.HELP),
 }
 
-EPILOG = """exit status: 0 done; 1 ran and found problems (check-data) or a notebook failed;
+EPILOG = """exit status: 0 done; 1 ran and found problems (check-data), a notebook failed or a training loss became NaN;
 2 usage or input error; 130 interrupted. 'dhm <command> --help' for each command."""
 
 
@@ -48,26 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..handmodel import HandModelError
-    from ..snapshot import SnapshotError
-
-    # OSError: missing, unreadable or unwritable files and folders named by the user
-    return CLIError, HandModelError, SnapshotError, OSError
-
-
 def main(argv=None) -> int:
     """Run ``dhm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
         return e.code if isinstance(e.code, int) else USAGE
-    try:
-        code = args._run(args)
-    except _user_errors() as e:
-        print(f"dhm {args.command}: error: {e}", file=sys.stderr)
-        return USAGE
-    except KeyboardInterrupt:
-        print(f"dhm {args.command}: interrupted", file=sys.stderr)
-        return INTERRUPTED
-    return 0 if code is None else int(code)
+    return run_command(args.command, args._run, args)

@@ -31,6 +31,28 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions reported as one ``dhm <cmd>: error: …`` line with exit status 2."""
+    from ..handmodel import HandModelError
+    from ..snapshot import SnapshotError
+
+    # OSError: missing, unreadable or unwritable files and folders named by the user
+    return CLIError, HandModelError, SnapshotError, OSError
+
+
+def run_command(command: str, run, args) -> int:
+    """``run(args)`` with dhm's error handling: user errors → one line and 2, Ctrl-C → 130."""
+    try:
+        code = run(args)
+    except user_errors() as e:
+        print(f"dhm {command}: error: {e}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        print(f"dhm {command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    return 0 if code is None else int(code)
+
+
 def warn(command: str, message: str) -> None:
     print(f"dhm {command}: warning: {message}", file=sys.stderr)
 

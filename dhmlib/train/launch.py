@@ -1,7 +1,7 @@
 """Training in a subprocess (several GPUs or CPU processes under torchrun), followed from Python.
 
 A notebook cannot host torchrun's workers itself, so for several devices it starts
-``torchrun -m dhmlib.train …`` (the arguments ``dhm train`` takes) in a subprocess and follows it:
+``dhm train --gpu 0-3`` (or ``--nproc N``; that command runs torchrun) in a subprocess and follows it:
 :func:`train_command` turns the configs into that command line (every field that differs from the
 ``paper`` preset as a ``--set``, so the workers build exactly these configs), and
 :func:`run_training` runs it, passes each new record of ``output/log/metrics.jsonl`` to
@@ -11,8 +11,10 @@ A notebook cannot host torchrun's workers itself, so for several devices it star
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from ..model import ModelConfig
 from .config import PRESETS, TrainConfig
-from .distributed import command_line, parse_gpus, torchrun_command
+from .distributed import command_line, parse_gpus
 
 BASE_PRESET = "paper"
 
@@ -37,7 +39,7 @@ def config_sets(train_config: TrainConfig, model_config: ModelConfig, base: str 
 def train_command(train_config: TrainConfig, model_config: ModelConfig, data_root, output_root, *,
                   gpus: str | list[int] | None = None, nproc: int | None = None,
                   time_limit_s: float | None = None) -> tuple[list[str], dict]:
-    """(argv, env) of ``torchrun -m dhmlib.train`` for these configs.
+    """(argv, env) of ``dhm train --gpu IDS`` / ``--nproc N`` for these configs.
 
     Args:
         gpus: GPU ids (``"0-3"``, ``"0,2"`` or a list): one process per GPU.
@@ -47,13 +49,16 @@ def train_command(train_config: TrainConfig, model_config: ModelConfig, data_roo
         ValueError: bad ``gpus`` text (the token is named), or neither ``gpus`` nor ``nproc``.
     """
     ids = parse_gpus(gpus) if isinstance(gpus, str) else (list(gpus) if gpus else None)
-    args = ["-m", "dhmlib.train", "--preset", BASE_PRESET, "--data", str(data_root), "--output", str(output_root),
-            "--no-progress"]
+    if ids is None and (nproc is None or int(nproc) < 1):
+        raise ValueError(f"train_command: give gpus or nproc >= 1, got gpus={gpus!r}, nproc={nproc!r}")
+    argv = [sys.executable, "-m", "dhmlib.cli", "train", "--preset", BASE_PRESET, "--data", str(data_root),
+            "--output", str(output_root), "--no-progress"]
     for s in config_sets(train_config, model_config):
-        args += ["--set", s]
+        argv += ["--set", s]
     if time_limit_s is not None:
-        args += ["--time-limit", f"{float(time_limit_s):g}"]
-    return torchrun_command(args, gpus=ids, nproc=nproc if ids is None else None)
+        argv += ["--time-limit", f"{float(time_limit_s):g}"]
+    argv += ["--gpu", ",".join(str(i) for i in ids)] if ids else ["--nproc", str(int(nproc))]
+    return argv, dict(os.environ)
 
 
 @dataclass

@@ -45,7 +45,9 @@ from ..data.safe_pickle import load_array_pickle
 from ..data.sample import collate_samples
 from ..handmodel import HandModel
 from ..model import DeepHandMesh, ModelConfig
+from .checkpoint import check_finite, find_resumable, restore_training_state, save_training_snapshot, snapshot_path
 from .config import TrainConfig
+from .distributed import cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model
 from .embedding import PoseEmbedding
 from .step import TERMS, TrainStep
 
@@ -139,7 +141,8 @@ def make_dataset(data_root, config: TrainConfig, frames, skeleton=None) -> DeepH
 
 
 def parameter_groups(model: DeepHandMesh, config: TrainConfig, embedding: PoseEmbedding | None) -> list[dict]:
-    """Adam parameter groups; parts the configuration does not use are frozen (``requires_grad=False``).
+    """Adam parameter groups; parts the configuration does not use are frozen (``requires_grad=False``),
+    so that every trainable parameter gets a gradient each step (DDP without unused-parameter search).
 
     Groups (by ``name``): ``network`` (backbone and pose net; image source only, ``lr``),
     ``correctives`` (skin and skeleton refine nets that are on, ``corrective_lr``), ``embedding``
@@ -154,13 +157,15 @@ def parameter_groups(model: DeepHandMesh, config: TrainConfig, embedding: PoseEm
                         (model.skin_refine_net.fc_id, "identity" in on)],
     }
     lrs = {"network": config.lr, "correctives": config.corrective_lr or config.lr}
+    for mod, used in (m for mods in parts.values() for m in mods):
+        mod.requires_grad_(used)
+    if model.config.pose_corrective_gauge == "zero_at_rest":
+        # f(θ) − f(0) drops the pose corrective's last bias: it gets no gradient (and DDP, which
+        # expects a gradient for every trainable parameter, would stop at the second step)
+        model.skin_refine_net.fc_pose[2].bias.requires_grad_(False)
     groups = []
     for name, mods in parts.items():
-        params = []
-        for mod, used in mods:
-            mod.requires_grad_(used)
-            if used:
-                params += list(mod.parameters())
+        params = [p for mod, used in mods if used for p in mod.parameters() if p.requires_grad]
         if params:
             groups.append({"name": name, "params": params, "lr": lrs[name]})
     if embedding is not None:
@@ -222,7 +227,7 @@ class _Log:
                 self.tb.close()
 
 
-def _all_finite(terms: dict, dist_info, step: int, check_finite) -> None:
+def _all_finite(terms: dict, dist_info, step: int) -> None:
     """Raise NonFiniteLoss on every rank when any rank's loss is not finite."""
     if dist_info.world_size > 1:
         flag = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()]).all().to(torch.float32)
@@ -275,6 +280,18 @@ def _any_rank(flag: bool, dist_info) -> bool:
     return bool(t.item() > 0)
 
 
+def _rank_spread(module: torch.nn.Module, dist_info) -> float:
+    """max over parameters and buffers of (max over ranks − min over ranks): 0 when every rank holds the
+    same model (what DDP guarantees; checked once at the end). Every rank must call it."""
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in
+                      (*module.parameters(), *module.buffers())
+                      if t.is_floating_point() and t.layout == torch.strided]).to(dist_info.device)
+    hi, lo = flat.clone(), flat.clone()
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    return float((hi - lo).max()) if flat.numel() else 0.0
+
+
 # ----------------------------------------------------------------- train
 def train(train_config: TrainConfig, model_config: ModelConfig, data_root, output_root, *,
           resume: bool = False, hand_model: HandModel | None = None, device: str | None = None,
@@ -300,9 +317,6 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
     Raises:
         NonFiniteLoss: a loss term became NaN or infinite (message: step and term).
     """
-    (check_finite, find_resumable, restore_training_state, save_training_snapshot, snapshot_path,
-     cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model) = _infra()
-
     cfg = train_config
     data_root, output_root = Path(data_root), Path(output_root)
     info = init_distributed(device)
@@ -323,10 +337,13 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
             hand_model = HandModel.read(Layout(data_root, cfg.subject).hand_model_dir)
         dataset = make_dataset(data_root, cfg, train_frames, hand_model.skeleton)
         sampler = make_sampler(dataset, info, shuffle=True, seed=cfg.seed)
+        # the loader's own generator, reseeded per epoch: iter(loader) then draws its base seed from it,
+        # not from torch's global RNG, so a run resumed mid-epoch sees the same global RNG stream
+        loader_rng = torch.Generator()
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                                              collate_fn=collate_samples, num_workers=cfg.num_workers,
                                              pin_memory=info.device.type == "cuda",
-                                             persistent_workers=False)
+                                             persistent_workers=False, generator=loader_rng)
 
         # ---- model
         torch.manual_seed(cfg.seed)
@@ -404,6 +421,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
+            loader_rng.manual_seed(cfg.seed + epoch)
             net.train()
             sums: dict[str, float] = {}
             epoch_sums: dict[str, float] = {}
@@ -418,7 +436,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                 batch = batch.to(info.device, non_blocking=True)
                 out = net(batch)
                 terms = dict(out.terms, total=out.total)
-                _all_finite(terms, info, step, check_finite)
+                _all_finite(terms, info, step)
                 clock.lap("forward_ms")
                 optimizer.zero_grad(set_to_none=True)
                 out.total.backward()
@@ -466,6 +484,10 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                 log(stopped)
                 break
         wall = time.perf_counter() - t_start
+        if info.world_size > 1:
+            spread = _rank_spread(step_module, info)
+            log(f"parameters on the {info.world_size} ranks: max |difference| {spread:.3g}"
+                + (" (identical)" if spread == 0 else " (ranks diverged)"))
         log(f"done: {epochs_done} epochs, {step} steps, {wall:.1f} s")
         return TrainResult(model=model, embedding=embedding, train_frames=train_frames, test_frames=test_frames,
                            split_rule=rule, snapshot=snapshot, epochs=epochs_done, steps=step, wall_s=wall,
@@ -478,69 +500,3 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         torch.use_deterministic_algorithms(previous_det)
         cleanup_distributed()
 
-
-def _infra():
-    """The checkpoint and distributed helpers (``.checkpoint``, ``.distributed``); while those modules
-    are not in this tree, single-process stand-ins built on :func:`dhmlib.snapshot.save_snapshot`."""
-    try:
-        from .checkpoint import (check_finite, find_resumable, restore_training_state, save_training_snapshot,
-                                 snapshot_path)
-        from .distributed import cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model
-        return (check_finite, find_resumable, restore_training_state, save_training_snapshot, snapshot_path,
-                cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model)
-    except ImportError:
-        pass
-    from types import SimpleNamespace
-
-    from ..snapshot import load_snapshot, read_snapshot, save_snapshot
-
-    def check_finite(terms, step):
-        for k, v in terms.items():
-            if not bool(torch.isfinite(v.detach()).all()):
-                raise FloatingPointError(f"step {step}: loss term {k!r} is not finite; training stopped, "
-                                         "the last good snapshot is kept")
-
-    def snapshot_path(output_root, epoch, step=None):
-        name = f"snapshot_{epoch}.pth.tar" if step is None else f"snapshot_{epoch}_step{step}.pth.tar"
-        return Path(output_root) / "model_dump" / name
-
-    def save_training_snapshot(path, model, epoch, optimizer, *, train_config, scheduler=None, sampler_state=None,
-                               pose_embedding=None, step=0, mid_epoch=False):
-        return save_snapshot(path, model, epoch, optimizer, train_config=train_config, step=step,
-                             pose_embedding=None if pose_embedding is None else pose_embedding.state_dict())
-
-    def find_resumable(dump, log=print):
-        paths = sorted(Path(dump).glob("snapshot_*.pth.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
-        return (paths[0], read_snapshot(paths[0])) if paths else None
-
-    def restore_training_state(ckpt, model, optimizer, scheduler=None, pose_embedding=None, path=""):
-        load_snapshot(model, path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if pose_embedding is not None:
-            pose_embedding.load_state_dict(ckpt["pose_embedding"])
-        return {"start_epoch": ckpt["epoch"] + 1, "step": ckpt.get("step", 0), "mid_epoch": False, "sampler": None}
-
-    class Sampler(torch.utils.data.Sampler):
-        def __init__(self, n, seed):
-            self.n, self.seed, self.epoch = n, seed, 0
-
-        def set_epoch(self, e):
-            self.epoch = e
-
-        def __len__(self):
-            return self.n
-
-        def __iter__(self):
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            return iter(torch.randperm(self.n, generator=g).tolist())
-
-        def state_dict(self, consumed=None):
-            return {}
-
-    def init_distributed(device=None):
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return SimpleNamespace(rank=0, world_size=1, local_rank=0, device=dev, backend="")
-
-    return (check_finite, find_resumable, restore_training_state, save_training_snapshot, snapshot_path,
-            lambda: None, init_distributed, lambda info: True,
-            lambda dataset, info, shuffle, seed: Sampler(len(dataset), seed), lambda m, info: m)

@@ -1,0 +1,222 @@
+"""``dhm train`` (and ``python -m dhmlib.train``, what torchrun starts on every rank).
+
+::
+
+    dhm train [--preset cpu-small|paper] [--data data] [--output output] [--epochs N]
+              [--set key=value …] [--continue] [--time-limit S] [--device cpu|cuda]
+              [--gpu 0-3 | --nproc N] [--nnodes … --node-rank … --rdzv-endpoint … --master-addr … --master-port …]
+
+Without ``--gpu``/``--nproc`` it trains in this process (:func:`dhmlib.train.train`).  ``--gpu 0-3``
+(the original's syntax; also ``0,1,2,3``) starts ``torchrun`` with one process per GPU (nccl),
+``--nproc N`` N CPU processes (gloo); the command line is printed first, each process runs
+``python -m dhmlib.train`` with the same training arguments, torchrun's multi-node flags pass
+through.  ``--set`` takes TrainConfig fields (``lr=1e-3``, ``lr_milestones=[30,32]``,
+``held_out=null``) and ``model.FIELD`` for the ModelConfig; values are JSON where they parse.
+
+Exit status: 0 done (also when ``--time-limit`` stopped it, with a snapshot); 1 a loss became
+NaN/inf (the message names the step and the term; the last good snapshot stays); 2 a usage or
+input error (one line); 130 interrupted (Ctrl-C, SIGTERM).  Under torchrun the status is torchrun's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from ._common import PROBLEMS, USAGE, CLIError, HelpFormatter, device, int_at_least, run_command
+
+HELP = ("train DeepHandMesh: in this process, or under torchrun on GPUs (--gpu 0-3) or CPU processes (--nproc N); "
+        "snapshots in OUTPUT/model_dump, logs in OUTPUT/log")
+
+#: torchrun's multi-node flags accepted by ``dhm train`` → the spelling passed to torchrun
+TORCHRUN_FLAGS = {"--nnodes": "--nnodes", "--node-rank": "--node_rank", "--rdzv-endpoint": "--rdzv_endpoint",
+                  "--rdzv-backend": "--rdzv_backend", "--rdzv-id": "--rdzv_id", "--master-addr": "--master_addr",
+                  "--master-port": "--master_port"}
+
+
+def add(p, launcher: bool = True) -> None:
+    """The training arguments; ``launcher``: also ``--gpu``, ``--nproc`` and torchrun's flags (``dhm train``)."""
+    from ..train.config import PRESETS
+
+    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS), help="configuration preset")
+    p.add_argument("--data", default=None, help="dataset root (default: $DHM_DATA or the project's data/)")
+    p.add_argument("--output", default=None, help="output root: log/, model_dump/ (default: the project's output/)")
+    p.add_argument("--epochs", type=int_at_least(1), default=None, help="number of epochs (overrides the preset)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field, or model.FIELD of the ModelConfig (repeatable; "
+                        "several pairs per --set allowed)", nargs="+")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="resume from the newest loadable snapshot in OUTPUT/model_dump")
+    p.add_argument("--time-limit", type=float, default=None, metavar="S",
+                   help="stop after S seconds of training (a snapshot is written there)")
+    p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:N (default: CUDA if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if not launcher:
+        return
+    g = p.add_argument_group("several processes (torchrun)")
+    g.add_argument("--gpu", metavar="IDS", default=None,
+                   help="GPU ids, '0-3' or '0,1,2,3': one process per GPU under torchrun (nccl)")
+    g.add_argument("--nproc", type=int_at_least(1), default=None, metavar="N",
+                   help="N CPU processes under torchrun (gloo)")
+    for flag in TORCHRUN_FLAGS:
+        g.add_argument(flag, dest="torchrun_" + flag[2:].replace("-", "_"), default=None, metavar="X",
+                       help=f"passed to torchrun as {TORCHRUN_FLAGS[flag]} (multi-node)")
+
+
+def _sets(args) -> list[str]:
+    return [kv for group in args.sets for kv in (group if isinstance(group, list) else [group])]
+
+
+def configs(args):
+    """(TrainConfig, ModelConfig) from ``--preset``, ``--set`` and ``--epochs``; CLIError when they do not parse."""
+    from ..train.config import parse_set, preset
+
+    try:
+        tc, mc = preset(args.preset)
+        tc, mc = parse_set(_sets(args), tc, mc)
+        if args.epochs is not None:
+            tc = tc.replace(epochs=args.epochs)
+    except (ValueError, TypeError) as e:
+        raise CLIError(str(e)) from None
+    return tc, mc
+
+
+def module_args(args, data, output, device: str | None) -> list[str]:
+    """``-m dhmlib.train …``: what torchrun starts on every rank, with the same training arguments."""
+    out = ["-m", "dhmlib.train", "--preset", args.preset, "--data", str(data), "--output", str(output)]
+    if args.epochs is not None:
+        out += ["--epochs", str(args.epochs)]
+    for kv in _sets(args):
+        out += ["--set", kv]
+    if args.resume:
+        out.append("--continue")
+    if args.time_limit is not None:
+        out += ["--time-limit", repr(args.time_limit)]
+    if device is not None:
+        out += ["--device", device]
+    if args.no_progress:
+        out.append("--no-progress")
+    return out
+
+
+def _gpus(text: str) -> list[int]:
+    from ..train.distributed import parse_gpus
+
+    try:
+        return parse_gpus(text)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def launch_command(args, data, output) -> tuple[list[str], dict]:
+    """torchrun's argv and environment for ``--gpu`` (wins over ``--nproc``) or ``--nproc`` (CLIError for
+    a bad combination with ``--device``)."""
+    from ..train.distributed import torchrun_command
+
+    extra = []
+    for flag, torchrun_flag in TORCHRUN_FLAGS.items():
+        value = getattr(args, "torchrun_" + flag[2:].replace("-", "_"), None)
+        if value is not None:
+            extra.append(f"{torchrun_flag}={value}")
+    if args.gpu is not None:
+        gpus = _gpus(args.gpu)
+        if args.device is not None and not args.device.startswith("cuda"):
+            raise CLIError(f"--gpu {args.gpu} with --device {args.device}: GPU processes train on cuda")
+        return torchrun_command(module_args(args, data, output, "cuda"), gpus=gpus, extra=extra)
+    if args.device is not None and args.device != "cpu":
+        raise CLIError(f"--nproc {args.nproc} with --device {args.device}: --nproc starts CPU processes "
+                       "(use --gpu IDS for GPUs)")
+    return torchrun_command(module_args(args, data, output, "cpu"), nproc=args.nproc, extra=extra)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt      # SIGTERM (kill, torchrun stopping its workers) ends like Ctrl-C: exit 130
+
+
+def _launch(args, data, output) -> int:
+    import subprocess
+
+    from ..train.distributed import command_line
+
+    if args.gpu is not None and args.nproc is not None:
+        raise CLIError("--gpu and --nproc: give one (--gpu: one process per GPU; --nproc: CPU processes)")
+    if args.gpu is not None:
+        import torch
+
+        gpus = _gpus(args.gpu)
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise CLIError(f"--gpu {args.gpu}: CUDA is not available on this machine (--nproc N runs CPU processes)")
+        if max(gpus) >= n:
+            raise CLIError(f"--gpu {args.gpu}: this machine has {n} CUDA device(s), ids 0..{n - 1}")
+    argv, env = launch_command(args, data, output)
+    print(command_line(argv, env), flush=True)
+    proc = subprocess.Popen(argv, env=env)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:     # torchrun got the same Ctrl-C and stops its workers
+        try:
+            proc.wait(timeout=60)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            proc.kill()
+        raise
+    return 128 - rc if rc < 0 else rc
+
+
+def run(args) -> int:
+    from ..paths import data_dir, output_dir
+
+    tc, mc = configs(args)
+    data, output = data_dir(args.data), output_dir(value=args.output)
+    multi = [f for f in TORCHRUN_FLAGS if getattr(args, "torchrun_" + f[2:].replace("-", "_"), None) is not None]
+    launching = getattr(args, "gpu", None) is not None or getattr(args, "nproc", None) is not None
+    if multi and not launching:
+        raise CLIError(f"{multi[0]}: torchrun flags need --gpu IDS or --nproc N (the processes per node)")
+    if not data.is_dir():
+        raise CLIError(f"--data {data}: no such folder (write a virtual capture with 'dhm synth --out {data}')")
+    if launching:
+        return _launch(args, data, output)
+
+    from ..train.checkpoint import NonFiniteLoss
+    from ..train.loop import train
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread and sys.platform != "win32" else None
+    try:
+        train(tc, mc, data, output, resume=args.resume, device=args.device, progress=not args.no_progress,
+              time_limit_s=args.time_limit)
+    except NonFiniteLoss as e:
+        if os.environ.get("RANK", "0") == "0":     # every rank stops at the same step; rank 0 says so
+            print(f"dhm train: error: {e}", file=sys.stderr)
+        return PROBLEMS
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+# ------------------------------------------------------------------ python -m dhmlib.train
+def module_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m dhmlib.train`` (the training arguments of ``dhm train``, no launcher)."""
+    p = argparse.ArgumentParser(prog="python -m dhmlib.train", formatter_class=HelpFormatter,
+                                description="Train DeepHandMesh in this process (one rank under torchrun); "
+                                            "'dhm train' also launches torchrun.")
+    add(p, launcher=False)
+    p.set_defaults(command="train")
+    return p
+
+
+def module_main(argv=None) -> int:
+    """``python -m dhmlib.train`` with ``argv``; returns the exit code (as ``dhm train``)."""
+    try:
+        args = module_parser().parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else USAGE
+    return run_command("train", run, args)
+
+
+def module_run() -> None:
+    """``python -m dhmlib.train``: :func:`module_main` with the process's arguments, its status as exit code."""
+    sys.exit(module_main())
