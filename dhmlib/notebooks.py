@@ -7,10 +7,12 @@ notebook declares is an error (:class:`NotebookParameterError`, before anything
 runs); ``smoke=True`` sets ``smoke = True`` where declared. While a notebook
 runs, a line per code cell (and every ``heartbeat`` seconds inside a long cell)
 says where it is and for how long. The run stops at the first failing notebook
-and reports the failing cell's error.
+and reports the failing cell's error. The kernels see ``DHM_NOTEBOOK_HEADLESS=1`` (nobody watches:
+live plots such as :class:`dhmlib.viz.training.LivePlot` only collect and draw once at the end).
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -21,6 +23,8 @@ from typing import Callable
 import yaml
 
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
+#: set to "1" for the kernels of :func:`run_notebooks` (nobody watches them)
+HEADLESS_ENV = "DHM_NOTEBOOK_HEADLESS"
 
 
 class NotebookParameterError(ValueError):
@@ -183,10 +187,6 @@ def run_notebooks(folder=None, out=None, params: dict | None = None, smoke: bool
             (nothing has run then).
         FileNotFoundError: no such folder, or no notebook matches ``only``.
     """
-    import nbformat
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     from .paths import notebooks_dir, output_dir
 
     params = dict(params or {})
@@ -198,6 +198,23 @@ def run_notebooks(folder=None, out=None, params: dict | None = None, smoke: bool
     engine = _register_progress_engine()
     say = log or (lambda msg: None)
     runs = []
+    headless = os.environ.get(HEADLESS_ENV)
+    os.environ[HEADLESS_ENV] = "1"      # inherited by the kernels papermill starts
+    try:
+        _run_books(books, declared, params, smoke, out, kernel, engine, say, log, heartbeat, runs)
+    finally:
+        if headless is None:
+            os.environ.pop(HEADLESS_ENV, None)
+        else:
+            os.environ[HEADLESS_ENV] = headless
+    return runs
+
+
+def _run_books(books, declared, params, smoke, out, kernel, engine, say, log, heartbeat, runs) -> None:
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
     for nb in books:
         given = {k: v for k, v in params.items() if k in declared[nb]}
         if smoke and "smoke" in declared[nb]:
@@ -221,4 +238,55 @@ def run_notebooks(folder=None, out=None, params: dict | None = None, smoke: bool
             break
         finally:
             progress.close()
-    return runs
+
+
+# ----------------------------------------------------------------- recorded results
+#: metadata key of the outputs :func:`record` displays; :func:`read_recorded` finds them by it
+RECORD_KEY = "dhmlib_record"
+
+
+def record(name: str, data, path=None) -> dict:
+    """Record JSON-able ``data`` under ``name`` in the running notebook (what scrapbook's ``glue`` does):
+    displayed as an ``application/json`` output with metadata ``{"dhmlib_record": name}``, and also
+    written to ``path`` (a JSON file) when given. :func:`read_recorded` reads it back from the
+    executed notebook. Returns ``data`` round-tripped through JSON (NaN → None)."""
+    import json
+    import math
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    data = json.loads(json.dumps(clean(data)))
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+    try:
+        from IPython.display import display
+        display({"application/json": data, "text/plain": f"{name}: {json.dumps(data)[:300]}"},
+                raw=True, metadata={RECORD_KEY: name})
+    except ImportError:
+        pass
+    return data
+
+
+def read_recorded(executed_notebook) -> dict:
+    """name → data of every :func:`record` output in an executed notebook (the last one per name)."""
+    import nbformat
+
+    nb = nbformat.read(str(executed_notebook), as_version=4)
+    out = {}
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            name = o.get("metadata", {}).get(RECORD_KEY)
+            if name is not None and "application/json" in o.get("data", {}):
+                out[name] = o["data"]["application/json"]
+    return out

@@ -146,3 +146,44 @@ def test_progress_line_per_cell_and_heartbeat(tmp_path, monkeypatch):
     assert any("cell 4/5 still running" in ln for ln in beats)
     assert all(" still running (" in ln for ln in beats)
     assert lines[-1].startswith("[dhm notebooks] 01_slow.ipynb ok in ")
+
+
+@pytest.mark.slow
+def test_training_notebook_smoke_trains_evaluates_and_records_its_metrics(tmp_path):
+    """02 with smoke parameters: a tiny capture is written, 2 epochs train, the held-out frame is
+    evaluated against LBS alone, and the recorded metrics read back from the notebook and the file."""
+    pytest.importorskip("dhmlib.train.evaluation", reason="test_snapshot arrives with issue 9's testrun branch")
+    from dhmlib.notebooks import read_recorded
+
+    book = next(p for p in NOTEBOOKS if p.name.startswith("02_"))
+    r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "notebooks", "--smoke", "--only", "02",
+                        "--folder", str(book.parent), "--out", str(tmp_path / "nb"), "--kernel", "python3"],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    out = tmp_path / "output"
+    executed = tmp_path / "nb" / book.name
+    rec = read_recorded(executed)["02_training"]
+    assert rec == json.loads((out / "result" / "02_training_metrics.json").read_text())
+    assert rec["smoke"] is True and rec["train_config"]["epochs"] == 2
+    assert rec["training"]["epochs"] == 2 and rec["training"]["steps"] == 4      # 7 training frames, batch 4
+    assert rec["training"]["held_out_frames"] == 1 and "0005_RT_free" in rec["training"]["split"]
+    # the snapshot of the last epoch, holding both configs
+    from dhmlib.snapshot import read_snapshot
+    assert rec["snapshot"] == str(out / "model_dump" / "snapshot_1.pth.tar")
+    ckpt = read_snapshot(rec["snapshot"])
+    assert ckpt["epoch"] == 1 and ckpt["train_config"] == rec["train_config"]
+    # held-out metrics in mm, for the trained model and LBS alone
+    for part in ("held_out", "lbs_baseline"):
+        assert rec[part]["frames"] == 1
+        assert 0 < rec[part]["vertex_mean_mm"] < 20 and 0 < rec[part]["joint_error_mm"] < 20
+    assert rec["final_step"]["step"] == 4 and rec["final_step"]["total"] > 0
+    # figures: the loss curves, the depth comparison and the error map, in the notebook and as files
+    nb = nbformat.read(executed, as_version=4)
+    pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) == 3
+    for name in ("02_training_loss", "02_depth_comparison", "02_vertex_error"):
+        assert (out / "vis" / f"{name}.png").stat().st_size > 5000
+    tables = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "text/markdown" in o.get("data", {})]
+    assert any("| `render_size` | **(32, 32)** |" in t for t in tables)        # the config table marks overrides
+    assert any(t.startswith("| metric | trained | LBS only |") for t in tables)

@@ -234,3 +234,19 @@ def parse_set(items, train_config: TrainConfig, model_config: ModelConfig) -> tu
     if model_changes:
         model_config = model_config.replace(**model_changes)
     return train_config, model_config
+
+
+def corrective_fields(correctives) -> dict:
+    """ModelConfig overrides that switch on exactly ``correctives``: ``"all"``, or names from
+    :data:`dhmlib.model.CORRECTIVES` (``"pose"``, ``"identity"``, ``"skeleton"``) as a list or a
+    comma-separated string; ``[]``/``"none"``: LBS only."""
+    from ..model import CORRECTIVES
+
+    if isinstance(correctives, str):
+        correctives = [] if correctives.strip() in ("none", "") else [n.strip() for n in correctives.split(",")]
+    names = list(CORRECTIVES) if list(correctives or []) == ["all"] else list(correctives or [])
+    bad = [n for n in names if n not in CORRECTIVES]
+    if bad:
+        raise ValueError(f"correctives: unknown {bad}; expected 'all' or names from {CORRECTIVES}")
+    return {"pose_corrective": "pose" in names, "id_corrective": "identity" in names,
+            "skeleton_corrective": "skeleton" in names}
