@@ -152,7 +152,6 @@ def test_progress_line_per_cell_and_heartbeat(tmp_path, monkeypatch):
 def test_training_notebook_smoke_trains_evaluates_and_records_its_metrics(tmp_path):
     """02 with smoke parameters: a tiny capture is written, 2 epochs train, the held-out frame is
     evaluated against LBS alone, and the recorded metrics read back from the notebook and the file."""
-    pytest.importorskip("dhmlib.train.evaluation", reason="test_snapshot arrives with issue 9's testrun branch")
     from dhmlib.notebooks import read_recorded
 
     book = next(p for p in NOTEBOOKS if p.name.startswith("02_"))
@@ -186,4 +185,4 @@ def test_training_notebook_smoke_trains_evaluates_and_records_its_metrics(tmp_pa
     tables = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "text/markdown" in o.get("data", {})]
     assert any("| `render_size` | **(32, 32)** |" in t for t in tables)        # the config table marks overrides
-    assert any(t.startswith("| metric | trained | LBS only |") for t in tables)
+    assert any(t.startswith("| metric | trained | LBS, fitted angles | LBS, true angles |") for t in tables)
