@@ -53,12 +53,17 @@ PARTS = ("data", "encoder", "embedding", "root", "decode", "render", "joint", "d
 
 
 class Clock:
-    """Accumulates wall time per label; ``wrap(label, fn)`` times every call of ``fn``."""
+    """Accumulates wall time per label; ``wrap(label, fn)`` times every call of ``fn``.
+
+    Only the outermost timed call counts (``rest_pose`` calls ``decode``: its decode is rest_pose's),
+    so the parts add up to the step.
+    """
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
         self.ms: dict[str, float] = {}
         self.on = True
+        self.depth = 0
 
     def sync(self):
         if self.cuda:
@@ -68,13 +73,20 @@ class Clock:
     @contextlib.contextmanager
     def __call__(self, label: str):
         import torch
-        self.sync()
+        outer = self.depth == 0
+        if outer:
+            self.sync()
         t = time.perf_counter()
-        with torch.autograd.profiler.record_function(f"bench::{label}"):
-            yield
-        self.sync()
-        if self.on:
-            self.ms[label] = self.ms.get(label, 0.0) + (time.perf_counter() - t) * 1e3
+        self.depth += 1
+        try:
+            with torch.autograd.profiler.record_function(f"bench::{label}"):
+                yield
+        finally:
+            self.depth -= 1
+        if outer:
+            self.sync()
+            if self.on:
+                self.ms[label] = self.ms.get(label, 0.0) + (time.perf_counter() - t) * 1e3
 
     def wrap(self, label: str, fn):
         def timed(*a, **k):
