@@ -56,6 +56,7 @@ bench: setup-dev  ## benchmarks against named peers (see bench/README.md)
 	$(PY) bench/render.py
 	$(PY) bench/loader.py
 	$(PY) bench/posing_latency.py
+	$(PY) bench/train_step.py
 
 lab: setup  ## JupyterLab on notebooks/
 	$(VENV)/bin/jupyter lab notebooks

@@ -12,6 +12,9 @@ and backpropagate into the posed joints and vertices.
 Measured on the 2-core CPU box at load ≈ 0.7, torch 2.13, B = 8, V = 1466, float32: vectorized
 3.6–3.7 ms, loop 43.5 ms: 12× (goal ≥ 20× not met; earlier versions 9.8 ms → 6.0 ms → 3.6 ms).
 Both agree to 6e-8 in value and gradient.  Under load ≈ 10 (another job) the timings are noise.
+Branch bench9 (radii by a float64 min-reduction, centres as linear maps): one thread, CPU time
+(``time.thread_time``) at load 8.5, alternating rounds: old 6.8–8.7 ms, new 4.7–6.9 ms, loop 53–83 ms:
+8.6–15.7× (the old code 6.1–10.5× in the same rounds).  Not re-measured on a quiet box.
 """
 from __future__ import annotations
 

@@ -45,10 +45,13 @@ Deliberate differences (none changes a value on the hand skeleton beyond float r
   3 × 3 Gram matrix times a fixed (9, K²) basis: one matmul) instead of K² vector differences;
   in float32 this rounds differently (≈ 1e-4 mm on hand-sized inputs), in float64 it agrees with
   the direct formula to 1e-10 (tested).
-* The nearest skin vertex (and the nearest rest vertex for a radius) is chosen without gradient
-  by one batched matmul (``argmin |v|² − 2 q·v``), then its distance is recomputed exactly with
-  gradient: the same value and the same gradient as ``min`` over exact distances except at
-  near-ties (≈ 1e-4 mm² apart in float32), where either vertex is a valid minimum.
+* The nearest skin vertex is chosen without gradient by one batched matmul (``argmin |v|² − 2 q·v``),
+  then its distance is recomputed exactly with gradient: the same value and the same gradient as
+  ``min`` over exact distances except at near-ties (≈ 1e-4 mm² apart in float32), where either
+  vertex is a valid minimum.  A radius (no gradient) is ``sqrt(|c|² + min_v (|v|² − 2 c·v))``
+  evaluated in float64 (≤ 1e-12 mm² from the direct formula on hand-sized inputs).
+* Sphere centres, fingertip centres and the rigid pairs' end-point differences are fixed linear
+  maps of the joints, applied as one matmul each (float64 buffers, cast once per dtype).
 
 Note: on a real-shaped hand the rest pose itself is not free of overlap: the thumb metacarpal
 (``thumb0 → thumb1``) and the palm bones (``wrist → *1``) lie in the same palm, so their spheres
@@ -102,6 +105,14 @@ def _nearest(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     comes from here; callers recompute the distance to the chosen point exactly.
     """
     return torch.baddbmm((v * v).sum(-1).unsqueeze(1), q, v.transpose(1, 2), alpha=-2).argmin(-1)
+
+
+def _apply_map(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(R, J) map applied to (..., J, 3) → (..., R, 3), as one 2-D matmul over the joints (the batch
+    folded into the columns: no broadcast matmul, whose backward reduces an expanded gradient)."""
+    lead, J = x.shape[:-2], x.shape[-2]
+    cols = x.movedim(-2, 0).reshape(J, -1)                                   # (J, ·3)
+    return (m @ cols).view(m.shape[0], *lead, 3).movedim(0, -2)
 
 
 def root_to_leaf_paths(skeleton: Skeleton) -> list[list[int]]:
@@ -179,6 +190,22 @@ class PenetrationLoss(nn.Module):
         distal = [bones.index((p[-2], p[-1])) for p in paths if len(p) >= 2
                   and excluded_finger not in names[p[-2]] and excluded_finger not in names[p[-1]]]
         self.register_buffer("distal", torch.tensor(distal, dtype=torch.long), persistent=False)
+        # linear maps from the joints (J, 3): sphere centres of every bone (NB·K rows: a + t (b − a)), of the
+        # distal bones (F·K rows), and the pairs' (C, A, B) = (a0 − b0, a1 − a0, b1 − b0) (3·P rows, ±1):
+        # one matmul each instead of gathers and differences (and their index_put backward)
+        J = skeleton.num_joints
+        interp = torch.zeros(len(bones), self.num_steps, J, dtype=torch.float64)
+        for n, (a, b) in enumerate(bones):
+            interp[n, :, a] += 1 - t
+            interp[n, :, b] += t
+        self.register_buffer("_centre_map", interp.reshape(-1, J), persistent=False)             # (NB·K, J)
+        self.register_buffer("_tip_map", interp[self.distal].reshape(-1, J), persistent=False)   # (F·K, J)
+        diff = torch.zeros(self.pair_a.numel(), 3, J, dtype=torch.float64)
+        pj = self._pair_joints
+        for row, (plus, minus) in enumerate(((0, 2), (1, 0), (3, 2))):
+            diff[torch.arange(pj.shape[0]), row, pj[:, plus]] += 1
+            diff[torch.arange(pj.shape[0]), row, pj[:, minus]] -= 1
+        self.register_buffer("_pair_diff", diff.reshape(-1, J), persistent=False)                # (3·P, J)
         self.non_rigid_joints = [skeleton.index(n) for n in non_rigid_joints]
         in_group = np.stack([seg == g for g in self.non_rigid_joints]) if self.non_rigid_joints \
             else np.zeros((0, seg.size), bool)
@@ -188,6 +215,7 @@ class PenetrationLoss(nn.Module):
         self.skin_bounds = [0] + np.cumsum([len(g) for g in groups]).tolist()
         self.register_buffer("skin_index", torch.as_tensor(keep, dtype=torch.long), persistent=False)
         self._radii: torch.Tensor | None = None
+        self._casts: dict = {}
 
     @classmethod
     def from_hand(cls, hand_model, **kwargs) -> "PenetrationLoss":
@@ -199,12 +227,19 @@ class PenetrationLoss(nn.Module):
     def num_bones(self) -> int:
         return len(self.bones)
 
+    def _cast(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """Float64 buffer ``name`` in ``dtype``, cast once per buffer object (``.to(device)`` makes new ones)."""
+        buf = getattr(self, name)
+        if buf.dtype == dtype:
+            return buf
+        hit = self._casts.get((name, dtype))
+        if hit is None or hit[0] is not buf:
+            hit = self._casts[name, dtype] = (buf, buf.to(dtype))
+        return hit[1]
+
     def centres(self, joints: torch.Tensor) -> torch.Tensor:
         """(..., J, 3) joints → (..., NB, K, 3) sphere centres, mm."""
-        steps = torch.arange(self.num_steps, dtype=joints.dtype, device=joints.device) / self.num_steps
-        a = joints[..., self.bone_start, :].unsqueeze(-2)                   # (..., NB, 1, 3)
-        b = joints[..., self.bone_end, :].unsqueeze(-2)
-        return a + steps[:, None] * (b - a)
+        return _apply_map(self._cast("_centre_map", joints.dtype), joints).unflatten(-2, (self.num_bones, self.num_steps))
 
     def radii(self, rest_joints: torch.Tensor, rest_vertices: torch.Tensor) -> torch.Tensor:
         """Detached rest skeleton (J, 3) or (B, J, 3) and rest mesh (V, 3) or (B, V, 3) → radii (B|1, NB, K), mm."""
@@ -215,17 +250,17 @@ class PenetrationLoss(nn.Module):
             rest_vertices = rest_vertices[None]
         c = self.centres(rest_joints)                                       # (b, NB, K, 3)
         n = max(c.shape[0], rest_vertices.shape[0])
-        c = c.expand(n, *c.shape[1:]).reshape(n, -1, 3)
-        v = rest_vertices.expand(n, *rest_vertices.shape[1:])
-        near = v.gather(1, _nearest(c, v).unsqueeze(-1).expand(-1, -1, 3))  # (n, NB·K, 3)
-        return ((c - near) ** 2).sum(-1).sqrt().view(n, self.num_bones, self.num_steps)
+        # r² = |c|² + min_v (|v|² − 2 c·v), in float64 (no gradient: the rest inputs are detached); one
+        # matmul and a min-reduction instead of argmin + gather + exact recompute (same values to ~1e-12 mm²)
+        c64 = c.reshape(c.shape[0], -1, 3).to(torch.float64)
+        v64 = rest_vertices.to(torch.float64)
+        m = torch.baddbmm((v64 * v64).sum(-1).unsqueeze(1), c64, v64.transpose(1, 2), alpha=-2).amin(-1)
+        r2 = (c64 * c64).sum(-1) + m                                       # (n, NB·K)
+        return r2.clamp_min(0).sqrt().to(c.dtype).view(n, self.num_bones, self.num_steps)
 
     def _tips(self, joints: torch.Tensor) -> torch.Tensor:
         """(B, J, 3) → (B, F, K, 3) sphere centres of the non-rigid term's distal bones."""
-        steps = torch.arange(self.num_steps, dtype=joints.dtype, device=joints.device) / self.num_steps
-        a = joints[:, self.bone_start[self.distal]].unsqueeze(-2)
-        b = joints[:, self.bone_end[self.distal]].unsqueeze(-2)
-        return a + steps[:, None] * (b - a)
+        return _apply_map(self._cast("_tip_map", joints.dtype), joints).unflatten(-2, (self.distal.numel(), self.num_steps))
 
     @torch.no_grad()
     def _nearest_skin(self, tips: torch.Tensor, vertices: torch.Tensor):
@@ -283,10 +318,9 @@ class PenetrationLoss(nn.Module):
         # rigid: every kept pair of bones, the K × K grid of sphere pairs, as one matmul
         pj = posed_joints
         B, P, K = pj.shape[0], self.pair_a.numel(), self.num_steps
-        ends = pj[:, self._pair_joints]                                     # (B, P, 4, 3): a0, a1, b0, b1
-        E = ends[:, :, [0, 1, 3]] - ends[:, :, [2, 0, 2]]                   # (B, P, 3, 3): C, A, B
-        gram = (E.unsqueeze(-2) * E.unsqueeze(-3)).sum(-1).reshape(B, P, 9)
-        d = _safe_sqrt(gram @ self._grid_basis.to(pj.dtype)).view(B, P, K, K)
+        E = _apply_map(self._cast("_pair_diff", pj.dtype), pj).view(B, P, 3, 3)   # (B, P, 3, 3): C, A, B
+        gram = (E @ E.transpose(-1, -2)).reshape(B, P, 9)
+        d = _safe_sqrt(gram @ self._cast("_grid_basis", pj.dtype)).view(B, P, K, K)
         thr = r[:, self.pair_a].unsqueeze(-1) + r[:, self.pair_b].unsqueeze(-2)
         rigid = torch.relu(thr - d).mean((-2, -1)).mean(-1)                 # (B,)
 
