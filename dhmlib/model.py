@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from .configs import ConfigMixin
 from .backbone import ResNet
 from .handmodel import HandModel
 from .kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
@@ -38,7 +39,7 @@ _CHOICES = {"corrective_basis": CORRECTIVE_BASES, "skeleton_corrective_mode": SK
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigMixin):
     """Everything needed to rebuild a :class:`DeepHandMesh` besides the hand model and the weights.
 
     Saved in every snapshot (``model_config``, see :mod:`dhmlib.snapshot`) as a plain dict.
@@ -112,30 +113,6 @@ class ModelConfig:
         """The correctives on by default (names from :data:`CORRECTIVES`)."""
         on = (self.pose_corrective, self.id_corrective, self.skeleton_corrective)
         return frozenset(name for name, flag in zip(CORRECTIVES, on) if flag)
-
-    def to_dict(self) -> dict:
-        """A plain dict of str/int/bool/None (JSON-able; loadable with ``torch.load(weights_only=True)``)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def _check_keys(cls, keys, what: str) -> None:
-        known = [f.name for f in dataclasses.fields(cls)]
-        for k in keys:
-            if k not in known:
-                raise ValueError(f"{what}: unknown key {k!r}; known keys: {', '.join(known)}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "ModelConfig":
-        """The inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys raise."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"ModelConfig.from_dict: expected a mapping, got {type(d).__name__}")
-        cls._check_keys(d, "ModelConfig.from_dict")
-        return cls(**d)
-
-    def replace(self, **changes) -> "ModelConfig":
-        """A copy with ``changes`` applied (validated; unknown keys raise)."""
-        self._check_keys(changes, "ModelConfig.replace")
-        return dataclasses.replace(self, **changes)
 
 
 def check_correctives(correctives: Collection[str]) -> frozenset[str]:

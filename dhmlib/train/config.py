@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..configs import ConfigMixin
 from ..model import ModelConfig
 
 POSE_SOURCES = ("image", "embedding")
@@ -41,7 +42,7 @@ def _is_num(x) -> bool:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """How to train a :class:`~dhmlib.model.DeepHandMesh` (defaults: the paper's recipe).
 
     Attributes:
@@ -154,31 +155,6 @@ class TrainConfig:
     @property
     def uses_penetration(self) -> bool:
         return self.penetration_rigid_weight > 0 or self.penetration_nonrigid_weight > 0
-
-    def to_dict(self) -> dict:
-        """Plain str/int/float/bool/None/list values (JSON-able; weights-only loadable)."""
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def _check_keys(cls, keys, what: str) -> None:
-        known = [f.name for f in dataclasses.fields(cls)]
-        for k in keys:
-            if k not in known:
-                raise ValueError(f"{what}: unknown key {k!r}; known keys: {', '.join(known)}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "TrainConfig":
-        """The inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys raise."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"TrainConfig.from_dict: expected a mapping, got {type(d).__name__}")
-        cls._check_keys(d, "TrainConfig.from_dict")
-        return cls(**d)
-
-    def replace(self, **changes) -> "TrainConfig":
-        """A copy with ``changes`` applied (validated; unknown keys raise)."""
-        self._check_keys(changes, "TrainConfig.replace")
-        return dataclasses.replace(self, **changes)
 
 
 #: name → (TrainConfig, ModelConfig)
