@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,24 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dhmlib.kinematics import euler_to_matrix  # noqa: E402
+from timing import timed  # noqa: E402
 from dhmlib.model import DeepHandMesh, ModelConfig  # noqa: E402
 
 
 def hand_model(vertices: int):
     from dhmlib.synth import build_procedural_hand
     return build_procedural_hand(target_vertices=vertices, seed=0)
-
-
-def timed(fn, repeats: int, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def dense_loss(vertices):

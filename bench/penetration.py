@@ -19,11 +19,8 @@ Branch bench9 (radii by a float64 min-reduction, centres as linear maps): one th
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +32,7 @@ sys.path.insert(0, str(ROOT))
 from dhmlib.anatomy import gesture_euler, random_plausible_pose  # noqa: E402
 from dhmlib.losses.penetration import PenetrationLoss, root_to_leaf_paths  # noqa: E402
 from dhmlib.model import HandLayer  # noqa: E402
-
-
-def timed(fn, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+from timing import timed, write_json  # noqa: E402
 
 
 def loop_penetration(skeleton, segmentation, posed_joints, posed_vertices, rest_joints, rest_vertices, K=10,
@@ -151,10 +137,7 @@ def main(argv=None):
     print(f"  terms (mean): rigid {result['rigid_mean']:.4f}, non-rigid {result['nonrigid_mean']:.4f}")
     print(f"  vectorized {t_ours:8.2f} ms   loop {t_loop:8.2f} ms   speed-up {t_loop / t_ours:6.1f}x (goal >= 20x)")
     print("  max |ours - loop|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  wrote {out}")
+    print(f"  wrote {write_json(args.out, result)}")
     return result
 
 

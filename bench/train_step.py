@@ -47,6 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import timed, write_json  # noqa: E402
+
 #: breakdown rows in print order (forward pieces, then backward and optimizer)
 PARTS = ("data", "encoder", "embedding", "root", "decode", "render", "joint", "depth", "rest_pose",
          "penetration", "laplacian", "backward", "optimizer")
@@ -269,19 +271,9 @@ def bench_laplacian(vertices: int, batch: int, repeats: int) -> dict:
     ref = fb(mesh)
     agree = {"csr": float((fb(csr) - ref).abs().max()), "dense": float((dense_fb() - ref).abs().max())}
 
-    def timed(fn):
-        for _ in range(2):
-            fn()
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(ts)
-
-    ms = {"index_add (MeshLaplacian, used by TrainStep)": timed(lambda: fb(mesh)),
-          "sparse CSR (uniform_laplacian)": timed(lambda: fb(csr)),
-          "dense V×V matmul": timed(dense_fb)}
+    ms = {"index_add (MeshLaplacian, used by TrainStep)": timed(lambda: fb(mesh), repeats),
+          "sparse CSR (uniform_laplacian)": timed(lambda: fb(csr), repeats),
+          "dense V×V matmul": timed(dense_fb, repeats)}
     nbytes = {"index_add (MeshLaplacian, used by TrainStep)":
               sum(b.numel() * b.element_size() for b in mesh.buffers()),
               "sparse CSR (uniform_laplacian)": sum(t.numel() * t.element_size() for t in
@@ -370,10 +362,7 @@ def main(argv=None):
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "torch": torch.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count()}
     print(f"load average before {load_before[0]:.2f}, after {result['load_average_after'][0]:.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, result)}")
     return result
 
 
