@@ -249,7 +249,8 @@ class CellError:
 
 @dataclass
 class RunResult:
-    """One run of a batch. ``state``: ``done``, ``failed``, ``interrupted`` or ``pending`` (not reached);
+    """One run of a batch. ``state``: ``done``, ``failed``, ``interrupted`` or ``pending`` (not reached;
+    ``running`` in a dry run while another process runs it);
     ``skipped``: done by an earlier call, not run again. ``metrics``: name → data of the notebook's
     records (``record`` given: that record's data)."""
 
@@ -474,7 +475,8 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
         record: the name of the record (:func:`dhmlib.notebooks.record`) that holds a run's metrics; a run
             whose notebook does not record it fails. None: every record, as name → data.
         rerun: run every run again, done or not.
-        dry_run: run nothing; the result has each run's state from its files (``pending`` if none).
+        dry_run: run nothing; the result has each run's state from its files (``pending`` if none,
+            ``running`` while another live process runs it).
         kernel: Jupyter kernel name (default: the notebook's).
         cwd: the kernels' working folder (default: this process's).
     Returns:
@@ -513,6 +515,9 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
     for res in results:
         status = _read_json(res.status_file) or {}
         if status.get("state") == "running" and _alive_elsewhere(status):
+            if dry_run:
+                res.state = "running"
+                continue
             raise BatchBusyError(f"{res.status_file}: run {res.name} is being run by process {status['pid']} on "
                                  f"this machine; wait for it (or end it, or delete the file if that is not so)")
         _load_previous(res, status, record)

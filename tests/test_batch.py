@@ -270,3 +270,28 @@ def test_bad_input_is_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch)
     code = main(["batch", str(tmp_path / "missing.ipynb"), "--output", str(out)])
     assert code == 2 and "missing.ipynb: notebook not found" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_run_another_live_process_is_running_is_not_started_twice(tmp_path):
+    from dhmlib.batch import BatchBusyError, _boot_id
+
+    nb = fake_notebook(tmp_path / "fake.ipynb")
+    folder = tmp_path / "out" / "notebooks" / "busy"
+    folder.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (folder / "variant-b.status.json").write_text(json.dumps({
+            "state": "running", "params": {"variant": "b"}, "pid": other.pid, "host": socket.gethostname(),
+            "boot_id": _boot_id()}))
+        kw = dict(grid={"variant": ["a", "b"]}, batch="busy", output_root=tmp_path / "out", on_progress=None)
+        assert [r.state for r in run_batch(nb, dry_run=True, **kw).runs] == ["pending", "running"]
+        with pytest.raises(BatchBusyError, match=f"run variant-b is being run by process {other.pid}"):
+            run_batch(nb, **kw)
+    finally:
+        other.kill()
+        other.wait()
+    # once that process is gone, its run counts as interrupted: pending, run again
+    assert [r.state for r in run_batch(nb, dry_run=True, **kw).runs] == ["pending", "pending"]
+    assert not (folder / "variant-a.ipynb").exists()
