@@ -3,8 +3,8 @@
 One module per sub-command (``add(parser)`` declares its arguments, ``run(args) -> exit code``);
 the library functions they call raise or return results.
 
-Exit codes: 0 done; 1 the command ran and found problems (``check-data``), a notebook failed or a training
-loss became NaN (``train``);
+Exit codes: 0 done; 1 the command ran and found problems (``check-data``), a notebook or a batch run failed or a
+training loss became NaN (``train``);
 2 a usage or input error, printed as one ``dhm <cmd>: error: …`` line without a traceback
 (as argparse does for malformed arguments); 130 interrupted (Ctrl-C, SIGTERM).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import check_data, demo, fit, hand_model, notebooks, synth, test, train
+from . import batch, check_data, demo, fit, hand_model, notebooks, synth, test, train
 from ._common import USAGE, CLIError, HelpFormatter, run_command
 from .demo import parse_euler, parse_rotation
 
@@ -26,12 +26,13 @@ COMMANDS = {
     "synth": (synth.add, synth.run, synth.HELP),
     "check-data": (check_data.add, check_data.run, check_data.HELP),
     "notebooks": (notebooks.add, notebooks.run, notebooks.HELP),
+    "batch": (batch.add, batch.run, batch.HELP),
     "fit": (fit.add, fit.run, fit.HELP),
     "train": (train.add, train.run, train.HELP),
     "test": (test.add, test.run, test.HELP),
 }
 
-EPILOG = """exit status: 0 done; 1 ran and found problems (check-data), a notebook failed or a training loss became NaN;
+EPILOG = """exit status: 0 done; 1 ran and found problems (check-data), a notebook or batch run failed or a training loss became NaN;
 2 usage or input error; 130 interrupted. 'dhm <command> --help' for each command."""
 
 
