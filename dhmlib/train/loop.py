@@ -409,6 +409,8 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         epochs_done = start_epoch
         if cfg.probe_every and step == 0:
             run_probe()
+        elif cfg.probe_every:       # resumed: its first step was the last step (and probe) of the run before
+            probed["step"] = step
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.max_steps is not None and step >= cfg.max_steps:      # a resumed run already there
                 stopped = f"max_steps {cfg.max_steps} reached (step {step})"
