@@ -3,6 +3,7 @@ user errors, a NaN stop, kill -9 + ``--continue`` (bit-identical), a truncated n
 2-process gloo run against a 1-process run with the same global batch."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -176,14 +177,20 @@ def test_two_gloo_processes_agree_and_match_one_process_with_the_same_global_bat
     runs its workers with 1 thread, the single process with several)."""
     two, one = tmp_path / "two", tmp_path / "one"
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    probe = ["held_out=frames:10-11", "--probe-every", "3"]     # frames 10, 11 are not among the 8 trained
     r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "train", "--nproc", "2",
-                        *train_args(capture, two, batch=2)], env=env, capture_output=True, text=True, timeout=300)
+                        *train_args(capture, two, *probe, batch=2)], env=env, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "torch.distributed.run --standalone --nproc_per_node 2 -m dhmlib.train" in r.stdout.splitlines()[0]
     log = (two / "log" / "train.log").read_text()
     assert "(2 processes, gloo)" in log
     assert "parameters on the 2 ranks: max |difference| 0 (identical)" in log    # rank 1 holds rank 0's model
-    assert main(["train", *train_args(capture, one, batch=4)]) == 0
+    # rank 0 alone probes (steps 0, 3 and the last, 4), the other rank waits for it
+    records = [json.loads(ln) for ln in (two / "log" / "metrics.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in records if p["kind"] == "probe"] == [0, 3, 4]
+    assert "--probe-every 3" in r.stdout.splitlines()[0]
+    assert main(["train", *train_args(capture, one, *probe, batch=4)]) == 0
     a, b = final_state(two, 1), final_state(one, 1)
     for k in a:
         if k.startswith(("network.", "embedding.")) and a[k].is_floating_point():

@@ -3,7 +3,8 @@
 ::
 
     dhm train [--preset cpu-small|paper] [--data data] [--output output] [--epochs N]
-              [--set key=value …] [--continue] [--time-limit S] [--device cpu|cuda]
+              [--set key=value …] [--continue] [--time-limit S] [--max-steps N] [--probe-every N]
+              [--device cpu|cuda]
               [--gpu 0-3 | --nproc N] [--nnodes … --node-rank … --rdzv-endpoint … --master-addr … --master-port …]
 
 Without ``--gpu``/``--nproc`` it trains in this process (:func:`dhmlib.train.train`).  ``--gpu 0-3``
@@ -11,7 +12,11 @@ Without ``--gpu``/``--nproc`` it trains in this process (:func:`dhmlib.train.tra
 ``--nproc N`` N CPU processes (gloo); the command line is printed first, each process runs
 ``python -m dhmlib.train`` with the same training arguments, torchrun's multi-node flags pass
 through.  ``--set`` takes TrainConfig fields (``lr=1e-3``, ``lr_milestones=[30,32]``,
-``held_out=null``) and ``model.FIELD`` for the ModelConfig; values are JSON where they parse.
+``held_out=null``) and ``model.FIELD`` for the ModelConfig (a name only the ModelConfig has may go
+bare); values are JSON where they parse.  ``--max-steps N`` and ``--probe-every N`` set the
+TrainConfig fields ``max_steps`` (stop after N optimizer steps, with a snapshot) and
+``probe_every`` (the held-out per-vertex error with the true angles every N steps, virtual capture
+only, in ``OUTPUT/log/metrics.jsonl``).
 
 Exit status: 0 done (also when ``--time-limit`` stopped it, with a snapshot); 1 a loss became
 NaN/inf (the message names the step and the term; the last good snapshot stays); 2 a usage or
@@ -51,6 +56,12 @@ def add(p, launcher: bool = True) -> None:
                    help="resume from the newest loadable snapshot in OUTPUT/model_dump")
     p.add_argument("--time-limit", type=float, default=None, metavar="S",
                    help="stop after S seconds of training (a snapshot is written there)")
+    p.add_argument("--max-steps", type=int_at_least(1), default=None, metavar="N",
+                   help="stop after N optimizer steps in all (a snapshot is written there); sets max_steps")
+    p.add_argument("--probe-every", type=int_at_least(1), default=None, metavar="N",
+                   help="every N steps (and at the first and last) record the held-out per-vertex error of the "
+                        "model posed with the true angles (virtual capture only) in OUTPUT/log/metrics.jsonl; "
+                        "sets probe_every")
     p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:N (default: CUDA if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     if not launcher:
@@ -70,7 +81,8 @@ def _sets(args) -> list[str]:
 
 
 def configs(args):
-    """(TrainConfig, ModelConfig) from ``--preset``, ``--set`` and ``--epochs``; CLIError when they do not parse."""
+    """(TrainConfig, ModelConfig) from ``--preset``, ``--set``, then ``--epochs``, ``--max-steps``, ``--probe-every``;
+    CLIError when they do not parse."""
     from ..train.config import parse_set, preset
 
     try:
@@ -78,6 +90,9 @@ def configs(args):
         tc, mc = parse_set(_sets(args), tc, mc)
         if args.epochs is not None:
             tc = tc.replace(epochs=args.epochs)
+        for name in ("max_steps", "probe_every"):
+            if getattr(args, name, None) is not None:
+                tc = tc.replace(**{name: getattr(args, name)})
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
     return tc, mc
@@ -94,6 +109,10 @@ def module_args(args, data, output, device: str | None) -> list[str]:
         out.append("--continue")
     if args.time_limit is not None:
         out += ["--time-limit", repr(args.time_limit)]
+    if args.max_steps is not None:
+        out += ["--max-steps", str(args.max_steps)]
+    if args.probe_every is not None:
+        out += ["--probe-every", str(args.probe_every)]
     if device is not None:
         out += ["--device", device]
     if args.no_progress:

@@ -76,6 +76,12 @@ class TrainConfig(ConfigMixin):
         keep_snapshots: keep only the newest N snapshots this run wrote (None: all, as the original).
         num_workers: DataLoader worker processes (0: in the main process).
         crop_mode: the dataset's crop mode (``"seed"`` as the original, or ``"square"``).
+        max_steps: stop after this many optimizer steps in all (counted from the start of the run,
+            a resumed run included; a snapshot is written there); None: train all epochs.
+        probe_every: every N steps, and at the first and the last step, measure the held-out
+            per-vertex error of the current model posed with the TRUE angles of the held-out frames
+            (virtual capture only; :mod:`dhmlib.train.probe`) into ``metrics.jsonl`` as
+            ``kind: "probe"`` records; None: no probe.
     """
 
     pose_source: str = "image"
@@ -106,6 +112,8 @@ class TrainConfig(ConfigMixin):
     keep_snapshots: int | None = None
     num_workers: int = 0
     crop_mode: str = "seed"
+    max_steps: int | None = None
+    probe_every: int | None = None
 
     def __post_init__(self):
         def fail(name, expected):
@@ -127,7 +135,7 @@ class TrainConfig(ConfigMixin):
         for name in ("seed", "num_workers"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 fail(name, "an int >= 0")
-        for name in ("max_frames", "snapshot_every_steps", "keep_snapshots"):
+        for name in ("max_frames", "snapshot_every_steps", "keep_snapshots", "max_steps", "probe_every"):
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 1):
                 fail(name, "a positive int or None")
@@ -184,13 +192,21 @@ def preset(name: str, model_overrides: Mapping | None = None, **overrides) -> tu
 
 
 def parse_set(items, train_config: TrainConfig, model_config: ModelConfig) -> tuple[TrainConfig, ModelConfig]:
-    """Apply ``key=value`` strings (``--set``) to the configs.
+    """Apply ``key=value`` strings (``dhm train --set``, notebook 02's ``overrides``) to the configs.
 
-    ``key`` is a TrainConfig field, or ``model.<field>`` for the ModelConfig; ``value`` is read as
-    JSON when it parses (``1e-3``, ``[30, 32]``, ``null``, ``true``), else taken as a string.
+    ``key`` is a TrainConfig field, or ``model.<field>`` for the ModelConfig; a bare name that only
+    the ModelConfig has (``pose_corrective``, ``corrective_basis``, …) goes to the ModelConfig too
+    (``seed`` is in both: bare it is the TrainConfig's, ``model.seed`` the ModelConfig's).
+    ``value`` is read as JSON when it parses (``1e-3``, ``[30, 32]``, ``null``, ``true``), else
+    taken as a string.  ``items`` may also be one string of comma-separated pairs
+    (:func:`split_assignments`).
     """
     import json
 
+    if isinstance(items, str):
+        items = split_assignments(items)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     train_changes, model_changes = {}, {}
     for item in items:
         if "=" not in item:
@@ -200,9 +216,11 @@ def parse_set(items, train_config: TrainConfig, model_config: ModelConfig) -> tu
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
-            value = text
+            value = text.strip()
         if key.startswith("model."):
             model_changes[key[len("model."):]] = value
+        elif key not in train_fields and key in model_fields:
+            model_changes[key] = value
         else:
             train_changes[key] = value
     if train_changes:
@@ -210,6 +228,28 @@ def parse_set(items, train_config: TrainConfig, model_config: ModelConfig) -> tu
     if model_changes:
         model_config = model_config.replace(**model_changes)
     return train_config, model_config
+
+
+def split_assignments(text: str) -> list[str]:
+    """``"lr=1e-3, lr_milestones=[30,32], model.backbone=34"`` → ``["lr=1e-3", "lr_milestones=[30,32]",
+    "model.backbone=34"]``: splits at the commas outside brackets and quotes; empty parts are dropped."""
+    parts, depth, quote, cur = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
 
 
 def corrective_fields(correctives) -> dict:

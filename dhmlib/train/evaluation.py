@@ -51,7 +51,7 @@ from ..render.crop import Crop
 from ..snapshot import SnapshotError, _load_network, read_snapshot, snapshot_config
 from .checkpoint import MODEL_DUMP, find_resumable, list_snapshots, parse_snapshot_name, snapshot_path
 from .config import TrainConfig
-from .loop import capture_image_size
+from .inputs import capture_image_size
 
 #: fit settings of the embedding source (and of the baseline's fitted angles)
 JOINT_FIT_LR = (0.05, 0.001)

@@ -18,7 +18,11 @@
    over the interval and the ranks, lr, steps/s, and the wall time per step of its parts: ``data_ms``,
    ``forward_ms``, ``backward_ms``, ``optimizer_ms``), TensorBoard scalars when ``torch.utils.tensorboard`` imports;
    per epoch a ``kind: "epoch"`` record and ``output/model_dump/snapshot_<epoch>.pth.tar``
-   (optionally also every ``snapshot_every_steps``).
+   (optionally also every ``snapshot_every_steps``);
+6. ``max_steps``: stop after that many optimizer steps (a snapshot there, as ``time_limit_s``);
+   ``probe_every``: the held-out probe (:mod:`dhmlib.train.probe`, rank 0 only) at the first step, every
+   N steps and at the last, as ``kind: "probe"`` records; its time is left out of the training time
+   (``time_s``, ``steps_per_s``, ``time_limit_s``, :attr:`TrainResult.wall_s`).
 
 ``resume=True`` continues from the newest snapshot that loads (weights, optimizer, scheduler,
 embedding, RNG states, sampler position): on CPU with ``deterministic=True`` the final weights
@@ -39,14 +43,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.dataset import DeepHandMeshDataset
 from ..data.layout import Layout
-from ..data.safe_pickle import load_array_pickle
 from ..data.sample import collate_samples
 from ..handmodel import HandModel
 from ..model import DeepHandMesh, ModelConfig
 from .checkpoint import check_finite, find_resumable, restore_training_state, save_training_snapshot, snapshot_path
 from .config import TrainConfig
+from .inputs import capture_image_size, make_dataset, split_training_frames  # noqa: F401 (also imported from here)
 from .distributed import cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model
 from .embedding import PoseEmbedding
 from .step import TERMS, TrainStep
@@ -64,9 +67,10 @@ class TrainResult:
         snapshot: the last snapshot written (rank 0), or None.
         epochs: epochs completed (including those before a resume).
         steps: global optimizer steps.
-        wall_s: seconds this call trained.
+        wall_s: seconds this call trained (probing not included).
         history: the metrics records written (rank 0), as dicts.
-        stopped_early: why training ended before ``epochs`` (time limit), else None.
+        stopped_early: why training ended before ``epochs`` (time limit, max_steps), else None.
+        probe_s: seconds spent probing (``probe_every``; on every rank: the probe and the wait for it).
     """
 
     model: DeepHandMesh
@@ -80,6 +84,12 @@ class TrainResult:
     wall_s: float
     history: list[dict] = field(default_factory=list)
     stopped_early: str | None = None
+    probe_s: float = 0.0
+
+    @property
+    def probe_curve(self) -> list[list[float]]:
+        """``[step, seconds, vertex_mean_mm]`` of each probe record (rank 0), in order."""
+        return [[r["step"], r["seconds"], r["vertex_mean_mm"]] for r in self.history if r.get("kind") == "probe"]
 
 
 # ----------------------------------------------------------------- pieces
@@ -92,52 +102,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         if torch.backends.cudnn.is_available():
             torch.backends.cudnn.benchmark = False
-
-
-def capture_image_size(layout: Layout, frame: int) -> tuple[int, int]:
-    """(H, W) of the capture's images, read from one depth map of ``frame``."""
-    cams = layout.depth_cameras(frame)
-    if not cams:
-        raise FileNotFoundError(f"{layout.depth_dir / f'{frame:06d}'}: no depth maps")
-    d = load_array_pickle(layout.depth_path(frame, cams[0]))
-    return int(d.shape[0]), int(d.shape[1])
-
-
-def split_training_frames(data_root, config: TrainConfig, log: Callable[[str], None] = print):
-    """(train frames, test frames, rule) of the configured split, ``max_frames`` applied to train."""
-    try:
-        from ..data.split import split_frames
-    except ImportError:       # the split module arrives with issue 9's split work
-        split_frames = None
-    if split_frames is None:
-        layout = Layout(data_root, config.subject)
-        frames = sorted(layout.keypoint_frames())
-        train, test, rule = tuple(frames), (), "no split module: training on all frames"
-        log(rule)
-    else:
-        s = split_frames(data_root, config.subject, config.held_out)
-        train, test, rule = tuple(s.train), tuple(s.test), s.rule
-    if config.max_frames is not None:
-        train = train[:config.max_frames]
-    if not train:
-        raise ValueError(f"{data_root}: no training frames ({rule})")
-    return train, test, rule
-
-
-def make_dataset(data_root, config: TrainConfig, frames, skeleton=None) -> DeepHandMeshDataset:
-    """The training dataset: ``frames`` only, images only for the image source."""
-    layout = Layout(data_root, config.subject)
-    kwargs = dict(subject=config.subject, skeleton=skeleton, num_views=config.num_views,
-                  input_size=config.input_size, render_size=config.render_size, seed=config.seed,
-                  image_size=capture_image_size(layout, frames[0]), crop_mode=config.crop_mode,
-                  images=config.pose_source == "image")
-    try:
-        return DeepHandMeshDataset(data_root, frames=frames, **kwargs)
-    except TypeError:         # a dataset without ``frames=``: filter its samples
-        ds = DeepHandMeshDataset(data_root, **kwargs)
-        keep = set(frames)
-        ds.samples = [s for s in ds.samples if s.frame in keep]
-        return ds
 
 
 def parameter_groups(model: DeepHandMesh, config: TrainConfig, embedding: PoseEmbedding | None) -> list[dict]:
@@ -213,7 +177,7 @@ class _Log:
         self.metrics.write(json.dumps(rec) + "\n")
         self.metrics.flush()
         if self.tb is not None:
-            prefix = "epoch/" if rec.get("kind") == "epoch" else "train/"
+            prefix = {"epoch": "epoch/", "probe": "probe/"}.get(rec.get("kind"), "train/")
             x = rec["epoch"] if rec.get("kind") == "epoch" else rec["step"]
             for k, v in rec.items():
                 if k not in ("kind", "step", "epoch") and isinstance(v, (int, float)):
@@ -309,8 +273,8 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         device: ``"cpu"``, ``"cuda"``, … (default: torchrun's local GPU, else CUDA if available, else CPU).
         progress: tqdm progress bar (rank 0).
         echo: also print log lines (rank 0).
-        time_limit_s: stop after the step that exceeds this many seconds of training (a snapshot
-            is written there); None: train all epochs.
+        time_limit_s: stop after the step that exceeds this many seconds of training (probing not
+            counted; a snapshot is written there); None: train all epochs.
         on_record: called with each metrics record on rank 0 (e.g. a notebook's live plot).
     Returns:
         :class:`TrainResult`.
@@ -410,6 +374,31 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
             if main and on_record is not None:
                 on_record(rec)
 
+        # ---- held-out probe (rank 0 measures; every rank leaves the time out of its training time)
+        probe, probed = None, {"s": 0.0, "step": None}
+        if cfg.probe_every and main:
+            from .probe import HeldOutProbe
+            probe = HeldOutProbe.create(data_root, cfg.subject, test_frames, model, info.device, log=log)
+
+        def run_probe() -> float:
+            """Probe at this step (rank 0); returns the seconds it took (on every rank)."""
+            t0 = time.perf_counter()
+            if probe is not None:
+                rec = {"kind": "probe", "step": step, "seconds": training_s(t0), **probe(model)}
+                emit(rec)
+                log(f"probe step {step}: held-out vertex error {rec['vertex_mean_mm']:.3f} mm mean, "
+                    f"{rec['vertex_p95_mm']:.3f} mm p95 ({rec['frames']} frames)")
+            if info.world_size > 1:
+                torch.distributed.barrier()
+            dt = time.perf_counter() - t0
+            probed["s"] += dt
+            probed["step"] = step
+            return dt
+
+        def training_s(now: float | None = None) -> float:
+            """Seconds of training so far (probing left out)."""
+            return (time.perf_counter() if now is None else now) - t_start - probed["s"]
+
         # ---- loop
         try:
             from tqdm.auto import tqdm
@@ -418,7 +407,15 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         t_start = time.perf_counter()
         stopped = None
         epochs_done = start_epoch
+        if cfg.probe_every and step == 0:
+            run_probe()
+        elif cfg.probe_every:       # resumed: its first step was the last step (and probe) of the run before
+            probed["step"] = step
         for epoch in range(start_epoch, cfg.epochs):
+            if cfg.max_steps is not None and step >= cfg.max_steps:      # a resumed run already there
+                stopped = f"max_steps {cfg.max_steps} reached (step {step})"
+                log(stopped)
+                break
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
             loader_rng.manual_seed(cfg.seed + epoch)
@@ -458,15 +455,20 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                     rec = {"kind": "step", "step": step, "epoch": epoch,
                            **{k: v / n_int for k, v in sums.items()},
                            "lr": optimizer.param_groups[0]["lr"], "steps_per_s": n_int / max(dt, 1e-9),
-                           "time_s": time.perf_counter() - t_start}
+                           "time_s": training_s()}
                     emit(rec)
                     log(f"epoch {epoch} step {step}: " + " ".join(
                         f"{k} {rec[k]:.4g}" for k in (*TERMS, "total") if k in rec)
                         + f" lr {rec['lr']:.2g} {rec['steps_per_s']:.2f} steps/s")
                     sums, n_int, t_int = {}, 0, time.perf_counter()
+                if cfg.probe_every and step % cfg.probe_every == 0:
+                    t_int += run_probe()        # the logged steps/s leave the probe out
                 if cfg.snapshot_every_steps and step % cfg.snapshot_every_steps == 0:
                     snapshot = save(epoch, mid_epoch=True, consumed=n_epoch) or snapshot
-                if time_limit_s is not None and _any_rank(time.perf_counter() - t_start > time_limit_s, info):
+                if cfg.max_steps is not None and step >= cfg.max_steps:     # the same step on every rank
+                    stopped = f"max_steps {cfg.max_steps} reached at epoch {epoch}, step {step}"
+                    break
+                if time_limit_s is not None and _any_rank(training_s() > time_limit_s, info):
                     stopped = f"time limit {time_limit_s:g} s reached at epoch {epoch}, step {step}"
                     break
             if stopped is not None and n_epoch < num_batches:
@@ -478,20 +480,23 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
             if n_epoch:
                 emit({"kind": "epoch", "step": step, "epoch": epoch,
                       **{k: v / n_epoch for k, v in epoch_sums.items()},
-                      "lr": optimizer.param_groups[0]["lr"], "time_s": time.perf_counter() - t_start})
+                      "lr": optimizer.param_groups[0]["lr"], "time_s": training_s()})
             snapshot = save(epoch, mid_epoch=False) or snapshot
             if stopped is not None:
                 log(stopped)
                 break
-        wall = time.perf_counter() - t_start
+        if cfg.probe_every and probed["step"] != step:
+            run_probe()
+        wall = training_s()
         if info.world_size > 1:
             spread = _rank_spread(step_module, info)
             log(f"parameters on the {info.world_size} ranks: max |difference| {spread:.3g}"
                 + (" (identical)" if spread == 0 else " (ranks diverged)"))
-        log(f"done: {epochs_done} epochs, {step} steps, {wall:.1f} s")
+        log(f"done: {epochs_done} epochs, {step} steps, {wall:.1f} s"
+            + (f" (+ {probed['s']:.1f} s probing)" if cfg.probe_every else ""))
         return TrainResult(model=model, embedding=embedding, train_frames=train_frames, test_frames=test_frames,
                            split_rule=rule, snapshot=snapshot, epochs=epochs_done, steps=step, wall_s=wall,
-                           history=list(log.records), stopped_early=stopped)
+                           history=list(log.records), stopped_early=stopped, probe_s=probed["s"])
     except Exception as e:      # the log says why training stopped (NaN/inf: step and term)
         log(f"ERROR {type(e).__name__}: {e}")
         raise

@@ -1,4 +1,5 @@
-"""Notebook views of training: live loss curves, config and metrics tables, evaluation figures.
+"""Notebook views of training: live loss curves, held-out probe curves, config and metrics tables,
+evaluation figures.
 
 :class:`LivePlot` is the ``on_record`` hook of :func:`dhmlib.train.train`: it keeps every metrics
 record and, in an interactive Jupyter front end, redraws one matplotlib figure in place through an
@@ -271,7 +272,7 @@ def frame_comparison(data_root, meshes_dir, frame: int, *, subject: int = 1, num
     from ..evaluate import ground_truth_meshes
     from ..meshio import read_obj
     from ..render import render_depth
-    from ..train.loop import capture_image_size
+    from ..train.inputs import capture_image_size
 
     path = Path(meshes_dir) / f"{int(frame):06d}.obj"
     if not path.is_file():
@@ -291,3 +292,60 @@ def frame_comparison(data_root, meshes_dir, frame: int, *, subject: int = 1, num
                                 batch.view_cameras, batch.view_crops, tuple(render_size))
     return {"pred": pred, "true": true, "faces": faces, "rendered": rendered.reshape(-1, *render_size).numpy(),
             "target": sample.depth.numpy(), "views": sample.view_names}
+
+
+def _probe_points(curve) -> np.ndarray:
+    """(N, 3) step, seconds, vertex_mean_mm of a probe curve: ``[step, seconds, mm]`` rows (as notebook 02
+    records them, :attr:`dhmlib.train.TrainResult.probe_curve`) or metrics records (``kind: "probe"`` kept)."""
+    rows = []
+    for r in curve:
+        if isinstance(r, dict):
+            if r.get("kind", "probe") == "probe":
+                rows.append((r["step"], r["seconds"], r["vertex_mean_mm"]))
+        else:
+            rows.append(tuple(r[:3]))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+
+
+def probe_figure(curves: dict, *, x: str = "step", reference: dict | None = None, ax=None, title: str = "",
+                 path=None):
+    """Held-out per-vertex error (mm, true angles; :mod:`dhmlib.train.probe`) against training step or
+    time, one labelled line per run on one axes.
+
+    Args:
+        curves: label → probe curve: ``[step, seconds, vertex_mean_mm]`` rows (notebook 02's recorded
+            ``probe_curve``) or metrics records (``kind: "probe"`` dicts of ``metrics.jsonl``).
+        x: ``"step"`` or ``"seconds"`` (training time, probing left out).
+        reference: label → mm drawn as horizontal dashed lines (e.g. ``{"LBS, true angles": 1.29}``).
+        ax: an axes to draw into (else a new figure).
+        path: optional PNG to save.
+    Returns:
+        the matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    if x not in ("step", "seconds"):
+        raise ValueError(f"probe_figure: x must be 'step' or 'seconds', got {x!r}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    else:
+        fig = ax.figure
+    col = 0 if x == "step" else 1
+    for label, curve in curves.items():
+        pts = _probe_points(curve)
+        if len(pts):
+            ax.plot(pts[:, col], pts[:, 2], "-o" if len(pts) < 30 else "-", ms=3, lw=1.5, label=str(label))
+    for i, (label, mm) in enumerate((reference or {}).items()):
+        if mm is not None:
+            ax.axhline(float(mm), ls="--", lw=1.0, color=f"C{(len(curves) + i) % 10}", label=str(label))
+    ax.set_xlabel("training step" if x == "step" else "training time (s)")
+    ax.set_ylabel("held-out vertex error (mm)")
+    ax.set_title(title or "held-out per-vertex error, true angles")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    return fig

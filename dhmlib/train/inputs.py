@@ -1,0 +1,60 @@
+"""The training inputs: the split's frames, the training dataset, the capture's image size.
+
+Used by the loop (:mod:`dhmlib.train.loop`), the evaluation (:mod:`dhmlib.train.evaluation`) and
+the held-out probe (:mod:`dhmlib.train.probe`); kept apart from the loop so that those modules can
+use each other without an import cycle.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..data.dataset import DeepHandMeshDataset
+from ..data.layout import Layout
+from ..data.safe_pickle import load_array_pickle
+from .config import TrainConfig
+
+
+def capture_image_size(layout: Layout, frame: int) -> tuple[int, int]:
+    """(H, W) of the capture's images, read from one depth map of ``frame``."""
+    cams = layout.depth_cameras(frame)
+    if not cams:
+        raise FileNotFoundError(f"{layout.depth_dir / f'{frame:06d}'}: no depth maps")
+    d = load_array_pickle(layout.depth_path(frame, cams[0]))
+    return int(d.shape[0]), int(d.shape[1])
+
+
+def split_training_frames(data_root, config: TrainConfig, log: Callable[[str], None] = print):
+    """(train frames, test frames, rule) of the configured split, ``max_frames`` applied to train."""
+    try:
+        from ..data.split import split_frames
+    except ImportError:       # the split module arrives with issue 9's split work
+        split_frames = None
+    if split_frames is None:
+        layout = Layout(data_root, config.subject)
+        frames = sorted(layout.keypoint_frames())
+        train, test, rule = tuple(frames), (), "no split module: training on all frames"
+        log(rule)
+    else:
+        s = split_frames(data_root, config.subject, config.held_out)
+        train, test, rule = tuple(s.train), tuple(s.test), s.rule
+    if config.max_frames is not None:
+        train = train[:config.max_frames]
+    if not train:
+        raise ValueError(f"{data_root}: no training frames ({rule})")
+    return train, test, rule
+
+
+def make_dataset(data_root, config: TrainConfig, frames, skeleton=None) -> DeepHandMeshDataset:
+    """The training dataset: ``frames`` only, images only for the image source."""
+    layout = Layout(data_root, config.subject)
+    kwargs = dict(subject=config.subject, skeleton=skeleton, num_views=config.num_views,
+                  input_size=config.input_size, render_size=config.render_size, seed=config.seed,
+                  image_size=capture_image_size(layout, frames[0]), crop_mode=config.crop_mode,
+                  images=config.pose_source == "image")
+    try:
+        return DeepHandMeshDataset(data_root, frames=frames, **kwargs)
+    except TypeError:         # a dataset without ``frames=``: filter its samples
+        ds = DeepHandMeshDataset(data_root, **kwargs)
+        keep = set(frames)
+        ds.samples = [s for s in ds.samples if s.frame in keep]
+        return ds
