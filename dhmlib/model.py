@@ -8,7 +8,10 @@
                                                         └► HandLayer (FK + LBS) ─► joints, vertices
 
 Module and parameter names follow the official code, so the state dict maps
-one-to-one onto official snapshots (see :mod:`dhmlib.snapshot`).
+one-to-one onto official snapshots (see :mod:`dhmlib.snapshot`).  The one
+non-official option, ``ModelConfig(pose_corrective_kind="linear_rotmat")`` (a
+MANO-style linear pose blend shape instead of the pose MLP), replaces the
+``skin_refine_net.fc_pose.*`` tensors by ``skin_refine_net.pose_blend_rotmat.weight``.
 """
 from __future__ import annotations
 
@@ -34,8 +37,9 @@ BACKBONE_DEPTHS = (18, 34, 50)
 CORRECTIVE_BASES = ("free", "normal")
 SKELETON_CORRECTIVE_MODES = ("free", "bone_length")
 POSE_CORRECTIVE_GAUGES = ("none", "zero_at_rest")
+POSE_CORRECTIVE_KINDS = ("mlp", "linear_rotmat")
 _CHOICES = {"corrective_basis": CORRECTIVE_BASES, "skeleton_corrective_mode": SKELETON_CORRECTIVE_MODES,
-            "pose_corrective_gauge": POSE_CORRECTIVE_GAUGES}
+            "pose_corrective_gauge": POSE_CORRECTIVE_GAUGES, "pose_corrective_kind": POSE_CORRECTIVE_KINDS}
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,15 @@ class ModelConfig(ConfigMixin):
             the original; ``"zero_at_rest"``: it is ``f(θ) − f(0)``, zero at the rest pose, so a
             constant offset can only live in the identity corrective (with one subject the two
             could otherwise trade it freely).  The last layer's bias then has no effect.
+        pose_corrective_kind: ``"mlp"``: the paper's pose corrective, a two-layer MLP of the
+            Euler angles (``skin_refine_net.fc_pose.0/.2``, the official tensors); ``"linear_rotmat"``:
+            a MANO-style linear pose blend shape, ``Σ_j W_j · vec(R_j − I)`` over the non-root
+            joints that have at least one Euler DoF (``R_j`` the joint's local rotation from
+            :func:`~dhmlib.kinematics.euler_to_matrix`, the kinematics' convention), one bias-free,
+            zero-initialised linear map of the (J_b·9) features to V·3 (tensor
+            ``skin_refine_net.pose_blend_rotmat.weight``, no ``fc_pose``; see :class:`SkinRefineNet`).
+            It follows ``corrective_basis``; ``pose_corrective_gauge`` is a no-op for it, since
+            ``R − I`` is exactly zero at θ = 0, so the corrective is already zero at rest.
 
     The defaults reproduce the original model; official snapshots (no ``model_config``) decode
     with them.
@@ -81,6 +94,7 @@ class ModelConfig(ConfigMixin):
     corrective_basis: str = "free"
     skeleton_corrective_mode: str = "free"
     pose_corrective_gauge: str = "none"
+    pose_corrective_kind: str = "mlp"
 
     def __post_init__(self):
         def is_int(x):
@@ -358,22 +372,70 @@ class SkinRefineNet(nn.Module):
     """Pose- and identity-dependent vertex correctives, mm.
 
     ``pose(euler (B,J,3)) → (B,V,3)``; ``identity(id_code (32,)) → (V,3)``.
+
+    Args:
+        num_joints, num_vertices: J and V.
+        id_dim: length of the identity code.
+        hidden: width of the MLPs' hidden layer.
+        pose_kind: ``"mlp"`` (the paper's ``fc_pose``, official tensors) or ``"linear_rotmat"``
+            (``pose_blend_rotmat``: a bias-free ``nn.Linear(J_b·9, V·3)``, zero-initialised, of the
+            features ``vec(R_j − I)`` of the ``blend_joints``; there is no ``fc_pose`` then).
+        blend_joints: the J_b joint indices whose rotations drive ``"linear_rotmat"``
+            (:class:`DeepHandMesh` passes the non-root joints with at least one Euler DoF).
+
+    :attr:`pose_module` is the module holding the pose corrective's parameters for either kind.
     """
 
-    def __init__(self, num_joints: int, num_vertices: int, id_dim: int = 32, hidden: int = 256):
+    def __init__(self, num_joints: int, num_vertices: int, id_dim: int = 32, hidden: int = 256,
+                 pose_kind: str = "mlp", blend_joints: Collection[int] | None = None):
         super().__init__()
+        if pose_kind not in POSE_CORRECTIVE_KINDS:
+            raise ValueError(f"SkinRefineNet: pose_kind: expected one of {POSE_CORRECTIVE_KINDS}, got {pose_kind!r}")
         self.num_vertices = num_vertices
-        self.fc_pose = _mlp(num_joints * 3, hidden, num_vertices * 3)
+        self.pose_kind = pose_kind
+        if pose_kind == "mlp":
+            self.fc_pose = _mlp(num_joints * 3, hidden, num_vertices * 3)
+            self.register_buffer("blend_joints", None, persistent=False)
+        else:
+            joints = list(range(num_joints)) if blend_joints is None else [int(j) for j in blend_joints]
+            if not joints or any(not 0 <= j < num_joints for j in joints):
+                raise ValueError(f"SkinRefineNet: blend_joints: expected joint indices in [0, {num_joints}), "
+                                 f"got {joints}")
+            self.register_buffer("blend_joints", torch.tensor(joints, dtype=torch.long), persistent=False)
+            # draw (and drop) the MLP's initial weights anyway, so that every other module starts from
+            # the same weights as the mlp kind under the same seed (the ablation compares the two kinds)
+            _mlp(num_joints * 3, hidden, num_vertices * 3)
         self.fc_id = _mlp(id_dim, hidden, num_vertices * 3)
-        for fc in (self.fc_pose, self.fc_id):  # start at plain LBS
+        for fc in (self.fc_pose, self.fc_id) if pose_kind == "mlp" else (self.fc_id,):  # start at plain LBS
             nn.init.zeros_(fc[-1].weight)
             nn.init.zeros_(fc[-1].bias)
+        if pose_kind == "linear_rotmat":
+            # zero-initialised without drawing from the random generator
+            self.pose_blend_rotmat = torch.nn.utils.skip_init(nn.Linear, len(joints) * 9, num_vertices * 3,
+                                                              bias=False)
+            nn.init.zeros_(self.pose_blend_rotmat.weight)
+
+    @property
+    def pose_module(self) -> nn.Module:
+        """The module whose parameters are the pose corrective's: ``fc_pose`` or ``pose_blend_rotmat``."""
+        return self.fc_pose if self.pose_kind == "mlp" else self.pose_blend_rotmat
+
+    def rotmat_features(self, euler: torch.Tensor) -> torch.Tensor:
+        """(B, J, 3) radians → (B, J_b·9) features ``vec(R_j − I)`` of the blend joints.
+
+        ``R_j = euler_to_matrix(θ_j)`` (``Rz·Ry·Rx``, as the kinematics); ``vec`` is row-major, so
+        feature ``9·i + 3·r + c`` is ``(R − I)[r, c]`` of ``blend_joints[i]``.  Exactly zero at θ = 0.
+        """
+        R = euler_to_matrix(euler.index_select(1, self.blend_joints))            # (B, J_b, 3, 3)
+        eye = torch.eye(3, dtype=R.dtype, device=R.device)
+        return (R - eye).reshape(euler.shape[0], -1)
 
     def pose(self, euler, *, zero_at_rest: bool = False, normals: torch.Tensor | None = None):
         """(B, J, 3) radians → (B, V, 3) mm; options as in :meth:`pose_plus`."""
-        if not zero_at_rest and normals is None:
+        if self.pose_kind == "mlp" and not zero_at_rest and normals is None:
             return self.fc_pose(euler.reshape(euler.shape[0], -1)).view(-1, self.num_vertices, 3)
-        base = self.fc_pose[2].bias.new_zeros(self.num_vertices, 3)
+        weight = self.pose_module.weight if self.pose_kind == "linear_rotmat" else self.fc_pose[2].weight
+        base = weight.new_zeros(self.num_vertices, 3)
         return self.pose_plus(euler, base, zero_at_rest=zero_at_rest, normals=normals)
 
     def pose_plus(self, euler, base, *, zero_at_rest: bool = False, normals: torch.Tensor | None = None):
@@ -383,25 +445,31 @@ class SkinRefineNet(nn.Module):
             euler: (B, J, 3) radians.  base: (V, 3) mm.
             zero_at_rest: return ``base + f(θ) − f(0)``: the hidden layer's rest value
                 ``relu(b₁)`` is subtracted and the last bias dropped, so the result is exactly
-                ``base`` at θ = 0 (same GEMM).
+                ``base`` at θ = 0 (same GEMM).  No effect for ``"linear_rotmat"``, which is
+                zero at rest by construction.
             normals: (V, 3) unit vectors; if given, each vertex's network output is projected
                 onto its normal, ``(o_v · n_v) n_v``, before ``base`` is added.
         Returns:
             (B, V, 3) mm (a permuted view of a (V, 3, B) buffer).
         """
-        first, relu, last = self.fc_pose
-        hidden = relu(first(euler.reshape(euler.shape[0], -1)))                        # (B, 256)
-        if zero_at_rest:
-            hidden = hidden - torch.relu(first.bias)
-            bias = None
+        if self.pose_kind == "mlp":
+            first, relu, last = self.fc_pose
+            hidden = relu(first(euler.reshape(euler.shape[0], -1)))                    # (B, 256)
+            if zero_at_rest:
+                hidden = hidden - torch.relu(first.bias)
+                bias = None
+            else:
+                bias = last.bias
+            weight = last.weight
         else:
-            bias = last.bias
+            hidden = self.rotmat_features(euler)                                       # (B, J_b·9)
+            weight, bias = self.pose_blend_rotmat.weight, None
         if normals is None:
             b = base.reshape(-1) if bias is None else bias + base.reshape(-1)
-            out = _BatchLastLinear.apply(hidden, last.weight, b).view(self.num_vertices, 3, -1)   # (V, 3, B)
+            out = _BatchLastLinear.apply(hidden, weight, b).view(self.num_vertices, 3, -1)   # (V, 3, B)
         else:
-            b = torch.zeros_like(last.bias) if bias is None else bias
-            raw = _BatchLastLinear.apply(hidden, last.weight, b).view(self.num_vertices, 3, -1)
+            b = weight.new_zeros(weight.shape[0]) if bias is None else bias
+            raw = _BatchLastLinear.apply(hidden, weight, b).view(self.num_vertices, 3, -1)
             n = normals.unsqueeze(-1)                                                  # (V, 3, 1)
             out = torch.addcmul(base.unsqueeze(-1), n, (raw * n).sum(1, keepdim=True))
         return out.permute(2, 0, 1)
@@ -430,6 +498,15 @@ def template_normals(hand_model: HandModel) -> np.ndarray:
         np.add.at(n, f[:, k], fn)
     length = np.linalg.norm(n, axis=1, keepdims=True)
     return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
+
+
+def blend_joints(hand_model: HandModel) -> list[int]:
+    """Joints driving the ``"linear_rotmat"`` pose corrective: every non-root joint with at least one
+    Euler DoF (the root's rotation is the global orientation, as in MANO; a joint whose three axes are
+    all fixed, e.g. a ``_null`` fingertip end, has ``R − I = 0`` always).  22 official joints → 16."""
+    mask = np.asarray(hand_model.dof_mask, dtype=bool)
+    root = hand_model.skeleton.root
+    return [j for j in range(len(mask)) if j != root and mask[j].any()]
 
 
 def bone_directions(hand_model: HandModel) -> np.ndarray:
@@ -462,7 +539,8 @@ class DeepHandMesh(nn.Module):
         self.backbone_net = BackboneNet(config.backbone)
         self.pose_net = PoseNet(self.hand.dof_mask)
         self.skeleton_refine_net = SkeletonRefineNet(J, config.id_dim)
-        self.skin_refine_net = SkinRefineNet(J, V, config.id_dim)
+        self.skin_refine_net = SkinRefineNet(J, V, config.id_dim, pose_kind=config.pose_corrective_kind,
+                                             blend_joints=blend_joints(hand_model))
         gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         self.register_buffer("id_code", torch.randn(config.id_dim, generator=gen))
         # projection directions of the config's options (non-persistent: official keys only);
@@ -539,9 +617,11 @@ class DeepHandMesh(nn.Module):
         Follows the config's ``corrective_basis`` and ``pose_corrective_gauge`` (but not
         ``detach_pose_corrective_input``: this is the corrective as a function of the angles).
         """
-        return self.skin_refine_net.pose(euler * self.hand.dof_mask.to(euler.dtype),
-                                         zero_at_rest=self._config.pose_corrective_gauge == "zero_at_rest",
-                                         normals=self._normals(self.skin_refine_net.fc_pose[2].weight.dtype))
+        net = self.skin_refine_net
+        dtype = (net.fc_pose[2] if net.pose_kind == "mlp" else net.pose_module).weight.dtype
+        return net.pose(euler * self.hand.dof_mask.to(euler.dtype),
+                        zero_at_rest=self._config.pose_corrective_gauge == "zero_at_rest",
+                        normals=self._normals(dtype))
 
     # ----------------------------------------------------------------- decode
     def decode(self, euler: torch.Tensor, root_transform: torch.Tensor | None = None, *,
@@ -582,7 +662,7 @@ class DeepHandMesh(nn.Module):
         ``vertices`` the corrected mesh skinned to it (with a skeleton corrective the bones move,
         so this differs from ``template + offsets``, the unskinned corrected mesh), ``offsets``
         the skin corrective at θ = 0 (identity corrective plus ``f(0)``, or zero pose part with
-        ``pose_corrective_gauge="zero_at_rest"``).  ``correctives`` as in :meth:`decode`.
+        ``pose_corrective_gauge="zero_at_rest"`` or ``pose_corrective_kind="linear_rotmat"``).  ``correctives`` as in :meth:`decode`.
         """
         euler = self.hand.template.new_zeros(1, self.hand.num_joints, 3)
         return self.decode(euler, correctives=correctives)

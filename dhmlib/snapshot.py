@@ -12,6 +12,10 @@ Layout (from the public release)::
 Snapshots written by dhmlib add one key beside these, ``"model_config"``: the
 model's :class:`~dhmlib.model.ModelConfig` as a plain dict, from which
 :func:`model_from_snapshot` rebuilds the model (the original code ignores it).
+A model with ``pose_corrective_kind="linear_rotmat"`` (MANO-style pose blend
+shapes) has ``module.skin_refine_net.pose_blend_rotmat.weight`` (V·3, J_b·9)
+instead of the ``fc_pose`` tensors (:data:`ROTMAT_KEY`); the original code
+cannot load such a snapshot.
 
 dhmlib's module names equal the official ones, so keys map one-to-one after
 the DataParallel ``module.`` prefix is removed.  Loading uses
@@ -31,6 +35,8 @@ from .handmodel import HandModel
 NETWORK_PREFIXES = ("backbone_net.", "pose_net.", "skeleton_refine_net.", "skin_refine_net.", "id_code")
 OFFICIAL_KEYS = ("epoch", "network", "optimizer")
 CONFIG_KEY = "model_config"
+#: the weights of ``ModelConfig(pose_corrective_kind="linear_rotmat")`` (not an official tensor)
+ROTMAT_KEY = "skin_refine_net.pose_blend_rotmat.weight"
 
 
 class SnapshotError(ValueError):
@@ -161,8 +167,14 @@ def _load_network(model, ckpt: dict, path) -> SnapshotInfo:
         new[k] = v
     missing = [k for k in own if k not in new]
     if missing:
-        raise SnapshotError(f"{path}: missing tensor {missing[0]!r} (expected shape {tuple(own[missing[0]].shape)})"
-                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        first = min(missing, key=lambda k: k != ROTMAT_KEY)           # the linear pose corrective first
+        hint = ""
+        if first == ROTMAT_KEY:
+            hint = (f": the model is configured with pose_corrective_kind='linear_rotmat'"
+                    + (" but the snapshot holds the MLP pose corrective (skin_refine_net.fc_pose.*)"
+                       if any(k.startswith("skin_refine_net.fc_pose.") for k in state) else ""))
+        raise SnapshotError(f"{path}: missing tensor {first!r} (expected shape {tuple(own[first].shape)})"
+                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + hint)
     model.load_state_dict(new, strict=True)
     info.extra = {k: v for k, v in ckpt.items() if k not in ("network", "optimizer")}
     return info

@@ -1,4 +1,4 @@
-"""ModelConfig's training options (corrective basis, skeleton corrective mode, pose gauge),
+"""ModelConfig's training options (corrective basis, skeleton corrective mode, pose gauge, pose kind),
 HandPose.offsets, rest_pose and root_from_joints, against explicit formulas written here."""
 import numpy as np
 import pytest
@@ -245,7 +245,8 @@ def test_root_from_joints_gradient_reaches_the_skeleton_corrective(hand):
 def test_option_validation_and_snapshot_round_trip(hand, tmp_path):
     for field, allowed in (("corrective_basis", "'free', 'normal'"),
                            ("skeleton_corrective_mode", "'free', 'bone_length'"),
-                           ("pose_corrective_gauge", "'none', 'zero_at_rest'")):
+                           ("pose_corrective_gauge", "'none', 'zero_at_rest'"),
+                           ("pose_corrective_kind", "'mlp', 'linear_rotmat'")):
         for bad in ("Normal", 1, None, True):
             with pytest.raises(ValueError, match=rf"ModelConfig\.{field}: expected one of {allowed}, got"):
                 ModelConfig(**{field: bad})
@@ -286,3 +287,195 @@ def test_dtype_moves_reread_directions_exactly(hand):
     nonroot = [j for j in range(hand.num_joints) if j != hand.skeleton.root]   # the toy root's is zero
     assert (m.bone_directions - t / t.norm(dim=-1, keepdim=True))[nonroot].abs().max() <= 1e-15
     assert torch.isfinite(m.bone_directions).all()
+
+
+# ------------------------------------------------ pose_corrective_kind="linear_rotmat" (MANO-style)
+def rot_ref(x, y, z):
+    """Rz(z) @ Ry(y) @ Rx(x) from the elementary rotations, float64 numpy."""
+    cx, sx, cy, sy, cz, sz = np.cos(x), np.sin(x), np.cos(y), np.sin(y), np.cos(z), np.sin(z)
+    Rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    Ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    Rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return Rz @ Ry @ Rx
+
+
+def linear_model(hand, dtype=torch.float64, std=0.3, **kw):
+    """A linear_rotmat model with random blend-shape weights (the other correctives stay zero)."""
+    torch.manual_seed(0)
+    m = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective_kind="linear_rotmat", **kw)).to(dtype)
+    with torch.no_grad():
+        m.skin_refine_net.pose_blend_rotmat.weight.normal_(0, std)
+    return m
+
+
+def blend_loop(hand, W, euler):
+    """Σ_j W_j · vec(R_j − I) written as loops over frames and joints (float64 numpy).
+
+    The driving joints are the non-root joints with at least one Euler DoF, in joint order;
+    masked axes are zero (as the kinematics applies them); W_j = the j-th block of 9 columns.
+    """
+    W, euler, mask = W.detach().numpy(), euler.detach().numpy(), np.asarray(hand.dof_mask)
+    joints = [j for j in range(hand.num_joints) if j != hand.skeleton.root and mask[j].any()]
+    out = np.zeros((euler.shape[0], W.shape[0]))
+    for b in range(euler.shape[0]):
+        for i, j in enumerate(joints):
+            x, y, z = np.where(mask[j], euler[b, j], 0.0)
+            out[b] += W[:, 9 * i:9 * i + 9] @ (rot_ref(x, y, z) - np.eye(3)).reshape(9)
+    return torch.from_numpy(out).view(euler.shape[0], -1, 3)
+
+
+def test_linear_rotmat_equals_the_per_joint_loop(hand):
+    m = linear_model(hand)
+    W = m.skin_refine_net.pose_blend_rotmat.weight
+    # 16 of the 22 official joints drive it: not the root (global orientation) nor the 5 fixed _null ends
+    assert W.shape == (3 * hand.num_vertices, 16 * 9) and m.skin_refine_net.pose_module is m.skin_refine_net.pose_blend_rotmat
+    e = random_euler(3, hand.num_joints, torch.float64) * 3          # up to ±1.8 rad, every axis (masked ones too)
+    ref = blend_loop(hand, W, e)
+    with torch.no_grad():
+        p = m.pose_corrective(e)
+        out = m.decode(e)
+        lbs = HandLayer(hand, torch.float64)(e, rest_vertices=m.hand.template + m.identity_corrective() + ref)
+    assert ref.abs().max() > 1
+    assert (p - ref).abs().max() <= 1e-10
+    assert (out.offsets - (m.identity_corrective() + ref)).abs().max() <= 1e-10
+    assert (out.vertices - lbs.vertices).abs().max() <= 1e-10
+    # the state dict: the blend weights under their own key, no MLP pose corrective, the rest official
+    keys = set(m.state_dict())
+    official = set(DeepHandMesh(hand, ModelConfig(backbone=18)).state_dict())
+    assert keys == {k for k in official if not k.startswith("skin_refine_net.fc_pose.")} | \
+        {"skin_refine_net.pose_blend_rotmat.weight"}
+
+
+def test_linear_rotmat_is_zero_at_rest_and_starts_at_zero(hand):
+    zero = torch.zeros(2, hand.num_joints, 3, dtype=torch.float64)
+    e = random_euler(2, hand.num_joints, torch.float64)
+    for basis in ("free", "normal"):
+        plain = None
+        for gauge in ("none", "zero_at_rest"):             # the gauge is a no-op for this kind
+            m = linear_model(hand, corrective_basis=basis, pose_corrective_gauge=gauge)
+            with torch.no_grad():
+                assert torch.equal(m.pose_corrective(zero), torch.zeros(2, hand.num_vertices, 3, dtype=torch.float64))
+                assert torch.equal(m.decode(zero).vertices, m.decode(zero, correctives=("identity", "skeleton")).vertices)
+                assert torch.equal(m.rest_pose().offsets[0], m.identity_corrective())
+                p = m.pose_corrective(e)
+            assert p.abs().max() > 0.5
+            if plain is None:
+                plain = p
+            else:
+                assert torch.equal(p, plain)
+    fresh = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective_kind="linear_rotmat"))
+    assert torch.equal(fresh.skin_refine_net.pose_blend_rotmat.weight, torch.zeros(3 * hand.num_vertices, 144))
+    assert fresh.skin_refine_net.pose_blend_rotmat.bias is None
+    with torch.no_grad():
+        e = random_euler(2, hand.num_joints)
+        assert torch.equal(fresh.decode(e).vertices, fresh.decode(e, correctives=("identity", "skeleton")).vertices)
+
+
+def test_linear_rotmat_follows_the_normal_basis(hand):
+    m = linear_model(hand, corrective_basis="normal")
+    n = ref_normals(hand)
+    e = random_euler(3, hand.num_joints, torch.float64) * 2
+    ref = blend_loop(hand, m.skin_refine_net.pose_blend_rotmat.weight, e)
+    with torch.no_grad():
+        p = m.pose_corrective(e)
+        off = m.decode(e).offsets
+    assert p.abs().max() > 0.5
+    assert torch.linalg.cross(p, n.expand_as(p), dim=-1).abs().max() <= 1e-12
+    assert (p - project(ref, n)).abs().max() <= 1e-10
+    assert (off - m.identity_corrective() - project(ref, n)).abs().max() <= 1e-10
+
+
+def test_linear_rotmat_gradient_reaches_the_weights(hand):
+    m = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective_kind="linear_rotmat",
+                                       detach_pose_corrective_input=False)).double()
+    e = random_euler(2, hand.num_joints, torch.float64).requires_grad_(True)
+    target = torch.randn(2, hand.num_vertices, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    (m.decode(e).vertices - target).square().sum().backward()
+    W = m.skin_refine_net.pose_blend_rotmat.weight
+    assert W.grad is not None and W.grad.abs().max() > 0
+    # ∂L/∂W = Σ_b g_b ⊗ features_b, with g the gradient at the (un-skinned) rest offsets
+    assert W.grad.shape == W.shape and torch.isfinite(W.grad).all()
+    # columns of always-zero features (a 1-DoF joint's rotation axis row/column) get exactly no gradient
+    feats = m.skin_refine_net.rotmat_features(e.detach() * m.hand.dof_mask.double())
+    dead = (feats == 0).all(0)
+    assert dead.any() and (W.grad[:, dead] == 0).all() and (W.grad[:, ~dead].abs().sum(0) > 0).all()
+    # at the rest pose the weights get no gradient (R − I = 0): nothing can be learnt there
+    m.zero_grad()
+    (m.decode(torch.zeros_like(e)).vertices - target).square().sum().backward()
+    assert W.grad is None or torch.equal(W.grad, torch.zeros_like(W))
+
+
+def test_linear_rotmat_snapshot_round_trip(hand, tmp_path):
+    m = linear_model(hand, torch.float32, corrective_basis="normal", pose_corrective_gauge="zero_at_rest")
+    path = save_snapshot(tmp_path / "snapshot_1.pth.tar", m, epoch=1)
+    raw = torch.load(path, weights_only=True)
+    assert raw["model_config"]["pose_corrective_kind"] == "linear_rotmat"
+    assert "module.skin_refine_net.pose_blend_rotmat.weight" in raw["network"]
+    assert not any(".fc_pose." in k for k in raw["network"])
+    r = model_from_snapshot(path, hand)
+    assert r.config == m.config
+    e = random_euler(2, hand.num_joints)
+    with torch.no_grad():
+        assert torch.equal(m.decode(e).vertices, r.decode(e).vertices)
+    # a config that says linear_rotmat on a snapshot without the tensor: the key is named
+    mlp_model = random_model(hand)
+    mlp_path = save_snapshot(tmp_path / "snapshot_2.pth.tar", mlp_model, epoch=2)
+    raw2 = torch.load(mlp_path, weights_only=True)
+    torch.save({**raw2, "model_config": {**raw2["model_config"], "pose_corrective_kind": "linear_rotmat"}},
+               tmp_path / "snapshot_3.pth.tar")
+    with pytest.raises(SnapshotError, match=r"snapshot_3.pth.tar: missing tensor "
+                                            r"'skin_refine_net.pose_blend_rotmat.weight' \(expected shape "
+                                            r"\(9000, 144\)\): .*linear_rotmat.* holds the MLP pose corrective"):
+        model_from_snapshot(tmp_path / "snapshot_3.pth.tar", hand)
+    with pytest.raises(SnapshotError, match="missing tensor 'skin_refine_net.pose_blend_rotmat.weight'"):
+        model_from_snapshot(mlp_path, hand, pose_corrective_kind="linear_rotmat")
+    # and the other way: an mlp config on the linear snapshot names the missing MLP tensor
+    torch.save({**raw, "model_config": {**raw["model_config"], "pose_corrective_kind": "mlp"}},
+               tmp_path / "snapshot_4.pth.tar")
+    with pytest.raises(SnapshotError, match=r"missing tensor 'skin_refine_net.fc_pose.0.weight'"):
+        model_from_snapshot(tmp_path / "snapshot_4.pth.tar", hand)
+
+
+def pre_option_pose_plus(fc_pose, euler, base, zero_at_rest, normals):
+    """SkinRefineNet.pose_plus as it was before pose_corrective_kind existed (same ops, same order)."""
+    from dhmlib.model import _BatchLastLinear
+
+    first, relu, last = fc_pose
+    hidden = relu(first(euler.reshape(euler.shape[0], -1)))
+    if zero_at_rest:
+        hidden, bias = hidden - torch.relu(first.bias), None
+    else:
+        bias = last.bias
+    V = base.shape[0]
+    if normals is None:
+        b = base.reshape(-1) if bias is None else bias + base.reshape(-1)
+        out = _BatchLastLinear.apply(hidden, last.weight, b).view(V, 3, -1)
+    else:
+        b = torch.zeros_like(last.bias) if bias is None else bias
+        raw = _BatchLastLinear.apply(hidden, last.weight, b).view(V, 3, -1)
+        n = normals.unsqueeze(-1)
+        out = torch.addcmul(base.unsqueeze(-1), n, (raw * n).sum(1, keepdim=True))
+    return out.permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("options", [{}, {"corrective_basis": "normal", "pose_corrective_gauge": "zero_at_rest"},
+                                     {"pose_corrective_gauge": "zero_at_rest"}, {"corrective_basis": "normal"}])
+def test_mlp_kind_decodes_bit_identically_to_before_the_option(hand, options):
+    m = random_model(hand, **options)
+    assert m.config == ModelConfig(backbone=18, pose_corrective_kind="mlp", **options)
+    assert m.skin_refine_net.pose_module is m.skin_refine_net.fc_pose and not hasattr(m.skin_refine_net, "pose_blend_rotmat")
+    e = random_euler(3, hand.num_joints)
+    with torch.no_grad():
+        out = m.decode(e)
+        rest = m.hand.template + m.identity_corrective()
+        pose_in = e * m.hand.dof_mask.to(e.dtype)
+        before = pre_option_pose_plus(m.skin_refine_net.fc_pose, pose_in, rest,
+                                      options.get("pose_corrective_gauge") == "zero_at_rest", m.template_normals)
+        ref = m.hand(e, joint_offsets=m.skeleton_corrective(), rest_vertices=before)
+    assert torch.equal(out.vertices, ref.vertices) and torch.equal(out.joints, ref.joints)
+    # the same seed draws the same initial weights for every shared module in both kinds (a fair ablation)
+    torch.manual_seed(0)
+    a = DeepHandMesh(hand, ModelConfig(backbone=18, **options)).state_dict()
+    torch.manual_seed(0)
+    b = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective_kind="linear_rotmat", **options)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b if k != "skin_refine_net.pose_blend_rotmat.weight")
