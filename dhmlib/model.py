@@ -589,6 +589,19 @@ class DeepHandMesh(nn.Module):
         self._cache[name] = (key, value)
         return value
 
+    def gauge_fixed_parameters(self) -> list[nn.Parameter]:
+        """Parameters the configuration makes irrelevant to every output (they must not train).
+
+        With ``pose_corrective_gauge="zero_at_rest"`` the MLP pose corrective is ``f(θ) − f(0)``, in
+        which its last bias cancels: that bias is fixed (the identity corrective holds the constant).
+        A trainer freezes these, so that every trainable parameter gets a gradient each step (DDP).
+        The ``linear_rotmat`` kind has no bias, so nothing is fixed there.
+        """
+        net = self.skin_refine_net
+        if self._config.pose_corrective_gauge == "zero_at_rest" and net.pose_kind == "mlp":
+            return [net.fc_pose[2].bias]
+        return []
+
     def skeleton_corrective(self) -> torch.Tensor:
         """(J, 3) corrective of local bone translations, mm (along the bind bones for ``"bone_length"``)."""
         def compute():

@@ -108,3 +108,27 @@ def test_variants_markdown_lists_every_variant_and_its_change():
     assert "`pose_corrective_kind='linear_rotmat'`" in lines[2 + 5] and "`laplacian_form='posed'`" in lines[2 + 6]
     assert "| — |" in lines[2 + 3]                     # (d) differs from itself in nothing
     assert "non-rigid 5" in text and "free (V·3)" in text
+
+
+@pytest.mark.parametrize("key", ["f", "h"])
+def test_variant_trains_a_step_with_the_real_loop(key, small_capture, tmp_path):
+    """(f) has no ``fc_pose`` and (h) the zero_at_rest gauge on cpu-small: both must reach the optimizer."""
+    import torch
+
+    from dhmlib.snapshot import read_snapshot
+    from dhmlib.train import train
+
+    tc, mc = apply_variant(get_variant(key), *preset("cpu-small"))
+    tc = tc.replace(batch_size=2, num_views=2, render_size=(32, 32), max_steps=4, held_out=None, log_every=1,
+                    penetration_rigid_weight=0.0, penetration_nonrigid_weight=0.0)
+    result = train(tc, mc, small_capture, tmp_path, progress=False, echo=False)
+    assert result.steps == 4
+    state = read_snapshot(result.snapshot)["network"]
+    if key == "f":
+        w = state["module.skin_refine_net.pose_blend_rotmat.weight"]
+        assert w.abs().max() > 0                     # zero-initialised: it moved, so it was optimised
+        assert not any(k.startswith("module.skin_refine_net.fc_pose") for k in state)
+    else:
+        assert torch.equal(state["module.skin_refine_net.fc_pose.2.bias"], torch.zeros_like(
+            state["module.skin_refine_net.fc_pose.2.bias"]))   # gauge-fixed: still its zero init
+        assert state["module.skin_refine_net.fc_pose.2.weight"].abs().max() > 0

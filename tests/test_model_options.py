@@ -144,6 +144,12 @@ def test_zero_at_rest_gauge(hand):
     last = m.skin_refine_net.fc_pose[2]
     assert last.bias.grad is None or torch.equal(last.bias.grad, torch.zeros_like(last.bias))
     assert last.weight.grad.abs().max() > 0 and m.skin_refine_net.fc_pose[0].bias.grad.abs().max() > 0
+    # ... and it is the model's one gauge-fixed parameter (the trainer freezes what this returns)
+    assert [id(p) for p in m.gauge_fixed_parameters()] == [id(last.bias)]
+    assert random_model(hand).gauge_fixed_parameters() == []
+    linear = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective_kind="linear_rotmat",
+                                            pose_corrective_gauge="zero_at_rest"))
+    assert linear.gauge_fixed_parameters() == []
 
 
 def test_rest_pose_is_the_refined_skeleton_at_zero_angles(hand):

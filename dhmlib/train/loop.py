@@ -117,16 +117,14 @@ def parameter_groups(model: DeepHandMesh, config: TrainConfig, embedding: PoseEm
     parts = {
         "network": [(model.backbone_net, image), (model.pose_net, image)],
         "correctives": [(model.skeleton_refine_net, "skeleton" in on),
-                        (model.skin_refine_net.fc_pose, "pose" in on),
+                        (model.skin_refine_net.pose_module, "pose" in on),
                         (model.skin_refine_net.fc_id, "identity" in on)],
     }
     lrs = {"network": config.lr, "correctives": config.corrective_lr or config.lr}
     for mod, used in (m for mods in parts.values() for m in mods):
         mod.requires_grad_(used)
-    if model.config.pose_corrective_gauge == "zero_at_rest":
-        # f(θ) − f(0) drops the pose corrective's last bias: it gets no gradient (and DDP, which
-        # expects a gradient for every trainable parameter, would stop at the second step)
-        model.skin_refine_net.fc_pose[2].bias.requires_grad_(False)
+    for p in model.gauge_fixed_parameters():   # no gradient ever (DDP would stop at the second step)
+        p.requires_grad_(False)
     groups = []
     for name, mods in parts.items():
         params = [p for mod, used in mods if used for p in mod.parameters() if p.requires_grad]
