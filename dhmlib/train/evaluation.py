@@ -58,7 +58,8 @@ from .loop import capture_image_size
 JOINT_FIT_LR = (0.05, 0.001)
 DEPTH_FIT_LR = (0.01, 0.001)
 DEPTH_FIT_FRACTION = 8          # depth steps = fit_steps // 8
-BATCH = 16                      # frames decoded / rendered / fitted at once
+BATCH = 16                      # frames decoded / rendered at once (and encoded)
+FIT_BATCH = 32                  # frames fitted at once: per-step overhead once for all held-out frames
 PLAIN_LBS = ()                  # decode(correctives=()) = template + LBS
 
 
@@ -188,9 +189,9 @@ def load_held_out(data_root, frames, config: TrainConfig, skeleton, device, imag
                    views=tuple(tuple(s.view_names) for s in samples))
 
 
-def _chunks(n: int):
-    for s in range(0, n, BATCH):
-        yield slice(s, min(n, s + BATCH))
+def _chunks(n: int, size: int = BATCH):
+    for s in range(0, n, size):
+        yield slice(s, min(n, s + size))
 
 
 # --------------------------------------------------------------------------- poses
@@ -204,7 +205,7 @@ def fit_held_out(model: DeepHandMesh, data: HeldOut, steps: int, correctives=Non
     """
     depth_steps = steps // DEPTH_FIT_FRACTION
     euler, root, j1, j2, d2 = [], [], [], [], []
-    for sl in _chunks(len(data.frames)):
+    for sl in _chunks(len(data.frames), FIT_BATCH):
         d = data.part(sl)
         joints, valid = d.joints, d.valid
         r1 = fit_pose(model, joints=joints, joint_valid=valid, steps=steps, lr=JOINT_FIT_LR[0],
