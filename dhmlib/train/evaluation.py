@@ -18,6 +18,12 @@ correctives), posed (a) with the virtual capture's true angles and root
 (``annotations/synthetic/subject_N/poses.npz``) and (b) with angles fitted as above: the reference
 the correctives must beat.
 
+Mesh metrics (:mod:`dhmlib.metrics_mesh`, in the summary of the model and of the baselines): the
+per-vertex error near joints flexed > 30° in the true angles, the penetration of non-adjacent parts, the
+Laplacian smoothness and its ratio to the true mesh's. Fast mode (``baseline=False, num_views=4,
+render_figures=False``): 4 cameras per frame spread over the rig instead of every one, the fit of all
+frames in one batch, no figures.
+
 ``metrics.json`` = :meth:`~dhmlib.evaluate.EvalResult.to_dict` (``summary`` means, ``per_frame``,
 ``info`` = the run's identity: snapshot, epoch, step, split, pose source, fit settings, configs)
 plus ``scans`` (surface distances to ``annotations/3D_scans_decimated`` when present) and
