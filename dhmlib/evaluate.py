@@ -8,7 +8,15 @@ Metrics (all mm, per frame unless said otherwise):
   topology), split into the part along the TRUE surface normal ``|e·n|`` and the sideways part
   ``|e − (e·n) n|`` (the correctives can slide the surface sideways where neither depth nor joints see it);
 - :func:`surface_distance`: exact point-to-triangle distance from the vertices of one mesh to the
-  surface of the other, both ways (any topology, e.g. scans).
+  surface of the other, both ways (any topology, e.g. scans);
+- mesh metrics of :mod:`dhmlib.metrics_mesh` (precise definitions there), flat summary keys:
+  ``vertex_near_flexed_mean_mm`` / ``_p95_mm`` (the per-vertex error on the vertices within 15 mm of a
+  joint flexed > 30° in the frame, skinning weight > 0.3 to it or its parent; ``_count`` and
+  ``_fraction`` of (frame, vertex) pairs; ``vertex_not_near_flexed_mean_mm`` the rest),
+  ``penetration_depth_mean_mm`` / ``_max_mm`` / ``penetration_fraction`` / ``penetration_count`` (vertices
+  lying inside the surface of the parts not adjacent to theirs; depth = distance to that surface),
+  ``smoothness_laplacian_mm`` (mean ‖uniform Laplacian‖ of the predicted mesh), ``smoothness_laplacian_gt_mm``
+  and ``smoothness_ratio`` (prediction / truth; 1.0 = as smooth as the truth).
 
 :func:`evaluate` computes what it is given and returns an :class:`EvalResult`;
 :func:`write_results` writes ``metrics.json`` and ``meshes/<frame:06d>.obj``.
@@ -238,6 +246,9 @@ class EvalResult:
         vertex_per_frame: per frame mean of the total, normal and sideways per-vertex error.
         surface: per frame surface distances ``{"a_to_b", "b_to_a", "symmetric"}`` (prediction = a,
             ground truth or scan = b).
+        mesh: flat mesh-metric summary (``vertex_near_flexed_mean_mm``, ``penetration_*``, ``smoothness_*``;
+            see the module docstring), merged into :meth:`summary`.
+        mesh_per_frame: per frame values of some of them (``penetration_fraction`` …).
         info: free-form JSON-able notes (subject, epoch, split …).
     """
 
@@ -247,6 +258,8 @@ class EvalResult:
     vertex: dict[str, float] | None = None
     vertex_per_frame: dict[str, tuple[float, ...]] | None = None
     surface: dict[str, tuple[float, ...]] | None = None
+    mesh: dict | None = None
+    mesh_per_frame: dict[str, tuple[float, ...]] | None = None
     info: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -260,6 +273,8 @@ class EvalResult:
             s.update({f"vertex_{k}_mm": v for k, v in self.vertex.items()})
         if self.surface is not None:
             s.update({f"surface_{k}_mm": _nanmean(v) for k, v in self.surface.items()})
+        if self.mesh is not None:
+            s.update(self.mesh)
         return s
 
     def to_dict(self) -> dict:
@@ -276,12 +291,15 @@ class EvalResult:
             per_frame[f"vertex_{k}_mm"] = clean(v)
         for k, v in (self.surface or {}).items():
             per_frame[f"surface_{k}_mm"] = clean(v)
+        for k, v in (self.mesh_per_frame or {}).items():
+            per_frame[k] = clean(v)
         return {"summary": self.summary(), "per_frame": per_frame, "info": dict(self.info)}
 
 
 def evaluate(frames, *, pred_joints=None, gt_joints=None, joint_valid=None, rendered_depth=None,
              target_depth=None, pred_vertices=None, gt_vertices=None, faces=None, gt_faces=None,
-             scans=None, surface: bool = True, info: dict | None = None) -> EvalResult:
+             scans=None, surface: bool = True, near_flexed=None, parts=None, smoothness: bool = True,
+             info: dict | None = None) -> EvalResult:
     """Compute every metric whose inputs are given, for B frames.
 
     Args:
@@ -295,9 +313,18 @@ def evaluate(frames, *, pred_joints=None, gt_joints=None, joint_valid=None, rend
             decimated scans); the surface distances are then to the scans (``surface`` becomes
             ``scan``-based: prediction = a, scan = b).
         surface: also compute surface-to-surface distances (needs ``faces``).
+        near_flexed: (B, V) bool, the vertices near a flexed joint per frame
+            (:func:`dhmlib.metrics_mesh.near_flexed_mask`); with the per-vertex error: its restriction.
+        parts: a :class:`dhmlib.metrics_mesh.Parts` of the predicted mesh: penetration of non-adjacent parts.
+        smoothness: with ``pred_vertices`` and ``faces``, the Laplacian smoothness (and its ratio to the truth's
+            with same-topology ``gt_vertices``).
     """
+    from . import metrics_mesh as mm
+
     frames = tuple(int(f) for f in np.asarray(frames).reshape(-1))
     kw: dict = {"frames": frames, "info": dict(info or {})}
+    mesh: dict = {}
+    mesh_pf: dict = {}
     if pred_joints is not None and gt_joints is not None:
         kw["joint_error"] = tuple(joint_error(pred_joints, gt_joints, joint_valid).tolist())
     if rendered_depth is not None and target_depth is not None:
@@ -312,6 +339,10 @@ def evaluate(frames, *, pred_joints=None, gt_joints=None, joint_valid=None, rend
             maps = vertex_error_maps(pv, gv, faces=faces)
             kw["vertex"] = summarize_vertex_errors(maps)
             kw["vertex_per_frame"] = {k: tuple(v.mean(1).tolist()) for k, v in maps.items()}
+            if near_flexed is not None:
+                nf = mm.near_flexed_error(maps["total"], near_flexed, PERCENTILE)
+                mesh.update({f"vertex_{k}_mm" if not k.endswith(("count", "fraction")) else f"vertex_{k}": v
+                             for k, v in nf.items()})
         if surface and faces is not None:
             gf = faces if gt_faces is None else gt_faces
             d = [surface_distance(a, faces, b, gf) for a, b in zip(pv, gv)]
@@ -325,6 +356,25 @@ def evaluate(frames, *, pred_joints=None, gt_joints=None, joint_valid=None, rend
         d = [surface_distance(a, faces, sv, sf) for a, (sv, sf) in zip(pv, scans)]
         kw["surface"] = {k: tuple(x[k] for x in d) for k in ("a_to_b", "b_to_a", "symmetric")}
         kw["info"].setdefault("surface_reference", "scans")
+    if pred_vertices is not None and parts is not None:
+        pen = mm.penetration(_t(pred_vertices).numpy(), parts)
+        mesh.update({"penetration_depth_mean_mm": pen["penetration_depth_mean"],
+                     "penetration_depth_max_mm": pen["penetration_depth_max"],
+                     "penetration_fraction": pen["penetration_fraction"], "penetration_count": pen["penetration_count"]})
+        mesh_pf.update({"penetration_depth_mean_mm": tuple(pen["per_frame"]["penetration_depth_mean"]),
+                        "penetration_fraction": tuple(pen["per_frame"]["penetration_fraction"])})
+    if smoothness and pred_vertices is not None and faces is not None:
+        gv = None
+        if gt_vertices is not None and gt_faces is None and np.shape(gt_vertices) == np.shape(pred_vertices):
+            gv = _t(gt_vertices).numpy()
+        sm = mm.smoothness(_t(pred_vertices).numpy(), faces, gv)
+        mesh.update({"smoothness_laplacian_mm": sm["smoothness_laplacian"]})
+        if gv is not None:
+            mesh.update({"smoothness_laplacian_gt_mm": sm["smoothness_laplacian_gt"],
+                         "smoothness_ratio": sm["smoothness_ratio"]})
+        mesh_pf.update({(k + "_mm" if k == "smoothness_laplacian" else k): tuple(v) for k, v in sm["per_frame"].items()})
+    if mesh:
+        kw["mesh"], kw["mesh_per_frame"] = mesh, mesh_pf
     return EvalResult(**kw)
 
 

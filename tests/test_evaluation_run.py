@@ -105,9 +105,13 @@ def test_lbs_baseline_with_true_angles_is_template_lbs_on_the_capture_poses(smal
 def test_dhm_test_exit_codes_and_user_errors(small_capture, trained, capsys):
     out, path = trained
     base = ["test", "--data", str(small_capture), "--output", str(out)]
-    assert main(base + ["--snapshot", str(path), "--fit-steps", "8", "--no-render", "--no-baseline"]) == 0
+    assert main(base + ["--snapshot", str(path), "--fit-steps", "8", "--no-render", "--no-baseline",
+                        "--views", "2"]) == 0
     text = capsys.readouterr().out
     assert "epoch 1" in text and "joint error" in text and "vertex mean" in text
+    assert "penetr. depth" in text and "|Laplacian|" in text
+    info = json.loads((out / "result" / "metrics.json").read_text())["info"]
+    assert info["views"] == 2 and info["view_selection"] == "2 spread over the rig"
     for extra, message in [(["--test_epoch", "5"], "no snapshot of epoch 5 (epochs in"),
                            (["--snapshot", str(out / "nope.pth.tar")], "snapshot not found"),
                            (["--held-out", "seq:nothing*"], "no sequence matches")]:
@@ -132,3 +136,33 @@ def test_image_source_snapshot_takes_its_poses_from_the_encoder(small_capture, h
         again = model.decode(torch.as_tensor(z["euler"]), torch.as_tensor(z["root"])).vertices[0].double().numpy()
     np.testing.assert_allclose(v, again, atol=1e-4)
     assert np.isfinite(res.summary()["vertex_mean_mm"])
+
+
+def test_spread_views():
+    from dhmlib.train.evaluation import spread_views
+
+    cams = [f"c{i}" for i in range(24)]
+    assert spread_views(cams, None) == cams and spread_views(cams, 30) == cams
+    assert spread_views(cams, 4) == ["c0", "c8", "c15", "c23"] and spread_views(cams, 1) == ["c0"]
+
+
+@pytest.mark.slow   # ~10 s: two evaluations of one frame with 8 joint-fit steps + 1 depth step
+def test_fast_mode_gives_the_full_mode_numbers_with_the_same_views(small_capture, hand, trained, tmp_path):
+    """num_views = every camera, no baseline fit, no figures: the metrics equal the full evaluation's."""
+    out, path = trained
+    full = test_snapshot(path, small_capture, tmp_path / "full", fit_steps=8, device="cpu", log=lambda s: None)
+    fast = test_snapshot(path, small_capture, tmp_path / "fast", fit_steps=8, device="cpu", baseline=False,
+                         num_views=6, render_figures=False, log=lambda s: None)
+    a, b = full.summary(), fast.summary()
+    assert set(a) == set(b)
+    for k in a:
+        assert (a[k] is None and b[k] is None) or b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), k
+    for k in ("vertex_near_flexed_count", "penetration_depth_mean_mm", "penetration_fraction",
+              "smoothness_laplacian_mm", "smoothness_ratio"):
+        assert k in b and np.isfinite(b[k]), k
+    assert b["vertex_near_flexed_count"] == 0 or np.isfinite(b["vertex_near_flexed_mean_mm"])
+    assert full.info["figures"] and not fast.info["figures"] and fast.info["baseline"] is None
+    assert set(full.info["baseline"]) == {"true_angles", "fitted_angles"}
+    # the baseline's mesh metrics: plain LBS with the true angles, near-flexed error included
+    lbs = full.info["baseline"]["true_angles"]
+    assert lbs["vertex_near_flexed_count"] == b["vertex_near_flexed_count"] and "penetration_fraction" in lbs

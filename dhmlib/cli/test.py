@@ -14,7 +14,10 @@ HELP = "test a snapshot on the held-out frames: metrics.json, meshes and figures
 ROWS = (("joint_error_mm", "joint error"), ("depth_error_mm", "depth error"), ("vertex_mean_mm", "vertex mean"),
         ("vertex_p95_mm", "vertex p95"), ("vertex_normal_mean_mm", "  along normal"),
         ("vertex_sideways_mean_mm", "  sideways"), ("surface_symmetric_mm", "surface dist."),
-        ("scan_symmetric_mm", "scan dist."))
+        ("scan_symmetric_mm", "scan dist."), ("vertex_near_flexed_mean_mm", "near flexed"),
+        ("vertex_near_flexed_p95_mm", "  p95"), ("penetration_depth_mean_mm", "penetr. depth"),
+        ("penetration_depth_max_mm", "  max"), ("penetration_fraction", "  fraction"),
+        ("smoothness_laplacian_mm", "|Laplacian|"), ("smoothness_ratio", "  / truth's"))
 
 
 def add(p):
@@ -31,6 +34,9 @@ def add(p):
     p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:N or mps (default: automatic)")
     p.add_argument("--no-render", action="store_true", help="no figures in OUTPUT/vis/")
     p.add_argument("--no-baseline", action="store_true", help="skip the template + LBS baseline")
+    p.add_argument("--views", type=int_at_least(1), default=None, metavar="N",
+                   help="N cameras per held-out frame (spread over the rig) for the depth fit and depth error "
+                        "(default: every camera); --views 4 --no-baseline --no-render is the fast mode")
 
 
 def table(result) -> str:
@@ -57,7 +63,7 @@ def run(args) -> int:
     try:
         res = test_snapshot(args.snapshot, args.data, out, epoch=args.epoch, split=args.held_out,
                             fit_steps=args.fit_steps, device=args.device, render=not args.no_render,
-                            baseline=not args.no_baseline)
+                            baseline=not args.no_baseline, num_views=args.views)
     except (SplitError, DatasetError, ScanError) as e:
         raise CLIError(str(e)) from None
     info = res.info

@@ -18,6 +18,12 @@ correctives), posed (a) with the virtual capture's true angles and root
 (``annotations/synthetic/subject_N/poses.npz``) and (b) with angles fitted as above: the reference
 the correctives must beat.
 
+Mesh metrics (:mod:`dhmlib.metrics_mesh`, in the summary of the model and of the baselines): the
+per-vertex error near joints flexed > 30° in the true angles, the penetration of non-adjacent parts, the
+Laplacian smoothness and its ratio to the true mesh's. Fast mode (``baseline=False, num_views=4,
+render_figures=False``): 4 cameras per frame spread over the rig instead of every one, the fit of all
+frames in one batch, no figures.
+
 ``metrics.json`` = :meth:`~dhmlib.evaluate.EvalResult.to_dict` (``summary`` means, ``per_frame``,
 ``info`` = the run's identity: snapshot, epoch, step, split, pose source, fit settings, configs)
 plus ``scans`` (surface distances to ``annotations/3D_scans_decimated`` when present) and
@@ -42,6 +48,7 @@ from ..data.sample import collate_samples
 from ..data.split import split_frames
 from ..evaluate import EvalResult, evaluate, ground_truth_faces, ground_truth_meshes, vertex_error_maps, write_results
 from ..fit import fit_pose
+from .. import metrics_mesh as mm
 from ..handmodel import HandModel
 from ..model import DeepHandMesh, ModelConfig
 from ..paths import data_dir, output_dir
@@ -57,7 +64,8 @@ from .inputs import capture_image_size
 JOINT_FIT_LR = (0.05, 0.001)
 DEPTH_FIT_LR = (0.01, 0.001)
 DEPTH_FIT_FRACTION = 8          # depth steps = fit_steps // 8
-BATCH = 16                      # frames decoded / rendered / fitted at once
+BATCH = 16                      # frames decoded / rendered at once (and encoded)
+FIT_BATCH = 32                  # frames fitted at once: per-step overhead once for all held-out frames
 PLAIN_LBS = ()                  # decode(correctives=()) = template + LBS
 
 
@@ -142,11 +150,25 @@ def model_and_config(ckpt: dict, path, hand: HandModel) -> tuple[DeepHandMesh, T
 
 
 # --------------------------------------------------------------------------- data
-def load_held_out(data_root, frames, config: TrainConfig, skeleton, device, images: bool) -> HeldOut:
+def spread_views(cameras, n: int | None) -> list:
+    """``n`` of ``cameras`` spread evenly over the list (first and last included); all for None or n ≥ len."""
+    cameras = list(cameras)
+    if n is None or n >= len(cameras):
+        return cameras
+    if n < 1:
+        raise ValueError(f"num_views must be >= 1, got {n}")
+    if n == 1:
+        return cameras[:1]
+    return [cameras[i] for i in np.round(np.linspace(0, len(cameras) - 1, n)).astype(int)]
+
+
+def load_held_out(data_root, frames, config: TrainConfig, skeleton, device, images: bool,
+                  num_views: int | None = None) -> HeldOut:
     """Every colour camera of each held-out frame as a view (depth crops at ``config.render_size``).
 
     ``ROM`` takes count (training leaves them out when it reads images; a held-out frame is tested
-    whatever its take).
+    whatever its take). ``num_views``: only that many cameras per frame, spread evenly over the frame's
+    sorted depth cameras (:func:`spread_views`; the same cameras for every frame of a rig), in that order.
     """
     layout = Layout(data_root, config.subject)
     ds = DeepHandMeshDataset(data_root, subject=config.subject, skeleton=skeleton, num_views=1,
@@ -154,6 +176,13 @@ def load_held_out(data_root, frames, config: TrainConfig, skeleton, device, imag
                              image_size=capture_image_size(layout, frames[0]), crop_mode=config.crop_mode,
                              images=images, frames=frames, include_rom=True)
     ds.num_views = max(len(layout.depth_cameras(f)) for f in ds.frames)
+    if num_views is not None:
+        every = ds.choose_views        # with num_views = every camera: a permutation of the frame's cameras
+
+        def choose_views(index: int, frame: int) -> list[str]:
+            return spread_views(sorted(set(every(index, frame))), num_views)
+
+        ds.choose_views = choose_views
     # one sample per frame (with images the first camera's crop is the input, as any camera would do)
     first = {}
     for i, s in enumerate(ds.samples):
@@ -166,9 +195,9 @@ def load_held_out(data_root, frames, config: TrainConfig, skeleton, device, imag
                    views=tuple(tuple(s.view_names) for s in samples))
 
 
-def _chunks(n: int):
-    for s in range(0, n, BATCH):
-        yield slice(s, min(n, s + BATCH))
+def _chunks(n: int, size: int = BATCH):
+    for s in range(0, n, size):
+        yield slice(s, min(n, s + size))
 
 
 # --------------------------------------------------------------------------- poses
@@ -182,7 +211,7 @@ def fit_held_out(model: DeepHandMesh, data: HeldOut, steps: int, correctives=Non
     """
     depth_steps = steps // DEPTH_FIT_FRACTION
     euler, root, j1, j2, d2 = [], [], [], [], []
-    for sl in _chunks(len(data.frames)):
+    for sl in _chunks(len(data.frames), FIT_BATCH):
         d = data.part(sl)
         joints, valid = d.joints, d.valid
         r1 = fit_pose(model, joints=joints, joint_valid=valid, steps=steps, lr=JOINT_FIT_LR[0],
@@ -262,9 +291,23 @@ def _scans(data_root, subject, frames):
     return keep, [read_scan(lay.scan_path(frames[i])) for i in keep]
 
 
+def mesh_metric_inputs(hand: HandModel, data_root, subject: int, frames, device=None) -> dict:
+    """The extra inputs of the mesh metrics: ``parts`` (penetration, :func:`dhmlib.metrics_mesh.hand_parts`)
+    and, with the virtual capture's true angles, ``near_flexed`` ((B, V) bool,
+    :func:`dhmlib.metrics_mesh.near_flexed_mask` of the true angles)."""
+    out = {"parts": mm.hand_parts(hand)}
+    true = true_poses(data_root, subject, frames, device or "cpu")
+    if true is not None:
+        out["near_flexed"] = mm.near_flexed_mask(true.euler.cpu(), mm.near_joint_regions(hand))
+    return out
+
+
 def measure(model: DeepHandMesh, data: HeldOut, poses: Poses, data_root, subject: int, *, correctives=None,
-            info: dict | None = None) -> Measured:
-    """Decode ``poses``, render every view and compute every metric the data allows."""
+            info: dict | None = None, mesh_inputs: dict | None = None) -> Measured:
+    """Decode ``poses``, render every view and compute every metric the data allows.
+
+    ``mesh_inputs``: :func:`mesh_metric_inputs` (None: computed here from ``model.hand``'s hand model).
+    """
     faces = model.hand.faces
     verts, joints, rendered = [], [], []
     with torch.no_grad():
@@ -280,10 +323,19 @@ def measure(model: DeepHandMesh, data: HeldOut, poses: Poses, data_root, subject
     info = dict(info or {})
     if gt is not None:
         info["surface_reference"] = "virtual capture's true meshes"
+    if mesh_inputs is None:
+        mesh_inputs = mesh_metric_inputs(model.hand.hand_model, data_root, subject, data.frames)
+    info["mesh_metrics"] = {"near_flexed": f"vertices within {mm.NEAR_JOINT_MM:g} mm of a joint flexed more than "
+                            f"{mm.FLEXED_DEG:g} deg from the bind pose (true angles), skinning weight > "
+                            f"{mm.NEAR_WEIGHT:g} to it or its parent",
+                            "penetration": "vertices behind the surface of the parts (dominant skinning joint) not "
+                            "adjacent to theirs; depth = distance to that surface (dhmlib.metrics_mesh)",
+                            "smoothness": "mean |uniform Laplacian| of the posed mesh, mm; ratio to the true mesh's"}
     result = evaluate(data.frames, pred_joints=Jt, gt_joints=data.joints.cpu(), joint_valid=data.valid.cpu(),
-                      rendered_depth=D, target_depth=data.depth.cpu(), pred_vertices=V if gt is not None else None,
+                      rendered_depth=D, target_depth=data.depth.cpu(), pred_vertices=V,
                       gt_vertices=gt, faces=f_np, gt_faces=None if gt_faces is None or
-                      np.array_equal(gt_faces, f_np) else gt_faces, info=info)
+                      np.array_equal(gt_faces, f_np) else gt_faces, near_flexed=mesh_inputs.get("near_flexed"),
+                      parts=mesh_inputs.get("parts"), info=info)
     verr = None
     if gt is not None and gt.shape == tuple(V.shape):
         verr = vertex_error_maps(V, gt, faces=f_np)["total"].numpy()
@@ -314,6 +366,7 @@ def summary(m: Measured) -> dict:
 def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, frames=None,
                  fit_steps: int = 300, device=None, hand_model: HandModel | None = None,
                  config: TrainConfig | None = None, data: HeldOut | None = None, fit: bool = True,
+                 num_views: int | None = None, mesh_inputs: dict | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Measured]:
     """The metrics of the template + LBS alone (no correctives) on the held-out frames.
 
@@ -324,6 +377,8 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
         config: render size, views, crops (default: the ``cpu-small`` preset's TrainConfig).
         data: already loaded held-out observations (skips loading; ``frames`` ignored).
         fit: also measure the fitted angles.
+        num_views: cameras per frame when loading (:func:`load_held_out`; None: every camera).
+        mesh_inputs: :func:`mesh_metric_inputs` (None: computed).
     Returns:
         ``{"true_angles": …}`` (only with the virtual capture's ``poses.npz``: true angles and root) and
         ``{"fitted_angles": …}`` (with ``fit``), each a :class:`Measured` (``.result`` an EvalResult).
@@ -337,7 +392,9 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
     if data is None:
         if frames is None:
             frames = split_frames(data_root, subject, split).test
-        data = load_held_out(data_root, list(frames), cfg, hand.skeleton, dev, images=False)
+        data = load_held_out(data_root, list(frames), cfg, hand.skeleton, dev, images=False, num_views=num_views)
+    if mesh_inputs is None:
+        mesh_inputs = mesh_metric_inputs(hand, data_root, subject, data.frames)
     model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
                                            skeleton_corrective=False)).to(dev).eval()
     out = {}
@@ -345,12 +402,13 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
     if true is not None:
         out["true_angles"] = measure(model, data, true, data_root, subject, correctives=PLAIN_LBS,
                                      info={"model": "template + LBS", "pose_source": "true angles and root",
-                                           "poses": true.notes["file"]})
+                                           "poses": true.notes["file"]}, mesh_inputs=mesh_inputs)
     if not fit:
         return out
     fitted = fit_held_out(model, data, fit_steps, correctives=PLAIN_LBS, log=log)
     out["fitted_angles"] = measure(model, data, fitted, data_root, subject, correctives=PLAIN_LBS,
-                                   info={"model": "template + LBS", "pose_source": "fit", "fit": fitted.notes})
+                                   info={"model": "template + LBS", "pose_source": "fit", "fit": fitted.notes},
+                                   mesh_inputs=mesh_inputs)
     return out
 
 
@@ -359,8 +417,9 @@ _MESH_RE = re.compile(r"^\d{6}\.obj$")
 
 
 def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int | None = None,
-                  split: str | None = None, fit_steps: int = 300, device=None, render: bool = True,
-                  baseline: bool = True, hand_model: HandModel | None = None,
+                  split: str | None = None, fit_steps: int = 300, device=None, render: bool | None = None,
+                  baseline: bool = True, num_views: int | None = None, render_figures: bool = True,
+                  baseline_fit: bool = True, hand_model: HandModel | None = None,
                   log: Callable[[str], None] = print) -> EvalResult:
     """Evaluate a training snapshot on the held-out frames and write the results.
 
@@ -374,9 +433,15 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
         split: ``held_out`` rule (None: the one stored in the snapshot's train_config).
         fit_steps: joint-fit steps for the embedding source (and the baseline's fitted angles).
         device: ``"cpu"``, ``"cuda"`` … (default: CUDA when available).
-        render: write the per-frame figures to ``output_root/vis/``.
+        render_figures: write the per-frame figures to ``output_root/vis/`` (``render``: its former name,
+            wins when given).
         baseline: also compute :func:`lbs_baseline` (stored under ``baseline`` in metrics.json and in
-            the result's ``info["baseline"]``).
+            the result's ``info["baseline"]``); ``baseline_fit`` False keeps only its true-angle part.
+        num_views: cameras per held-out frame for the depth fit and the depth error, spread evenly over
+            the rig (:func:`spread_views`; None: every camera). The fast mode ``baseline=False, num_views=4,
+            render_figures=False`` renders 4 instead of 24 maps per frame in the 37 joint+depth fit steps
+            and the measurement, which is where a full evaluation spends its time; with the same views the
+            numbers equal the full evaluation's.
     Returns:
         the :class:`~dhmlib.evaluate.EvalResult`; ``info`` holds the run's identity, the paths written
         (``metrics``, ``meshes``, ``poses``, ``figures``), the scan distances and the baseline summaries.
@@ -398,7 +463,7 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     sp = split_frames(data_root, subject, held_out)
     log(f"testing {path} (epoch {ckpt.get('epoch')}) on {sp.rule}")
     image = tc.pose_source == "image"
-    data = load_held_out(data_root, list(sp.test), tc, hand.skeleton, dev, images=image)
+    data = load_held_out(data_root, list(sp.test), tc, hand.skeleton, dev, images=image, num_views=num_views)
     poses = encoder_poses(model, data) if image else fit_held_out(model, data, fit_steps, log=log)
     identity = {
         "snapshot": str(path), "epoch": int(ckpt.get("epoch", -1)), "step": int(ckpt.get("step", 0)),
@@ -407,13 +472,15 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
         "pose_source": {"image": "encoder", "embedding": "fit"}[tc.pose_source],
         "fit": poses.notes, "data_root": str(data_root), "subject": subject, "device": str(dev),
         "views": len(data.views[0]) if data.views else 0, "render_size": list(tc.render_size),
+        "view_selection": "every camera" if num_views is None else f"{num_views} spread over the rig",
         "train_config": tc.to_dict(), "model_config": model.config.to_dict(),
     }
-    m = measure(model, data, poses, data_root, subject, info=identity)
+    mesh_inputs = mesh_metric_inputs(hand, data_root, subject, data.frames)
+    m = measure(model, data, poses, data_root, subject, info=identity, mesh_inputs=mesh_inputs)
     base = None
     if baseline:
         base = lbs_baseline(data_root, subject=subject, fit_steps=fit_steps, device=dev, hand_model=hand, config=tc,
-                            data=data, log=log)
+                            data=data, fit=baseline_fit, mesh_inputs=mesh_inputs, log=log)
     result_dir = out_root / "result"
     mesh_dir = result_dir / "meshes"
     if mesh_dir.is_dir():       # meshes of an earlier test (other frames) would mix with these
@@ -433,7 +500,7 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(metrics_path)
     figures = []
-    if render:
+    if render if render is not None else render_figures:
         from ..viz.result_figures import test_frame_figure
 
         vmax = float(np.percentile(m.vertex_error, 99)) if m.vertex_error is not None else None
@@ -449,7 +516,7 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
             "baseline": {k: summary(v) for k, v in base.items()} if base else None}
     return EvalResult(frames=m.result.frames, joint_error=m.result.joint_error, depth_error=m.result.depth_error,
                       vertex=m.result.vertex, vertex_per_frame=m.result.vertex_per_frame, surface=m.result.surface,
-                      info=info)
+                      mesh=m.result.mesh, mesh_per_frame=m.result.mesh_per_frame, info=info)
 
 
 test_snapshot.__test__ = False   # a library function, not a pytest test, wherever it is imported
