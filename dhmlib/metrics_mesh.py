@@ -229,7 +229,7 @@ def signed_to_surface(points, vertices, faces, k: int = SIGN_K, rim=None) -> tup
         distance (N,) mm, inside (N,) bool, at_rim (N,) bool (the nearest face touches the open surface's
         boundary, where the side is not defined).  ``rim``: (F,) precomputed :func:`_rim` of ``faces``.
     """
-    from .evaluate import _closest_on_triangles
+    from .trigeom import point_triangle_distance as _closest_on_triangles
 
     p = _np(points).reshape(-1, 3)
     tri = _np(vertices)[faces]                                             # (F, 3, 3)
