@@ -55,8 +55,9 @@ Deliberate differences (none changes a value on the hand skeleton beyond float r
 * Rigid term on the CPU: each pair's 10 × 10 grid is split into 2 × 2 blocks of 5 × 5 spheres; a
   block whose midpoint distance minus the spheres' spread along both bones exceeds the block's
   largest ``r₁ + r₂`` (by more than rounding) is skipped, since relu is exactly 0 there, value and
-  gradient (on fist-like hand poses ~84 % of the grid is skipped).  CUDA and ``meta`` evaluate
-  every block (no data-dependent shapes); ``PenetrationLoss.prune = False`` does so on the CPU.
+  gradient (~84 % of the grid is skipped on the bench's poses, half of them fists).  CUDA and
+  ``meta`` evaluate every block (no data-dependent shapes); ``PenetrationLoss.prune = False`` does
+  so on the CPU (tested equal).
 * Forward and backward are one ``torch.autograd.Function`` with a hand-written backward (first
   order only; no double backward), instead of autograd over ~60 small ops.
 * Sphere centres, fingertip centres and the rigid pairs' end-point differences are fixed linear
@@ -138,7 +139,7 @@ class _PenetrationTerms(torch.autograd.Function):
     Rigid term: each pair's K × K sphere grid is split into M × M blocks of S × S spheres (K = M·S).  A
     block whose bound ``|mid₁ − mid₂| − h (|A| + |B|) ≥ max r₁ + max r₂`` (block midpoints, half-length h
     of a block in t) holds no overlapping sphere pair: relu gives exactly 0 there, value and gradient, so
-    on the CPU only the other blocks are evaluated (on the hand in fist-like poses ~16 % of the grid).
+    on the CPU only the other blocks are evaluated (~16 % of the grid on the bench's poses).
     Elsewhere (CUDA, meta: no data-dependent shapes) every block is.
     """
 
