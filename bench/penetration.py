@@ -15,6 +15,9 @@ Both agree to 6e-8 in value and gradient.  Under load ≈ 10 (another job) the t
 Branch bench9 (radii by a float64 min-reduction, centres as linear maps): one thread, CPU time
 (``time.thread_time``) at load 8.5, alternating rounds: old 6.8–8.7 ms, new 4.7–6.9 ms, loop 53–83 ms:
 8.6–15.7× (the old code 6.1–10.5× in the same rounds).  Not re-measured on a quiet box.
+Branch pen9 (hand-written backward, skipped sphere blocks, two-level skin search): one thread, CPU time, at
+load 6–7, alternating rounds: new 2.99 ms, old 4.11 ms, loop 46.1 ms (medians): 15.4× (old 11.2×).  See
+bench/README.md; not re-measured on a quiet box.
 """
 from __future__ import annotations
 

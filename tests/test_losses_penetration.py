@@ -324,3 +324,57 @@ def test_bad_inputs_name_the_argument(toy):
         loss(rj, rv[None], rj, rv)
     with pytest.raises(ValueError, match="set_rest"):
         loss(rj[None], rv[None])
+
+
+# ------------------------------------------------------------------ structure of the fast path
+def test_skipped_sphere_blocks_change_nothing(toy):
+    """On the CPU the rigid term evaluates only the sphere blocks that a bound cannot rule out; evaluating
+    every block (``prune = False``, what CUDA does) gives the same values and gradients."""
+    hand, layer, rj, rv = toy
+    J, V, RJ, RV = _random_case(hand, rj, rv, 3, seed=6, per_sample_rest=True)
+    gen = torch.Generator().manual_seed(0)
+    near_rest = layer(0.3 * torch.randn(2, 22, 3, generator=gen, dtype=D))     # few overlaps: most blocks skipped
+    J = torch.cat([J, near_rest.joints]).requires_grad_(True)
+    V = torch.cat([V, near_rest.vertices]).requires_grad_(True)
+    RJ, RV = torch.cat([RJ, rj.expand(2, -1, -1)]), torch.cat([RV, rv.expand(2, -1, -1)])
+    out = []
+    for prune in (True, False):
+        loss = PenetrationLoss.from_hand(hand)
+        loss.prune = prune
+        t = loss(J, V, RJ, RV, reduction="none")
+        w = torch.arange(1.0, 6.0, dtype=D)
+        out.append((t.rigid, t.nonrigid, *torch.autograd.grad((w * (t.rigid + 5 * t.nonrigid)).sum(), (J, V))))
+    assert torch.all(out[0][0][:3] > 0)
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_steps", [5, 6])
+def test_skin_groups_of_any_size_and_an_empty_one(num_steps):
+    """Skin groups are padded to whole search chunks: groups of different sizes (one spanning several
+    chunks), a joint that dominates no vertex, and K without (5) and with (6) sphere blocks."""
+    hand = toy_hand(num_vertices=90, seed=7)
+    layer = HandLayer(hand, D)
+    rest = layer(torch.zeros(1, 22, 3, dtype=D))
+    rj, rv = rest.joints[0], rest.vertices[0]
+    seg = np.asarray(hand.segmentation).copy()
+    sk = hand.skeleton
+    seg[np.random.default_rng(0).choice(seg.size, 40, replace=False)] = sk.root      # wrist: > 1 chunk of 32
+    groups = ("thumb1", "wrist", "middle3", "index_null")
+    sizes = [int((seg == sk.index(g)).sum()) for g in groups]
+    assert sizes[1] > 32 and sizes[-1] == 0 and len(set(sizes)) == 4
+    J, V, _, _ = _random_case(hand, rj, rv, 2, seed=3, per_sample_rest=False)
+    J.requires_grad_(True)
+    V.requires_grad_(True)
+    loss = PenetrationLoss(sk, seg, non_rigid_joints=groups, num_steps=num_steps)
+    t = loss(J, V, rj, rv, reduction="none")
+    ref_r, ref_n = (torch.stack(x) for x in reference_terms(sk, seg, J, V, rj, rv, K=num_steps, non_rigid=groups))
+    assert torch.all(ref_n > 0)
+    torch.testing.assert_close(t.rigid, ref_r, rtol=0, atol=1e-10)
+    torch.testing.assert_close(t.nonrigid, ref_n, rtol=0, atol=1e-10)
+    w = torch.tensor([1.0, -0.5], dtype=D)
+    got = torch.autograd.grad((w * (t.rigid + 5 * t.nonrigid)).sum(), (J, V))
+    ref = torch.autograd.grad((w * (ref_r + 5 * ref_n)).sum(), (J, V))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

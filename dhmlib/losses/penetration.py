@@ -45,11 +45,21 @@ Deliberate differences (none changes a value on the hand skeleton beyond float r
   3 × 3 Gram matrix times a fixed (9, K²) basis: one matmul) instead of K² vector differences;
   in float32 this rounds differently (≈ 1e-4 mm on hand-sized inputs), in float64 it agrees with
   the direct formula to 1e-10 (tested).
-* The nearest skin vertex is chosen without gradient by one batched matmul (``argmin |v|² − 2 q·v``),
-  then its distance is recomputed exactly with gradient: the same value and the same gradient as
-  ``min`` over exact distances except at near-ties (≈ 1e-4 mm² apart in float32), where either
-  vertex is a valid minimum.  A radius (no gradient) is ``sqrt(|c|² + min_v (|v|² − 2 c·v))``
-  evaluated in float64 (≤ 1e-12 mm² from the direct formula on hand-sized inputs).
+* The nearest skin vertex is chosen without gradient by one batched matmul (``|v|² − 2 q·v``) and a
+  two-level search (the minimum of each chunk of 32 skin vertices, the best chunk of the joint's
+  skin, the argmin inside it: argmin costs ~10× amin per element on the CPU), then its distance is
+  recomputed exactly with gradient: the same value and the same gradient as ``min`` over exact
+  distances except at near-ties (≈ 1e-4 mm² apart in float32), where either vertex is a valid
+  minimum.  A radius (no gradient) is ``sqrt(|c|² + min_v (|v|² − 2 c·v))`` evaluated in float64
+  (≤ 1e-12 mm² from the direct formula on hand-sized inputs).
+* Rigid term on the CPU: each pair's 10 × 10 grid is split into 2 × 2 blocks of 5 × 5 spheres; a
+  block whose midpoint distance minus the spheres' spread along both bones exceeds the block's
+  largest ``r₁ + r₂`` (by more than rounding) is skipped, since relu is exactly 0 there, value and
+  gradient (~84 % of the grid is skipped on the bench's poses, half of them fists).  CUDA and
+  ``meta`` evaluate every block (no data-dependent shapes); ``PenetrationLoss.prune = False`` does
+  so on the CPU (tested equal).
+* Forward and backward are one ``torch.autograd.Function`` with a hand-written backward (first
+  order only; no double backward), instead of autograd over ~60 small ops.
 * Sphere centres, fingertip centres and the rigid pairs' end-point differences are fixed linear
   maps of the joints, applied as one matmul each (float64 buffers, cast once per dtype).
 
@@ -60,9 +70,9 @@ gradient acts on those palm bones only; the fingers are free.  The original has 
 * Radii may be per sample (rest mesh (B, V, 3), as the original with its pose corrective) or
   shared ((V, 3)); :meth:`PenetrationLoss.set_rest` caches shared radii.
 
-Everything is vectorized over batch, pairs, spheres and vertices; the Python loops run once at
-construction, over the joints of the skeleton, and per call over the ≤ 2 non-rigid joints.  Device and dtype follow the inputs (``meta``
-included).
+Everything is vectorized over batch, pairs, spheres, vertices and non-rigid joints; the Python
+loops run once at construction, over the joints of the skeleton.  Device and dtype follow the
+inputs (``meta`` included).
 """
 from __future__ import annotations
 
@@ -92,21 +102,6 @@ class PenetrationTerms(NamedTuple):
         return rigid_weight * self.rigid + nonrigid_weight * self.nonrigid
 
 
-def _safe_sqrt(d2: torch.Tensor) -> torch.Tensor:
-    """Distance from a squared distance; ``tiny`` floor: finite gradient at 0 and for rounding below 0."""
-    return torch.sqrt(d2.clamp_min(torch.finfo(d2.dtype).tiny))
-
-
-@torch.no_grad()
-def _nearest(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest of ``v`` (B, M, 3) for each of ``q`` (B, N, 3) → (B, N).
-
-    One batched matmul: argmin of ``|v|² − 2 q·v`` (``|q|²`` is constant per row).  Only the choice
-    comes from here; callers recompute the distance to the chosen point exactly.
-    """
-    return torch.baddbmm((v * v).sum(-1).unsqueeze(1), q, v.transpose(1, 2), alpha=-2).argmin(-1)
-
-
 def _apply_map(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(R, J) map applied to (..., J, 3) → (..., R, 3), as one 2-D matmul over the joints (the batch
     folded into the columns: no broadcast matmul, whose backward reduces an expanded gradient)."""
@@ -126,6 +121,140 @@ def root_to_leaf_paths(skeleton: Skeleton) -> list[list[int]]:
             paths.append(path)
         stack.extend(path + [c] for c in reversed(kids))
     return paths
+
+
+#: Width of the skin chunks of the two-level nearest-vertex search (min per chunk, then argmin in one chunk).
+SKIN_CHUNK = 32
+
+
+class _PenetrationTerms(torch.autograd.Function):
+    """Both terms per sample with a hand-written backward (the autograd graph of the ~60 small ops it
+    replaces cost more than the arithmetic).
+
+    Inputs: posed joints (B, J, 3), posed vertices (B, V, 3), radii (B|1, NB, K) (no gradient) and the
+    :class:`PenetrationLoss` (index buffers).  Outputs: rigid (B,), non-rigid (B,).  Coordinates are
+    laid out xyz-first ((3, B, ·)): on the CPU an op whose innermost axis is 3 long costs ~10× one over
+    the same data with a long innermost axis.
+
+    Rigid term: each pair's K × K sphere grid is split into M × M blocks of S × S spheres (K = M·S).  A
+    block whose bound ``|mid₁ − mid₂| − h (|A| + |B|) ≥ max r₁ + max r₂`` (block midpoints, half-length h
+    of a block in t) holds no overlapping sphere pair: relu gives exactly 0 there, value and gradient, so
+    on the CPU only the other blocks are evaluated (~16 % of the grid on the bench's poses).
+    Elsewhere (CUDA, meta: no data-dependent shapes) every block is.
+    """
+
+    @staticmethod
+    def forward(ctx, joints, vertices, radii, loss):
+        B, J, _ = joints.shape
+        dt, dev = joints.dtype, joints.device
+        eps, tiny = torch.finfo(dt).eps, torch.finfo(dt).tiny
+        P, K, F, G = loss.pair_a.numel(), loss.num_steps, loss.distal.numel(), len(loss.skin_bounds) - 1
+        (M, S), MM = loss._blocks, loss._blocks[0] ** 2
+        FK, NB = F * K, loss.num_bones
+        zero = torch.zeros((), dtype=dt, device=dev)
+        # one matmul of the fixed (3P + FK, J) map: the pairs' end-point differences C, A, B, then the distal
+        # bones' sphere centres
+        rows = (joints.permute(2, 0, 1).reshape(3 * B, J) @ loss._cast("_joint_map", dt).t()).view(3, B, -1)
+
+        # rigid: |C + t_k A − t_l B|² is a quadratic form in (1, t_k, −t_l) of the 3 × 3 Gram matrix of C, A, B
+        E = rows[..., :3 * P].view(3, B, 3, P)                              # (xyz, B, C|A|B, P)
+        gram = (E.unsqueeze(3) * E.unsqueeze(2)).sum(0)                     # (B, 3, 3, P)
+        blocks = torch.matmul(loss._cast("_block_map", dt), gram.view(B, 9, P))    # (B, 9·M² + M², P)
+        rblk = radii.reshape(-1, NB, M, S)
+        if M > 1 and dev.type == "cpu" and loss.prune:
+            mid = blocks[:, 9 * MM:].clamp_min(0).sqrt_()                  # (B, M², P) block midpoints' distance
+            g9 = gram.view(B, 9, P)
+            ab = g9[:, 4].sqrt() + g9[:, 8].sqrt()                          # |A| + |B|, (B, P)
+            rmax = rblk.amax(-1)                                            # (B|1, NB, M)
+            ra, rb = rmax[:, loss.pair_a].transpose(1, 2), rmax[:, loss.pair_b].transpose(1, 2)   # (B|1, M, P)
+            tmax = (ra.unsqueeze(2) + rb.unsqueeze(1)).view(-1, MM, P)
+            # keep unless the bound clears the thresholds by more than rounding (1024 eps of the pair's size)
+            slack = loss._half_block * ab + (1024 * eps) * (g9[:, 0].sqrt() + ab)
+            sel = ((mid - slack.unsqueeze(1)) < tmax).view(-1).nonzero().squeeze(1)
+        else:
+            sel = torch.arange(B * MM * P, device=dev)
+        b_idx, rest = sel // (MM * P), sel % (MM * P)
+        blk, p_idx = rest // P, rest % P
+        # block (i, j): the Gram matrix of (C + T_i A − T_j B, A, B), over t, s ∈ {0 … S − 1} / K
+        gs = blocks[:, :9 * MM].view(B, MM, 9, P)[b_idx, blk, :, p_idx]    # (N, 9)
+        d2 = gs @ loss._cast("_grid_basis", dt)                             # (N, S²)
+        d = d2.clamp_min(tiny).sqrt_()
+        r2 = rblk.reshape(-1, S)
+        rrow = b_idx * NB if rblk.shape[0] > 1 else torch.zeros_like(b_idx)
+        ra = r2[(rrow + loss.pair_a[p_idx]) * M + blk // M]                 # (N, S)
+        rb = r2[(rrow + loss.pair_b[p_idx]) * M + blk % M]
+        over = (ra.unsqueeze(-1) + rb.unsqueeze(-2)).view(-1, S * S) - d    # r₁ + r₂ − d
+        rigid = joints.new_zeros(B).index_add_(0, b_idx, over.clamp_min(0) @ loss._cast("_ones", dt))
+        rigid /= P * K * K
+        ctx.rigid = (E, d2, d, over, b_idx, blk, p_idx)
+
+        # non-rigid: fingertip spheres against the skin of each non-rigid joint
+        if G == 0 or FK == 0:
+            ctx.nonrigid = None
+            nonrigid = joints.new_zeros(B)
+        else:
+            qx = rows[..., 3 * P:]                                          # (3, B, FK)
+            vx = vertices.permute(2, 0, 1)                                  # (3, B, V)
+            sx = vx.index_select(2, loss._skin_pad)                         # (3, B, Mp), groups padded to chunks
+            # argmin_v |v|² − 2 q·v (|q|² is constant per row): only the choice is used, the distance is
+            # recomputed exactly from the chosen vertex.  Two levels, because argmin costs ~10× amin per
+            # element: the minimum of every chunk of W vertices, the best chunk of each group, then the
+            # argmin inside that chunk.
+            W = SKIN_CHUNK
+            score = torch.baddbmm((sx * sx).sum(0).unsqueeze(1), qx.permute(1, 2, 0), sx.transpose(0, 1), alpha=-2)
+            score = score.view(-1, W)                                       # (B·FK·C, W)
+            C = score.shape[0] // (B * FK)
+            best = score.amin(-1).view(B, FK, C)[..., loss._group_chunks].argmin(-1)    # (B, FK, G)
+            chunk = loss._group_chunks[loss._group_arange, best]            # (B, FK, G) chunk of the group
+            row = torch.arange(0, B * FK * C, C, device=dev).view(B, FK, 1) + chunk
+            within = score.index_select(0, row.view(-1)).argmin(-1).view(B, FK, G)
+            nearest = loss._skin_pad[chunk * W + within].view(B, FK * G)    # vertex index
+            pts = vx.gather(2, nearest.expand(3, -1, -1)).view(3, B, FK, G)
+            diff = qx.unsqueeze(-1) - pts                                   # (3, B, FK, G)
+            e2 = (diff * diff).sum(0)
+            inf = torch.full((), float("inf"), dtype=dt, device=dev)
+            dist = torch.where(loss._group_found, e2.clamp_min(tiny).sqrt(), inf).view(B, F, K, G)
+            rad = radii[:, loss.distal].unsqueeze(-1)                      # (B|1, F, K, 1)
+            active = torch.cumsum(dist < rad, 2) > 0                        # k >= first penetrating sphere
+            count = active.sum(2).clamp_min_(1).to(dt)                      # (B, F, G); 1 where none (sum 0)
+            mean = torch.where(active, dist - rad, zero).sum(2) / count
+            nonrigid = mean.abs().sum((1, 2)) / (G * F)                     # (B,)
+            ctx.nonrigid = (diff, e2, dist, active, count, mean, nearest)
+        ctx.loss, ctx.shape = loss, (B, J, P, F, K, G)
+        return rigid, nonrigid
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_rigid, grad_nonrigid):
+        B, J, P, F, K, G = ctx.shape
+        loss, (E, d2, d, over, b_idx, blk, p_idx) = ctx.loss, ctx.rigid
+        dt, dev = E.dtype, E.device
+        tiny = torch.finfo(dt).tiny
+        MM = loss._blocks[0] ** 2
+        zero = torch.zeros((), dtype=dt, device=dev)
+        # rigid: d relu(r₁ + r₂ − d) / d d² = −1 / (2d) where the spheres overlap (and d² was not clamped)
+        s = (grad_rigid * (-0.5 / (P * K * K)))[b_idx].unsqueeze(1)        # (N, 1)
+        w = torch.where((over > 0) & (d2 >= tiny), s / d, zero)            # (N, S²)
+        gblocks = E.new_zeros(B, MM, 9, P)
+        gblocks[b_idx, blk, :, p_idx] = w @ loss._cast("_grid_basis", dt).t()          # d / d block Gram
+        gg = torch.matmul(loss._cast("_block_map", dt)[:9 * MM].t(), gblocks.view(B, 9 * MM, P)).view(B, 3, 3, P)
+        dE = ((gg + gg.transpose(1, 2)).unsqueeze(0) * E.unsqueeze(2)).sum(3)       # (3, B, 3, P)
+        grows = [dE.view(3, B, 3 * P)]
+        grad_vertices = None
+        if ctx.nonrigid is not None:
+            diff, e2, dist, active, count, mean, nearest = ctx.nonrigid
+            # d |mean| / d dist_k = sign(mean) / count for the active spheres
+            gm = (grad_nonrigid / (G * F)).view(B, 1, 1) * torch.sign(mean) / count     # (B, F, G)
+            gd = torch.where(active & (e2 >= tiny).view(B, F, K, G), gm.unsqueeze(2), zero)
+            g = (gd / dist).view(B, F * K, G) * diff                       # (3, B, FK, G): d / d (tip − vertex)
+            grows.append(g.sum(-1))                                         # (3, B, FK)
+            if ctx.needs_input_grad[1]:
+                grad_vertices = g.new_zeros(3, B, loss.num_vertices).scatter_add_(
+                    2, nearest.expand(3, -1, -1), g.view(3, B, -1).neg()).permute(1, 2, 0)
+        elif F * K:
+            grows.append(E.new_zeros(3, B, F * K))
+        grad = torch.cat(grows, -1).view(3 * B, -1) @ loss._cast("_joint_map", dt)   # (3B, J)
+        return grad.view(3, B, J).permute(1, 2, 0), grad_vertices, None, None
 
 
 class PenetrationLoss(nn.Module):
@@ -149,7 +278,7 @@ class PenetrationLoss(nn.Module):
                  excluded_finger: str = "thumb", num_steps: int = 10):
         super().__init__()
         self.skeleton = skeleton
-        self.num_steps = int(num_steps)
+        self.num_steps = K = int(num_steps)
         if self.num_steps < 1:
             raise ValueError(f"PenetrationLoss: num_steps must be >= 1, got {num_steps}")
         seg = np.asarray(segmentation).astype(np.int64).reshape(-1)
@@ -176,44 +305,83 @@ class PenetrationLoss(nn.Module):
         self.register_buffer("pair_a", ia[~share].clone(), persistent=False)
         self.register_buffer("pair_b", ib[~share].clone(), persistent=False)
         # the K × K grid of squared distances of a pair is a quadratic form in w = (1, t_k, −t_l):
-        # |C + t_k A − t_l B|² = Σ_ij w_i w_j Gram_ij with C = a0 − b0, A = a1 − a0, B = b1 − b0
-        self.register_buffer("_pair_joints", torch.stack([start[self.pair_a], end[self.pair_a],
-                                                          start[self.pair_b], end[self.pair_b]], -1),
-                             persistent=False)                                  # (P, 4): a0, a1, b0, b1
-        t = torch.arange(self.num_steps, dtype=torch.float64) / self.num_steps
-        w = torch.stack([torch.ones(self.num_steps, self.num_steps, dtype=torch.float64),
-                         t[:, None].expand(-1, self.num_steps), -t[None, :].expand(self.num_steps, -1)])
-        self.register_buffer("_grid_basis", (w[:, None] * w[None, :]).reshape(9, -1),
-                             persistent=False)                                  # (9, K·K), cast at use
+        # |C + t_k A − t_l B|² = Σ_ij w_i w_j Gram_ij with C = a0 − b0, A = a1 − a0, B = b1 − b0.  The grid is
+        # split into M × M blocks of S × S spheres (M = 2 when K is even): block (i, j) is the same form of
+        # the shifted (C + T_i A − T_j B, A, B) with T_i = i S / K (``_block_shift``: (M², 3, 3) maps) over
+        # t, s ∈ {0, …, S − 1} / K (``_grid_basis``: (9, S²)); ``_block_basis`` (9, M²) gives the block
+        # midpoints' squared distances, ``_half_block`` the half-length in t of a block's spheres
+        M = 2 if K % 2 == 0 and K >= 4 else 1
+        S = K // M
+        self._blocks = (M, S)
+        #: skip sphere blocks that cannot overlap (CPU only; exact, see _PenetrationTerms); False evaluates all
+        self.prune = True
+
+        def basis(t, u):
+            w = torch.stack([torch.ones(len(t), len(u), dtype=torch.float64),
+                             t[:, None].expand(-1, len(u)), -u[None, :].expand(len(t), -1)])
+            return (w[:, None] * w[None, :]).reshape(9, -1)
+
+        t = torch.arange(S, dtype=torch.float64) / K
+        T = torch.arange(M, dtype=torch.float64) * S / K
+        self._half_block = (S - 1) / (2 * K)
+        self.register_buffer("_grid_basis", basis(t, t), persistent=False)              # (9, S²), cast at use
+        shift = torch.eye(3, dtype=torch.float64).repeat(M * M, 1, 1)                 # (M², 3, 3): C + T_i A − T_j B
+        shift[:, 0, 1] = T.repeat_interleave(M)
+        shift[:, 0, 2] = -T.repeat(M)
+        # block Gram matrices L G Lᵀ (9 rows per block, one (9, 9) Kronecker map each), then the M² block
+        # midpoints' squared distances: one (9·M² + M², 9) map applied to the pairs' Gram matrices
+        kron = torch.einsum("nac,nbd->nabcd", shift, shift).reshape(M * M * 9, 9)
+        self.register_buffer("_block_map", torch.cat([kron, basis(T + self._half_block, T + self._half_block).t()]),
+                             persistent=False)
+        self.register_buffer("_ones", torch.ones(S * S, dtype=torch.float64), persistent=False)
+        t = torch.arange(K, dtype=torch.float64) / K
 
         names = skeleton.short_names
         distal = [bones.index((p[-2], p[-1])) for p in paths if len(p) >= 2
                   and excluded_finger not in names[p[-2]] and excluded_finger not in names[p[-1]]]
         self.register_buffer("distal", torch.tensor(distal, dtype=torch.long), persistent=False)
-        # linear maps from the joints (J, 3): sphere centres of every bone (NB·K rows: a + t (b − a)), of the
-        # distal bones (F·K rows), and the pairs' (C, A, B) = (a0 − b0, a1 − a0, b1 − b0) (3·P rows, ±1):
-        # one matmul each instead of gathers and differences (and their index_put backward)
+        # linear maps from the joints (J, 3): sphere centres of every bone (NB·K rows: a + t (b − a)), and the
+        # forward's map: the pairs' (C, A, B) = (a0 − b0, a1 − a0, b1 − b0) (3·P rows, ±1, ordered (C|A|B, pair))
+        # followed by the distal bones' sphere centres (F·K rows): one matmul instead of gathers and differences
         J = skeleton.num_joints
-        interp = torch.zeros(len(bones), self.num_steps, J, dtype=torch.float64)
+        interp = torch.zeros(len(bones), K, J, dtype=torch.float64)
         for n, (a, b) in enumerate(bones):
             interp[n, :, a] += 1 - t
             interp[n, :, b] += t
         self.register_buffer("_centre_map", interp.reshape(-1, J), persistent=False)             # (NB·K, J)
-        self.register_buffer("_tip_map", interp[self.distal].reshape(-1, J), persistent=False)   # (F·K, J)
-        diff = torch.zeros(self.pair_a.numel(), 3, J, dtype=torch.float64)
-        pj = self._pair_joints
-        for row, (plus, minus) in enumerate(((0, 2), (1, 0), (3, 2))):
-            diff[torch.arange(pj.shape[0]), row, pj[:, plus]] += 1
-            diff[torch.arange(pj.shape[0]), row, pj[:, minus]] -= 1
-        self.register_buffer("_pair_diff", diff.reshape(-1, J), persistent=False)                # (3·P, J)
+        pa, pb = self.pair_a, self.pair_b
+        ends = torch.stack([start[pa], end[pa], start[pb], end[pb]], -1)                          # a0, a1, b0, b1
+        diff = torch.zeros(3, pa.numel(), J, dtype=torch.float64)
+        rows = torch.arange(pa.numel())
+        for i, (plus, minus) in enumerate(((0, 2), (1, 0), (3, 2))):
+            diff[i, rows, ends[:, plus]] += 1
+            diff[i, rows, ends[:, minus]] -= 1
+        self.register_buffer("_joint_map", torch.cat([diff.reshape(-1, J), interp[self.distal].reshape(-1, J)]),
+                             persistent=False)                                                    # (3P + F·K, J)
+
         self.non_rigid_joints = [skeleton.index(n) for n in non_rigid_joints]
-        in_group = np.stack([seg == g for g in self.non_rigid_joints]) if self.non_rigid_joints \
-            else np.zeros((0, seg.size), bool)
-        # skin vertices sorted by non-rigid joint: group g is skin_index[bounds[g]:bounds[g + 1]]
-        groups = [np.flatnonzero(row) for row in in_group]
+        groups = [np.flatnonzero(seg == g) for g in self.non_rigid_joints]
         keep = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+        # skin vertices sorted by non-rigid joint: group g is skin_index[skin_bounds[g]:skin_bounds[g + 1]]
         self.skin_bounds = [0] + np.cumsum([len(g) for g in groups]).tolist()
         self.register_buffer("skin_index", torch.as_tensor(keep, dtype=torch.long), persistent=False)
+        # the same groups padded to whole chunks of SKIN_CHUNK vertices by repeating their first vertex (a
+        # repeat maps back to the same vertex, so the choice is the group's first minimum, as argmin's); the
+        # chunks of group g are _group_chunks[g], padded by repeating its first chunk; an empty group is one
+        # chunk of vertex 0 and _group_found[g] False
+        W, pad, chunks = SKIN_CHUNK, [], []
+        for g in groups:
+            members = g if len(g) else np.zeros(1, np.int64)
+            n = -(-len(members) // W) * W
+            chunks.append(list(range(len(pad) // W, (len(pad) + n) // W)))
+            pad.extend(members.tolist() + [int(members[0])] * (n - len(members)))
+        cmax = max((len(c) for c in chunks), default=0)
+        self.register_buffer("_skin_pad", torch.tensor(pad, dtype=torch.long), persistent=False)
+        self.register_buffer("_group_chunks", torch.tensor([c + c[:1] * (cmax - len(c)) for c in chunks],
+                                                           dtype=torch.long).view(len(groups), cmax), persistent=False)
+        self.register_buffer("_group_arange", torch.arange(len(groups)), persistent=False)
+        self.register_buffer("_group_found", torch.tensor([len(g) > 0 for g in groups], dtype=torch.bool),
+                             persistent=False)
         self._radii: torch.Tensor | None = None
         self._casts: dict = {}
 
@@ -248,41 +416,15 @@ class PenetrationLoss(nn.Module):
             rest_joints = rest_joints[None]
         if rest_vertices.dim() == 2:
             rest_vertices = rest_vertices[None]
-        c = self.centres(rest_joints)                                       # (b, NB, K, 3)
-        n = max(c.shape[0], rest_vertices.shape[0])
+        dt = rest_joints.dtype
+        n = max(rest_joints.shape[0], rest_vertices.shape[0])
         # r² = |c|² + min_v (|v|² − 2 c·v), in float64 (no gradient: the rest inputs are detached); one
         # matmul and a min-reduction instead of argmin + gather + exact recompute (same values to ~1e-12 mm²)
-        c64 = c.reshape(c.shape[0], -1, 3).to(torch.float64)
-        v64 = rest_vertices.to(torch.float64)
-        m = torch.baddbmm((v64 * v64).sum(-1).unsqueeze(1), c64, v64.transpose(1, 2), alpha=-2).amin(-1)
+        c64 = torch.matmul(self._centre_map, rest_joints.to(torch.float64))  # (b, NB·K, 3)
+        vt = rest_vertices.transpose(1, 2).to(torch.float64)               # (b, 3, V)
+        m = torch.baddbmm((vt * vt).sum(1).unsqueeze(1), c64, vt, alpha=-2).amin(-1)
         r2 = (c64 * c64).sum(-1) + m                                       # (n, NB·K)
-        return r2.clamp_min(0).sqrt().to(c.dtype).view(n, self.num_bones, self.num_steps)
-
-    def _tips(self, joints: torch.Tensor) -> torch.Tensor:
-        """(B, J, 3) → (B, F, K, 3) sphere centres of the non-rigid term's distal bones."""
-        return _apply_map(self._cast("_tip_map", joints.dtype), joints).unflatten(-2, (self.distal.numel(), self.num_steps))
-
-    @torch.no_grad()
-    def _nearest_skin(self, tips: torch.Tensor, vertices: torch.Tensor):
-        """Index (into V) of the nearest skin vertex of each non-rigid joint per sphere, (B, G, F, K), and
-        whether that joint has any skin (G, 1, 1) bool.  Without gradient: the distance is recomputed
-        from the chosen vertex, which is where ``min`` would send the gradient."""
-        B, F, K, _ = tips.shape
-        skin = vertices[:, self.skin_index]                                 # (B, Vn, 3)
-        q = tips.reshape(B, F * K, 3)
-        # argmin of |v|² − 2 q·v (|q|² is constant per row); only the choice is used
-        score = torch.baddbmm((skin * skin).sum(-1).unsqueeze(1), q, skin.transpose(1, 2), alpha=-2)
-        out, found = [], []
-        for g in range(len(self.skin_bounds) - 1):                          # ≤ 2 non-rigid joints
-            lo, hi = self.skin_bounds[g], self.skin_bounds[g + 1]
-            if hi == lo:
-                out.append(torch.zeros(B, F * K, dtype=torch.long, device=tips.device))
-                found.append(False)
-            else:
-                out.append(self.skin_index[lo + score[..., lo:hi].argmin(-1)])
-                found.append(True)
-        idx = torch.stack(out, 1).view(B, -1, F, K)
-        return idx, torch.tensor(found, device=tips.device).view(-1, 1, 1)
+        return r2.clamp_min(0).sqrt().to(dt).view(n, self.num_bones, self.num_steps)
 
     def set_rest(self, rest_joints: torch.Tensor, rest_vertices: torch.Tensor) -> "PenetrationLoss":
         """Cache the radii of a fixed rest pose (used when ``forward`` gets no rest inputs)."""
@@ -297,7 +439,8 @@ class PenetrationLoss(nn.Module):
 
         ``rest_joints`` (J, 3) | (B, J, 3) and ``rest_vertices`` (V, 3) | (B, V, 3): the rest-pose
         refined skeleton and corrected mesh (detached here); None uses :meth:`set_rest`'s radii.
-        ``reduction``: ``"mean"`` over the batch (scalars) or ``"none"`` ((B,) each).
+        ``reduction``: ``"mean"`` over the batch (scalars) or ``"none"`` ((B,) each).  The gradient
+        (hand-written, first order only) reaches ``posed_joints`` and ``posed_vertices``.
         """
         if posed_joints.dim() != 3 or posed_joints.shape[1:] != (self.skeleton.num_joints, 3):
             raise ValueError(f"posed_joints: expected (B, {self.skeleton.num_joints}, 3), got {tuple(posed_joints.shape)}")
@@ -314,33 +457,9 @@ class PenetrationLoss(nn.Module):
         else:
             raise ValueError("PenetrationLoss: no rest pose; pass rest_joints and rest_vertices or call set_rest()")
         r = r.to(device=posed_joints.device, dtype=posed_joints.dtype)       # (B|1, NB, K)
-
-        # rigid: every kept pair of bones, the K × K grid of sphere pairs, as one matmul
-        pj = posed_joints
-        B, P, K = pj.shape[0], self.pair_a.numel(), self.num_steps
-        E = _apply_map(self._cast("_pair_diff", pj.dtype), pj).view(B, P, 3, 3)   # (B, P, 3, 3): C, A, B
-        gram = (E @ E.transpose(-1, -2)).reshape(B, P, 9)
-        d = _safe_sqrt(gram @ self._cast("_grid_basis", pj.dtype)).view(B, P, K, K)
-        thr = r[:, self.pair_a].unsqueeze(-1) + r[:, self.pair_b].unsqueeze(-2)
-        rigid = torch.relu(thr - d).mean((-2, -1)).mean(-1)                 # (B,)
-
-        # non-rigid: fingertip spheres against the skin of each non-rigid joint
-        G, F = len(self.skin_bounds) - 1, self.distal.numel()
-        if G == 0 or F == 0:
-            nonrigid = pj.new_zeros(B)
-        else:
-            tips = self._tips(pj)                                           # (B, F, K, 3)
-            nearest, found = self._nearest_skin(tips.detach(), posed_vertices.detach())    # (B, G, F, K)
-            skin = posed_vertices.gather(1, nearest.reshape(B, -1, 1).expand(-1, -1, 3)).view(B, G, F, K, 3)
-            dist = _safe_sqrt(((tips.unsqueeze(1) - skin) ** 2).sum(-1))               # (B, G, F, K)
-            inf = torch.full((), float("inf"), dtype=dist.dtype, device=dist.device)
-            dist = torch.where(found, dist, inf)
-            rad = r[:, self.distal].unsqueeze(1)                            # (B|1, 1, F, K)
-            active = torch.cumsum((dist < rad).to(torch.int32), -1) > 0    # k >= first penetrating sphere
-            count = active.sum(-1)
-            s = torch.where(active, dist - rad, torch.zeros((), dtype=dist.dtype, device=dist.device)).sum(-1)
-            per = torch.where(count > 0, (s / count.clamp_min(1).to(s.dtype)).abs(), torch.zeros_like(s))
-            nonrigid = per.sum((-2, -1)) / (G * F)                          # (B,)
+        if posed_vertices.dtype != posed_joints.dtype:
+            posed_vertices = posed_vertices.to(posed_joints.dtype)
+        rigid, nonrigid = _PenetrationTerms.apply(posed_joints, posed_vertices, r, self)
         if reduction == "mean":
             return PenetrationTerms(rigid.mean(), nonrigid.mean())
         return PenetrationTerms(rigid, nonrigid)
