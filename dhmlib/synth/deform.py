@@ -30,7 +30,7 @@ of the network have to learn.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -58,6 +58,37 @@ class DeformParams:
         d = asdict(self)
         d["identity_wavelength_mm"] = list(self.identity_wavelength_mm)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DeformParams":
+        """Inverse of :meth:`to_dict`. A pose effect whose fields are all missing (a capture written
+        before the effect existed) is switched off (its fields 0), not given today's defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"deform params: unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
+        out = dict(d)
+        for names in POSE_EFFECTS.values():
+            if not any(n in d for n in names):
+                out.update({n: 0.0 for n in names})
+        if "identity_wavelength_mm" in out:
+            out["identity_wavelength_mm"] = tuple(out["identity_wavelength_mm"])
+        return cls(**out)
+
+    def without(self, *effects: str) -> "DeformParams":
+        """These params with pose effects (keys of :data:`POSE_EFFECTS`) switched off (their fields 0)."""
+        bad = [e for e in effects if e not in POSE_EFFECTS]
+        if bad:
+            raise KeyError(f"unknown pose effect(s) {bad}; expected some of {list(POSE_EFFECTS)}")
+        return replace(self, **{n: 0.0 for e in effects for n in POSE_EFFECTS[e]})
+
+
+#: The pose-dependent effects of the ground truth and the :class:`DeformParams` fields that scale
+#: each (all 0: the effect is off). Each adds a rest-frame offset before skinning that is zero at
+#: the bind pose.
+POSE_EFFECTS: dict[str, tuple[str, ...]] = {
+    "flexion_bulge": ("bulge_inside_mm_per_rad", "bulge_outside_mm_per_rad"),
+}
 
 
 # --------------------------------------------------------------------------- quaternions
@@ -224,10 +255,37 @@ class GroundTruthDeformer:
         self.bone_offset = identity_bone_offsets(hand, identity_seed, self.params)               # (J, 3)
         self._bone_offset = torch.as_tensor(self.bone_offset)
 
-    def rest_surface(self, euler: torch.Tensor) -> torch.Tensor:
-        """(T, V, 3) rest-pose surface with identity shape and the bulges of ``euler`` (T, J, 3) rad."""
+    def pose_offsets(self, euler: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rest-frame offsets of each pose effect (:data:`POSE_EFFECTS`): ``{name: (T, V, 3)}`` mm.
+
+        Args:
+            euler: (T, J, 3) DoF-masked radians.
+        """
         theta = euler[:, self.flex_joints, 2].clamp_min(0)                         # (T, Jf)
-        return self._rest + torch.einsum("tj,jvc->tvc", theta, self._flex_fields)
+        return {"flexion_bulge": torch.einsum("tj,jvc->tvc", theta, self._flex_fields)}
+
+    def rest_surface(self, euler: torch.Tensor) -> torch.Tensor:
+        """(T, V, 3) rest-pose surface with identity shape and the pose effects of ``euler`` (T, J, 3) rad."""
+        return self._rest + sum(self.pose_offsets(euler).values())
+
+    def skin(self, rest: torch.Tensor, transforms: torch.Tensor, dual_quaternion: bool | None = None) -> torch.Tensor:
+        """Skin rest surfaces (V, 3) or (B, V, 3) with bind-relative ``transforms`` (B, J, 3, 4) → (B, V, 3).
+
+        ``dual_quaternion``: DQS (the ground truth's) or LBS (the hand model's); default ``params.dual_quaternion``.
+        """
+        dq = self.params.dual_quaternion if dual_quaternion is None else dual_quaternion
+        if dq:
+            return dual_quaternion_skinning(rest, self._w_index, self._w_value, transforms)
+        return linear_blend_skinning(rest, self.layer.skin_weights, transforms)
+
+    def pose(self, euler: torch.Tensor, root: torch.Tensor, bones: bool = True):
+        """FK of the hand model's skeleton (with the identity's bone lengths unless ``bones=False``).
+
+        Returns:
+            the :class:`~dhmlib.model.HandLayer` output and its bind-relative transforms (B, J, 3, 4).
+        """
+        pose = self.layer(euler, joint_offsets=self._bone_offset if bones else None, root_transform=root)
+        return pose, pose.transforms[..., :3, :] @ self.layer.global_bind_inv
 
     def __call__(self, euler: np.ndarray, root: np.ndarray, chunk: int = 32) -> GroundTruth:
         """Pose T frames.
@@ -238,28 +296,25 @@ class GroundTruthDeformer:
         Returns:
             :class:`GroundTruth` in float64 numpy.
         """
+        euler, root = self.check_inputs(euler, root)
+        verts, joints, trans = [], [], []
+        with torch.no_grad():
+            for s in range(0, euler.shape[0], chunk):
+                pose, A = self.pose(euler[s:s + chunk], root[s:s + chunk])
+                verts.append(self.skin(self.rest_surface(pose.euler), A))
+                joints.append(pose.joints)
+                trans.append(pose.transforms)
+        return GroundTruth(torch.cat(verts).numpy(), torch.cat(joints).numpy(), torch.cat(trans).numpy())
+
+    def check_inputs(self, euler, root) -> tuple[torch.Tensor, torch.Tensor]:
+        """``euler`` (T, J, 3) rad and ``root`` (T, 4, 4) as float64 tensors; ValueError naming a bad shape."""
         euler = torch.as_tensor(np.asarray(euler, dtype=np.float64))
         root = torch.as_tensor(np.asarray(root, dtype=np.float64))
         if euler.dim() != 3 or euler.shape[1:] != (self.hand.num_joints, 3):
             raise ValueError(f"euler: expected (T, {self.hand.num_joints}, 3) radians, got {tuple(euler.shape)}")
         if root.shape != (euler.shape[0], 4, 4):
             raise ValueError(f"root: expected ({euler.shape[0]}, 4, 4), got {tuple(root.shape)}")
-        verts, joints, trans = [], [], []
-        with torch.no_grad():
-            for s in range(0, euler.shape[0], chunk):
-                e, r = euler[s:s + chunk], root[s:s + chunk]
-                pose = self.layer(e, joint_offsets=self._bone_offset, root_transform=r)
-                e = pose.euler
-                rest = self.rest_surface(e)
-                A = pose.transforms[..., :3, :] @ self.layer.global_bind_inv              # (B, J, 3, 4)
-                if self.params.dual_quaternion:
-                    v = dual_quaternion_skinning(rest, self._w_index, self._w_value, A)
-                else:
-                    v = linear_blend_skinning(rest, self.layer.skin_weights, A)
-                verts.append(v)
-                joints.append(pose.joints)
-                trans.append(pose.transforms)
-        return GroundTruth(torch.cat(verts).numpy(), torch.cat(joints).numpy(), torch.cat(trans).numpy())
+        return euler, root
 
 
 # --------------------------------------------------------------------------- what LBS cannot express
