@@ -16,8 +16,8 @@
 Per subject: an identity (:class:`~dhmlib.synth.HandIdentity`) and its procedural
 hand; takes ``0000_RT_fist`` … ``0006_RT_ROM_fingers`` (:mod:`.poses`) with
 frame numbers unique across the subject's takes; the ground-truth surface of
-every frame (:mod:`.deform`: identity bone lengths and shape + flexion bulges +
-dual-quaternion skinning); all cameras of a frame rendered in one rasterizer call
+every frame (:mod:`.deform`: identity bone lengths and shape + pose effects (flexion bulges,
+knuckles, skin stretch and creases, thenar bulge, palm arch) + dual-quaternion skinning); all cameras of a frame rendered in one rasterizer call
 (depth and colour together). Keypoints are the ground-truth joints (FK of the hand
 model's skeleton with the identity's bone lengths), score 1, ``num_views`` = cameras in which
 the point is inside the image and not hidden behind other skin.
@@ -94,7 +94,8 @@ subject_N/hand_model/      the subject's procedural hand (official format); subj
 COMPLETE                   written last: the dataset was written completely
 
 Ground truth = hand model template with per-identity bone lengths + per-identity
-surface shape + flexion bulges, posed by dual-quaternion skinning: linear blend
+surface shape + pose effects (flexion bulges, knuckles, dorsal skin stretch, palmar
+creases, thenar bulge, palm arch), posed by dual-quaternion skinning: linear blend
 skinning of hand_model alone cannot reproduce it (see dhmlib/synth/deform.py).
 """
 

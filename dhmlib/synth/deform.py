@@ -20,17 +20,93 @@ The captured ("true") surface of a subject in a pose is
    side, where flexion folds the skin; −1 the knuckle) and ``loc_j`` is a
    Gaussian band around the joint along the bone, limited to the finger's
    cylinder and weighted by the skinning weights of ``j`` and its parent;
+2b. plus **pose effects of realistic size** (:data:`POSE_EFFECTS`), also rest-frame
+   offsets added before skinning, each zero at the bind pose and under extension,
+   continuous in the pose (linear in the clamped flexion ``relu(θ)``), smooth over the
+   surface (in a fist, neighbouring vertices' offsets differ by at most ~1.2× their
+   distance, the old bulges' by 1.8×) and adding no self-intersections (below). At the
+   hinge joints (finger MCP ``*1``, PIP ``*2``, DIP ``*3``; thumb MCP ``thumb2`` and
+   IP ``thumb3``; magnitudes at 90° of flexion for the MCP, × ``joint_level_scale``
+   = 0.8 at the PIP / thumb IP and 0.5 at the DIP; :func:`hinge_fields`):
+
+   * ``knuckle`` (4 mm): on flexion the head of the proximal bone (metacarpal head at
+     the MCP, the condyles of the proximal / middle phalanx at the PIP / DIP) rolls
+     out from under the dorsal skin and the knuckle stands out: a bump on the dorsal
+     midline just proximal of the joint, about a finger radius long. In a fist the
+     metacarpal heads stand several mm above the flat dorsum of the hand.
+   * ``dorsal_stretch`` (5 mm tangential, 0.8 mm inward): the dorsal skin has to
+     lengthen by about (its distance dorsal of the joint axis) × θ (≈ 14 mm at 90° for a
+     9 mm radius); real skin is recruited from both neighbouring segments, not only
+     from the blend zone of LBS, so dorsal skin is drawn toward the joint by up to
+     5 mm (largest 1.8 radii either side; ∝ ``relu(−s)^1.5``, most on the midline), and
+     the stretched skin lies flatter.
+   * ``palmar_fold`` (2 mm inward): at the palmar flexion creases the skin has no
+     subcutaneous fat and is tethered to the flexor tendon sheath; it stays deep
+     while the pulp either side bunches up (that bunching is ``flexion_bulge``'s
+     palmar part).
+
+   and two effects of the palm (:func:`thenar_field`, :func:`palm_arch_field`):
+
+   * ``thenar`` (6 mm per rad of thumb activation ``relu(θz) + ½|θy|`` summed over
+     ``thumb0`` and ``thumb1``; ≈ 4 mm in a fist): the thenar muscles (abductor and
+     flexor pollicis brevis, opponens) shorten and thicken when the thumb flexes,
+     abducts or opposes; the thenar eminence bulges on its palmar-radial face.
+   * ``palm_arch`` (5 mm per rad of ``0.2 θ_middle1 + 0.35 θ_ring1 + 0.45 θ_pinky1``,
+     ≈ 7 mm at the ulnar edge in a fist): the 4th and 5th carpometacarpal joints are
+     mobile (about 10° and 20–30° of flexion), so gripping cups the palm: the ulnar
+     (hypothenar) side moves toward the palm, 0 at the middle finger, most at the
+     pinky edge, the whole palm thickness together (the palm bends, it does not swell);
+     it fades out 25 mm before the knuckles, where the curled fingers lie in a fist.
+
+   The fields are offsets in the template's rest frame, so a pose corrective can in
+   principle learn them; ``DeformParams().without(*POSE_EFFECTS)`` switches them off.
+   Self-intersection (:func:`dhmlib.meshcheck.self_intersections`, intersecting face pairs):
+   LBS of the template already intersects itself in fist-like poses (fingers into the
+   palm, the thumb over the fingers; the capture's poses do not avoid contact), and the
+   identity shape and old bulges add more. Default capture's hand, before → after these
+   effects: fist 1505 → 1372, point 1158 → 1097, thumbs_up 425 → 328, ok 113 → 103,
+   pinch 90 → 91, rest/relaxed/open/spread unchanged (51/49/50/7 → 51/48/50/7; template
+   LBS: fist 894); every 5th frame of the capture: 10789 → 10575 in total, no frame more
+   than 8 % up. Design choices made for this: the palmar fold is a crease, not rolls
+   either side (rolls pressed the phalanges into each other, +13 % in a fist); the knuckle
+   keeps to the dorsal midline (``relu(−s)⁴``; wider, it pushed the webs between the
+   knuckles into each other); the arch stops short of the knuckles.
 3. posed by **dual-quaternion skinning** (Kavan et al.) with the hand model's
    own bind poses and weights, i.e. the same joints as the model's FK.
 
 At the bind pose (all angles 0) with the identity shape and bone lengths off, this is exactly
-the template: DQS equals LBS for equal transforms and the bulges vanish. In any
+the template: DQS equals LBS for equal transforms and the pose effects vanish. In any
 flexed pose LBS of the template cannot match it, which is what the correctives
 of the network have to learn.
+
+What plain LBS misses, effect by effect (:func:`dhmlib.synth.decompose.decompose_lbs_residual`,
+default capture, subject 1, per-vertex distance in mm, mean / p95 / max over vertices and frames;
+``static_gap`` = ground truth vs LBS with the true bones and shape: only a pose corrective can
+learn it):
+
+=====================  =====================  =====================  ======================
+term                   held-out take, before  held-out take, after   all 200 frames, after
+=====================  =====================  =====================  ======================
+identity_shape         0.77 / 1.55 / 1.6      0.77 / 1.55 / 1.6      0.77 / 1.55 / 1.6
+bone_lengths           0.59 / 1.79 / 2.4      0.59 / 1.79 / 2.4      0.58 / 1.85 / 2.4
+pose: flexion_bulge    0.14 / 0.77 / 3.2      0.14 / 0.77 / 3.2      0.11 / 0.62 / 3.5
+pose: knuckle          —                      0.06 / 0.36 / 2.6      0.05 / 0.26 / 2.9
+pose: dorsal_stretch   —                      0.19 / 1.09 / 3.8      0.15 / 0.82 / 5.9
+pose: palmar_fold      —                      0.02 / 0.09 / 1.2      0.01 / 0.06 / 1.5
+pose: thenar           —                      0.03 / 0.26 / 0.8      0.07 / 0.42 / 4.4
+pose: palm_arch        —                      0.06 / 0.31 / 3.7      0.05 / 0.09 / 6.7
+dqs_vs_lbs             0.18 / 0.85 / 3.0      0.18 / 0.84 / 2.9      0.16 / 0.85 / 5.7
+**static_gap**         **0.30 / 1.40 / 6.2**  **0.50 / 1.99 / 5.8**  **0.46 / 2.12 / 8.4**
+plain_lbs              1.29 / 2.69 / 6.8      1.43 / 2.88 / 7.8      1.45 / 2.93 / 9.9
+=====================  =====================  =====================  ======================
+
+(held-out take: ``0005_RT_free``, 28 frames of random natural poses with moderate flexion,
+MCP/PIP mostly 20–60°; "before" = the pose effects of 2b off, bit-identical to the ground truth
+before they existed; all 200 frames before: static_gap 0.26 / 1.29 / 9.0, plain_lbs 1.29 / 2.52 / 10.0.)
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -38,6 +114,7 @@ import torch
 from ..handmodel import HandModel
 from ..kinematics import linear_blend_skinning
 from ..model import HandLayer
+from ..skeleton import FINGERS
 from .meshops import vertex_normals
 
 
@@ -53,11 +130,62 @@ class DeformParams:
     bulge_band: float = 0.7          # σ of the band along the bone, in finger radii
     bone_length_jitter: float = 0.04  # relative, per identity (tips excepted)
     dual_quaternion: bool = True
+    # pose effects of realistic size (see the module docstring), mm at 90° of flexion (MCP; PIP and
+    # DIP / thumb MCP and IP scaled by joint_level_scale) unless stated
+    knuckle_mm: float = 4.0               # dorsal knuckle prominence over the flexing joint
+    dorsal_slide_mm: float = 5.0          # dorsal skin drawn toward the flexing joint (tangential)
+    dorsal_thinning_mm: float = 0.8       # stretched dorsal skin lies flatter (inward)
+    palmar_fold_mm: float = 2.0           # palmar flexion crease held deep (inward)
+    joint_level_scale: tuple[float, float, float] = (1.0, 0.8, 0.5)  # MCP, PIP, DIP
+    thenar_mm_per_rad: float = 6.0        # thenar eminence bulge per rad of thumb flexion/abduction
+    palm_arch_mm_per_rad: float = 5.0     # ulnar palm edge toward the palm per rad of ulnar MCP flexion
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["identity_wavelength_mm"] = list(self.identity_wavelength_mm)
+        d["joint_level_scale"] = list(self.joint_level_scale)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DeformParams":
+        """Inverse of :meth:`to_dict`. A pose effect whose fields are all missing (a capture written
+        before the effect existed) is switched off (its fields 0), not given today's defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"deform params: unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
+        out = dict(d)
+        for names in POSE_EFFECTS.values():
+            if not any(n in d for n in names):
+                out.update({n: 0.0 for n in names})
+        for name in ("identity_wavelength_mm", "joint_level_scale"):
+            if name in out:
+                out[name] = tuple(out[name])
+        return cls(**out)
+
+    def without(self, *effects: str) -> "DeformParams":
+        """These params with pose effects (keys of :data:`POSE_EFFECTS`) switched off (their fields 0)."""
+        bad = [e for e in effects if e not in POSE_EFFECTS]
+        if bad:
+            raise KeyError(f"unknown pose effect(s) {bad}; expected some of {list(POSE_EFFECTS)}")
+        return replace(self, **{n: 0.0 for e in effects for n in POSE_EFFECTS[e]})
+
+
+#: weights of the middle, ring and pinky MCP flexion in the palm arch's activation (the ulnar
+#: metacarpals, 4th and 5th, are the mobile ones)
+ARCH_WEIGHTS = (0.2, 0.35, 0.45)
+
+#: The pose-dependent effects of the ground truth and the :class:`DeformParams` fields that scale
+#: each (all 0: the effect is off). Each adds a rest-frame offset before skinning that is zero at
+#: the bind pose.
+POSE_EFFECTS: dict[str, tuple[str, ...]] = {
+    "flexion_bulge": ("bulge_inside_mm_per_rad", "bulge_outside_mm_per_rad"),
+    "knuckle": ("knuckle_mm",),
+    "dorsal_stretch": ("dorsal_slide_mm", "dorsal_thinning_mm"),
+    "palmar_fold": ("palmar_fold_mm",),
+    "thenar": ("thenar_mm_per_rad",),
+    "palm_arch": ("palm_arch_mm_per_rad",),
+}
 
 
 # --------------------------------------------------------------------------- quaternions
@@ -148,6 +276,43 @@ def identity_bone_offsets(hand: HandModel, seed: int, params: DeformParams) -> n
     return scale[:, None] * hand.local_pose[:, :3, 3]
 
 
+@dataclass(frozen=True)
+class JointCoords:
+    """Rest vertices in the bind frame of a flexing joint ``j``.
+
+    Attributes:
+        x, y, z: (V,) along the bone (distal +), toward the palm (+) and across, mm.
+        rho: (V,) distance from the bone axis, mm.  s: (V,) ``y / rho``: +1 palm side, −1 dorsal.
+        radius: the finger's radius at the joint, mm.
+        member: (V,) skinning weight of ``j`` plus its parent's (clipped to 1): this finger only.
+        cylinder: (V,) 1 within ``1.25 · radius`` of the axis, falling off outside (other fingers ≈ 0).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    rho: np.ndarray
+    s: np.ndarray
+    radius: float
+    member: np.ndarray
+    cylinder: np.ndarray
+
+
+def joint_coords(hand: HandModel, j: int) -> JointCoords:
+    """:class:`JointCoords` of joint ``j`` (the finger radius is the median of its own vertices')."""
+    W = hand.skinning_weights
+    p = hand.skeleton.parents[j]
+    v_h = np.concatenate([hand.vertices, np.ones((hand.num_vertices, 1))], 1)
+    local = v_h @ hand.global_pose_inv[j].T                                       # (V, 4) in the bind frame
+    x, y, z = local[:, 0], local[:, 1], local[:, 2]
+    rho = np.sqrt(y * y + z * z)
+    own = (np.argmax(W, 1) == j) & (np.abs(x) < 15.0)
+    r = float(np.median(rho[own])) if own.sum() >= 8 else 8.0                     # finger radius here, mm
+    member = np.clip(W[:, j] + (W[:, p] if p >= 0 else 0.0), 0.0, 1.0)            # this finger only
+    cylinder = np.exp(-0.5 * (np.maximum(rho - 1.25 * r, 0.0) / (0.4 * r)) ** 2)
+    return JointCoords(x, y, z, rho, y / np.maximum(rho, 1e-6), r, member, cylinder)
+
+
 def flexion_fields(hand: HandModel, normals: np.ndarray, params: DeformParams) -> tuple[np.ndarray, np.ndarray]:
     """Per-joint bulge directions at unit flexion.
 
@@ -158,27 +323,89 @@ def flexion_fields(hand: HandModel, normals: np.ndarray, params: DeformParams) -
         joints: (Jf,) indices of the flexing joints (those with a z DoF).
         fields: (Jf, V, 3) rest-pose offset per radian of flexion, mm/rad.
     """
-    sk = hand.skeleton
-    W = hand.skinning_weights
-    v_h = np.concatenate([hand.vertices, np.ones((hand.num_vertices, 1))], 1)
     joints, fields = [], []
-    seg = np.argmax(W, 1)
-    for j in np.nonzero(sk.dof_mask()[:, 2])[0]:
-        p = sk.parents[j]
-        local = v_h @ hand.global_pose_inv[j].T                                   # (V, 4) in the bind frame
-        x, y, z = local[:, 0], local[:, 1], local[:, 2]
-        rho = np.sqrt(y * y + z * z)
-        own = (seg == j) & (np.abs(x) < 15.0)
-        r = float(np.median(rho[own])) if own.sum() >= 8 else 8.0                 # finger radius here, mm
-        member = np.clip(W[:, j] + (W[:, p] if p >= 0 else 0.0), 0.0, 1.0)        # this finger only
-        loc = member * np.exp(-0.5 * (x / (params.bulge_band * r)) ** 2) \
-            * np.exp(-0.5 * (np.maximum(rho - 1.25 * r, 0.0) / (0.4 * r)) ** 2)
-        s = y / np.maximum(rho, 1e-6)
-        mag = loc * (params.bulge_inside_mm_per_rad * np.maximum(s, 0) ** 2
-                     + params.bulge_outside_mm_per_rad * np.maximum(-s, 0) ** 2)
+    for j in np.nonzero(hand.skeleton.dof_mask()[:, 2])[0]:
+        c = joint_coords(hand, j)
+        loc = c.member * np.exp(-0.5 * (c.x / (params.bulge_band * c.radius)) ** 2) * c.cylinder
+        mag = loc * (params.bulge_inside_mm_per_rad * np.maximum(c.s, 0) ** 2
+                     + params.bulge_outside_mm_per_rad * np.maximum(-c.s, 0) ** 2)
         joints.append(j)
         fields.append(mag[:, None] * normals)
     return np.array(joints, dtype=np.int64), np.stack(fields)
+
+
+def hinge_joints(hand: HandModel) -> list[tuple[int, int]]:
+    """The hinge joints with a knuckle and a flexion crease: ``[(joint, level)]``, level 0 = MCP,
+    1 = PIP, 2 = DIP (fingers ``*1``, ``*2``, ``*3``; thumb MCP ``thumb2`` and IP ``thumb3`` as 0 and 1)."""
+    sk = hand.skeleton
+    out = [(sk.index(f + str(k + 1)), k) for f in FINGERS[1:] for k in range(3)]
+    return out + [(sk.index("thumb2"), 0), (sk.index("thumb3"), 1)]
+
+
+def hinge_fields(hand: HandModel, normals: np.ndarray, params: DeformParams) -> dict[str, np.ndarray]:
+    """Rest-frame offsets at 90° of flexion of each hinge joint (:func:`hinge_joints`), (Jh, V, 3) mm.
+
+    In the joint's bind frame (``u = x / radius``; ``dorsal = relu(−s)²``, ``palmar = relu(s)²``;
+    every field times the finger's ``member · cylinder`` mask and the level's scale):
+
+    * ``knuckle``: ``knuckle_mm · dorsal² · exp(−½ ((u + 0.2) / 0.8)²)`` along the normal: the head of
+      the proximal bone stands out just proximal of the joint, on the dorsal midline;
+    * ``dorsal_stretch``: dorsal skin drawn toward the joint, tangentially along the bone,
+      ``−dorsal_slide_mm · relu(−s)^1.5 · a · exp((1 − a²)/2)``, ``a = u / 1.8`` (largest, ``dorsal_slide_mm``,
+      at 1.8 radii either side), plus thinning ``−dorsal_thinning_mm · relu(−s)^1.5 · exp(−½ a²)`` along the normal;
+    * ``palmar_fold``: ``−palmar_fold_mm · palmar · exp(−½ (u / 0.35)²)`` along the normal: the flexion
+      crease, where the skin is tethered to the tendon sheath, stays deep while the pulp either side
+      bulges (``flexion_bulge``).
+    """
+    lvl = params.joint_level_scale
+    out = {"knuckle": [], "dorsal_stretch": [], "palmar_fold": []}
+    for j, level in hinge_joints(hand):
+        c = joint_coords(hand, j)
+        mask = lvl[level] * c.member * c.cylinder
+        u = c.x / c.radius
+        dorsal, palmar = np.maximum(-c.s, 0) ** 2, np.maximum(c.s, 0) ** 2
+        knuckle = params.knuckle_mm * dorsal ** 2 * np.exp(-0.5 * ((u + 0.2) / 0.8) ** 2)
+        a = u / 1.8
+        stretch = np.maximum(-c.s, 0) ** 1.5          # skin lengthens with its distance dorsal of the axis
+        thin = -params.dorsal_thinning_mm * stretch * np.exp(-0.5 * a * a)
+        slide = -params.dorsal_slide_mm * stretch * a * np.exp(0.5 * (1 - a * a))
+        fold = -params.palmar_fold_mm * palmar * np.exp(-0.5 * (u / 0.35) ** 2)
+        bone = hand.global_pose[j][:3, 0]
+        tangent = bone[None] - (normals @ bone)[:, None] * normals                 # bone axis along the skin
+        out["knuckle"].append((mask * knuckle)[:, None] * normals)
+        out["dorsal_stretch"].append((mask * thin)[:, None] * normals + (mask * slide)[:, None] * tangent)
+        out["palmar_fold"].append((mask * fold)[:, None] * normals)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def thenar_field(hand: HandModel, normals: np.ndarray, params: DeformParams) -> np.ndarray:
+    """(V, 3) thenar bulge per radian of thumb activation, mm/rad: along the normal on the palmar-radial
+    face (``relu(n · (0, 1, 0.5)/|…|)``) of the vertices skinned to ``thumb0`` (the thenar pad) and half
+    those of ``thumb1`` (the metacarpal), ``thenar_mm_per_rad`` at most."""
+    sk, W = hand.skeleton, hand.skinning_weights
+    region = np.clip(W[:, sk.index("thumb0")] + 0.5 * W[:, sk.index("thumb1")], 0.0, 1.0)
+    face = np.maximum(normals @ (np.array([0.0, 1.0, 0.5]) / np.sqrt(1.25)), 0.0)
+    return (params.thenar_mm_per_rad * region * face)[:, None] * normals
+
+
+def palm_arch_field(hand: HandModel, params: DeformParams) -> np.ndarray:
+    """(V, 3) palm cupping per radian of ulnar MCP activation, mm/rad: the palm (vertices skinned to
+    the wrist, fading in from the carpus, ``smoothstep((x − 15 mm) / 30 mm)``) moves toward the palm
+    side (+y, the whole thickness: the palm bends, it does not swell), the more the farther to the
+    ulnar side (``smoothstep(−z / half-width)``, 0 at the middle finger, 1 at the pinky edge)."""
+    sk, W, v = hand.skeleton, hand.skinning_weights, hand.vertices
+    half_width = max(float(-v[:, 2].min()), 1.0)
+    knuckle_x = float(hand.bind_joints[sk.index("pinky1"), 0])
+    along = _smoothstep((v[:, 0] - 15.0) / 30.0) * (1 - _smoothstep((v[:, 0] - knuckle_x + 25.0) / 20.0))
+    mask = W[:, sk.root] * along * _smoothstep(-v[:, 2] / half_width)
+    out = np.zeros_like(v)
+    out[:, 1] = params.palm_arch_mm_per_rad * mask
+    return out
 
 
 # --------------------------------------------------------------------------- the deformer
@@ -214,6 +441,14 @@ class GroundTruthDeformer:
         self.identity_offset = identity_offsets(hand.vertices, normals, identity_seed, self.params)  # (V, 3)
         self.flex_joints, flex_fields = flexion_fields(hand, normals, self.params)
         self._flex_fields = torch.as_tensor(flex_fields)                            # (Jf, V, 3)
+        sk = hand.skeleton
+        self.hinge_joints = np.array([j for j, _ in hinge_joints(hand)], dtype=np.int64)
+        self._hinge_fields = {k: torch.as_tensor(f) for k, f in hinge_fields(hand, normals, self.params).items()}
+        self._thenar_field = torch.as_tensor(thenar_field(hand, normals, self.params))          # (V, 3)
+        self._thumb = [sk.index("thumb0"), sk.index("thumb1")]
+        self._palm_arch_field = torch.as_tensor(palm_arch_field(hand, self.params))              # (V, 3)
+        self._arch_joints = [sk.index(f + "1") for f in ("middle", "ring", "pinky")]
+        self._arch_weights = torch.tensor(ARCH_WEIGHTS, dtype=torch.float64)
         W = hand.skinning_weights
         K = min(4, W.shape[1])
         idx = np.argsort(-W, axis=1)[:, :K]
@@ -224,10 +459,46 @@ class GroundTruthDeformer:
         self.bone_offset = identity_bone_offsets(hand, identity_seed, self.params)               # (J, 3)
         self._bone_offset = torch.as_tensor(self.bone_offset)
 
-    def rest_surface(self, euler: torch.Tensor) -> torch.Tensor:
-        """(T, V, 3) rest-pose surface with identity shape and the bulges of ``euler`` (T, J, 3) rad."""
+    def pose_offsets(self, euler: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rest-frame offsets of each pose effect (:data:`POSE_EFFECTS`): ``{name: (T, V, 3)}`` mm.
+
+        Args:
+            euler: (T, J, 3) DoF-masked radians.
+        """
         theta = euler[:, self.flex_joints, 2].clamp_min(0)                         # (T, Jf)
-        return self._rest + torch.einsum("tj,jvc->tvc", theta, self._flex_fields)
+        out = {"flexion_bulge": torch.einsum("tj,jvc->tvc", theta, self._flex_fields)}
+        hinge = euler[:, self.hinge_joints, 2].clamp_min(0) / (np.pi / 2)           # (T, Jh), 1 at 90°
+        for name, field in self._hinge_fields.items():
+            out[name] = torch.einsum("tj,jvc->tvc", hinge, field)
+        t = euler[:, self._thumb]                                                   # (T, 2, 3)
+        thenar = (t[..., 2].clamp_min(0) + 0.5 * t[..., 1].abs()).sum(-1)           # (T,) rad
+        out["thenar"] = thenar[:, None, None] * self._thenar_field
+        arch = euler[:, self._arch_joints, 2].clamp_min(0) @ self._arch_weights     # (T,) rad
+        out["palm_arch"] = arch[:, None, None] * self._palm_arch_field
+        return out
+
+    def rest_surface(self, euler: torch.Tensor) -> torch.Tensor:
+        """(T, V, 3) rest-pose surface with identity shape and the pose effects of ``euler`` (T, J, 3) rad."""
+        return self._rest + sum(self.pose_offsets(euler).values())
+
+    def skin(self, rest: torch.Tensor, transforms: torch.Tensor, dual_quaternion: bool | None = None) -> torch.Tensor:
+        """Skin rest surfaces (V, 3) or (B, V, 3) with bind-relative ``transforms`` (B, J, 3, 4) → (B, V, 3).
+
+        ``dual_quaternion``: DQS (the ground truth's) or LBS (the hand model's); default ``params.dual_quaternion``.
+        """
+        dq = self.params.dual_quaternion if dual_quaternion is None else dual_quaternion
+        if dq:
+            return dual_quaternion_skinning(rest, self._w_index, self._w_value, transforms)
+        return linear_blend_skinning(rest, self.layer.skin_weights, transforms)
+
+    def pose(self, euler: torch.Tensor, root: torch.Tensor, bones: bool = True):
+        """FK of the hand model's skeleton (with the identity's bone lengths unless ``bones=False``).
+
+        Returns:
+            the :class:`~dhmlib.model.HandLayer` output and its bind-relative transforms (B, J, 3, 4).
+        """
+        pose = self.layer(euler, joint_offsets=self._bone_offset if bones else None, root_transform=root)
+        return pose, pose.transforms[..., :3, :] @ self.layer.global_bind_inv
 
     def __call__(self, euler: np.ndarray, root: np.ndarray, chunk: int = 32) -> GroundTruth:
         """Pose T frames.
@@ -238,28 +509,25 @@ class GroundTruthDeformer:
         Returns:
             :class:`GroundTruth` in float64 numpy.
         """
+        euler, root = self.check_inputs(euler, root)
+        verts, joints, trans = [], [], []
+        with torch.no_grad():
+            for s in range(0, euler.shape[0], chunk):
+                pose, A = self.pose(euler[s:s + chunk], root[s:s + chunk])
+                verts.append(self.skin(self.rest_surface(pose.euler), A))
+                joints.append(pose.joints)
+                trans.append(pose.transforms)
+        return GroundTruth(torch.cat(verts).numpy(), torch.cat(joints).numpy(), torch.cat(trans).numpy())
+
+    def check_inputs(self, euler, root) -> tuple[torch.Tensor, torch.Tensor]:
+        """``euler`` (T, J, 3) rad and ``root`` (T, 4, 4) as float64 tensors; ValueError naming a bad shape."""
         euler = torch.as_tensor(np.asarray(euler, dtype=np.float64))
         root = torch.as_tensor(np.asarray(root, dtype=np.float64))
         if euler.dim() != 3 or euler.shape[1:] != (self.hand.num_joints, 3):
             raise ValueError(f"euler: expected (T, {self.hand.num_joints}, 3) radians, got {tuple(euler.shape)}")
         if root.shape != (euler.shape[0], 4, 4):
             raise ValueError(f"root: expected ({euler.shape[0]}, 4, 4), got {tuple(root.shape)}")
-        verts, joints, trans = [], [], []
-        with torch.no_grad():
-            for s in range(0, euler.shape[0], chunk):
-                e, r = euler[s:s + chunk], root[s:s + chunk]
-                pose = self.layer(e, joint_offsets=self._bone_offset, root_transform=r)
-                e = pose.euler
-                rest = self.rest_surface(e)
-                A = pose.transforms[..., :3, :] @ self.layer.global_bind_inv              # (B, J, 3, 4)
-                if self.params.dual_quaternion:
-                    v = dual_quaternion_skinning(rest, self._w_index, self._w_value, A)
-                else:
-                    v = linear_blend_skinning(rest, self.layer.skin_weights, A)
-                verts.append(v)
-                joints.append(pose.joints)
-                trans.append(pose.transforms)
-        return GroundTruth(torch.cat(verts).numpy(), torch.cat(joints).numpy(), torch.cat(trans).numpy())
+        return euler, root
 
 
 # --------------------------------------------------------------------------- what LBS cannot express
