@@ -574,7 +574,9 @@ class DeepHandMesh(nn.Module):
         """``fn()`` cached while neither its weights nor ``id_code`` change and no grad is needed.
 
         The identity-dependent terms are constant per identity, so inference
-        does not pay for them per pose.
+        does not pay for them per pose. PyTorch's fused Adam (``fused=True``, what the trainer
+        uses) updates weights without bumping their version counters: code that reads the
+        model while such an optimizer trains it must call :meth:`clear_cache` first.
         """
         params = list(module.parameters())
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
@@ -588,6 +590,10 @@ class DeepHandMesh(nn.Module):
             value = fn()
         self._cache[name] = (key, value)
         return value
+
+    def clear_cache(self) -> None:
+        """Forget the cached identity-dependent correctives (see :meth:`_cached`)."""
+        self._cache.clear()
 
     def gauge_fixed_parameters(self) -> list[nn.Parameter]:
         """Parameters the configuration makes irrelevant to every output (they must not train).

@@ -73,6 +73,25 @@ def test_probe_of_lbs_is_the_evaluation_of_lbs_with_true_angles_and_the_kabsch_r
     assert not torch.allclose(root, true.root, atol=1e-3)                                 # the root differs
 
 
+def test_probe_sees_weights_that_fused_adam_changed(small_capture, hand):
+    """Fused Adam leaves the version counters unchanged, so the model's inference cache of the identity
+    corrective would go stale: the probe must see the updated weights (as a fresh copy of the model does)."""
+    model = DeepHandMesh(hand, ModelConfig(backbone=18))
+    probe = HeldOutProbe.create(small_capture, 1, [3, 4], model, log=lambda s: None)
+    before = probe(model)["vertex_mean_mm"]
+    params = list(model.skin_refine_net.fc_id.parameters()) + list(model.skeleton_refine_net.parameters())
+    opt = torch.optim.Adam(params, lr=0.05, fused=True)
+    g = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+    opt.step()
+    fresh = DeepHandMesh(hand, ModelConfig(backbone=18))
+    fresh.load_state_dict(model.state_dict())
+    after = probe(model)["vertex_mean_mm"]
+    assert after == pytest.approx(probe(fresh)["vertex_mean_mm"], abs=1e-9)
+    assert abs(after - before) > 1e-3
+
+
 def test_no_probe_without_true_angles_or_held_out_frames(small_capture, hand, tmp_path):
     data = tmp_path / "real_like"
     shutil.copytree(small_capture, data, ignore=shutil.ignore_patterns("images", "synthetic"))

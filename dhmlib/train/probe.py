@@ -113,6 +113,7 @@ class HeldOutProbe:
         ``vertex_normal_mean_mm``, ``vertex_sideways_mean_mm``, and ``frames`` (how many)."""
         was_training = model.training
         model.eval()
+        model.clear_cache()     # fused Adam leaves the version counters the cache keys on unchanged
         try:
             with torch.no_grad():
                 dtype = model.hand.template.dtype
