@@ -57,8 +57,8 @@ bench: setup-dev  ## benchmarks against named peers (see bench/README.md)
 	$(PY) bench/loader.py
 	$(PY) bench/posing_latency.py
 	$(PY) bench/train_step.py
-	@if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then $(PY) bench/cuda.py; \
-	  else echo "bench/cuda.py: skipped (no CUDA device)"; fi
+	@if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then $(PY) bench/cuda_paths.py; \
+	  else echo "bench/cuda_paths.py: skipped (no CUDA device)"; fi
 
 lab: setup  ## JupyterLab on notebooks/
 	$(VENV)/bin/jupyter lab notebooks

@@ -1,6 +1,6 @@
 """CUDA paths: the PyTorch rasterizer on the GPU against the CPU, and training through torchrun/nccl.
 
-    python bench/cuda.py [--repeat 10] [--work DIR] [--train-steps 20] [--out bench/results/cuda.json]
+    python bench/cuda_paths.py [--repeat 10] [--work DIR] [--train-steps 20] [--out bench/results/cuda_paths.json]
 
 Needs a CUDA device (exits 2 without one). Two parts, measured in one run:
 
@@ -146,10 +146,10 @@ def main(argv=None):
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--work", default=None, help="folder for the capture and the runs (default: a temporary one)")
     ap.add_argument("--skip-training", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cuda.json"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cuda_paths.json"))
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench/cuda.py: no CUDA device (torch.cuda.is_available() is False)", file=sys.stderr)
+        print("bench/cuda_paths.py: no CUDA device (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cpu_count": os.cpu_count()}
     r = rasterizer(args.repeat)
