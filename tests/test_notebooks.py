@@ -20,7 +20,8 @@ def _env(tmp_path):
 
 def test_series_is_ordered_and_present():
     names = [p.name for p in NOTEBOOKS]
-    assert names[0] == "01_data_inspection.ipynb" and "04_posing_widget.ipynb" in names
+    assert names[0] == "01_data_inspection.ipynb" and names[1:] == ["02_training.ipynb", "03_ablation_correctives.ipynb",
+                                                                "04_posing_widget.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -241,3 +242,39 @@ def test_training_notebook_as_a_batch_unit_variant_step_budget_probe_and_output_
     for name in ("02_training_loss", "02_probe", "02_depth_comparison"):
         assert (run_out / "vis" / f"{name}.png").is_file(), name
     assert not (tmp_path / "output").exists()
+
+
+@pytest.mark.slow
+def test_ablation_notebook_smoke_runs_the_batch_collects_and_resumes(tmp_path):
+    """03 with smoke parameters: variants (a) and (d) run as papermill runs of 02 (one executed notebook each),
+    the table, claims, fist-pose interpenetration and figures are written; run again, both runs are skipped."""
+    from dhmlib.notebooks import read_recorded
+
+    book = next(p for p in NOTEBOOKS if p.name.startswith("03_"))
+    cmd = [sys.executable, "-m", "dhmlib.cli", "notebooks", "--smoke", "--only", "03", "--folder", str(book.parent),
+           "--out", str(tmp_path / "nb"), "--kernel", "python3"]
+    r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    out = tmp_path / "output"
+    rec = read_recorded(tmp_path / "nb" / book.name)["03_ablation"]
+    assert rec["variants"] == ["a", "d"] and rec["failed"] == []
+    table = {row["variant"]: row for row in rec["table"]}
+    assert set(table) == {"a", "d"} and all(row["steps"] == 3 for row in table.values())
+    for row in table.values():
+        assert 0 < row["vertex_mean_mm"] < 20 and row["fist_penetration_fraction"] is not None
+    claim = rec["claims"]["full_vs_lbs"]
+    assert claim["ratio"] == pytest.approx(table["d"]["vertex_mean_mm"] / table["a"]["vertex_mean_mm"])
+    saved = json.loads((out / "result" / "ablation.json").read_text())
+    assert saved["table"] == rec["table"] and [v["key"] for v in saved["variants"]] == ["a", "d"]
+    for v in saved["variants"]:     # each variant's own executed notebook holds its record
+        runs = read_recorded(v["notebook"])["02_training"]
+        assert runs["variant"]["key"] == v["key"] and runs["held_out"] == v["held_out"]
+        assert Path(runs["output_root"]) == out / "batch" / "ablation" / f"variant-{v['key']}"
+    for name in ("03_ablation_vertex_error", "03_ablation_probe"):
+        assert (out / "vis" / f"{name}.png").stat().st_size > 5000
+    # again: the batch finds both runs done and does not train them again
+    r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    nb = nbformat.read(tmp_path / "nb" / book.name, as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert text.count("done earlier") == 2, text[-2000:]
