@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
+from .configs import split_top_level  # noqa: F401  (part of this module's API)
 from .notebooks import (HEADLESS_ENV, NotebookParameterError, declared_parameters, format_seconds,
                         read_recorded)
 
@@ -634,27 +635,6 @@ def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, fo
 
 
 # ----------------------------------------------------------------- command-line values
-def split_top_level(text: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside brackets and quotes: ``a,[1,2],"x,y"`` → ``['a', '[1,2]', '"x,y"']``."""
-    parts, depth, quote, cur = [], 0, None, []
-    for ch in text:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth = max(depth - 1, 0)
-        elif ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
-    return [p.strip() for p in parts]
-
-
 def parse_run(text: str, parse_value: Callable[[str], object]) -> tuple[str | None, dict]:
     """``[NAME:]k=v,k=v`` → (NAME or None, parameters); values through ``parse_value``, commas inside
     brackets or quotes kept (``overrides="lr=1e-3,epochs=2"``)."""

@@ -37,3 +37,24 @@ class ConfigMixin:
         """A copy with ``changes`` applied (validated; unknown keys raise)."""
         self._check_keys(changes, f"{type(self).__name__}.replace")
         return dataclasses.replace(self, **changes)
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside brackets and quotes: ``a,[1,2],"x,y"`` → ``['a', '[1,2]', '"x,y"']``."""
+    parts, depth, quote, cur = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth = max(depth - 1, 0)
+        elif ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    return [p.strip() for p in parts]

@@ -25,7 +25,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..configs import ConfigMixin
+from ..configs import ConfigMixin, split_top_level
 from ..model import ModelConfig
 
 POSE_SOURCES = ("image", "embedding")
@@ -233,23 +233,7 @@ def parse_set(items, train_config: TrainConfig, model_config: ModelConfig) -> tu
 def split_assignments(text: str) -> list[str]:
     """``"lr=1e-3, lr_milestones=[30,32], model.backbone=34"`` → ``["lr=1e-3", "lr_milestones=[30,32]",
     "model.backbone=34"]``: splits at the commas outside brackets and quotes; empty parts are dropped."""
-    parts, depth, quote, cur = [], 0, None, []
-    for ch in text:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
-    return [p.strip() for p in parts if p.strip()]
+    return [p for p in split_top_level(text) if p]
 
 
 def corrective_fields(correctives) -> dict:
