@@ -33,14 +33,6 @@ def _view_camera(true_vertices: np.ndarray, size: int, distance_mm: float = 550.
                            principal=torch.tensor([size / 2, size / 2]))
 
 
-def error_rgb(error_mm: np.ndarray, max_mm: float) -> np.ndarray:
-    """(..., V) errors, mm → (..., V, 3) RGB in [0, 1] of :data:`ERROR_CMAP` (``max_mm`` and above: the top)."""
-    import matplotlib
-
-    e = np.clip(np.asarray(error_mm, dtype=np.float64) / max(float(max_mm), 1e-9), 0.0, 1.0)
-    return matplotlib.colormaps[ERROR_CMAP](e)[..., :3]
-
-
 def render_error_grid(meshes: Mapping[str, np.ndarray], truth: np.ndarray, faces, *, max_mm: float,
                       size: int = 224) -> tuple[np.ndarray, list[str]]:
     """Images of each variant's meshes coloured by per-vertex error, and the true meshes.
@@ -56,6 +48,7 @@ def render_error_grid(meshes: Mapping[str, np.ndarray], truth: np.ndarray, faces
         then ``"ground truth"`` in skin tone. Background white.
     """
     from ..render import render_shaded
+    from .geometry import error_colors
 
     truth = np.asarray(truth, dtype=np.float64)
     labels = list(meshes)
@@ -69,7 +62,7 @@ def render_error_grid(meshes: Mapping[str, np.ndarray], truth: np.ndarray, faces
     for p in range(P):
         stack = np.stack([np.asarray(meshes[k][p], dtype=np.float64) for k in labels] + [truth[p]])
         err = np.linalg.norm(stack - truth[p], axis=-1)                    # (N + 1, V), the truth's is 0
-        colors = error_rgb(err, max_mm)
+        colors = error_colors(err, max_mm, ERROR_CMAP).astype(np.float64)
         colors[-1] = (0.87, 0.72, 0.62)
         cam = _view_camera(truth[p], size)
         r = render_shaded(torch.tensor(stack, dtype=torch.float32), f, cam.to(dtype=torch.float32),

@@ -42,11 +42,11 @@ class NormalSolver:
 
 
 def error_colors(error_mm: np.ndarray, max_mm: float, cmap: str = "viridis") -> np.ndarray:
-    """(V,) per-vertex error in mm → (V, 3) float32 RGB in [0, 1]; ``max_mm`` maps to the top colour."""
+    """(..., V) per-vertex error in mm → (..., V, 3) float32 RGB in [0, 1]; ``max_mm`` maps to the top colour."""
     from matplotlib import colormaps
 
     t = np.clip(np.asarray(error_mm, dtype=np.float64) / max(float(max_mm), 1e-9), 0.0, 1.0)
-    return colormaps[cmap](t)[:, :3].astype(np.float32)
+    return colormaps[cmap](t)[..., :3].astype(np.float32)
 
 
 def look_at_quaternion(position, target, up) -> tuple[float, float, float, float]:

@@ -10,11 +10,10 @@ from .figures import plot_hand
 
 def error_colors(error, vmax: float | None = None, cmap: str = "magma") -> np.ndarray:
     """(V,) errors, mm → (V, 3) RGB in [0, 1] (0 dark … ``vmax`` bright; default ``vmax``: the maximum)."""
-    import matplotlib
+    from .geometry import error_colors as colors
 
     e = np.asarray(error, dtype=np.float64)
-    top = float(vmax) if vmax else max(float(e.max()), 1e-9)
-    return matplotlib.colormaps[cmap](np.clip(e / top, 0, 1))[:, :3]
+    return colors(e, float(vmax) if vmax else max(float(e.max()), 1e-9), cmap).astype(np.float64)
 
 
 def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_error=None, vmax=None, views=None,
