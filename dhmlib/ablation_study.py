@@ -285,6 +285,18 @@ class AblationResult:
             out[r.variant.label] = np.stack([read_obj(r.meshes / f"{int(f):06d}.obj")[0] for f in frames])
         return out
 
+    def true_meshes(self, frames: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """((P, V, 3) world mm, faces (F, 3)) of the virtual capture's true meshes of ``frames``, or None
+        on data without them (the real release: the error figure is skipped there)."""
+        from .evaluate import ground_truth_faces, ground_truth_meshes
+        from .paths import data_dir
+
+        root = data_dir(self.data_root)
+        try:
+            return ground_truth_meshes(root, 1, frames), ground_truth_faces(root, 1)
+        except FileNotFoundError:
+            return None
+
     def measure_fist_penetration(self, num_poses: int = 16, seed: int = 0, hand_model=None) -> dict[str, dict]:
         """Interpenetration of each finished variant's decoder at the same fist-like poses.
 
