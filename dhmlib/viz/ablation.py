@@ -6,6 +6,7 @@ a second or two instead of minutes of matplotlib 3D.
 """
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def error_grid_figure(meshes: Mapping[str, np.ndarray], truth: np.ndarray, faces
             for s in ax.spines.values():
                 s.set_visible(False)
             if p == 0:
-                ax.set_title(labels[n], fontsize=8)
+                ax.set_title(textwrap.fill(labels[n], 18), fontsize=8)
             if n < N - 1:
                 ax.set_xlabel(f"{errs[labels[n]][p].mean():.2f} mm", fontsize=8)
             if n == 0:
