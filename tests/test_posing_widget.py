@@ -196,7 +196,8 @@ def test_capture_ground_truth_error_map(tmp_path):
     assert np.array_equal(hand.global_pose[hand.skeleton.root], np.eye(4))   # decode's root = identity
     poses = np.load(syn / "poses.npz")
     m = DeepHandMesh(hand, ModelConfig(backbone=18)).eval()
-    gt = capture_ground_truth(hand, json.loads((syn / "params.json").read_text())["identity_seed"])
+    params = json.loads((syn / "params.json").read_text())
+    gt = capture_ground_truth(hand, params["identity_seed"], params["deform"])     # the capture's own strengths
     w = PosingWidget.from_model(m, ground_truth=gt)
     w.error_toggle.value = True
     mean = {}

@@ -51,19 +51,24 @@ def latest_snapshot(folder=None) -> Path | None:
     return max(found)[1] if found else None
 
 
-def capture_ground_truth(hand_model: HandModel, identity_seed: int):
+def capture_ground_truth(hand_model: HandModel, identity_seed: int, params=None):
     """The virtual capture's true surface of ``hand_model`` as a widget ground truth.
 
-    Returns a callable ``euler (J, 3) radians → (V, 3) mm``: identity shape (``identity_seed``),
-    flexion bulges and dual-quaternion skinning (:mod:`dhmlib.synth.deform`), with the root at its
-    bind pose like ``decode``.  Its distance to the model's mesh is what linear blend skinning
-    cannot express and the correctives have to learn.
+    Returns a callable ``euler (J, 3) radians → (V, 3) mm``: identity bone lengths and surface shape
+    (``identity_seed``), the pose-dependent skin effects and dual-quaternion skinning
+    (:mod:`dhmlib.synth.deform`), with the root at its bind pose like ``decode``.  Its distance to the
+    model's mesh is what linear blend skinning cannot express and the correctives have to learn.
+    ``params``: the capture's :class:`~dhmlib.synth.deform.DeformParams` (or its ``params.json`` dict,
+    read with ``DeformParams.from_dict``, so a capture written before an effect existed keeps it off);
+    default: today's defaults.
     """
     import numpy as np
 
-    from ..synth.deform import GroundTruthDeformer
+    from ..synth.deform import DeformParams, GroundTruthDeformer
 
-    deformer = GroundTruthDeformer(hand_model, int(identity_seed))
+    if isinstance(params, dict):
+        params = DeformParams.from_dict(params)
+    deformer = GroundTruthDeformer(hand_model, int(identity_seed), params)
     root = hand_model.global_pose[hand_model.skeleton.root][None]               # (1, 4, 4)
 
     def ground_truth(euler):
