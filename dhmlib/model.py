@@ -575,8 +575,9 @@ class DeepHandMesh(nn.Module):
 
         The identity-dependent terms are constant per identity, so inference
         does not pay for them per pose. PyTorch's fused Adam (``fused=True``, what the trainer
-        uses) updates weights without bumping their version counters: code that reads the
-        model while such an optimizer trains it must call :meth:`clear_cache` first.
+        uses) updates weights without bumping their version counters, so the cache is also
+        dropped whenever the mode changes (:meth:`train` / ``eval()``): a training loop that
+        evaluates the model in ``eval()`` mode always sees the current weights.
         """
         params = list(module.parameters())
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
@@ -594,6 +595,11 @@ class DeepHandMesh(nn.Module):
     def clear_cache(self) -> None:
         """Forget the cached identity-dependent correctives (see :meth:`_cached`)."""
         self._cache.clear()
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``, dropping the inference cache (weights may have changed meanwhile)."""
+        self._cache.clear()
+        return super().train(mode)
 
     def gauge_fixed_parameters(self) -> list[nn.Parameter]:
         """Parameters the configuration makes irrelevant to every output (they must not train).

@@ -112,8 +112,7 @@ class HeldOutProbe:
         """The per-vertex error of ``model`` (mm): ``vertex_mean_mm``, ``vertex_p95_mm``,
         ``vertex_normal_mean_mm``, ``vertex_sideways_mean_mm``, and ``frames`` (how many)."""
         was_training = model.training
-        model.eval()
-        model.clear_cache()     # fused Adam leaves the version counters the cache keys on unchanged
+        model.eval()            # also drops the model's inference cache (fused Adam leaves version counters)
         try:
             with torch.no_grad():
                 dtype = model.hand.template.dtype
