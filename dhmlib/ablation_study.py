@@ -43,10 +43,10 @@ TABLE_METRICS = {
 RATIO_METRICS = ("vertex_mean_mm", "vertex_p95_mm", "vertex_near_flexed_mean_mm")
 
 
-def _keys(variants) -> list[str]:
+def variant_keys(variants: str | Sequence[str]) -> list[str]:
+    """``"abcd"``, ``"a,d,f"``, ``"a d"`` or ``["a", "full"]`` → the variants' keys in that order (each once)."""
     if isinstance(variants, str):
-        variants = [v for v in variants.replace(",", " ").split() if v] if ("," in variants or " " in variants) \
-            else list(variants)
+        variants = variants.replace(",", " ").split() if ("," in variants or " " in variants) else list(variants)
     keys = [get_variant(v).key for v in variants]
     if len(set(keys)) != len(keys):
         raise ValueError(f"variants: each at most once, got {keys}")
@@ -89,7 +89,7 @@ def run_ablation(variants: str | Sequence[str] = "abcdefgh", *, batch: str = "ab
     from .batch import run_batch
     from .paths import notebooks_dir
 
-    keys = _keys(variants)
+    keys = variant_keys(variants)
     common = ablation_parameters(**parameters)
     result = run_batch(notebook or notebooks_dir() / TRAINING_NOTEBOOK, runs=[{"variant": k} for k in keys],
                        common=common, batch=batch, output_root=output_root, on_progress=on_progress,
@@ -356,5 +356,5 @@ class AblationResult:
         return path
 
 
-__all__ = ["TABLE_METRICS", "RATIO_METRICS", "VARIANTS", "ablation_parameters", "run_ablation", "AblationResult",
+__all__ = ["TABLE_METRICS", "variant_keys", "RATIO_METRICS", "VARIANTS", "ablation_parameters", "run_ablation", "AblationResult",
            "VariantRun"]

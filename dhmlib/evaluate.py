@@ -135,9 +135,6 @@ def vertex_error(pred, gt, gt_normals=None, faces=None, percentile: float = PERC
 
 
 # --------------------------------------------------------------------------- surface distance
-_closest_on_triangles = point_triangle_distance   # the name the tests and older code use
-
-
 def point_to_surface(points, vertices, faces, k: int = 8) -> np.ndarray:
     """Exact distance from each point to a triangle mesh's surface, mm.
 
@@ -167,7 +164,7 @@ def point_to_surface(points, vertices, faces, k: int = 8) -> np.ndarray:
         dk, idx = tree.query(p[todo], k=k)
         dk, idx = dk.reshape(len(todo), k), idx.reshape(len(todo), k)
         t = tri[idx]                                                                 # (n, k, 3, 3)
-        d = _closest_on_triangles(p[todo, None], t[..., 0, :], t[..., 1, :], t[..., 2, :]).min(1)
+        d = point_triangle_distance(p[todo, None], t[..., 0, :], t[..., 1, :], t[..., 2, :]).min(1)
         out[todo] = d
         if k == F:
             break

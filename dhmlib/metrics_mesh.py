@@ -229,7 +229,7 @@ def signed_to_surface(points, vertices, faces, k: int = SIGN_K, rim=None) -> tup
         distance (N,) mm, inside (N,) bool, at_rim (N,) bool (the nearest face touches the open surface's
         boundary, where the side is not defined).  ``rim``: (F,) precomputed :func:`_rim` of ``faces``.
     """
-    from .trigeom import point_triangle_distance as _closest_on_triangles
+    from .trigeom import point_triangle_distance
 
     p = _np(points).reshape(-1, 3)
     tri = _np(vertices)[faces]                                             # (F, 3, 3)
@@ -237,7 +237,7 @@ def signed_to_surface(points, vertices, faces, k: int = SIGN_K, rim=None) -> tup
     _, idx = cKDTree(tri.mean(1)).query(p, k=k)
     idx = idx.reshape(len(p), k)
     t = tri[idx]                                                           # (N, k, 3, 3)
-    d = _closest_on_triangles(p[:, None], t[..., 0, :], t[..., 1, :], t[..., 2, :])     # (N, k)
+    d = point_triangle_distance(p[:, None], t[..., 0, :], t[..., 1, :], t[..., 2, :])     # (N, k)
     best = d.min(1)
     tie = d <= best[:, None] * (1 + 1e-6) + 1e-9
     n = np.cross(t[..., 1, :] - t[..., 0, :], t[..., 2, :] - t[..., 0, :])
