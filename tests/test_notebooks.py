@@ -189,27 +189,16 @@ def test_training_notebook_smoke_trains_evaluates_and_records_its_metrics(tmp_pa
     assert any(t.startswith("| metric | trained | LBS, fitted angles | LBS, true angles |") for t in tables)
 
 
-def _has_ablation() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("dhmlib.ablation") is not None
-
-
 @pytest.mark.slow
 def test_training_notebook_as_a_batch_unit_variant_step_budget_probe_and_output_root(tmp_path):
     """02 as `dhm notebooks` runs it, with the batch parameters: variant "a" (LBS only), max_steps 3,
-    probe_every 1, its own output_root, no baseline. Until dhmlib.ablation is merged the variant is
-    replaced by the same three correctives switched off through ``overrides`` (bare ModelConfig names)."""
+    probe_every 1, its own output_root, no baseline."""
     from dhmlib.notebooks import read_recorded
 
     book = next(p for p in NOTEBOOKS if p.name.startswith("02_"))
     run_out = tmp_path / "runs" / "a"
     params = ["-p", "max_steps", "3", "-p", "probe_every", "1", "-p", "output_root", str(run_out),
-              "-p", "baseline", "false"]
-    if _has_ablation():
-        params += ["-p", "variant", "a"]
-    else:
-        params += ["-p", "overrides", "pose_corrective=false, id_corrective=false,skeleton_corrective=false"]
+              "-p", "baseline", "false", "-p", "variant", "a"]
     r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "notebooks", "--smoke", "--only", "02",
                         "--folder", str(book.parent), "--out", str(tmp_path / "nb"), "--kernel", "python3", *params],
                        env=_env(tmp_path), capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -220,11 +209,10 @@ def test_training_notebook_as_a_batch_unit_variant_step_budget_probe_and_output_
     assert "max_steps 3" in rec["training"]["stopped_early"]
     assert rec["training"]["steps_per_s"] == pytest.approx(3 / rec["training"]["seconds"], rel=0.05)
     assert rec["snapshot"] == str(run_out / "model_dump" / "snapshot_1_step3.pth.tar")
-    # the correctives are off (the variant's or the overrides')
+    # the correctives are off (the variant's)
     mc = rec["model_config"]
     assert (mc["pose_corrective"], mc["id_corrective"], mc["skeleton_corrective"]) == (False, False, False)
-    if _has_ablation():
-        assert rec["variant"]["key"] == "a" and rec["variant"]["name"] == "lbs_only"
+    assert rec["variant"]["key"] == "a" and rec["variant"]["name"] == "lbs_only"
     # the probe: steps 0..3, and LBS alone does not learn: the same error at every step
     assert [p[0] for p in rec["probe_curve"]] == [0, 1, 2, 3]
     assert len({round(p[2], 9) for p in rec["probe_curve"]}) == 1 and 0 < rec["probe_curve"][0][2] < 20

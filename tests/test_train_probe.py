@@ -177,7 +177,6 @@ def test_recipe_order_preset_smoke_explicit_overrides():
 
 
 def test_recipe_variant_then_explicit_parameters():
-    pytest.importorskip("dhmlib.ablation")         # variants10's module (the contract of issue 10)
     r = build_recipe("cpu-small", variant="a")
     assert (r.model_config.pose_corrective, r.model_config.id_corrective, r.model_config.skeleton_corrective) == \
         (False, False, False)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from ..data.dataset import DeepHandMeshDataset
 from ..data.layout import Layout
 from ..data.safe_pickle import load_array_pickle
+from ..data.split import split_frames
 from .config import TrainConfig
 
 
@@ -25,18 +26,8 @@ def capture_image_size(layout: Layout, frame: int) -> tuple[int, int]:
 
 def split_training_frames(data_root, config: TrainConfig, log: Callable[[str], None] = print):
     """(train frames, test frames, rule) of the configured split, ``max_frames`` applied to train."""
-    try:
-        from ..data.split import split_frames
-    except ImportError:       # the split module arrives with issue 9's split work
-        split_frames = None
-    if split_frames is None:
-        layout = Layout(data_root, config.subject)
-        frames = sorted(layout.keypoint_frames())
-        train, test, rule = tuple(frames), (), "no split module: training on all frames"
-        log(rule)
-    else:
-        s = split_frames(data_root, config.subject, config.held_out)
-        train, test, rule = tuple(s.train), tuple(s.test), s.rule
+    s = split_frames(data_root, config.subject, config.held_out)
+    train, test, rule = tuple(s.train), tuple(s.test), s.rule
     if config.max_frames is not None:
         train = train[:config.max_frames]
     if not train:
@@ -51,10 +42,4 @@ def make_dataset(data_root, config: TrainConfig, frames, skeleton=None) -> DeepH
                   input_size=config.input_size, render_size=config.render_size, seed=config.seed,
                   image_size=capture_image_size(layout, frames[0]), crop_mode=config.crop_mode,
                   images=config.pose_source == "image")
-    try:
-        return DeepHandMeshDataset(data_root, frames=frames, **kwargs)
-    except TypeError:         # a dataset without ``frames=``: filter its samples
-        ds = DeepHandMeshDataset(data_root, **kwargs)
-        keep = set(frames)
-        ds.samples = [s for s in ds.samples if s.frame in keep]
-        return ds
+    return DeepHandMeshDataset(data_root, frames=frames, **kwargs)
