@@ -1,4 +1,4 @@
-"""The ablation variants (a)–(h) of issue 10: which corrective, loss and model option each one changes.
+"""The ablation variants (a)–(i) of issues 10 and 14: which corrective, loss and model option each one changes.
 
 Every variant is a set of config overrides applied on top of a preset's configs
 (:func:`dhmlib.train.preset`, ``"cpu-small"`` or ``"paper"``) by :func:`apply_variant`; all other
@@ -19,12 +19,15 @@ overrides the caller applies afterwards), which is what makes the variants compa
                               (``laplacian_form="posed"``) instead of on the corrective offsets
  (h)    ``normal_basis``      (d) with the skin correctives along the template normals
                               (``corrective_basis="normal"``)
+ (i)    ``local_pose``        (d) with a local pose corrective (``pose_corrective_kind="local"``:
+                              per joint, its and its parent's ``R − I`` onto the joint's
+                              skinning neighbourhood under a learnable distance mask)
 =====  ====================  ================================================================
 
 Every variant sets all the fields any variant controls (:data:`MODEL_FIELDS`,
 :data:`TRAIN_FIELDS`), so the result does not depend on what the preset had for them:
 
-- the three corrective switches, ``pose_corrective_kind`` (``"mlp"`` except (f)),
+- the three corrective switches, ``pose_corrective_kind`` (``"mlp"`` except (f) and (i)),
   ``corrective_basis`` (``"free"`` except (h)), ``laplacian_form`` (``"offsets"`` except (g));
 - the penetration loss is on with the paper's weights, rigid 1 and non-rigid 5, in every variant
   but (e) (the ``cpu-small`` preset itself trains without it).
@@ -113,6 +116,9 @@ VARIANTS: tuple[Variant, ...] = (
              "(laplacian_form='posed') instead of on the corrective offsets.", _ALL, laplacian="posed"),
     _variant("h", "normal_basis", "normal-direction correctives", "(d) with the skin correctives restricted to the "
              "template normals (corrective_basis='normal', the cpu-small preset's choice).", _ALL, basis="normal"),
+    _variant("i", "local_pose", "local pose corrective", "(d) with a local pose corrective: per joint, a linear map "
+             "of its own and its parent's R − I onto the vertices of its skinning neighbourhood, under a learnable "
+             "mask initialised from the distance to the joint (pose_corrective_kind='local').", _ALL, kind="local"),
 )
 
 

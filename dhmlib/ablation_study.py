@@ -71,7 +71,7 @@ def ablation_parameters(*, data_root: str = "", preset: str = "cpu-small", max_s
     return common
 
 
-def run_ablation(variants: str | Sequence[str] = "abcdefgh", *, batch: str = "ablation", output_root=None,
+def run_ablation(variants: str | Sequence[str] = "abcdefghi", *, batch: str = "ablation", output_root=None,
                  on_progress: Callable[[str], None] | None = print, notebook=None, rerun: bool = False,
                  **parameters) -> "AblationResult":
     """Train and evaluate each variant with notebook 02 (one papermill run each), then collect.
@@ -136,6 +136,7 @@ class AblationResult:
     folder: Path
     data_root: str = ""
     fist: dict = field(default_factory=dict)   # variant key → penetration at fist-like poses
+    acts: dict = field(default_factory=dict)   # penetration where the loss acts (measure_penetration_where_it_acts)
 
     @classmethod
     def from_batch(cls, batch, data_root: str = "") -> "AblationResult":
@@ -263,12 +264,154 @@ class AblationResult:
                                   self.fist.get("e", {}).get("penetration_fraction")),
                 "held_out_fraction": (t["d"]["penetration_fraction"], t["e"]["penetration_fraction"]),
                 "order": "(with the loss (d), without (e))"}
+            if "d" in self.acts and "e" in self.acts:
+                d_, e_ = self.acts["d"], self.acts["e"]
+                pl = out["penetration_loss"]
+                for where in ("training_poses", "held_out_predicted"):
+                    pl[f"{where}_fraction"] = (d_[where]["penetration_fraction"], e_[where]["penetration_fraction"])
+                    pl[f"{where}_depth_mean_mm"] = (d_[where]["penetration_depth_mean"],
+                                                    e_[where]["penetration_depth_mean"])
+                    if "truth" in self.acts:
+                        pl[f"{where}_truth_fraction"] = self.acts["truth"][where]["penetration_fraction"]
+                    dd, ee = pl[f"{where}_fraction"]
+                    pl[f"{where}_reduction_rel"] = (1 - dd / ee) if ee else None
+                pl["held_out_error_change_rel"] = ratio(t["d"]["vertex_mean_mm"], t["e"]["vertex_mean_mm"]) - 1 \
+                    if t["e"].get("vertex_mean_mm") else None
+        ivs = self.intervals()
+        if ivs:
+            out["intervals"] = ivs
+        if all(k in t for k in "abcd"):
+            v = [t[k]["vertex_mean_mm"] for k in "abcd"]
+            steps = [1 - v[i + 1] / v[i] for i in range(3)]
+            cd = ivs.get("c→d")
+            best = min(self.done, key=lambda r: r.held_out.get("vertex_mean_mm") or math.inf)
+            out["ladder"] = {"vertex_mean_mm": dict(zip("abcd", v)), "step_gain_rel": dict(zip(("a→b", "b→c", "c→d"),
+                                                                                                steps)),
+                             "each_step_at_least_3_percent": all(g >= 0.03 for g in steps),
+                             "c_to_d_interval_excludes_zero": bool(cd and cd["high"] < 0),
+                             "d_vs_a": v[3] / v[0], "best": best.variant.key,
+                             "best_vs_a": best.held_out["vertex_mean_mm"] / v[0]}
         if "f" in t:
             out["mano"] = {"vertex_mean_mm": t["f"]["vertex_mean_mm"],
                            "near_flexed_mm": t["f"]["vertex_near_flexed_mean_mm"],
                            "vs_lbs": ratio(t["f"]["vertex_mean_mm"], t.get("a", {}).get("vertex_mean_mm")),
                            "vs_full": ratio(t["f"]["vertex_mean_mm"], t.get("d", {}).get("vertex_mean_mm"))}
         return out
+
+    # ------------------------------------------------------------------ per frame and intervals
+    def per_frame(self, key: str, metric: str = "vertex_mean_mm") -> dict[int, float]:
+        """Frame → ``metric`` of variant ``key`` on the held-out frames (its ``result/metrics.json``)."""
+        run = self[key]
+        path = run.meshes.parent / "metrics.json" if run.meshes else None
+        if path is None or not path.is_file():
+            return {}
+        pf = json.loads(path.read_text())["per_frame"]
+        if metric not in pf:
+            return {}
+        return {int(f): v for f, v in zip(pf["frame"], pf[metric]) if v is not None}
+
+    def interval(self, before: str, after: str, metric: str = "vertex_mean_mm") -> dict | None:
+        """``after − before`` of ``metric`` per held-out frame: mean and 95 % interval over blocks of
+        consecutive frames (:func:`dhmlib.diagnostics.paired_interval`), or None without per-frame values."""
+        from .diagnostics import paired_interval
+
+        a, b = self.per_frame(before, metric), self.per_frame(after, metric)
+        frames = sorted(set(a) & set(b))
+        if len(frames) < 2:
+            return None
+        out = paired_interval([a[f] for f in frames], [b[f] for f in frames])
+        out.update({"before": get_variant(before).key, "after": get_variant(after).key, "frames": len(frames),
+                    "metric": metric})
+        return out
+
+    #: the comparisons of the claims: each step of the ladder, then the alternatives to (d)
+    COMPARISONS = (("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("d", "f"), ("d", "g"), ("d", "h"), ("d", "i"),
+                   ("c", "f"), ("c", "i"))
+
+    def intervals(self, metric: str = "vertex_mean_mm") -> dict[str, dict]:
+        """``"c→d"`` → :meth:`interval` for each of :attr:`COMPARISONS` whose variants both finished."""
+        keys = {r.variant.key for r in self.done}
+        out = {}
+        for x, y in self.COMPARISONS:
+            if x in keys and y in keys:
+                iv = self.interval(x, y, metric)
+                if iv is not None:
+                    out[f"{x}→{y}"] = iv
+        return out
+
+    def intervals_markdown(self) -> str:
+        """:meth:`intervals` as a markdown table (mm; negative = the second variant is better)."""
+        rows = ["| comparison | Δ vertex mean, mm | 95 % interval | relative | blocks of 5 frames |",
+                "| --- | --: | --: | --: | --: |"]
+        for name, iv in self.intervals().items():
+            rows.append(f"| {get_variant(iv['before']).label} → {get_variant(iv['after']).label} | {iv['mean']:+.3f} | "
+                        f"[{iv['low']:+.3f}, {iv['high']:+.3f}] | {100 * iv['relative']:+.1f} % | {iv['blocks']} |")
+        return "\n".join(rows)
+
+    def measure_penetration_where_it_acts(self, keys: Sequence[str] = ("d", "e"), every: int = 3,
+                                          hand_model=None) -> dict[str, dict]:
+        """Interpenetration where the penetration loss acts, beside the truth's own at the same frames.
+
+        For each variant in ``keys``: its decoder at its own TRAINING poses (the snapshot's pose embedding;
+        every ``every``-th training frame) and its held-out meshes (the predicted poses); ``"truth"``: the
+        virtual capture's true meshes of the same frames (skipped on data without them). Stored in ``acts``
+        and in the claims (``penetration_loss.training_poses_fraction`` …).
+        """
+        import torch
+
+        from .handmodel import read_hand_model
+        from .meshio import read_obj
+        from .metrics_mesh import hand_parts, penetration
+        from .paths import data_dir
+        from .snapshot import model_from_snapshot, read_snapshot
+
+        root = data_dir(self.data_root)
+        hand = hand_model or read_hand_model(root / "hand_model")
+        parts = hand_parts(hand)
+        done = {r.variant.key for r in self.done}
+        train_frames = held = None
+        for k in [get_variant(k).key for k in keys]:
+            if k not in done:
+                continue
+            run = self[k]
+            ckpt = read_snapshot(run.snapshot)
+            emb = (ckpt.get("pose_embedding") or {})
+            if "euler" not in emb:
+                continue
+            model = model_from_snapshot(run.snapshot, hand).eval()
+            frames = emb["frames"].tolist()[::every]
+            euler = emb["euler"][::every].to(model.hand.template.dtype) * model.hand.dof_mask
+            with torch.no_grad():
+                v = model.decode(euler).vertices
+            train = penetration(v, parts)
+            held = sorted(int(p.stem) for p in run.meshes.glob("*.obj"))
+            hv = np.stack([read_obj(run.meshes / f"{f:06d}.obj")[0] for f in held])
+            test = penetration(hv, parts)
+            self.acts[k] = {"training_poses": {**{x: train[x] for x in ("penetration_fraction", "penetration_depth_mean")},
+                                               "frames": len(frames)},
+                            "held_out_predicted": {**{x: test[x] for x in ("penetration_fraction",
+                                                                           "penetration_depth_mean")},
+                                                   "frames": len(held)}}
+            train_frames = frames
+        truth = self.true_meshes(train_frames) if train_frames else None
+        if truth is not None and held:
+            tt = penetration(truth[0], parts)
+            th = penetration(self.true_meshes(held)[0], parts)
+            self.acts["truth"] = {"training_poses": {x: tt[x] for x in ("penetration_fraction", "penetration_depth_mean")},
+                                  "held_out_predicted": {x: th[x] for x in ("penetration_fraction",
+                                                                            "penetration_depth_mean")}}
+        return self.acts
+
+    def acts_markdown(self) -> str:
+        """:meth:`measure_penetration_where_it_acts` as a markdown table."""
+        rows = ["| model | training poses: penetrating | mean depth, mm | held-out predicted: penetrating | mean depth, mm |",
+                "| --- | --: | --: | --: | --: |"]
+        for k, v in self.acts.items():
+            label = "ground truth (same frames)" if k == "truth" else get_variant(k).label
+            t, h = v["training_poses"], v["held_out_predicted"]
+            rows.append(f"| {label} | {100 * t['penetration_fraction']:.2f} % | {t['penetration_depth_mean']:.2f} | "
+                        f"{100 * h['penetration_fraction']:.2f} % | {h['penetration_depth_mean']:.2f} |")
+        return "\n".join(rows)
 
     # ------------------------------------------------------------------ meshes and fists
     def held_out_frames(self) -> list[int]:
@@ -334,8 +477,10 @@ class AblationResult:
                               "run_seconds": r.seconds, "notebook": str(r.notebook),
                               "training": r.metrics.get("training"), "held_out": r.held_out,
                               "probe_curve": r.probe_curve, "fist_like_poses": self.fist.get(r.variant.key),
+                              "penetration_where_it_acts": self.acts.get(r.variant.key),
                               "train_config": r.metrics.get("train_config"),
                               "model_config": r.metrics.get("model_config")} for r in self.runs],
+                "penetration_truth_same_frames": self.acts.get("truth"),
                 "table": self.table(), "claims": self.claims(), "time_shares": self.time_shares()}
 
     def write_json(self, path) -> Path:

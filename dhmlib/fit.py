@@ -89,7 +89,8 @@ def _root_from_joints(model, rest_joints: torch.Tensor, joints: torch.Tensor, va
     return rigid_transform_matrix(R, t) @ L_root
 
 
-def _limits(model, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def joint_limits_rad(model, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi), each (J, 3) radians in ``like``'s dtype and device: the range of motion of ``model``'s skeleton."""
     lim = torch.as_tensor(np.deg2rad(joint_limits_deg(model.hand.skeleton)), dtype=like.dtype, device=like.device)
     return lim[..., 0], lim[..., 1]
 
@@ -177,7 +178,7 @@ def fit_pose(model, joints=None, joint_valid=None, depth=None, cameras=None, cro
                 root0 = hand.local_bind[hand.skeleton.root].to(dtype).expand(B, 4, 4).clone()
             e0 = zeros.expand(B, J, 3) if init is None else torch.as_tensor(init, dtype=dtype, device=device)
             euler = (e0.expand(B, J, 3) * hand.dof_mask).clone()
-        lo, hi = _limits(model, euler)
+        lo, hi = joint_limits_rad(model, euler)
         euler.requires_grad_(True)
         omega = torch.zeros(B, 3, dtype=dtype, device=device, requires_grad=True)
         shift = torch.zeros(B, 3, dtype=dtype, device=device, requires_grad=True)

@@ -37,7 +37,7 @@ BACKBONE_DEPTHS = (18, 34, 50)
 CORRECTIVE_BASES = ("free", "normal")
 SKELETON_CORRECTIVE_MODES = ("free", "bone_length")
 POSE_CORRECTIVE_GAUGES = ("none", "zero_at_rest")
-POSE_CORRECTIVE_KINDS = ("mlp", "linear_rotmat")
+POSE_CORRECTIVE_KINDS = ("mlp", "linear_rotmat", "local")
 _CHOICES = {"corrective_basis": CORRECTIVE_BASES, "skeleton_corrective_mode": SKELETON_CORRECTIVE_MODES,
             "pose_corrective_gauge": POSE_CORRECTIVE_GAUGES, "pose_corrective_kind": POSE_CORRECTIVE_KINDS}
 
@@ -79,6 +79,11 @@ class ModelConfig(ConfigMixin):
             ``skin_refine_net.pose_blend_rotmat.weight``, no ``fc_pose``; see :class:`SkinRefineNet`).
             It follows ``corrective_basis``; ``pose_corrective_gauge`` is a no-op for it, since
             ``R − I`` is exactly zero at θ = 0, so the corrective is already zero at rest.
+            ``"local"``: a local pose corrective (:class:`LocalPoseCorrective`): per blend joint, a linear
+            map of ``vec(R_j − I)`` and ``vec(R_parent − I)`` onto the vertices near the joint only (its
+            skinning neighbourhood), weighted by a learnable mask initialised from the distance to the
+            joint (tensors ``skin_refine_net.pose_local.weight`` / ``.mask_logit``); zero at rest, follows
+            ``corrective_basis``.
 
     The defaults reproduce the original model; official snapshots (no ``model_config``) decode
     with them.
@@ -382,12 +387,15 @@ class SkinRefineNet(nn.Module):
             features ``vec(R_j − I)`` of the ``blend_joints``; there is no ``fc_pose`` then).
         blend_joints: the J_b joint indices whose rotations drive ``"linear_rotmat"``
             (:class:`DeepHandMesh` passes the non-root joints with at least one Euler DoF).
+        local_support: for ``"local"``: ``(joints, parents, index, mask_init)`` of
+            :func:`local_corrective_support`.
 
     :attr:`pose_module` is the module holding the pose corrective's parameters for either kind.
     """
 
     def __init__(self, num_joints: int, num_vertices: int, id_dim: int = 32, hidden: int = 256,
-                 pose_kind: str = "mlp", blend_joints: Collection[int] | None = None):
+                 pose_kind: str = "mlp", blend_joints: Collection[int] | None = None,
+                 local_support: tuple | None = None):
         super().__init__()
         if pose_kind not in POSE_CORRECTIVE_KINDS:
             raise ValueError(f"SkinRefineNet: pose_kind: expected one of {POSE_CORRECTIVE_KINDS}, got {pose_kind!r}")
@@ -414,11 +422,18 @@ class SkinRefineNet(nn.Module):
             self.pose_blend_rotmat = torch.nn.utils.skip_init(nn.Linear, len(joints) * 9, num_vertices * 3,
                                                               bias=False)
             nn.init.zeros_(self.pose_blend_rotmat.weight)
+        if pose_kind == "local":
+            if local_support is None:
+                raise ValueError("SkinRefineNet: pose_kind 'local' needs local_support "
+                                 "(dhmlib.model.local_corrective_support of the hand model)")
+            self.pose_local = LocalPoseCorrective(num_vertices, *local_support)
 
     @property
     def pose_module(self) -> nn.Module:
-        """The module whose parameters are the pose corrective's: ``fc_pose`` or ``pose_blend_rotmat``."""
-        return self.fc_pose if self.pose_kind == "mlp" else self.pose_blend_rotmat
+        """The module whose parameters are the pose corrective's: ``fc_pose``, ``pose_blend_rotmat`` or ``pose_local``."""
+        if self.pose_kind == "mlp":
+            return self.fc_pose
+        return self.pose_blend_rotmat if self.pose_kind == "linear_rotmat" else self.pose_local
 
     def rotmat_features(self, euler: torch.Tensor) -> torch.Tensor:
         """(B, J, 3) radians → (B, J_b·9) features ``vec(R_j − I)`` of the blend joints.
@@ -434,7 +449,7 @@ class SkinRefineNet(nn.Module):
         """(B, J, 3) radians → (B, V, 3) mm; options as in :meth:`pose_plus`."""
         if self.pose_kind == "mlp" and not zero_at_rest and normals is None:
             return self.fc_pose(euler.reshape(euler.shape[0], -1)).view(-1, self.num_vertices, 3)
-        weight = self.pose_module.weight if self.pose_kind == "linear_rotmat" else self.fc_pose[2].weight
+        weight = self.fc_pose[2].weight if self.pose_kind == "mlp" else self.pose_module.weight
         base = weight.new_zeros(self.num_vertices, 3)
         return self.pose_plus(euler, base, zero_at_rest=zero_at_rest, normals=normals)
 
@@ -452,6 +467,11 @@ class SkinRefineNet(nn.Module):
         Returns:
             (B, V, 3) mm (a permuted view of a (V, 3, B) buffer).
         """
+        if self.pose_kind == "local":
+            raw = self.pose_local(euler)                                               # (B, V, 3)
+            if normals is not None:
+                raw = project_onto(raw, normals)
+            return base + raw
         if self.pose_kind == "mlp":
             first, relu, last = self.fc_pose
             hidden = relu(first(euler.reshape(euler.shape[0], -1)))                    # (B, 256)
@@ -481,6 +501,93 @@ class SkinRefineNet(nn.Module):
         # matrix-vector product: its weight gradient is an outer product, not a K=1 GEMM
         out = torch.addmv(last.bias, last.weight, hidden).view(self.num_vertices, 3)
         return out if normals is None else project_onto(out, normals)
+
+
+class LocalPoseCorrective(nn.Module):
+    """A pose corrective that is local by construction (cf. STAR's per-joint blend shapes, UHM's per-joint
+    correctives): each blend joint ``j`` moves only the vertices of its support ``S_j``,
+
+        Δ_v = Σ_j  sigmoid(a_jv) · W_jv · [vec(R_j − I), vec(R_parent(j) − I)]        (mm)
+
+    with ``W_jv`` (3 × 18) zero-initialised (the model starts at LBS) and the mask logits ``a_jv``
+    initialised from the distance of vertex ``v`` to joint ``j`` (:func:`local_corrective_support`).
+    A joint's parent that is not a blend joint (the root) contributes zeros. Exactly zero at θ = 0.
+    Supports are padded to one length M with the dummy vertex index V (dropped after the scatter).
+
+    Args:
+        num_vertices: V.
+        joints: (J_b,) blend joint indices; parents: (J_b,) their parents' slots in ``joints`` or −1.
+        index: (J_b, M) vertex indices of each support (V = padding).
+        mask_init: (J_b, M) initial mask values in (0, 1) (0 for padding).
+    """
+
+    FEATURES = 18
+
+    def __init__(self, num_vertices: int, joints, parents, index, mask_init):
+        super().__init__()
+        self.num_vertices = int(num_vertices)
+        self.register_buffer("joints", torch.as_tensor(joints, dtype=torch.long), persistent=False)
+        self.register_buffer("parents", torch.as_tensor(parents, dtype=torch.long), persistent=False)
+        self.register_buffer("index", torch.as_tensor(index, dtype=torch.long), persistent=False)
+        m = torch.as_tensor(mask_init, dtype=torch.float32).clamp(1e-4, 1 - 1e-4)
+        self.register_buffer("valid", torch.as_tensor(index) < num_vertices, persistent=False)
+        Jb, M = self.index.shape
+        self.weight = nn.Parameter(torch.zeros(Jb, M, 3, self.FEATURES))
+        self.mask_logit = nn.Parameter(torch.log(m) - torch.log1p(-m))
+
+    def features(self, euler: torch.Tensor) -> torch.Tensor:
+        """(B, J, 3) radians → (B, J_b, 18): ``vec(R_j − I)`` then the parent's (zeros for the root)."""
+        R = euler_to_matrix(euler.index_select(1, self.joints))                   # (B, J_b, 3, 3)
+        own = (R - torch.eye(3, dtype=R.dtype, device=R.device)).flatten(2)        # (B, J_b, 9)
+        padded = torch.cat([own, own.new_zeros(own.shape[0], 1, 9)], 1)           # slot J_b = zeros
+        parent = padded.index_select(1, torch.where(self.parents < 0, len(self.joints), self.parents))
+        return torch.cat([own, parent], -1)
+
+    def forward(self, euler: torch.Tensor) -> torch.Tensor:
+        """(B, J, 3) radians → (B, V, 3) mm."""
+        f = self.features(euler).to(self.weight.dtype)                            # (B, J_b, 18)
+        mask = torch.sigmoid(self.mask_logit) * self.valid.to(self.weight.dtype)   # (J_b, M)
+        local = torch.einsum("jmcf,bjf->bjmc", self.weight, f) * mask[None, :, :, None]
+        B = euler.shape[0]
+        out = local.new_zeros(B, self.num_vertices + 1, 3)
+        out.index_add_(1, self.index.reshape(-1), local.reshape(B, -1, 3))
+        return out[:, :self.num_vertices]
+
+
+def local_corrective_support(hand_model: HandModel, radius_mm: float = 30.0, sigma_mm: float = 15.0,
+                             min_weight: float = 0.05) -> tuple:
+    """The supports of :class:`LocalPoseCorrective` for the :func:`blend_joints` of ``hand_model``.
+
+    A vertex belongs to joint ``j``'s support when its skinning weight to ``j``, to ``j``'s parent or
+    to one of ``j``'s children exceeds ``min_weight`` (the segments the joint bends), and it lies
+    within ``radius_mm`` of the joint's bind position; its initial mask is
+    ``exp(−d²/(2σ²))`` of that distance ``d``.
+    Returns ``(joints (J_b,), parents (J_b,) slots or −1, index (J_b, M), mask_init (J_b, M))``.
+    """
+    joints = blend_joints(hand_model)
+    slot = {j: i for i, j in enumerate(joints)}
+    parents_all = np.asarray(hand_model.parents)
+    v = np.asarray(hand_model.vertices, dtype=np.float64)
+    W = np.asarray(hand_model.skinning_weights, dtype=np.float64)            # (V, J)
+    pos = np.asarray(hand_model.global_pose, dtype=np.float64)[:, :3, 3]     # (J, 3) bind positions
+    supports, masks = [], []
+    for j in joints:
+        near = [j] + [int(c) for c in np.nonzero(parents_all == j)[0]]
+        if parents_all[j] >= 0:
+            near.append(int(parents_all[j]))
+        d = np.linalg.norm(v - pos[j], axis=1)
+        keep = np.nonzero((W[:, near].max(1) > min_weight) & (d < radius_mm))[0]
+        supports.append(keep)
+        masks.append(np.exp(-0.5 * (d[keep] / sigma_mm) ** 2))
+    M = max(1, max(len(s) for s in supports))
+    V = len(v)
+    index = np.full((len(joints), M), V, dtype=np.int64)
+    mask = np.zeros((len(joints), M))
+    for i, (s, m) in enumerate(zip(supports, masks)):
+        index[i, :len(s)] = s
+        mask[i, :len(s)] = m
+    parents = np.array([slot.get(int(parents_all[j]), -1) for j in joints], dtype=np.int64)
+    return np.asarray(joints), parents, index, mask
 
 
 def project_onto(vectors: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -539,8 +646,9 @@ class DeepHandMesh(nn.Module):
         self.backbone_net = BackboneNet(config.backbone)
         self.pose_net = PoseNet(self.hand.dof_mask)
         self.skeleton_refine_net = SkeletonRefineNet(J, config.id_dim)
-        self.skin_refine_net = SkinRefineNet(J, V, config.id_dim, pose_kind=config.pose_corrective_kind,
-                                             blend_joints=blend_joints(hand_model))
+        self.skin_refine_net = SkinRefineNet(
+            J, V, config.id_dim, pose_kind=config.pose_corrective_kind, blend_joints=blend_joints(hand_model),
+            local_support=local_corrective_support(hand_model) if config.pose_corrective_kind == "local" else None)
         gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         self.register_buffer("id_code", torch.randn(config.id_dim, generator=gen))
         # projection directions of the config's options (non-persistent: official keys only);

@@ -22,9 +22,10 @@ EXPECTED_VS_FULL = {
     "f": {"pose_corrective_kind": ("mlp", "linear_rotmat")},
     "g": {"laplacian_form": ("offsets", "posed")},
     "h": {"corrective_basis": ("free", "normal")},
+    "i": {"pose_corrective_kind": ("mlp", "local")},
 }
 NAMES = {"a": "lbs_only", "b": "skeleton", "c": "identity", "d": "full", "e": "no_penetration",
-         "f": "mano_linear", "g": "posed_laplacian", "h": "normal_basis"}
+         "f": "mano_linear", "g": "posed_laplacian", "h": "normal_basis", "i": "local_pose"}
 
 
 def config_diff(x, y) -> dict:
@@ -34,17 +35,17 @@ def config_diff(x, y) -> dict:
 
 
 def test_the_table_is_a_to_h_in_order():
-    assert [v.key for v in VARIANTS] == list("abcdefgh")
+    assert [v.key for v in VARIANTS] == list("abcdefghi")
     assert {v.key: v.name for v in VARIANTS} == NAMES
     for v in VARIANTS:
         assert isinstance(v, Variant) and v.label.startswith(f"({v.key}) ") and len(v.description) > 20
         assert set(v.model_overrides) == set(MODEL_FIELDS) and set(v.train_overrides) == set(TRAIN_FIELDS)
         assert json.loads(json.dumps(v.to_dict())) == v.to_dict()
-    assert len({hash(v) for v in VARIANTS}) == 8
+    assert len({hash(v) for v in VARIANTS}) == 9
 
 
 @pytest.mark.parametrize("preset_name", sorted(PRESETS))
-@pytest.mark.parametrize("key", list("abcdefgh"))
+@pytest.mark.parametrize("key", list("abcdefghi"))
 def test_variant_differs_from_full_in_exactly_the_intended_fields(preset_name, key):
     tc, mc = preset(preset_name)
     full_t, full_m = apply_variant("d", tc, mc)
@@ -102,7 +103,7 @@ def test_get_variant_by_key_or_name_and_unknown_names():
 def test_variants_markdown_lists_every_variant_and_its_change():
     text = variants_markdown()
     lines = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(lines) == 2 + 8
+    assert len(lines) == 2 + 9
     for v, line in zip(VARIANTS, lines[2:]):
         assert line.startswith(f"| {v.key} | `{v.name}` | {v.label} |")
     assert "`pose_corrective_kind='linear_rotmat'`" in lines[2 + 5] and "`laplacian_form='posed'`" in lines[2 + 6]
@@ -110,9 +111,10 @@ def test_variants_markdown_lists_every_variant_and_its_change():
     assert "non-rigid 5" in text and "free (V·3)" in text
 
 
-@pytest.mark.parametrize("key", ["f", "h"])
+@pytest.mark.parametrize("key", ["f", "h", "i"])
 def test_variant_trains_a_step_with_the_real_loop(key, small_capture, tmp_path):
-    """(f) has no ``fc_pose`` and (h) the zero_at_rest gauge on cpu-small: both must reach the optimizer."""
+    """(f) has no ``fc_pose``, (h) the zero_at_rest gauge on cpu-small and (i) the local pose corrective:
+    each must reach the optimizer."""
     import torch
 
     from dhmlib.snapshot import read_snapshot
@@ -127,6 +129,9 @@ def test_variant_trains_a_step_with_the_real_loop(key, small_capture, tmp_path):
     if key == "f":
         w = state["module.skin_refine_net.pose_blend_rotmat.weight"]
         assert w.abs().max() > 0                     # zero-initialised: it moved, so it was optimised
+        assert not any(k.startswith("module.skin_refine_net.fc_pose") for k in state)
+    elif key == "i":
+        assert state["module.skin_refine_net.pose_local.weight"].abs().max() > 0
         assert not any(k.startswith("module.skin_refine_net.fc_pose") for k in state)
     else:
         assert torch.equal(state["module.skin_refine_net.fc_pose.2.bias"], torch.zeros_like(

@@ -121,6 +121,7 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         if crop_mode not in ("seed", "square"):
             raise ValueError(f"crop_mode: expected 'seed' or 'square', got {crop_mode!r}")
         self.crop_mode = crop_mode
+        self.crop_store = None      # a dhmlib.data.crop_cache.DepthCropStore (use_prepared_crops)
         self.layout = Layout(root, subject)
         if images is None:
             images = self.layout.images_dir.is_dir()
@@ -250,15 +251,29 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
             px_in = cam_in.project(joints[None])                                 # (1, J, 2)
             crop_in = self._crop(px_in, ok[None], self.input_size)
             image = crop_image(img[None], crop_in)[0]
-        # depth views
-        depth = torch.stack([torch.from_numpy(read_depth(self.layout.depth_path(s.frame, c), self.image_size))
-                             for c in views])                                     # (K, H, W)
-        px = cams.project(joints[None].expand(len(views), -1, -1))               # (K, J, 2)
-        crop_d = self._crop(px, ok[None].expand(len(views), -1), self.render_size)
+        # depth views: from the prepared crops when attached (same values), else read and resampled
+        prepared = self.crop_store.crops(s.frame, views) if self.crop_store is not None else None
+        if prepared is not None:
+            depth_crops, crop_d = prepared[0], Crop(prepared[1], self.render_size)
+        else:
+            depth = torch.stack([torch.from_numpy(read_depth(self.layout.depth_path(s.frame, c), self.image_size))
+                                 for c in views])                                 # (K, H, W)
+            px = cams.project(joints[None].expand(len(views), -1, -1))           # (K, J, 2)
+            crop_d = self._crop(px, ok[None].expand(len(views), -1), self.render_size)
+            depth_crops = crop_depth(depth, crop_d)
         return HandSample(image=image, input_camera=cam_in, input_crop=crop_in, joints=joints, joint_valid=valid,
-                          depth=crop_depth(depth, crop_d), view_cameras=cams, view_crops=crop_d, view_index=vidx,
+                          depth=depth_crops, view_cameras=cams, view_crops=crop_d, view_index=vidx,
                           view_names=tuple(views), subject=self.layout.subject, sequence=s.sequence, frame=s.frame,
                           camera=s.camera, index=int(index))
+
+    def use_prepared_crops(self, cache_root=None, *, progress: bool = True, log=None) -> "DeepHandMeshDataset":
+        """Read depth crops from a prepared store (:mod:`dhmlib.data.crop_cache`) under ``cache_root``
+        (default: :func:`~dhmlib.data.crop_cache.default_cache_root`), building it first if needed."""
+        from .crop_cache import default_cache_root, open_or_build
+
+        self.crop_store = open_or_build(self, cache_root or default_cache_root(self.layout.root),
+                                        progress=progress, log=log)
+        return self
 
     def loader(self, batch_size: int = 8, **kwargs) -> torch.utils.data.DataLoader:
         """A ``DataLoader`` of :class:`~dhmlib.data.sample.HandBatch` es (``kwargs`` go to ``DataLoader``)."""

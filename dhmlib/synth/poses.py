@@ -144,6 +144,12 @@ class PoseSequence:
 
 #: the takes in capture order; the last is a range-of-motion take (excluded from training)
 SEQUENCE_KINDS = ("fist", "point", "pinch", "spread", "ok", "free", "ROM_fingers")
+#: captures of at least this many frames give the free take (the default held-out take)
+#: FREE_TAKE_SHARE of the frames with a new random natural pose every FREE_FRAMES_PER_KEY frames
+#: (200 frames: 64 frames, 13 random poses); smaller captures split the frames evenly
+FREE_TAKE_MIN_CAPTURE = 100
+FREE_TAKE_SHARE = 0.32
+FREE_FRAMES_PER_KEY = 5.0
 
 
 def plan_sequences(num_frames: int) -> list[tuple[str, int]]:
@@ -157,6 +163,15 @@ def plan_sequences(num_frames: int) -> list[tuple[str, int]]:
     n = len(SEQUENCE_KINDS)
     kinds = list(SEQUENCE_KINDS) if num_frames >= n else (
         list(SEQUENCE_KINDS[:num_frames - 1]) + [SEQUENCE_KINDS[-1]] if num_frames > 1 else [SEQUENCE_KINDS[0]])
+    if num_frames >= FREE_TAKE_MIN_CAPTURE:
+        # the held-out take must test generalisation: many distinct poses (a third of the frames,
+        # a key every FREE_FRAMES_PER_KEY frames), not two or three
+        free = int(round(FREE_TAKE_SHARE * num_frames))
+        others = [k for k in kinds if k != "free"]
+        base, extra = divmod(num_frames - free, len(others))
+        sizes = {k: base + (i < extra) for i, k in enumerate(others)}
+        sizes["free"] = free
+        return [(k, sizes[k]) for k in kinds]
     base, extra = divmod(num_frames, len(kinds))
     return [(k, base + (i < extra)) for i, k in enumerate(kinds)]
 
@@ -177,6 +192,8 @@ def make_sequence(kind: str, num_frames: int, skeleton: Skeleton, rng: np.random
     if kind.startswith("ROM"):  # the script at the same pace; a short take plays its beginning only
         keys = _rom_keys(skeleton)[:n_keys]
     elif kind == "free":
+        if num_frames >= FREE_TAKE_SHARE * FREE_TAKE_MIN_CAPTURE:
+            n_keys = max(2, int(round(num_frames / FREE_FRAMES_PER_KEY)) + 1)
         keys = [keyframe_euler("relaxed", skeleton)] + [random_plausible_pose(skeleton, rng) for _ in range(n_keys - 1)]
     elif kind in GESTURES:
         rest, target = keyframe_euler("relaxed", skeleton), keyframe_euler(kind, skeleton)

@@ -29,6 +29,8 @@ from ..configs import ConfigMixin, split_top_level
 from ..model import ModelConfig
 
 POSE_SOURCES = ("image", "embedding")
+EMBEDDING_INITS = ("zero", "joint_fit", "true")
+LR_SCHEDULES = ("multistep", "cosine")
 LAPLACIAN_FORMS = ("offsets", "posed")
 LOSS_NORMALIZE = ("all", "valid")
 
@@ -82,6 +84,29 @@ class TrainConfig(ConfigMixin):
             per-vertex error of the current model posed with the TRUE angles of the held-out frames
             (virtual capture only; :mod:`dhmlib.train.probe`) into ``metrics.jsonl`` as
             ``kind: "probe"`` records; None: no probe.
+        embedding_init: where the per-frame pose embedding starts: ``"zero"`` (the rest pose) or
+            ``"joint_fit"``: each training frame's pose fitted to its 3D joints with the untrained
+            decoder (template + LBS; :func:`dhmlib.train.pose_init.joint_fit_init`, cached per capture),
+            so that the correctives learn from frames that are posed right from the first step;
+            ``"true"``: the virtual capture's true angles (an oracle for experiments; virtual capture only).
+        train_embedding: False freezes the embedding at its initial angles (with ``embedding_init="true"``:
+            the oracle-pose experiment of the ablation's diagnostics).
+        pose_prior_weight: weight of the joint-limit prior on the training poses
+            (:func:`dhmlib.fit.limit_prior`, radians², zero inside the range of motion); 0: none (the original).
+        lr_schedule: ``"multistep"`` (``lr_milestones`` in epochs, the original) or ``"cosine"``: every
+            learning rate follows a half cosine from its value to ``lr_end_ratio`` × it over the run's
+            steps (``max_steps``, else epochs × batches), stepped per optimizer step.
+        lr_end_ratio: the cosine schedule's final factor.
+        warmup_steps: the correctives' learning rate ramps linearly from 0 over the first N steps (the
+            poses, already fitted with ``embedding_init="joint_fit"``, settle first); 0: none.
+        tangential_weight: weight of a penalty on the skin correctives' components tangential to the
+            template surface (mean squared, mm², of ``o − (o·n)n``): directions that joints and depth barely
+            see; 0: none (the original). No effect with ``corrective_basis="normal"``.
+        prepared_crops: read the training depth crops from a prepared, memory-mapped store
+            (:mod:`dhmlib.data.crop_cache`; built once per capture and crop settings, then reused; the same
+            values) instead of reading and resampling the full-size depth maps at every step.
+        pose_offset_weight: weight of an L2 prior on the pose corrective's offsets (mean squared, mm²,
+            over the batch and the vertices), as the L2 priors on blend shapes in SMPL/MANO; 0: none.
     """
 
     pose_source: str = "image"
@@ -114,6 +139,15 @@ class TrainConfig(ConfigMixin):
     crop_mode: str = "seed"
     max_steps: int | None = None
     probe_every: int | None = None
+    embedding_init: str = "zero"
+    train_embedding: bool = True
+    pose_prior_weight: float = 0.0
+    lr_schedule: str = "multistep"
+    lr_end_ratio: float = 0.01
+    warmup_steps: int = 0
+    tangential_weight: float = 0.0
+    pose_offset_weight: float = 0.0
+    prepared_crops: bool = True
 
     def __post_init__(self):
         def fail(name, expected):
@@ -125,14 +159,15 @@ class TrainConfig(ConfigMixin):
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
         choices = {"pose_source": POSE_SOURCES, "laplacian_form": LAPLACIAN_FORMS,
-                   "loss_normalize": LOSS_NORMALIZE, "crop_mode": ("seed", "square")}
+                   "loss_normalize": LOSS_NORMALIZE, "crop_mode": ("seed", "square"),
+                   "embedding_init": EMBEDDING_INITS, "lr_schedule": LR_SCHEDULES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 fail(name, f"one of {allowed}")
         for name in ("epochs", "batch_size", "num_views", "log_every", "subject"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 fail(name, "a positive int")
-        for name in ("seed", "num_workers"):
+        for name in ("seed", "num_workers", "warmup_steps"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 fail(name, "an int >= 0")
         for name in ("max_frames", "snapshot_every_steps", "keep_snapshots", "max_steps", "probe_every"):
@@ -142,10 +177,12 @@ class TrainConfig(ConfigMixin):
         for name in ("lr", "embedding_lr", "lr_gamma"):
             if not _is_num(getattr(self, name)) or not getattr(self, name) > 0:
                 fail(name, "a number > 0")
+        if not _is_num(self.lr_end_ratio) or not 0 < self.lr_end_ratio <= 1:
+            fail("lr_end_ratio", "a number in (0, 1]")
         if self.corrective_lr is not None and (not _is_num(self.corrective_lr) or not self.corrective_lr > 0):
             fail("corrective_lr", "a number > 0 or None")
         for name in ("joint_weight", "depth_weight", "penetration_rigid_weight", "penetration_nonrigid_weight",
-                     "laplacian_weight"):
+                     "laplacian_weight", "pose_prior_weight", "tangential_weight", "pose_offset_weight"):
             if not _is_num(getattr(self, name)) or getattr(self, name) < 0:
                 fail(name, "a number >= 0")
         if not isinstance(self.lr_milestones, tuple) or not all(_is_int(m) and m >= 1 for m in self.lr_milestones) \
@@ -157,8 +194,9 @@ class TrainConfig(ConfigMixin):
                 fail(name, "(H, W) of at least 8 pixels each")
         if self.held_out is not None and not isinstance(self.held_out, str):
             fail("held_out", "a rule string or None")
-        if not isinstance(self.deterministic, bool):
-            fail("deterministic", "True or False")
+        for name in ("deterministic", "train_embedding", "prepared_crops"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "True or False")
 
     @property
     def uses_penetration(self) -> bool:

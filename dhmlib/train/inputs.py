@@ -35,11 +35,16 @@ def split_training_frames(data_root, config: TrainConfig, log: Callable[[str], N
     return train, test, rule
 
 
-def make_dataset(data_root, config: TrainConfig, frames, skeleton=None) -> DeepHandMeshDataset:
-    """The training dataset: ``frames`` only, images only for the image source."""
+def make_dataset(data_root, config: TrainConfig, frames, skeleton=None, *, progress: bool = True,
+                 log=None) -> DeepHandMeshDataset:
+    """The training dataset: ``frames`` only, images only for the image source; depth crops from the
+    prepared store when ``config.prepared_crops`` (built here the first time, with a progress bar)."""
     layout = Layout(data_root, config.subject)
     kwargs = dict(subject=config.subject, skeleton=skeleton, num_views=config.num_views,
                   input_size=config.input_size, render_size=config.render_size, seed=config.seed,
                   image_size=capture_image_size(layout, frames[0]), crop_mode=config.crop_mode,
                   images=config.pose_source == "image")
-    return DeepHandMeshDataset(data_root, frames=frames, **kwargs)
+    dataset = DeepHandMeshDataset(data_root, frames=frames, **kwargs)
+    if config.prepared_crops:
+        dataset.use_prepared_crops(progress=progress, log=log)
+    return dataset

@@ -130,9 +130,32 @@ def parameter_groups(model: DeepHandMesh, config: TrainConfig, embedding: PoseEm
         params = [p for mod, used in mods if used for p in mod.parameters() if p.requires_grad]
         if params:
             groups.append({"name": name, "params": params, "lr": lrs[name]})
-    if embedding is not None:
+    if embedding is not None and not config.train_embedding:
+        embedding.requires_grad_(False)
+    elif embedding is not None:
         groups.append({"name": "embedding", "params": list(embedding.parameters()), "lr": config.embedding_lr})
     return groups
+
+
+def step_schedule(optimizer, config: TrainConfig, total_steps: int, steps_per_epoch: int):
+    """A per-step ``LambdaLR``: cosine from 1 to ``lr_end_ratio`` over ``total_steps`` (``lr_schedule="cosine"``)
+    or the epoch milestones counted in steps (``"multistep"``), times a linear warm-up of the
+    ``correctives`` group over ``warmup_steps``."""
+    total = max(int(total_steps), 1)
+
+    def base(step: int) -> float:
+        if config.lr_schedule == "cosine":
+            t = min(step / total, 1.0)
+            return config.lr_end_ratio + (1 - config.lr_end_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        passed = sum(step >= m * steps_per_epoch for m in config.lr_milestones)
+        return config.lr_gamma ** passed
+
+    def warm(step: int) -> float:
+        return min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+
+    lambdas = [(lambda s: base(s) * warm(s)) if g.get("name") == "correctives" else base
+               for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 class _Log:
@@ -297,7 +320,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         log(f"split: {rule}; {len(train_frames)} training frames, {len(test_frames)} held out")
         if hand_model is None:
             hand_model = HandModel.read(Layout(data_root, cfg.subject).hand_model_dir)
-        dataset = make_dataset(data_root, cfg, train_frames, hand_model.skeleton)
+        dataset = make_dataset(data_root, cfg, train_frames, hand_model.skeleton, progress=progress and main, log=log)
         sampler = make_sampler(dataset, info, shuffle=True, seed=cfg.seed)
         # the loader's own generator, reseeded per epoch: iter(loader) then draws its base seed from it,
         # not from torch's global RNG, so a run resumed mid-epoch sees the same global RNG stream
@@ -310,7 +333,12 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         # ---- model
         torch.manual_seed(cfg.seed)
         model = DeepHandMesh(hand_model, model_config)
-        embedding = (PoseEmbedding(train_frames, model.hand.dof_mask)
+        init = None
+        if cfg.pose_source == "embedding" and cfg.embedding_init != "zero":
+            from .pose_init import initial_poses
+            init = initial_poses(cfg.embedding_init, data_root, cfg.subject, train_frames, hand_model,
+                                 cache_dir=output_root / "cache", log=log)
+        embedding = (PoseEmbedding(train_frames, model.hand.dof_mask, init=init)
                      if cfg.pose_source == "embedding" else None)
         penetration = None
         if cfg.uses_penetration:
@@ -325,7 +353,11 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
             optimizer = torch.optim.Adam(groups, fused=True)
         except (RuntimeError, TypeError, ValueError):
             optimizer = torch.optim.Adam(groups)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.lr_milestones), cfg.lr_gamma)
+        per_step = cfg.lr_schedule == "cosine" or cfg.warmup_steps > 0
+        if per_step:
+            scheduler = step_schedule(optimizer, cfg, cfg.max_steps or cfg.epochs * len(loader), len(loader))
+        else:
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.lr_milestones), cfg.lr_gamma)
         net = wrap_model(step_module, info)
         log("parameters: " + ", ".join(f"{g['name']} {sum(p.numel() for p in g['params']):,} (lr {g['lr']:g})"
                                        for g in groups))
@@ -437,6 +469,8 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                 out.total.backward()
                 clock.lap("backward_ms")
                 optimizer.step()
+                if per_step:
+                    scheduler.step()
                 step += 1
                 vals = {k: float(v.detach()) for k, v in terms.items()}
                 clock.lap("optimizer_ms")
@@ -473,7 +507,8 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                 snapshot = save(epoch, mid_epoch=True, consumed=n_epoch) or snapshot
                 log(stopped)
                 break
-            scheduler.step()
+            if not per_step:
+                scheduler.step()
             epochs_done = epoch + 1
             if n_epoch:
                 emit({"kind": "epoch", "step": step, "epoch": epoch,

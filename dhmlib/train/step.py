@@ -10,7 +10,9 @@ Per sample, as in the original trainer (DESIGN.md):
     decode(euler, root) ─► joints (B,J,3), vertices (B,V,3), world mm
     render_depth(vertices, view cameras (B,K), view crops (B,K)) ─► depth (B,K,h,w) mm
     losses: joint (L1), depth (smooth-L1 where both maps are non-zero),
-            penetration (rigid, non-rigid; optional), Laplacian (offsets | posed)
+            penetration (rigid, non-rigid; optional), Laplacian (offsets | posed),
+            optional: joint-limit prior on the poses, tangential part of free correctives,
+            L2 prior on the pose corrective's offsets
 
 Gradient flows through the Kabsch alignment into the skeleton corrective, as in the original.
 ``total = w_joint·joint + w_depth·depth + w_r·pen_rigid + w_nr·pen_nonrigid + w_lap·laplacian``;
@@ -25,13 +27,15 @@ from torch import nn
 
 from ..data.sample import HandBatch
 from ..losses import MeshLaplacian, depth_loss, joint_loss, laplacian_loss
-from ..model import DeepHandMesh, HandPose
+from ..fit import joint_limits_rad, limit_prior
+from ..model import DeepHandMesh, HandPose, template_normals
 from ..render import render_depth
 from .config import TrainConfig
 from .embedding import PoseEmbedding
 
 #: loss terms in StepOutput.terms, in log order
-TERMS = ("joint", "depth", "penetration_rigid", "penetration_nonrigid", "laplacian")
+TERMS = ("joint", "depth", "penetration_rigid", "penetration_nonrigid", "laplacian", "pose_prior", "tangential",
+         "pose_offset")
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +79,13 @@ class TrainStep(nn.Module):
         self.embedding = embedding
         self.penetration = penetration
         self.laplacian = MeshLaplacian(model.hand.faces, model.hand.num_vertices)
+        if config.pose_prior_weight > 0:
+            lo, hi = joint_limits_rad(model, model.hand.template)
+            self.register_buffer("_limit_lo", lo, persistent=False)
+            self.register_buffer("_limit_hi", hi, persistent=False)
+        tangential = config.tangential_weight > 0 and model.config.corrective_basis == "free"
+        self.register_buffer("_normals", torch.as_tensor(template_normals(model.hand.hand_model), dtype=torch.float32)
+                             if tangential else None, persistent=False)
 
     def euler(self, batch: HandBatch) -> torch.Tensor:
         """(B, J, 3) radians from the configured pose source."""
@@ -108,5 +119,16 @@ class TrainStep(nn.Module):
         terms["laplacian"] = (laplacian_loss(lap_x, self.laplacian) if lap_x is not None
                               else pose.vertices.new_zeros(()))
         weights["laplacian"] = cfg.laplacian_weight
+        if cfg.pose_prior_weight > 0:
+            terms["pose_prior"] = limit_prior(euler, self._limit_lo, self._limit_hi, m.hand.dof_mask).mean()
+            weights["pose_prior"] = cfg.pose_prior_weight
+        if self._normals is not None and pose.offsets is not None:
+            n = self._normals.to(pose.offsets.dtype)
+            tangent = pose.offsets - (pose.offsets * n).sum(-1, keepdim=True) * n
+            terms["tangential"] = tangent.pow(2).sum(-1).mean()
+            weights["tangential"] = cfg.tangential_weight
+        if cfg.pose_offset_weight > 0 and "pose" in m.config.correctives:
+            terms["pose_offset"] = m.pose_corrective(euler).pow(2).sum(-1).mean()
+            weights["pose_offset"] = cfg.pose_offset_weight
         total = sum(weights[k] * v for k, v in terms.items())
         return StepOutput(total=total, terms=terms, pose=pose, depth=depth)
