@@ -299,7 +299,7 @@ class AblationResult:
         return out
 
     # ------------------------------------------------------------------ per frame and intervals
-    def per_frame(self, key: str, metric: str = "vertex_mean_mm") -> dict[int, float]:
+    def per_frame(self, key: str, metric: str = "vertex_total_mm") -> dict[int, float]:
         """Frame → ``metric`` of variant ``key`` on the held-out frames (its ``result/metrics.json``)."""
         run = self[key]
         path = run.meshes.parent / "metrics.json" if run.meshes else None
@@ -310,7 +310,7 @@ class AblationResult:
             return {}
         return {int(f): v for f, v in zip(pf["frame"], pf[metric]) if v is not None}
 
-    def interval(self, before: str, after: str, metric: str = "vertex_mean_mm") -> dict | None:
+    def interval(self, before: str, after: str, metric: str = "vertex_total_mm") -> dict | None:
         """``after − before`` of ``metric`` per held-out frame: mean and 95 % interval over blocks of
         consecutive frames (:func:`dhmlib.diagnostics.paired_interval`), or None without per-frame values."""
         from .diagnostics import paired_interval
@@ -328,7 +328,7 @@ class AblationResult:
     COMPARISONS = (("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("d", "f"), ("d", "g"), ("d", "h"), ("d", "i"),
                    ("c", "f"), ("c", "i"))
 
-    def intervals(self, metric: str = "vertex_mean_mm") -> dict[str, dict]:
+    def intervals(self, metric: str = "vertex_total_mm") -> dict[str, dict]:
         """``"c→d"`` → :meth:`interval` for each of :attr:`COMPARISONS` whose variants both finished."""
         keys = {r.variant.key for r in self.done}
         out = {}

@@ -26,7 +26,7 @@ import torch
 
 from .evaluate import ground_truth_meshes
 from .fit import fit_pose
-from .model import DeepHandMesh
+from .model import DeepHandMesh, ModelConfig
 
 #: frames per block of the paired interval (the free take has a new pose every 5 frames)
 BLOCK = 5
@@ -104,3 +104,120 @@ def paired_interval(a: Sequence[float], b: Sequence[float], block: int = BLOCK) 
 
     half = float(student.ppf(0.975, n - 1) * means.std(ddof=1) / math.sqrt(n))
     return {"mean": m, "low": m - half, "high": m + half, "blocks": n, "relative": m / float(a.mean())}
+
+
+def score_snapshot(snapshot, data_root, *, held_out=None, train_every: int = 4, shared_poses=None,
+                   full_fit_depth_steps: int = 0, num_views: int = 4, fit_steps: int = 300,
+                   hand_model=None) -> dict:
+    """Score one snapshot every way of the module docstring; per-frame lists (mm) and their means.
+
+    Args:
+        snapshot: a training snapshot (with its ``train_config``; embedding source).
+        data_root: the virtual capture.
+        held_out: the held-out frames (None: the snapshot's split rule).
+        train_every: score every N-th training frame with the true angles.
+        shared_poses: ``(euler, root)`` of the held-out frames to decode with (``shared_fit``), e.g.
+            :func:`shared_lbs_poses`; None: not scored.
+        full_fit_depth_steps: > 0 also scores ``full_fit`` with that many depth steps.
+    Returns:
+        ``{"frames", "true_held_out", "true_train", "protocol", "shared_fit", "full_fit"}`` per-frame lists,
+        ``"mean"`` of each, and ``train_pose_error_deg`` (the embedding's distance to the true angles).
+    """
+    from .data.split import split_frames
+    from .handmodel import read_hand_model
+    from .snapshot import model_from_snapshot, read_snapshot
+    from .train.config import TrainConfig
+    from .train.evaluation import fit_held_out, load_held_out, true_poses
+
+    ckpt = read_snapshot(snapshot)
+    tc = TrainConfig.from_dict(ckpt["train_config"])
+    hand = hand_model or read_hand_model(f"{data_root}/hand_model")
+    model = model_from_snapshot(snapshot, hand).eval()
+    if held_out is None:
+        held_out = split_frames(data_root, tc.subject, tc.held_out).test
+    emb = ckpt.get("pose_embedding") or {}
+    train_frames = [int(f) for f in emb["frames"].tolist()] if "frames" in emb else []
+    out: dict = {"frames": [int(f) for f in held_out]}
+    fs = FrameSet.load(data_root, tc.subject, held_out, hand.skeleton)
+    out["true_held_out"] = fs.true_error(model).tolist()
+    if train_frames:
+        sub = train_frames[::train_every]
+        out["true_train"] = FrameSet.load(data_root, tc.subject, sub, hand.skeleton).true_error(model).tolist()
+        mask = model.hand.dof_mask
+        true = true_poses(data_root, tc.subject, train_frames, "cpu").euler
+        out["train_pose_error_deg"] = float(np.rad2deg((emb["euler"].float() - true.float()).abs()[:, mask].mean()))
+    data = load_held_out(data_root, list(held_out), tc, hand.skeleton, "cpu", images=False, num_views=num_views)
+    p = fit_held_out(model, data, fit_steps, log=lambda m: None)
+    out["protocol"] = per_frame_vertex_error(model, p.euler, p.root, fs.true_vertices).tolist()
+    if shared_poses is not None:
+        out["shared_fit"] = per_frame_vertex_error(model, shared_poses[0], shared_poses[1], fs.true_vertices).tolist()
+    if full_fit_depth_steps > 0:
+        e, r = fit_through_pose_corrective(model, data, fit_steps, full_fit_depth_steps)
+        out["full_fit"] = per_frame_vertex_error(model, e, r, fs.true_vertices).tolist()
+    out["mean"] = {k: float(np.mean(v)) for k, v in out.items() if isinstance(v, list) and k != "frames"}
+    return out
+
+
+def shared_lbs_poses(data_root, held_out, train_config, hand_model, *, num_views: int = 4, fit_steps: int = 300):
+    """One set of held-out poses for every model: fitted (notebook 02's protocol) with plain LBS of the template."""
+    from .train.evaluation import fit_held_out, load_held_out
+
+    lbs = DeepHandMesh(hand_model, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
+                                               skeleton_corrective=False))
+    data = load_held_out(data_root, list(held_out), train_config, hand_model.skeleton, "cpu", images=False,
+                         num_views=num_views)
+    p = fit_held_out(lbs, data, fit_steps, log=lambda m: None)
+    return p.euler, p.root
+
+
+# --------------------------------------------------------------------------- the diagnostic runs
+#: overrides that undo issue 14's recipe on top of the cpu-small preset: the recipe notebook 03 had before
+OLD_RECIPE = ("embedding_init=zero, pose_prior_weight=0, lr_schedule=multistep, warmup_steps=0, "
+              "embedding_lr=1e-2, tangential_weight=0")
+#: the poses are the virtual capture's true angles, frozen: only the correctives learn
+ORACLE = "embedding_init=true_angles, train_embedding=false"
+
+#: name → (variant key, notebook-02 overrides, what the run separates)
+DIAGNOSTIC_RUNS: dict[str, tuple[str, str, str]] = {
+    "old_c": ("c", OLD_RECIPE, "the recipe before issue 14 (rest-pose embedding, no prior, no decay, no tangential "
+                               "penalty), + identity: the control"),
+    "old_d": ("d", OLD_RECIPE, "the same for the full model: does (d) lose to (c) with the old recipe?"),
+    "oracle_c": ("c", ORACLE, "true poses, frozen, + identity: the correctives alone (cause 1 removed)"),
+    "oracle_d": ("d", ORACLE, "true poses, frozen, full model: does the pose corrective help when poses are right?"),
+    "oracle_h": ("h", ORACLE, "true poses, frozen, normal-direction correctives: the sideways slides removed (cause 3)"),
+    "notan_d": ("d", "tangential_weight=0", "the new recipe without the tangential penalty on free correctives "
+                                           "(cause 3 with fitted poses)"),
+}
+
+
+def run_diagnostics(names, *, batch: str = "ablation_diagnostics", output_root=None, rerun: bool = False,
+                    on_progress=print, **parameters):
+    """Notebook 02 once per diagnostic run (``names`` from :data:`DIAGNOSTIC_RUNS`) as a batch with the
+    ablation's shared parameters (:func:`dhmlib.ablation_study.ablation_parameters`); returns the
+    :class:`~dhmlib.batch.BatchResult` (its runs named after the diagnostic runs)."""
+    from .ablation_study import TRAINING_NOTEBOOK, TRAINING_RECORD, ablation_parameters
+    from .batch import run_batch
+    from .paths import notebooks_dir
+
+    unknown = [n for n in names if n not in DIAGNOSTIC_RUNS]
+    if unknown:
+        raise ValueError(f"diagnostic runs: unknown {unknown}; choices: {', '.join(DIAGNOSTIC_RUNS)}")
+    runs = {n: {"variant": DIAGNOSTIC_RUNS[n][0], "overrides": DIAGNOSTIC_RUNS[n][1]} for n in names}
+    return run_batch(notebooks_dir() / TRAINING_NOTEBOOK, runs=runs, common=ablation_parameters(**parameters),
+                     batch=batch, output_root=output_root, on_progress=on_progress, record=TRAINING_RECORD,
+                     rerun=rerun)
+
+
+def diagnostics_table(scores: dict[str, dict]) -> str:
+    """Markdown: one row per scored run, the means (mm) of every way of scoring and the training pose error."""
+    cols = [("true_train", "true angles, training frames"), ("true_held_out", "true angles, held out"),
+            ("protocol", "held out, notebook-03 fit"), ("full_fit", "held out, fit through the pose corrective"),
+            ("shared_fit", "held out, shared LBS-fitted angles")]
+    cols = [c for c in cols if any(c[0] in s["mean"] for s in scores.values())]
+    rows = ["| run | " + " | ".join(c[1] for c in cols) + " | training poses vs truth, ° |",
+            "| --- |" + " --: |" * (len(cols) + 1)]
+    for name, s in scores.items():
+        cells = [f"{s['mean'][k]:.3f}" if k in s["mean"] else "—" for k, _ in cols]
+        pe = s.get("train_pose_error_deg")
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {'—' if pe is None else f'{pe:.1f}'} |")
+    return "\n".join(rows)

@@ -89,10 +89,10 @@ def test_get_variant_by_key_or_name_and_unknown_names():
     for v in VARIANTS:
         assert get_variant(v.key) is v and get_variant(v.name) is v and get_variant(v) is v
         assert get_variant(f" ({v.key.upper()}) ") is v
-    for bad in ("i", "full_model", "", "dd", 3):
+    for bad in ("j", "full_model", "", "dd", 3):
         with pytest.raises(ValueError, match=r"unknown ablation variant .*; choices: a \(lbs_only\), b \(skeleton\), "
                                              r"c \(identity\), d \(full\), e \(no_penetration\), f \(mano_linear\), "
-                                             r"g \(posed_laplacian\), h \(normal_basis\)$"):
+                                             r"g \(posed_laplacian\), h \(normal_basis\), i \(local_pose\)$"):
             get_variant(bad)
     with pytest.raises(ValueError, match="unknown ablation variant 'x'"):
         apply_variant("x", *preset("paper"))

@@ -110,7 +110,7 @@ def test_oracle_poses_are_the_true_angles_and_stay_frozen(small_capture, tmp_pat
 
     tc, mc = preset("cpu-small")
     tc = tc.replace(batch_size=2, num_views=2, render_size=(24, 24), max_steps=2, held_out=None,
-                    embedding_init="true", train_embedding=False)
+                    embedding_init="true_angles", train_embedding=False)
     r = train(tc, mc, small_capture, tmp_path, progress=False, echo=False)
     true = true_poses(small_capture, 1, list(r.train_frames), "cpu").euler
     mask = torch.as_tensor(HandModel.read(small_capture / "hand_model").dof_mask)
@@ -124,7 +124,7 @@ def test_cosine_schedule_with_warmup_of_the_correctives():
     a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([{"name": "correctives", "params": [a], "lr": 1e-3},
                            {"name": "embedding", "params": [b], "lr": 1e-2}], lr=1.0)
-    cfg = TrainConfig(lr_schedule="cosine", warmup_steps=10, lr_end_ratio=0.01)
+    cfg = TrainConfig(lr_schedule="cosine", warmup_steps=10, lr_end_ratio=0.01)   # 10 <= 100 // 8
     sched = step_schedule(opt, cfg, total_steps=100, steps_per_epoch=10)
     lrs = []
     for _ in range(100):

@@ -153,7 +153,7 @@ def test_two_epochs_without_images_lower_the_loss_and_write_snapshots_and_logs(s
     out = tmp_path / "out"
     args = ["--preset", "cpu-small", "--data", str(data), "--output", str(out), "--epochs", "2", "--no-progress",
             "--set", "batch_size=5", "--set", "render_size=[64,64]", "--set", "num_views=3",
-            "--set", "log_every=1", "--set", "held_out=null", "--set", "lr_milestones=[1]", "--set", "keep_snapshots=1"]
+            "--set", "log_every=1", "--set", "held_out=null", "--set", "lr_milestones=[1]", "--set", "lr_schedule=multistep", "--set", "keep_snapshots=1"]
     assert train_main(args) == 0
     recs = [json.loads(line) for line in (out / "log" / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in recs if r["kind"] == "epoch"]

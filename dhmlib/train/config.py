@@ -12,12 +12,14 @@ Presets (:data:`PRESETS`, :func:`preset`):
   deliberate difference: the Laplacian acts on the corrective offsets (``laplacian_form
   "offsets"``); ``"posed"`` is the original's form.
 - ``"cpu-small"``: trains on a 2-core CPU in minutes: per-frame pose embeddings (works without
-  images), 4 views of 96², batch 8, ResNet-18 (used only with the image source), higher
-  learning rates for the correctives and the embedding, normal-direction skin correctives with
-  the ``zero_at_rest`` gauge, a bone-length-only skeleton corrective. Measured on the default
-  virtual capture (take ``0005_RT_free`` held out, posed with the true angles, root by Kabsch):
-  0.55 mm per-vertex error against 1.33 mm for LBS alone (0.42×) after 150 s / 517 steps on a
-  loaded 2-core CPU; with a free skeleton corrective the bones drift and the error grows to 5.5 mm.
+  images) that start at a fit of each frame to its 3D joints (``embedding_init="joint_fit"``) under
+  a joint-limit prior, 4 views of 96², batch 8, ResNet-18 (used only with the image source), a
+  higher learning rate for the correctives (1e-3, warmed up over 50 steps) and a cosine decay over
+  the run's steps, normal-direction skin correctives with the ``zero_at_rest`` gauge (a tangential
+  penalty for the free-basis variants), a bone-length-only skeleton corrective (with a free one the
+  bones drift: 5.5 mm). Issue 14's experiments chose these (``notebooks/03b_ablation_diagnostics``):
+  with the earlier recipe (rest-pose embeddings, no prior, no decay) the full model lost to the
+  identity-only one on held-out poses.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from ..configs import ConfigMixin, split_top_level
 from ..model import ModelConfig
 
 POSE_SOURCES = ("image", "embedding")
-EMBEDDING_INITS = ("zero", "joint_fit", "true")
+EMBEDDING_INITS = ("zero", "joint_fit", "true_angles")
 LR_SCHEDULES = ("multistep", "cosine")
 LAPLACIAN_FORMS = ("offsets", "posed")
 LOSS_NORMALIZE = ("all", "valid")
@@ -88,8 +90,8 @@ class TrainConfig(ConfigMixin):
             ``"joint_fit"``: each training frame's pose fitted to its 3D joints with the untrained
             decoder (template + LBS; :func:`dhmlib.train.pose_init.joint_fit_init`, cached per capture),
             so that the correctives learn from frames that are posed right from the first step;
-            ``"true"``: the virtual capture's true angles (an oracle for experiments; virtual capture only).
-        train_embedding: False freezes the embedding at its initial angles (with ``embedding_init="true"``:
+            ``"true_angles"``: the virtual capture's true angles (an oracle for experiments; virtual capture only).
+        train_embedding: False freezes the embedding at its initial angles (with ``embedding_init="true_angles"``:
             the oracle-pose experiment of the ablation's diagnostics).
         pose_prior_weight: weight of the joint-limit prior on the training poses
             (:func:`dhmlib.fit.limit_prior`, radians², zero inside the range of motion); 0: none (the original).
@@ -98,7 +100,8 @@ class TrainConfig(ConfigMixin):
             steps (``max_steps``, else epochs × batches), stepped per optimizer step.
         lr_end_ratio: the cosine schedule's final factor.
         warmup_steps: the correctives' learning rate ramps linearly from 0 over the first N steps (the
-            poses, already fitted with ``embedding_init="joint_fit"``, settle first); 0: none.
+            poses, already fitted with ``embedding_init="joint_fit"``, settle first; at most an eighth of
+            the run's steps); 0: none.
         tangential_weight: weight of a penalty on the skin correctives' components tangential to the
             template surface (mean squared, mm², of ``o − (o·n)n``): directions that joints and depth barely
             see; 0: none (the original). No effect with ``corrective_basis="normal"``.
@@ -207,10 +210,11 @@ class TrainConfig(ConfigMixin):
 PRESETS: dict[str, tuple[TrainConfig, ModelConfig]] = {
     "paper": (TrainConfig(), ModelConfig(backbone=50)),
     "cpu-small": (
-        TrainConfig(pose_source="embedding", epochs=60, lr=1e-3, corrective_lr=1e-3, embedding_lr=1e-2,
+        TrainConfig(pose_source="embedding", epochs=60, lr=1e-3, corrective_lr=1e-3, embedding_lr=1e-3,
                     lr_milestones=(50,), batch_size=8, num_views=4, input_size=(128, 128),
                     render_size=(96, 96), penetration_rigid_weight=0.0, penetration_nonrigid_weight=0.0,
-                    log_every=5, max_frames=None, keep_snapshots=2),
+                    log_every=5, max_frames=None, keep_snapshots=2, embedding_init="joint_fit",
+                    pose_prior_weight=1.0, lr_schedule="cosine", warmup_steps=50, tangential_weight=1.0),
         ModelConfig(backbone=18, corrective_basis="normal", pose_corrective_gauge="zero_at_rest",
                     skeleton_corrective_mode="bone_length")),
 }

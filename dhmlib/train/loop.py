@@ -140,7 +140,7 @@ def parameter_groups(model: DeepHandMesh, config: TrainConfig, embedding: PoseEm
 def step_schedule(optimizer, config: TrainConfig, total_steps: int, steps_per_epoch: int):
     """A per-step ``LambdaLR``: cosine from 1 to ``lr_end_ratio`` over ``total_steps`` (``lr_schedule="cosine"``)
     or the epoch milestones counted in steps (``"multistep"``), times a linear warm-up of the
-    ``correctives`` group over ``warmup_steps``."""
+    ``correctives`` group over ``warmup_steps`` (at most an eighth of the run)."""
     total = max(int(total_steps), 1)
 
     def base(step: int) -> float:
@@ -150,8 +150,10 @@ def step_schedule(optimizer, config: TrainConfig, total_steps: int, steps_per_ep
         passed = sum(step >= m * steps_per_epoch for m in config.lr_milestones)
         return config.lr_gamma ** passed
 
+    warmup = min(config.warmup_steps, total // 8)      # a short run is not all warm-up
+
     def warm(step: int) -> float:
-        return min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
     lambdas = [(lambda s: base(s) * warm(s)) if g.get("name") == "correctives" else base
                for g in optimizer.param_groups]

@@ -96,17 +96,17 @@ def joint_fit_init(data_root, subject: int, frames: Sequence[int], hand: HandMod
 def initial_poses(kind: str, data_root, subject: int, frames: Sequence[int], hand: HandModel, *,
                   cache_dir=None, log: Callable[[str], None] | None = None) -> torch.Tensor:
     """(N, J, 3) starting angles of ``TrainConfig.embedding_init`` ``kind``: ``"joint_fit"``
-    (:func:`joint_fit_init`) or ``"true"`` (the virtual capture's true angles; ValueError elsewhere)."""
+    (:func:`joint_fit_init`) or ``"true_angles"`` (the virtual capture's true angles; ValueError elsewhere)."""
     if kind == "joint_fit":
         return joint_fit_init(data_root, subject, frames, hand, cache_dir=cache_dir, log=log)[0]
-    if kind == "true":
+    if kind == "true_angles":
         from .evaluation import true_poses
 
         true = true_poses(data_root, subject, [int(f) for f in frames], "cpu")
         if true is None:
-            raise ValueError(f"embedding_init='true': {data_root} has no true angles "
+            raise ValueError(f"embedding_init='true_angles': {data_root} has no true angles "
                              f"(annotations/synthetic/subject_{subject}/poses.npz: virtual capture only)")
         if log:
             log(f"embedding init: the true angles of {len(frames)} frames ({true.notes['file']})")
         return true.euler.float()
-    raise ValueError(f"embedding_init: expected 'joint_fit' or 'true', got {kind!r}")
+    raise ValueError(f"embedding_init: expected 'joint_fit' or 'true_angles', got {kind!r}")
