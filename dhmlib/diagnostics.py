@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ def paired_interval(a: Sequence[float], b: Sequence[float], block: int = BLOCK) 
 
 def score_snapshot(snapshot, data_root, *, held_out=None, train_every: int = 4, shared_poses=None,
                    full_fit_depth_steps: int = 0, num_views: int = 4, fit_steps: int = 300,
-                   hand_model=None) -> dict:
+                   hand_model=None, protocol_poses=None) -> dict:
     """Score one snapshot every way of the module docstring; per-frame lists (mm) and their means.
 
     Args:
@@ -119,6 +120,8 @@ def score_snapshot(snapshot, data_root, *, held_out=None, train_every: int = 4, 
         shared_poses: ``(euler, root)`` of the held-out frames to decode with (``shared_fit``), e.g.
             :func:`shared_lbs_poses`; None: not scored.
         full_fit_depth_steps: > 0 also scores ``full_fit`` with that many depth steps.
+        protocol_poses: the run's own held-out poses (``result/poses.npz`` of ``dhm test`` / notebook 02) for
+            ``protocol``; None (or missing): fitted here the same way (``fit_held_out``).
     Returns:
         ``{"frames", "true_held_out", "true_train", "protocol", "shared_fit", "full_fit"}`` per-frame lists,
         ``"mean"`` of each, and ``train_pose_error_deg`` (the embedding's distance to the true angles).
@@ -146,12 +149,23 @@ def score_snapshot(snapshot, data_root, *, held_out=None, train_every: int = 4, 
         mask = model.hand.dof_mask
         true = true_poses(data_root, tc.subject, train_frames, "cpu").euler
         out["train_pose_error_deg"] = float(np.rad2deg((emb["euler"].float() - true.float()).abs()[:, mask].mean()))
-    data = load_held_out(data_root, list(held_out), tc, hand.skeleton, "cpu", images=False, num_views=num_views)
-    p = fit_held_out(model, data, fit_steps, log=lambda m: None)
-    out["protocol"] = per_frame_vertex_error(model, p.euler, p.root, fs.true_vertices).tolist()
+    data = None
+    if protocol_poses is not None and Path(protocol_poses).is_file():     # the run's own evaluation (notebook 02)
+        with np.load(protocol_poses, allow_pickle=False) as z:
+            row = {int(f): i for i, f in enumerate(z["frame"])}
+            idx = [row[int(f)] for f in held_out]
+            euler, root = torch.as_tensor(z["euler"][idx]).float(), torch.as_tensor(z["root"][idx]).float()
+    else:
+        data = load_held_out(data_root, list(held_out), tc, hand.skeleton, "cpu", images=False, num_views=num_views)
+        p = fit_held_out(model, data, fit_steps, log=lambda m: None)
+        euler, root = p.euler, p.root
+    out["protocol"] = per_frame_vertex_error(model, euler, root, fs.true_vertices).tolist()
     if shared_poses is not None:
         out["shared_fit"] = per_frame_vertex_error(model, shared_poses[0], shared_poses[1], fs.true_vertices).tolist()
     if full_fit_depth_steps > 0:
+        if data is None:
+            data = load_held_out(data_root, list(held_out), tc, hand.skeleton, "cpu", images=False,
+                                 num_views=num_views)
         e, r = fit_through_pose_corrective(model, data, fit_steps, full_fit_depth_steps)
         out["full_fit"] = per_frame_vertex_error(model, e, r, fs.true_vertices).tolist()
     out["mean"] = {k: float(np.mean(v)) for k, v in out.items() if isinstance(v, list) and k != "frames"}

@@ -24,6 +24,7 @@ Metrics (all mm, per frame unless said otherwise):
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -138,11 +139,11 @@ def vertex_error(pred, gt, gt_normals=None, faces=None, percentile: float = PERC
 def point_to_surface(points, vertices, faces, k: int = 8) -> np.ndarray:
     """Exact distance from each point to a triangle mesh's surface, mm.
 
-    Candidate faces are the ``k`` whose centroids are nearest (a KD-tree); the exact point-triangle
-    distance to each candidate is taken and the smallest kept. The answer is certified: a face whose
-    centroid is at distance ``D`` is at least ``D − r_max`` away (``r_max``: the largest centroid-to-vertex
-    distance of any face), so a point whose k-th candidate satisfies ``D_k − r_max ≥ best`` is exact;
-    the others are queried again with twice as many candidates, until certified or all faces were seen.
+    A first bound ``best`` is the exact distance to the nearest of the ``k`` faces whose centroids are
+    nearest (a KD-tree). A face with centroid distance ``D`` and radius ``r`` (largest centroid-to-vertex
+    distance) is at least ``D − r`` away, so only faces with ``D − r ≤ best`` can be closer: they are
+    found by one ball query of radius ``best + r_max`` and filtered by their own radius, and the exact
+    point-triangle distance to each of them gives the answer (certified, no iteration).
 
     Args:
         points: (N, 3) mm.  vertices: (V, 3) mm.  faces: (F, 3) vertex indices.
@@ -155,22 +156,21 @@ def point_to_surface(points, vertices, faces, k: int = 8) -> np.ndarray:
     if F == 0:
         raise ValueError("point_to_surface: the mesh has no faces")
     cen = tri.mean(1)
-    r_max = float(np.linalg.norm(tri - cen[:, None], axis=-1).max())
+    rad = np.linalg.norm(tri - cen[:, None], axis=-1).max(1)                        # (F,)
     tree = cKDTree(cen)
-    out = np.empty(len(p))
-    todo = np.arange(len(p))
     k = min(k, F)
-    while len(todo):
-        dk, idx = tree.query(p[todo], k=k)
-        dk, idx = dk.reshape(len(todo), k), idx.reshape(len(todo), k)
-        t = tri[idx]                                                                 # (n, k, 3, 3)
-        d = point_triangle_distance(p[todo, None], t[..., 0, :], t[..., 1, :], t[..., 2, :]).min(1)
-        out[todo] = d
-        if k == F:
-            break
-        done = dk[:, -1] - r_max >= d
-        todo = todo[~done]
-        k = min(2 * k, F)
+    _, idx = tree.query(p, k=k)
+    t = tri[idx.reshape(len(p), k)]                                                 # (N, k, 3, 3)
+    best = point_triangle_distance(p[:, None], t[..., 0, :], t[..., 1, :], t[..., 2, :]).min(1)
+    lists = tree.query_ball_point(p, best + float(rad.max()))
+    lens = np.fromiter(map(len, lists), np.int64, len(p))
+    flat = np.fromiter(itertools.chain.from_iterable(lists), np.int64, int(lens.sum()))
+    owner = np.repeat(np.arange(len(p)), lens)
+    keep = np.linalg.norm(cen[flat] - p[owner], axis=1) - rad[flat] <= best[owner]
+    flat, owner = flat[keep], owner[keep]
+    c = tri[flat]
+    out = best.copy()
+    np.minimum.at(out, owner, point_triangle_distance(p[owner], c[:, 0], c[:, 1], c[:, 2]))
     return out
 
 
@@ -257,7 +257,7 @@ class EvalResult:
 def evaluate(frames, *, pred_joints=None, gt_joints=None, joint_valid=None, rendered_depth=None,
              target_depth=None, pred_vertices=None, gt_vertices=None, faces=None, gt_faces=None,
              scans=None, surface: bool = True, near_flexed=None, parts=None, smoothness: bool = True,
-             info: dict | None = None) -> EvalResult:
+             info: dict | None = None, surface_every: int = 1) -> EvalResult:
     """Compute every metric whose inputs are given, for B frames.
 
     Args:
@@ -303,7 +303,9 @@ def evaluate(frames, *, pred_joints=None, gt_joints=None, joint_valid=None, rend
                              for k, v in nf.items()})
         if surface and faces is not None:
             gf = faces if gt_faces is None else gt_faces
-            d = [surface_distance(a, faces, b, gf) for a, b in zip(pv, gv)]
+            nan = {"a_to_b": math.nan, "b_to_a": math.nan, "symmetric": math.nan}
+            d = [surface_distance(a, faces, b, gf) if i % surface_every == 0 else nan
+                 for i, (a, b) in enumerate(zip(pv, gv))]
             kw["surface"] = {k: tuple(x[k] for x in d) for k in ("a_to_b", "b_to_a", "symmetric")}
     if scans is not None:
         if pred_vertices is None or faces is None:

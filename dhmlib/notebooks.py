@@ -23,6 +23,8 @@ from typing import Callable
 import yaml
 
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
+#: notebooks beside the series (``03b_ablation_diagnostics``): run only when named (``--only 03b``)
+COMPANION_RE = re.compile(r"^\d\d[a-z]_.+\.ipynb$")
 #: set to "1" for the kernels of :func:`run_notebooks` (nobody watches them)
 HEADLESS_ENV = "DHM_NOTEBOOK_HEADLESS"
 
@@ -48,7 +50,10 @@ def find_notebooks(folder, only: list[str] | None = None) -> list[Path]:
         raise FileNotFoundError(f"{folder}: notebook folder not found")
     books = sorted(p for p in folder.iterdir() if NOTEBOOK_RE.match(p.name))
     if only:
-        books = [p for p in books if any(p.name.startswith(o) or p.stem == o for o in only)]
+        # companions (``03b_…``: not part of the series) run when named: ``--only 03b``
+        extra = sorted(p for p in folder.iterdir() if COMPANION_RE.match(p.name)
+                       and any(p.stem == o or (p.name.startswith(o) and len(o) >= 3) for o in only))
+        books = sorted([p for p in books if any(p.name.startswith(o) or p.stem == o for o in only)] + extra)
         if not books:
             raise FileNotFoundError(f"{folder}: no notebook matches {only}")
     return books

@@ -113,6 +113,19 @@ def test_point_to_surface_is_certified_exact():
     np.testing.assert_allclose(fast, brute, rtol=0, atol=1e-12)
 
 
+def test_surface_distances_on_every_nth_frame_only():
+    v, f = grid(n=5)
+    gt = np.stack([v, v, v, v])
+    pred = gt + np.array([0.5, 1.0, 1.5, 2.0])[:, None, None] * [0, 0, 1]
+    every = ev.evaluate([0, 1, 2, 3], pred_vertices=pred, gt_vertices=gt, faces=f)
+    some = ev.evaluate([0, 1, 2, 3], pred_vertices=pred, gt_vertices=gt, faces=f, surface_every=2)
+    sym = some.to_dict()["per_frame"]["surface_symmetric_mm"]
+    assert sym[1] is None and sym[3] is None
+    assert sym[0] == pytest.approx(every.surface["symmetric"][0]) and sym[2] == pytest.approx(every.surface["symmetric"][2])
+    assert some.summary()["surface_symmetric_mm"] == pytest.approx(1.0)          # mean of 0.5 and 1.5
+    assert some.summary()["vertex_mean_mm"] == every.summary()["vertex_mean_mm"]  # the other metrics on all frames
+
+
 def test_surface_distance_self_and_shifted_copy():
     v, f = grid(n=11)
     same = ev.surface_distance(v, f, v, f)

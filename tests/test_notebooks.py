@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+#: the series and the notebooks beside it (03b_…: run only when named)
+ALL_NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 
 
 def _env(tmp_path):
@@ -24,7 +27,7 @@ def test_series_is_ordered_and_present():
                                                                 "04_posing_widget.ipynb"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=[p.name for p in ALL_NOTEBOOKS])
 def test_committed_clean_with_one_literal_parameters_cell(path):
     nb = json.loads(path.read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
@@ -260,9 +263,41 @@ def test_ablation_notebook_smoke_runs_the_batch_collects_and_resumes(tmp_path):
         assert Path(runs["output_root"]) == out / "batch" / "ablation" / f"variant-{v['key']}"
     for name in ("03_ablation_vertex_error", "03_ablation_probe"):
         assert (out / "vis" / f"{name}.png").stat().st_size > 5000
+    # the table agrees with the meshes in output/batch/ablation/variant-*/result/meshes (recomputed without dhmlib)
+    from ablation_check import check
+    recomputed = check(out / "result" / "ablation.json", tmp_path / "data")
+    assert set(recomputed) == {"a", "d"}
+    iv = saved["claims"]["intervals"]
+    assert list(iv) == ["a→d"] and iv["a→d"]["frames"] >= 1 and iv["a→d"]["before"] == "a"
     # again: the batch finds both runs done and does not train them again
     r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     nb = nbformat.read(tmp_path / "nb" / book.name, as_version=4)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert text.count("done earlier") == 2, text[-2000:]
+
+
+@pytest.mark.slow
+def test_diagnostics_notebook_smoke_scores_every_way_and_records(tmp_path):
+    """03b with smoke parameters: an old-recipe and an oracle run of 02, each scored with the true angles
+    (held out and training frames), its own evaluation's poses, the shared LBS poses and the full fit;
+    the table, the intervals and ablation_diagnostics.json are written and read back."""
+    from dhmlib.notebooks import read_recorded
+
+    book = Path(__file__).parents[1] / "notebooks" / "03b_ablation_diagnostics.ipynb"
+    assert book.name not in [p.name for p in NOTEBOOKS]          # beside the series, not in make run
+    cmd = [sys.executable, "-m", "dhmlib.cli", "notebooks", "--smoke", "--only", "03b", "--folder", str(book.parent),
+           "--out", str(tmp_path / "nb"), "--kernel", "python3"]
+    r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    rec = read_recorded(tmp_path / "nb" / book.name)["03b_diagnostics"]
+    assert rec["runs"] == ["old_d", "oracle_d"]
+    saved = json.loads((tmp_path / "output" / "result" / "ablation_diagnostics.json").read_text())
+    for name in ("old_d", "oracle_d"):
+        means = saved["scores"][name]["mean"]
+        assert {"true_held_out", "true_train", "protocol", "shared_fit", "full_fit"} <= set(means)
+        assert all(0 < v < 20 for v in means.values())
+        # the true-angle score recomputed from its per-frame list
+        assert means["true_held_out"] == pytest.approx(np.mean(saved["scores"][name]["true_held_out"]))
+    assert saved["scores"]["oracle_d"]["train_pose_error_deg"] == pytest.approx(0.0, abs=1e-3)   # frozen truth
+    assert saved["scores"]["old_d"]["train_pose_error_deg"] > 1.0

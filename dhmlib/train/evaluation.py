@@ -303,10 +303,11 @@ def mesh_metric_inputs(hand: HandModel, data_root, subject: int, frames, device=
 
 
 def measure(model: DeepHandMesh, data: HeldOut, poses: Poses, data_root, subject: int, *, correctives=None,
-            info: dict | None = None, mesh_inputs: dict | None = None) -> Measured:
+            info: dict | None = None, mesh_inputs: dict | None = None, surface_every: int = 1) -> Measured:
     """Decode ``poses``, render every view and compute every metric the data allows.
 
     ``mesh_inputs``: :func:`mesh_metric_inputs` (None: computed here from ``model.hand``'s hand model).
+    ``surface_every``: the surface distances (the slowest metric) on every N-th frame only (NaN elsewhere).
     """
     faces = model.hand.faces
     verts, joints, rendered = [], [], []
@@ -335,7 +336,7 @@ def measure(model: DeepHandMesh, data: HeldOut, poses: Poses, data_root, subject
                       rendered_depth=D, target_depth=data.depth.cpu(), pred_vertices=V,
                       gt_vertices=gt, faces=f_np, gt_faces=None if gt_faces is None or
                       np.array_equal(gt_faces, f_np) else gt_faces, near_flexed=mesh_inputs.get("near_flexed"),
-                      parts=mesh_inputs.get("parts"), info=info)
+                      parts=mesh_inputs.get("parts"), info=info, surface_every=surface_every)
     verr = None
     if gt is not None and gt.shape == tuple(V.shape):
         verr = vertex_error_maps(V, gt, faces=f_np)["total"].numpy()
@@ -419,7 +420,7 @@ _MESH_RE = re.compile(r"^\d{6}\.obj$")
 def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int | None = None,
                   split: str | None = None, fit_steps: int = 300, device=None, render: bool | None = None,
                   baseline: bool = True, num_views: int | None = None, render_figures: bool = True,
-                  baseline_fit: bool = True, hand_model: HandModel | None = None,
+                  baseline_fit: bool = True, hand_model: HandModel | None = None, surface_every: int = 1,
                   log: Callable[[str], None] = print) -> EvalResult:
     """Evaluate a training snapshot on the held-out frames and write the results.
 
@@ -442,6 +443,9 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
             render_figures=False`` renders 4 instead of 24 maps per frame in the 37 joint+depth fit steps
             and the measurement, which is where a full evaluation spends its time; with the same views the
             numbers equal the full evaluation's.
+        surface_every: the surface distances (exact point-to-triangle, both ways; the slowest metric) on
+            every N-th held-out frame only (NaN in ``per_frame`` for the others; the mean over those
+            measured; ``info["surface_every"]`` says so). 1: every frame.
     Returns:
         the :class:`~dhmlib.evaluate.EvalResult`; ``info`` holds the run's identity, the paths written
         (``metrics``, ``meshes``, ``poses``, ``figures``), the scan distances and the baseline summaries.
@@ -476,7 +480,10 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
         "train_config": tc.to_dict(), "model_config": model.config.to_dict(),
     }
     mesh_inputs = mesh_metric_inputs(hand, data_root, subject, data.frames)
-    m = measure(model, data, poses, data_root, subject, info=identity, mesh_inputs=mesh_inputs)
+    if surface_every > 1:
+        identity["surface_every"] = int(surface_every)
+    m = measure(model, data, poses, data_root, subject, info=identity, mesh_inputs=mesh_inputs,
+                surface_every=surface_every)
     base = None
     if baseline:
         base = lbs_baseline(data_root, subject=subject, fit_steps=fit_steps, device=dev, hand_model=hand, config=tc,
