@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import t as student
 
 from .ablation import VARIANTS, Variant, get_variant
 
@@ -43,6 +44,26 @@ TABLE_METRICS = {
 SURFACE_EVERY = 4
 #: Metrics also given as a ratio to variant (a), LBS only.
 RATIO_METRICS = ("vertex_mean_mm", "vertex_p95_mm", "vertex_near_flexed_mean_mm")
+
+
+#: frames per block of the paired interval (the free take has a new pose every 5 frames)
+BLOCK = 5
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], block: int = BLOCK) -> dict:
+    """Mean of ``b − a`` per frame with a 95 % t-interval over blocks of ``block`` consecutive frames.
+
+    Returns ``{"mean", "low", "high", "blocks", "relative"}`` (``relative``: mean ÷ mean of ``a``).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d = b - a
+    n = max(1, len(d) // block)
+    means = np.array([c.mean() for c in np.array_split(d, n)])
+    m = float(d.mean())
+    if n < 2:
+        return {"mean": m, "low": float("nan"), "high": float("nan"), "blocks": n, "relative": m / a.mean()}
+    half = float(student.ppf(0.975, n - 1) * means.std(ddof=1) / math.sqrt(n))
+    return {"mean": m, "low": m - half, "high": m + half, "blocks": n, "relative": m / float(a.mean())}
 
 
 def variant_keys(variants: str | Sequence[str]) -> list[str]:
@@ -316,10 +337,8 @@ class AblationResult:
 
     def interval(self, before: str, after: str, metric: str = "vertex_total_mm") -> dict | None:
         """``after − before`` of ``metric`` per held-out frame: mean and 95 % interval over blocks of
-        consecutive frames (:func:`dhmlib.diagnostics.paired_interval`; NaN bounds with fewer than two
+        consecutive frames (:func:`paired_interval`; NaN bounds with fewer than two
         blocks), or None without per-frame values."""
-        from .diagnostics import paired_interval
-
         a, b = self.per_frame(before, metric), self.per_frame(after, metric)
         frames = sorted(set(a) & set(b))
         if not frames:

@@ -12,8 +12,8 @@ distance to the true mesh):
   joint + depth fit, the pose corrective's input detached as in training);
 - ``full_fit``: a fit through the pose corrective (not detached) with ``depth_steps`` depth steps.
 
-:func:`paired_interval` gives the mean paired per-frame difference of two runs with a 95 % interval
-over blocks of consecutive frames (frames of one take are correlated; a block is the unit).
+:func:`~dhmlib.ablation_study.paired_interval` gives the mean paired per-frame difference of two runs
+with a 95 % interval over blocks of consecutive frames (frames of one take are correlated; a block is the unit).
 """
 from __future__ import annotations
 
@@ -25,13 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .ablation_study import TRAINING_NOTEBOOK, TRAINING_RECORD, ablation_parameters
 from .evaluate import ground_truth_meshes
 from .fit import fit_pose
 from .model import DeepHandMesh, ModelConfig
-
-#: frames per block of the paired interval (the free take has a new pose every 5 frames)
-BLOCK = 5
-
 
 def per_frame_vertex_error(model: DeepHandMesh, euler, root, true_vertices, correctives=None) -> np.ndarray:
     """(B,) mean per-vertex distance (mm) of ``model.decode(euler, root)`` to ``true_vertices`` (B, V, 3)."""
@@ -87,24 +84,6 @@ def fit_through_pose_corrective(model: DeepHandMesh, held, joint_steps: int = 30
     finally:
         model._config = config
     return r.euler, r.root
-
-
-def paired_interval(a: Sequence[float], b: Sequence[float], block: int = BLOCK) -> dict:
-    """Mean of ``b − a`` per frame with a 95 % t-interval over blocks of ``block`` consecutive frames.
-
-    Returns ``{"mean", "low", "high", "blocks", "relative"}`` (``relative``: mean ÷ mean of ``a``).
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    d = b - a
-    n = max(1, len(d) // block)
-    means = np.array([c.mean() for c in np.array_split(d, n)])
-    m = float(d.mean())
-    if n < 2:
-        return {"mean": m, "low": float("nan"), "high": float("nan"), "blocks": n, "relative": m / a.mean()}
-    from scipy.stats import t as student
-
-    half = float(student.ppf(0.975, n - 1) * means.std(ddof=1) / math.sqrt(n))
-    return {"mean": m, "low": m - half, "high": m + half, "blocks": n, "relative": m / float(a.mean())}
 
 
 def score_snapshot(snapshot, data_root, *, held_out=None, train_every: int = 4, shared_poses=None,
@@ -209,7 +188,6 @@ def run_diagnostics(names, *, batch: str = "ablation_diagnostics", output_root=N
     """Notebook 02 once per diagnostic run (``names`` from :data:`DIAGNOSTIC_RUNS`) as a batch with the
     ablation's shared parameters (:func:`dhmlib.ablation_study.ablation_parameters`); returns the
     :class:`~dhmlib.batch.BatchResult` (its runs named after the diagnostic runs)."""
-    from .ablation_study import TRAINING_NOTEBOOK, TRAINING_RECORD, ablation_parameters
     from .batch import run_batch
     from .paths import notebooks_dir
 

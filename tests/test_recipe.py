@@ -218,7 +218,7 @@ def test_the_original_pose_mlp_is_unchanged_by_the_new_kind(hand):
 def test_paired_interval_against_an_independent_t_interval():
     from scipy import stats
 
-    from dhmlib.diagnostics import paired_interval
+    from dhmlib.ablation_study import paired_interval
 
     rng = np.random.default_rng(0)
     a = rng.uniform(0.8, 1.2, 60)

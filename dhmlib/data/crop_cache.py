@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..render.crop import crop_depth
+
 #: bump when the stored content changes meaning
 CACHE_VERSION = 1
 LOCK_TIMEOUT_S = 3600.0
@@ -98,15 +100,11 @@ class DepthCropStore:
 
 def _compute_frame(dataset, frame: int, cameras: list[str]):
     """(C', h, w) depth crops and (C', 2, 3) matrices of ``frame`` for ``cameras``, as ``__getitem__`` does."""
-    from ..render.crop import crop_depth
-    from .dataset import read_depth
-
     joints, valid = dataset.joints(frame)
     ok = valid > 0
     vidx = torch.tensor([dataset._cam_index[c] for c in cameras])
     cams = dataset.rig.index_select(vidx)
-    depth = torch.stack([torch.from_numpy(read_depth(dataset.layout.depth_path(frame, c), dataset.image_size))
-                         for c in cameras])
+    depth = torch.stack([torch.from_numpy(dataset.depth_map(frame, c)) for c in cameras])
     px = cams.project(joints[None].expand(len(cameras), -1, -1))
     crop = dataset._crop(px, ok[None].expand(len(cameras), -1), dataset.render_size)
     return crop_depth(depth, crop).numpy(), crop.matrix.numpy()

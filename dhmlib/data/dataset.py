@@ -25,6 +25,7 @@ from ..handmodel import HandModel
 from ..render.cameras import Cameras, read_krt
 from ..render.crop import Crop, crop_depth, crop_from_joints, crop_image
 from ..skeleton import Skeleton
+from .crop_cache import default_cache_root, open_or_build
 from .keypoints import keypoints_to_joints, read_keypoints
 from .layout import Layout, is_color_camera
 from .safe_pickle import load_array_pickle
@@ -219,6 +220,10 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         joints, valid = keypoints_to_joints(read_keypoints(self.layout.keypoints_path(frame)), self.skeleton)
         return torch.as_tensor(joints, dtype=torch.float32), torch.as_tensor(valid, dtype=torch.float32)
 
+    def depth_map(self, frame: int, camera: str) -> np.ndarray:
+        """(H, W) float32 full-size depth map of ``frame`` seen by ``camera``, mm (0 = no surface)."""
+        return read_depth(self.layout.depth_path(frame, camera), self.image_size)
+
     def choose_views(self, index: int, frame: int) -> list[str]:
         """K camera names for a sample, reproducible from (seed, epoch, index)."""
         available = [c for c in self.layout.depth_cameras(frame) if c in self._cam_index]
@@ -256,8 +261,7 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         if prepared is not None:
             depth_crops, crop_d = prepared[0], Crop(prepared[1], self.render_size)
         else:
-            depth = torch.stack([torch.from_numpy(read_depth(self.layout.depth_path(s.frame, c), self.image_size))
-                                 for c in views])                                 # (K, H, W)
+            depth = torch.stack([torch.from_numpy(self.depth_map(s.frame, c)) for c in views])   # (K, H, W)
             px = cams.project(joints[None].expand(len(views), -1, -1))           # (K, J, 2)
             crop_d = self._crop(px, ok[None].expand(len(views), -1), self.render_size)
             depth_crops = crop_depth(depth, crop_d)
@@ -269,8 +273,6 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
     def use_prepared_crops(self, cache_root=None, *, progress: bool = True, log=None) -> "DeepHandMeshDataset":
         """Read depth crops from a prepared store (:mod:`dhmlib.data.crop_cache`) under ``cache_root``
         (default: :func:`~dhmlib.data.crop_cache.default_cache_root`), building it first if needed."""
-        from .crop_cache import default_cache_root, open_or_build
-
         self.crop_store = open_or_build(self, cache_root or default_cache_root(self.layout.root),
                                         progress=progress, log=log)
         return self
