@@ -38,8 +38,10 @@ CORRECTIVE_BASES = ("free", "normal")
 SKELETON_CORRECTIVE_MODES = ("free", "bone_length")
 POSE_CORRECTIVE_GAUGES = ("none", "zero_at_rest")
 POSE_CORRECTIVE_KINDS = ("mlp", "linear_rotmat", "local")
+LINEAR_INITS = ("pytorch", "original")
 _CHOICES = {"corrective_basis": CORRECTIVE_BASES, "skeleton_corrective_mode": SKELETON_CORRECTIVE_MODES,
-            "pose_corrective_gauge": POSE_CORRECTIVE_GAUGES, "pose_corrective_kind": POSE_CORRECTIVE_KINDS}
+            "pose_corrective_gauge": POSE_CORRECTIVE_GAUGES, "pose_corrective_kind": POSE_CORRECTIVE_KINDS,
+            "linear_init": LINEAR_INITS}
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,11 @@ class ModelConfig(ConfigMixin):
             joint (tensors ``skin_refine_net.pose_local.weight`` / ``.mask_logit``); zero at rest, follows
             ``corrective_basis``.
 
+        linear_init: ``"pytorch"``: PyTorch's default initialisation of the Linear layers, the last
+            layers of the correctives zero (the model starts at plain LBS); ``"original"``: every Linear
+            layer of the pose net and the correctives N(0, 0.01) with zero biases, as the original code
+            (hidden features about 8× smaller; the correctives start near, not at, zero).
+
     The defaults reproduce the original model; official snapshots (no ``model_config``) decode
     with them.
     """
@@ -100,6 +107,7 @@ class ModelConfig(ConfigMixin):
     skeleton_corrective_mode: str = "free"
     pose_corrective_gauge: str = "none"
     pose_corrective_kind: str = "mlp"
+    linear_init: str = "pytorch"
 
     def __post_init__(self):
         def is_int(x):
@@ -649,6 +657,13 @@ class DeepHandMesh(nn.Module):
         self.skin_refine_net = SkinRefineNet(
             J, V, config.id_dim, pose_kind=config.pose_corrective_kind, blend_joints=blend_joints(hand_model),
             local_support=local_corrective_support(hand_model) if config.pose_corrective_kind == "local" else None)
+        if config.linear_init == "original":     # the original's N(0, 0.01) weights, zero biases
+            for net in (self.pose_net, self.skeleton_refine_net, self.skin_refine_net):
+                for m in net.modules():
+                    if isinstance(m, nn.Linear):
+                        nn.init.normal_(m.weight, 0.0, 0.01)
+                        if m.bias is not None:
+                            nn.init.zeros_(m.bias)
         gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         self.register_buffer("id_code", torch.randn(config.id_dim, generator=gen))
         # projection directions of the config's options (non-persistent: official keys only);

@@ -63,7 +63,7 @@ def test_config_validation_and_dict_round_trip():
     assert d == {"backbone": 34, "id_dim": 16, "pose_corrective": False, "id_corrective": True,
                  "skeleton_corrective": True, "detach_pose_corrective_input": True, "seed": None,
                  "corrective_basis": "free", "skeleton_corrective_mode": "free", "pose_corrective_gauge": "none",
-                 "pose_corrective_kind": "mlp"}
+                 "pose_corrective_kind": "mlp", "linear_init": "pytorch"}
     assert ModelConfig.from_dict(d) == c and ModelConfig.from_dict({}) == ModelConfig()
     assert c.correctives == {"identity", "skeleton"} and ModelConfig().correctives == set(CORRECTIVES)
     assert c.replace(backbone=18) == ModelConfig(backbone=18, id_dim=16, pose_corrective=False, seed=None)

@@ -252,7 +252,7 @@ def test_option_validation_and_snapshot_round_trip(hand, tmp_path):
     for field, allowed in (("corrective_basis", "'free', 'normal'"),
                            ("skeleton_corrective_mode", "'free', 'bone_length'"),
                            ("pose_corrective_gauge", "'none', 'zero_at_rest'"),
-                           ("pose_corrective_kind", "'mlp', 'linear_rotmat'")):
+                           ("pose_corrective_kind", "'mlp', 'linear_rotmat', 'local'")):
         for bad in ("Normal", 1, None, True):
             with pytest.raises(ValueError, match=rf"ModelConfig\.{field}: expected one of {allowed}, got"):
                 ModelConfig(**{field: bad})

@@ -229,3 +229,17 @@ def test_paired_interval_against_an_independent_t_interval():
     assert iv["blocks"] == 12 and iv["low"] == pytest.approx(lo) and iv["high"] == pytest.approx(hi)
     assert iv["mean"] == pytest.approx((b - a).mean()) and iv["high"] < 0
     assert iv["relative"] == pytest.approx((b - a).mean() / a.mean())
+
+
+def test_original_linear_init_is_n_0_001_and_the_default_is_unchanged(hand):
+    torch.manual_seed(0)
+    a = DeepHandMesh(hand, ModelConfig(backbone=18))
+    torch.manual_seed(0)
+    b = DeepHandMesh(hand, ModelConfig(backbone=18, linear_init="original"))
+    w = b.skin_refine_net.fc_pose[0].weight
+    assert abs(float(w.std()) - 0.01) < 5e-4 and float(b.skin_refine_net.fc_pose[0].bias.abs().max()) == 0
+    assert float(b.skin_refine_net.fc_pose[2].weight.std()) == pytest.approx(0.01, rel=0.05)
+    assert float(a.skin_refine_net.fc_pose[2].weight.abs().max()) == 0          # the default: last layer zero
+    assert float(a.skin_refine_net.fc_pose[0].weight.std()) > 0.05              # PyTorch's default, ~8x larger
+    # the id code (drawn after) is the same either way
+    assert torch.equal(a.id_code, b.id_code)
