@@ -539,7 +539,7 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
                 continue
             own = ", ".join(f"{k}={v!r}" for k, v in res.params.items() if k in varying)
             say(f"{tag} ... running{f' ({own})' if own else ''}")
-            _run_one(res, notebook, record, kernel, cwd, folder)
+            _run_one(res, notebook, record, kernel, cwd, folder, say=say if on_progress else None, tag=tag)
             if res.state == "done":
                 say(f"{tag} ... done in {format_seconds(res.seconds)}")
             else:
@@ -590,9 +590,16 @@ def _pick(records: dict, record: str | None) -> dict | None:
     return data if isinstance(data, dict) else ({"value": data} if data is not None else None)
 
 
-def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, folder: Path) -> None:
+def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, folder: Path,
+             say: Callable[[str], None] | None = None, tag: str = "", heartbeat: float | None = 30.0) -> None:
+    """Run one notebook; with ``say``: a line as each code cell starts, every ``heartbeat`` s inside a long cell,
+    and the kernel's progress lines (:mod:`dhmlib.progress`), each starting with ``tag``."""
+    import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
+
+    from .notebooks import _CellProgress, _register_progress_engine
+    from .progress import LineRelay
 
     params = dict(res.params)
     if res.output_root is not None:
@@ -604,9 +611,15 @@ def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, fo
     _write_json(res.status_file, status)
     res.metrics, res.error = {}, None
     t = time.perf_counter()
+    watch = {}
+    if say is not None:
+        cells = sum(c.cell_type == "code" for c in nbformat.read(notebook, as_version=4).cells) + bool(params)
+        relay = LineRelay(say, tag)
+        watch = {"engine_name": _register_progress_engine(), "stdout_file": relay, "stderr_file": relay,
+                 "dhm_progress": _CellProgress(tag, cells, say, heartbeat, prefix="")}
     try:
         papermill.execute_notebook(str(notebook), str(res.notebook), parameters=params, kernel_name=kernel,
-                                   cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False)
+                                   cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False, **watch)
         records = read_recorded(res.notebook)
         metrics = _pick(records, record)
         if metrics is None:
@@ -628,6 +641,9 @@ def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, fo
         raise
     except Exception as e:      # the kernel died, could not start, ...: the run failed, the batch goes on
         res.error = CellError(None, "", type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+    finally:
+        if "dhm_progress" in watch:
+            watch["dhm_progress"].close()
     res.seconds = time.perf_counter() - t
     res.state = "done" if res.error is None else "failed"
     _write_json(res.status_file, {**status, "state": res.state, "finished": _now(), "seconds": res.seconds,

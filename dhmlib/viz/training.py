@@ -85,20 +85,58 @@ class LivePlot:
         live: redraw while training (None: :func:`interactive`).
         every_s: at most one redraw per this many seconds (a redraw costs ~0.1 s).
         title: figure title prefix.
+        total_steps, time_limit_s, epochs: the run's limits, for the ETA of the progress lines.
+        progress: when not live (papermill, ``dhm batch``), a line every :data:`dhmlib.progress.EVERY_S`
+            seconds (and at the first record): step, epoch, training time, loss and ETA, as
+            :mod:`dhmlib.progress` lines (passed on by ``dhm batch`` and ``dhm notebooks``).
     """
 
-    def __init__(self, live: bool | None = None, every_s: float = 3.0, title: str = ""):
+    def __init__(self, live: bool | None = None, every_s: float = 3.0, title: str = "", *,
+                 total_steps: int | None = None, time_limit_s: float | None = None, epochs: int | None = None,
+                 progress: bool = True, log=None):
         self.live = interactive() if live is None else bool(live)
         self.every_s, self.title = float(every_s), title
+        self.total_steps, self.time_limit_s, self.epochs = total_steps, time_limit_s, epochs
+        self.progress = progress and not self.live
+        self.log = log or (lambda line: print(line, flush=True))
         self.records: list[dict] = []
         self._fig = None
         self._handle = None
         self._last = 0.0
+        self._said = None
 
     def __call__(self, record: dict) -> None:
         self.records.append(dict(record))
         if self.live and time.monotonic() - self._last >= self.every_s:
             self._draw()
+        if self.progress and record.get("kind") == "step":
+            from .. import progress as prog
+
+            now = time.monotonic()
+            if self._said is None or now - self._said >= prog.EVERY_S:
+                self._said = now
+                self.log(prog.PREFIX + self.progress_line(record))
+
+    def progress_line(self, record: dict) -> str:
+        """``training: step 120/400, epoch 3/60, 31 s, total 2.15, ETA 1 min 12 s`` for a step record: the ETA
+        from the steps per second so far toward ``total_steps``, or the time limit, whichever comes first."""
+        from ..progress import format_seconds
+
+        step, t = int(record["step"]), float(record.get("time_s", 0.0))
+        lefts = []
+        if self.total_steps and step > 0 and t > 0:
+            lefts.append(t * max(self.total_steps - step, 0) / step)
+        if self.time_limit_s:
+            lefts.append(max(self.time_limit_s - t, 0.0))
+        parts = [f"step {step}" + (f"/{self.total_steps}" if self.total_steps else "")]
+        if "epoch" in record:
+            parts.append(f"epoch {int(record['epoch']) + 1}" + (f"/{self.epochs}" if self.epochs else ""))
+        parts.append(format_seconds(t))
+        if isinstance(record.get("total"), (int, float)):
+            parts.append(f"loss {record['total']:.4g}")
+        if lefts:
+            parts.append(f"ETA {format_seconds(min(lefts))}")
+        return f"training{f' ({self.title})' if self.title else ''}: " + ", ".join(parts)
 
     def _draw(self):
         import matplotlib.pyplot as plt
