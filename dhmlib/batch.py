@@ -272,6 +272,14 @@ class RunResult:
         return self.state == "done"
 
 
+#: the columns summary.md shows when the runs recorded them (notebook 02's record, flattened; any record prefix)
+KEY_METRICS = ("held_out.vertex_mean_mm", "held_out.vertex_p95_mm", "held_out.vertex_near_flexed_mean_mm",
+               "held_out.joint_error_mm", "held_out.depth_error_mm", "lbs_baseline.vertex_mean_mm",
+               "training.steps", "training.seconds", "eval_seconds")
+#: at most this many metric columns in summary.md (the rest: summary.csv, summary.json)
+MAX_SUMMARY_METRICS = 9
+
+
 @dataclass
 class BatchResult:
     """All runs of a batch, in order; ``folder`` holds the executed notebooks and the summary."""
@@ -312,21 +320,30 @@ class BatchResult:
     def columns(self) -> list[str]:
         return list(dict.fromkeys(k for row in self.table() for k in row))
 
-    def markdown(self, columns: list[str] | None = None) -> str:
-        """A markdown table: by default the run, state, time, varying parameters and the numeric metrics
-        that differ between runs (every numeric metric for a single run)."""
+    def markdown(self, columns: list[str] | None = None, max_metrics: int = MAX_SUMMARY_METRICS) -> str:
+        """A markdown table: by default the run, state, time, varying parameters and the key metrics
+        (:data:`KEY_METRICS`, under any record name) when the runs have them, else the numeric metrics that
+        differ between runs (every numeric metric for a single run), at most ``max_metrics``; a last line
+        says how many columns only ``summary.csv`` / ``summary.json`` hold."""
         rows = self.table()
+        hidden = 0
         if columns is None:
             fixed = ["run", "state", "seconds", *self.varying]
             numeric = [c for c in self.columns() if c not in fixed
                        and all(_is_number(row.get(c)) or row.get(c) is None for row in rows)
                        and any(_is_number(row.get(c)) for row in rows)]
-            if len([r for r in rows if r["state"] == "done"]) > 1:
+            key = [c for k in KEY_METRICS for c in numeric if c == k or c.endswith("." + k)]
+            if key:
+                numeric = list(dict.fromkeys(key))
+            elif len([r for r in rows if r["state"] == "done"]) > 1:
                 numeric = [c for c in numeric if len({json.dumps(r.get(c)) for r in rows if r["state"] == "done"}) > 1]
-            columns = fixed + numeric
+            columns = fixed + numeric[:max_metrics]
+            hidden = len(self.columns()) - len(columns)
         lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         for row in rows:
             lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        if hidden > 0:
+            lines += ["", f"{hidden} more column(s) in summary.csv and summary.json."]
         return "\n".join(lines) + "\n"
 
     def write_summary(self) -> dict[str, Path]:
