@@ -527,7 +527,7 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
                 f"(its parameters: {', '.join(declared) or '(none)'})")
     root = Path(output_root) if output_root else output_dir()
     folder = root / "notebooks" / batch
-    say = on_progress or (lambda msg: None)
+    say = progress_sink(on_progress)
     results = [_result(spec, folder, root / "batch" / batch / spec.name if "output_root" in declared
                        and "output_root" not in spec.params else None) for spec in specs]
     for res in results:
@@ -570,6 +570,19 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
     say(f"batch {batch}: {counts['done']} done ({skipped} earlier), {counts['failed']} failed, "
         f"{format_seconds(time.perf_counter() - t0)} → {paths['md']}")
     return result
+
+
+def progress_sink(on_progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    """Where a batch's lines go: ``on_progress``; inside a kernel that nobody watches (a batch run from a
+    notebook that ``dhm notebooks`` or ``dhm batch`` executes, e.g. notebook 03) each line is marked as a
+    :mod:`dhmlib.progress` line, so that the outer runner passes it on."""
+    if on_progress is None:
+        return lambda msg: None
+    if os.environ.get(HEADLESS_ENV) == "1":
+        from .progress import PREFIX
+
+        return lambda msg: on_progress(PREFIX + msg)
+    return on_progress
 
 
 def _result(spec: RunSpec, folder: Path, run_root: Path | None) -> RunResult:

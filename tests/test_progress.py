@@ -161,3 +161,20 @@ def test_capture_writer_reports_frames_with_an_eta_outside_a_terminal(tmp_path, 
     assert ours[0] == f"{PREFIX}dhm synth: 3 frames ..."
     assert any(ln.startswith(f"{PREFIX}dhm synth: 1/3 frames, ") and ", ETA " in ln for ln in ours)
     assert ours[-1].startswith(f"{PREFIX}dhm synth: done in ")
+
+
+def test_a_batch_inside_an_unwatched_kernel_marks_its_lines_for_the_outer_runner(monkeypatch):
+    """Notebook 03 runs a batch of notebook 02 inside its kernel: under `dhm notebooks` its lines are passed on."""
+    from dhmlib.batch import progress_sink
+    from dhmlib.notebooks import HEADLESS_ENV
+
+    got = []
+    monkeypatch.delenv(HEADLESS_ENV, raising=False)
+    progress_sink(got.append)("[1/8] variant-a ... running")
+    monkeypatch.setenv(HEADLESS_ENV, "1")
+    progress_sink(got.append)("[1/8] variant-a: cell 5/8, 14 s")
+    progress_sink(None)("dropped")
+    assert got == ["[1/8] variant-a ... running", f"{PREFIX}[1/8] variant-a: cell 5/8, 14 s"]
+    said = []
+    LineRelay(said.append, "[dhm notebooks] 03_ablation_correctives").write(got[1] + "\n")
+    assert said == ["[dhm notebooks] 03_ablation_correctives: [1/8] variant-a: cell 5/8, 14 s"]

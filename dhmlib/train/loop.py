@@ -28,7 +28,11 @@
 embedding, RNG states, sampler position): on CPU with ``deterministic=True`` the final weights
 equal those of an uninterrupted run. A NaN or infinite loss stops training with
 :class:`~dhmlib.train.checkpoint.NonFiniteLoss` naming the step and the term; the last good
-snapshot stays.
+snapshot stays. SIGINT (Ctrl-C, a notebook's interrupt) or SIGTERM ends training after the step it is in,
+with a snapshot of that step and a line in train.log, then raises :class:`TrainingInterrupted` (a
+``KeyboardInterrupt``; ``dhm train`` exits 130); a second signal stops at once. On resume, metrics records
+after the snapshot's step (a run killed after its last snapshot) are removed before they are written again,
+and ``keep_snapshots`` counts the snapshots already in ``model_dump/``.
 """
 from __future__ import annotations
 
