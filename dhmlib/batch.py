@@ -272,6 +272,14 @@ class RunResult:
         return self.state == "done"
 
 
+#: the columns summary.md shows when the runs recorded them (notebook 02's record, flattened; any record prefix)
+KEY_METRICS = ("held_out.vertex_mean_mm", "held_out.vertex_p95_mm", "held_out.vertex_near_flexed_mean_mm",
+               "held_out.joint_error_mm", "held_out.depth_error_mm", "lbs_baseline.vertex_mean_mm",
+               "training.steps", "training.seconds", "eval_seconds")
+#: at most this many metric columns in summary.md (the rest: summary.csv, summary.json)
+MAX_SUMMARY_METRICS = 9
+
+
 @dataclass
 class BatchResult:
     """All runs of a batch, in order; ``folder`` holds the executed notebooks and the summary."""
@@ -312,21 +320,30 @@ class BatchResult:
     def columns(self) -> list[str]:
         return list(dict.fromkeys(k for row in self.table() for k in row))
 
-    def markdown(self, columns: list[str] | None = None) -> str:
-        """A markdown table: by default the run, state, time, varying parameters and the numeric metrics
-        that differ between runs (every numeric metric for a single run)."""
+    def markdown(self, columns: list[str] | None = None, max_metrics: int = MAX_SUMMARY_METRICS) -> str:
+        """A markdown table: by default the run, state, time, varying parameters and the key metrics
+        (:data:`KEY_METRICS`, under any record name) when the runs have them, else the numeric metrics that
+        differ between runs (every numeric metric for a single run), at most ``max_metrics``; a last line
+        says how many columns only ``summary.csv`` / ``summary.json`` hold."""
         rows = self.table()
+        hidden = 0
         if columns is None:
             fixed = ["run", "state", "seconds", *self.varying]
             numeric = [c for c in self.columns() if c not in fixed
                        and all(_is_number(row.get(c)) or row.get(c) is None for row in rows)
                        and any(_is_number(row.get(c)) for row in rows)]
-            if len([r for r in rows if r["state"] == "done"]) > 1:
+            key = [c for k in KEY_METRICS for c in numeric if c == k or c.endswith("." + k)]
+            if key:
+                numeric = list(dict.fromkeys(key))
+            elif len([r for r in rows if r["state"] == "done"]) > 1:
                 numeric = [c for c in numeric if len({json.dumps(r.get(c)) for r in rows if r["state"] == "done"}) > 1]
-            columns = fixed + numeric
+            columns = fixed + numeric[:max_metrics]
+            hidden = len(self.columns()) - len(columns)
         lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         for row in rows:
             lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        if hidden > 0:
+            lines += ["", f"{hidden} more column(s) in summary.csv and summary.json."]
         return "\n".join(lines) + "\n"
 
     def write_summary(self) -> dict[str, Path]:
@@ -510,7 +527,7 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
                 f"(its parameters: {', '.join(declared) or '(none)'})")
     root = Path(output_root) if output_root else output_dir()
     folder = root / "notebooks" / batch
-    say = on_progress or (lambda msg: None)
+    say = progress_sink(on_progress)
     results = [_result(spec, folder, root / "batch" / batch / spec.name if "output_root" in declared
                        and "output_root" not in spec.params else None) for spec in specs]
     for res in results:
@@ -539,7 +556,7 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
                 continue
             own = ", ".join(f"{k}={v!r}" for k, v in res.params.items() if k in varying)
             say(f"{tag} ... running{f' ({own})' if own else ''}")
-            _run_one(res, notebook, record, kernel, cwd, folder)
+            _run_one(res, notebook, record, kernel, cwd, folder, say=say if on_progress else None, tag=tag)
             if res.state == "done":
                 say(f"{tag} ... done in {format_seconds(res.seconds)}")
             else:
@@ -553,6 +570,19 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
     say(f"batch {batch}: {counts['done']} done ({skipped} earlier), {counts['failed']} failed, "
         f"{format_seconds(time.perf_counter() - t0)} → {paths['md']}")
     return result
+
+
+def progress_sink(on_progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    """Where a batch's lines go: ``on_progress``; inside a kernel that nobody watches (a batch run from a
+    notebook that ``dhm notebooks`` or ``dhm batch`` executes, e.g. notebook 03) each line is marked as a
+    :mod:`dhmlib.progress` line, so that the outer runner passes it on."""
+    if on_progress is None:
+        return lambda msg: None
+    if os.environ.get(HEADLESS_ENV) == "1":
+        from .progress import PREFIX
+
+        return lambda msg: on_progress(PREFIX + msg)
+    return on_progress
 
 
 def _result(spec: RunSpec, folder: Path, run_root: Path | None) -> RunResult:
@@ -590,9 +620,16 @@ def _pick(records: dict, record: str | None) -> dict | None:
     return data if isinstance(data, dict) else ({"value": data} if data is not None else None)
 
 
-def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, folder: Path) -> None:
+def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, folder: Path,
+             say: Callable[[str], None] | None = None, tag: str = "", heartbeat: float | None = 30.0) -> None:
+    """Run one notebook; with ``say``: a line as each code cell starts, every ``heartbeat`` s inside a long cell,
+    and the kernel's progress lines (:mod:`dhmlib.progress`), each starting with ``tag``."""
+    import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
+
+    from .notebooks import _CellProgress, _register_progress_engine
+    from .progress import LineRelay
 
     params = dict(res.params)
     if res.output_root is not None:
@@ -604,9 +641,15 @@ def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, fo
     _write_json(res.status_file, status)
     res.metrics, res.error = {}, None
     t = time.perf_counter()
+    watch = {}
+    if say is not None:
+        cells = sum(c.cell_type == "code" for c in nbformat.read(notebook, as_version=4).cells) + bool(params)
+        relay = LineRelay(say, tag)
+        watch = {"engine_name": _register_progress_engine(), "stdout_file": relay, "stderr_file": relay,
+                 "dhm_progress": _CellProgress(tag, cells, say, heartbeat, prefix="")}
     try:
         papermill.execute_notebook(str(notebook), str(res.notebook), parameters=params, kernel_name=kernel,
-                                   cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False)
+                                   cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False, **watch)
         records = read_recorded(res.notebook)
         metrics = _pick(records, record)
         if metrics is None:
@@ -628,6 +671,9 @@ def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, fo
         raise
     except Exception as e:      # the kernel died, could not start, ...: the run failed, the batch goes on
         res.error = CellError(None, "", type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+    finally:
+        if "dhm_progress" in watch:
+            watch["dhm_progress"].close()
     res.seconds = time.perf_counter() - t
     res.state = "done" if res.error is None else "failed"
     _write_json(res.status_file, {**status, "state": res.state, "finished": _now(), "seconds": res.seconds,

@@ -20,7 +20,7 @@ restored afterwards); the fit is deterministic.
 """
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,7 +109,8 @@ def fit_pose(model, joints=None, joint_valid=None, depth=None, cameras=None, cro
              steps: int = 600, lr: float = 0.05, lr_end: float = 0.001, init=None, root_init=None,
              correctives: Collection[str] | None = None, joint_weight: float = 1.0, depth_weight: float = 1.0,
              prior_weight: float = 1.0, depth_beta: float = 1.0,
-             settings: RasterSettings = DEFAULT_RASTER_SETTINGS) -> FitResult:
+             settings: RasterSettings = DEFAULT_RASTER_SETTINGS,
+             on_step: Callable[[int], None] | None = None) -> FitResult:
     """Fit Euler angles and root placement of B frames to joints and/or depth maps (decoder frozen).
 
     Args:
@@ -129,6 +130,7 @@ def fit_pose(model, joints=None, joint_valid=None, depth=None, cameras=None, cro
         joint_weight, depth_weight, prior_weight: weights of the three terms.
         depth_beta: smooth-L1 threshold, mm.
         settings: rasterizer settings for the depth renders.
+        on_step: called with the number of steps done after each step (progress bars).
     Returns:
         :class:`FitResult`.
     """
@@ -221,6 +223,8 @@ def fit_pose(model, joints=None, joint_valid=None, depth=None, cameras=None, cro
             history["total"].append(float(total.detach()) / B)
             for k, v in t.items():
                 history.setdefault(k, []).append(float(v.detach().sum()) / B)
+            if on_step is not None:
+                on_step(len(history["total"]))
         with torch.no_grad():
             pose, _ = terms(True)
             final = _per_frame_terms(pose, euler, joints, valid if joints is not None else None, depth, cameras,

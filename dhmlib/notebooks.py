@@ -22,6 +22,8 @@ from typing import Callable
 
 import yaml
 
+from .progress import LineRelay
+
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
 #: notebooks beside the series (``03b_ablation_diagnostics``): run only when named (``--only 03b``)
 COMPANION_RE = re.compile(r"^\d\d[a-z]_.+\.ipynb$")
@@ -109,8 +111,9 @@ def format_seconds(s: float) -> str:
 class _CellProgress:
     """Log lines for one running notebook: a line as each code cell starts, a heartbeat inside long cells."""
 
-    def __init__(self, name: str, total: int, log: Callable[[str], None], heartbeat: float | None):
-        self.name, self.total, self.log, self.heartbeat = name, total, log, heartbeat
+    def __init__(self, name: str, total: int, log: Callable[[str], None], heartbeat: float | None,
+                 prefix: str = "[dhm notebooks] "):
+        self.name, self.total, self.log, self.heartbeat, self.prefix = name, total, log, heartbeat, prefix
         self.t0 = self.cell_t0 = time.perf_counter()
         self.done = 0
         self.current = None
@@ -130,7 +133,7 @@ class _CellProgress:
             self.current, self.cell_t0 = self.done, now
             first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
             first = first if len(first) <= 60 else first[:57] + "..."
-            self.log(f"[dhm notebooks] {self.name}: cell {self.done}/{self.total}, {format_seconds(now - self.t0)}"
+            self.log(f"{self.prefix}{self.name}: cell {self.done}/{self.total}, {format_seconds(now - self.t0)}"
                      + (f"  {first}" if first else ""))
 
     def _beat(self):
@@ -138,7 +141,7 @@ class _CellProgress:
             with self.lock:
                 if self.current is not None:
                     now = time.perf_counter()
-                    self.log(f"[dhm notebooks] {self.name}: cell {self.current}/{self.total} still running "
+                    self.log(f"{self.prefix}{self.name}: cell {self.current}/{self.total} still running "
                              f"({format_seconds(now - self.cell_t0)} in this cell, {format_seconds(now - self.t0)} in all)")
 
     def close(self):
@@ -230,9 +233,10 @@ def _run_books(books, declared, params, smoke, out, kernel, engine, say, log, he
         progress = _CellProgress(nb.stem, total + (1 if given else 0), say, heartbeat if log else None)
         t = time.perf_counter()
         try:
+            relay = LineRelay(say, f"[dhm notebooks] {nb.stem}")     # the kernel's progress lines (ETA)
             papermill.execute_notebook(str(nb), str(target), parameters=given, kernel_name=kernel,
                                        cwd=str(Path.cwd()), progress_bar=False, engine_name=engine,
-                                       dhm_progress=progress)
+                                       dhm_progress=progress, stdout_file=relay, stderr_file=relay)
             runs.append(NotebookRun(nb, target, time.perf_counter() - t, True))
             say(f"[dhm notebooks] {nb.name} ok in {format_seconds(runs[-1].seconds)} → {target}")
         except PapermillExecutionError as e:

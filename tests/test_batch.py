@@ -137,9 +137,16 @@ def test_table_flattens_records_and_writes_json_csv_markdown(tmp_path):
         table = list(csv.DictReader(f))
     assert [r["held_out.p95.x"] for r in table] == ["3", "4", ""] and table[0]["curve"] == "[1, 2]"
     md = paths["md"].read_text().splitlines()
-    # numeric metrics that differ between the done runs; constant ones (lr) and lists are left to the CSV
-    assert md[2] == "| run | state | seconds | variant | epochs | held_out.vertex_mean_mm | held_out.p95.x |"
-    assert md[4] == "| variant-a | done | 1.23 | a | 2 | 1.5 | 3 |"
+    # the key metrics (here held_out.vertex_mean_mm); the others, constant ones (lr) and lists are left to the CSV
+    assert md[2] == "| run | state | seconds | variant | epochs | held_out.vertex_mean_mm |"
+    assert md[4] == "| variant-a | done | 1.23 | a | 2 | 1.5 |"
+    assert md[-1] == "4 more column(s) in summary.csv and summary.json."   # p95.x, metrics.epochs, curve, lr
+    # without key metrics: the numeric metrics that differ between the done runs
+    for r in res.runs:
+        r.metrics.pop("held_out", None) if r.metrics else None
+        if r.metrics:
+            r.metrics["score"] = 1.0 if r.name.endswith("a") else 2.0
+    assert res.markdown().splitlines()[0] == "| run | state | seconds | variant | epochs | score |"
     assert flatten({"a": {"b": {}, "c": {"d": 1}}}) == {"a.b": {}, "a.c.d": 1}
 
 
@@ -163,6 +170,10 @@ def test_failed_run_reported_with_its_cell_others_complete_and_resume_skips_done
     assert failing[0].source.startswith("if variant == 'bad':") and failing[0].outputs[-1].ename == "ValueError"
     assert bad.error.source == "if variant == 'bad':" and bad.error.evalue == "variant bad is bad"
     assert json.loads(bad.status_file.read_text())["error"]["cell_index"] == bad.error.cell_index
+    inside = [ln for ln in lines if " ... " not in ln and not ln.startswith("batch ")]   # lines from inside a run
+    assert inside and all(ln.split(": ")[1].startswith("cell ") for ln in inside)
+    assert "[2/3] variant-bad: cell 4/5, " in "\n".join(inside)              # up to the failing cell
+    lines = [ln for ln in lines if ln not in inside]
     assert f"[2/3] variant-bad ... FAILED at cell {bad.error.cell_index}: ValueError: variant bad is bad" in lines[3]
     assert lines[3].endswith(f"fake.ipynb cell 3 (In [{bad.error.execution_count}] in {bad.notebook}): "
                              "if variant == 'bad':")
@@ -188,7 +199,7 @@ def test_failed_run_reported_with_its_cell_others_complete_and_resume_skips_done
 
     code = main(["batch", str(nb), "-p", "variant", "a,bad,ccc", "-s", "epochs", "2", "--batch", "b1", "--smoke",
                  "--output", str(out), "--record", "fake", "--kernel", "python3"])
-    printed = capsys.readouterr().out.splitlines()
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ": cell " not in ln]
     assert code == 1
     assert printed[0].startswith("[1/3] variant-a ... done earlier in ") and printed[0].endswith(", skipped")
     assert printed[2].startswith("[2/3] variant-bad ... FAILED at cell ")

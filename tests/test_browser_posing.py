@@ -287,6 +287,30 @@ def test_posing_widget_in_jupyterlab(tmp_path):
                 page.screenshot(path=str(ARTIFACTS / "page_final.png"))
                 status = widget.locator(".dhm-status").first.inner_text()
                 assert "preset spread" in status and "error" not in status, status
+
+                # 4. the error map's colour bar appears with the map
+                widget.locator(".dhm-toggle-error").first.click()
+                legend = widget.locator(".dhm-error-legend").first
+                legend.wait_for(state="visible", timeout=CHANGE_TIMEOUT_S * 1000)
+                assert "per-vertex error, mm" in legend.inner_text()
+                bar = legend.bounding_box()
+                assert bar["width"] > 200 and bar["height"] > 20, bar
+
+                # 5. the compare view: every slider value is shown whole, inside the page
+                compare = page.locator(".dhm-posing-widget").nth(1)
+                compare.scroll_into_view_if_needed()
+                page.screenshot(path=str(ARTIFACTS / "3_compare.png"))
+                readouts = compare.locator(".widget-readout")
+                shown = [r for r in readouts.all() if r.is_visible()]
+                assert len(shown) >= 4, f"{len(shown)} visible slider values in the compare view"
+                for r in shown:
+                    rb = r.bounding_box()
+                    whole = r.evaluate("e => { const o = e.closest('.jp-OutputArea-output') || document.body;"
+                                       " const a = o.getBoundingClientRect(), b = e.getBoundingClientRect();"
+                                       " return e.scrollWidth <= e.clientWidth + 1 && b.right <= a.right + 1; }")
+                    assert whole and rb["x"] + rb["width"] <= 1600 + 0.5, (r.inner_text(), rb, whole)
+                    text = r.inner_text().strip()
+                    assert text and text.replace(".", "", 1).lstrip("-").isdigit(), text
             finally:
                 browser.close()
     finally:

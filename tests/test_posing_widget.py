@@ -318,7 +318,7 @@ def test_snapshot_figure(model, tmp_path):
     fig = w.snapshot_figure(path=tmp_path / "snap.png", size=2.0, dpi=100)
     assert [a.get_title() for a in fig.axes] == ["with correctives", "without correctives"]
     img = mpimg.imread(tmp_path / "snap.png")[..., :3]
-    assert img.shape == (200, 400, 3)                                # 2 panels of 2 in at 100 dpi
+    assert img.shape == (260, 400, 3)                # 2 panels of 2 in at 100 dpi, 0.6 in above them for the titles
     skin = img[..., 0] - img[..., 2] > 0.08                          # shaded skin is red-heavy; text is grey
     H = img.shape[0]
     for ax, v, cols in zip(fig.axes, meshes, (slice(0, 200), slice(200, 400))):

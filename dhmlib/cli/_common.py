@@ -40,8 +40,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return CLIError, HandModelError, SnapshotError, OSError
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt      # SIGTERM (kill, torchrun stopping its workers) ends like Ctrl-C: exit 130
+
+
 def run_command(command: str, run, args) -> int:
-    """``run(args)`` with dhm's error handling: user errors → one line and 2, Ctrl-C → 130."""
+    """``run(args)`` with dhm's error handling: user errors → one line and 2, Ctrl-C and SIGTERM → 130."""
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         code = run(args)
     except user_errors() as e:
@@ -50,6 +60,9 @@ def run_command(command: str, run, args) -> int:
     except KeyboardInterrupt:
         print(f"dhm {command}: interrupted", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0 if code is None else int(code)
 
 

@@ -190,6 +190,8 @@ def add(p):
     p.add_argument("--frame", choices=("root", "model"), default="root",
                    help="root: the root joint's frame, as the original demo; model: the hand model's frame")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--png", nargs="?", const="", default=None, metavar="FILE",
+                   help="also a picture of the mesh: FILE, or beside each mesh with the suffix .png")
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -259,6 +261,10 @@ def run(args) -> int:
     M = root_transform(hand, args.frame, rotation)
     root = None if M is None else torch.as_tensor(M, dtype=torch.float32, device=dev)
     paths = output_paths(out, len(euler))
+    pictures = []
+    if args.png is not None:
+        pictures = ([writable_file(args.png, (".png",), "--png")] if args.png and len(paths) == 1 else
+                    [p.with_suffix(".png") for p in (output_paths(Path(args.png), len(paths)) if args.png else paths)])
     uvs = hand.uvs if hand.uvs.any() else None
     with torch.no_grad():
         for start in range(0, len(euler), 256):
@@ -269,6 +275,26 @@ def run(args) -> int:
                     write_ply(path, v, hand.faces, unit=args.unit)
                 else:
                     write_obj(path, v, hand.faces, unit=args.unit, uvs=uvs, uv_faces=hand.uv_faces)
+            for i, v in enumerate(verts):
+                if start + i < len(pictures):
+                    _picture(pictures[start + i], v, hand.faces, args, start + i, len(paths))
     what = f"{paths[0]}" if len(paths) == 1 else f"{len(paths)} meshes {paths[0]} … {paths[-1]}"
     print(f"wrote {what} ({hand.num_vertices} vertices, unit {args.unit}, frame {args.frame})")
+    if pictures:
+        print(f"wrote {pictures[0]}" if len(pictures) == 1 else f"wrote {len(pictures)} pictures {pictures[0]} … "
+                                                                  f"{pictures[-1]}")
     return 0
+
+
+def _picture(path: Path, vertices_mm: np.ndarray, faces, args, index: int, count: int) -> None:
+    """``--png``: the mesh shaded, fingers up, titled with the pose and the correctives."""
+    import matplotlib.pyplot as plt
+
+    from ..viz.figures import hand_figure
+
+    pose = (args.preset or ("pose file" if args.pose_file else "rest")) + (f", {args.euler}" if args.euler else "")
+    if count > 1:
+        pose += f", pose {index}"
+    title = f"{pose} · {'snapshot ' + Path(args.snapshot).name if args.snapshot else 'template + LBS'}"
+    fig = hand_figure([(title, vertices_mm)], faces, path=path, size=4.0)
+    plt.close(fig)

@@ -25,12 +25,11 @@ input error (one line); 130 interrupted (Ctrl-C, SIGTERM).  Under torchrun the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import signal
 import sys
-import threading
 
-from ._common import PROBLEMS, USAGE, CLIError, HelpFormatter, device, int_at_least, run_command
+from ._common import INTERRUPTED, PROBLEMS, USAGE, CLIError, HelpFormatter, device, int_at_least, note, run_command
 
 HELP = ("train DeepHandMesh: in this process, or under torchrun on GPUs (--gpu 0-3) or CPU processes (--nproc N); "
         "snapshots in OUTPUT/model_dump, logs in OUTPUT/log")
@@ -45,7 +44,9 @@ def add(p, launcher: bool = True) -> None:
     """The training arguments; ``launcher``: also ``--gpu``, ``--nproc`` and torchrun's flags (``dhm train``)."""
     from ..train.config import PRESETS
 
-    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS), help="configuration preset")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="configuration preset (default: cpu-small; with --continue: the configuration of the "
+                        "snapshot it resumes)")
     p.add_argument("--data", default=None, help="dataset root (default: $DHM_DATA or the project's data/)")
     p.add_argument("--output", default=None, help="output root: log/, model_dump/ (default: the project's output/)")
     p.add_argument("--epochs", type=int_at_least(1), default=None, help="number of epochs (overrides the preset)")
@@ -53,7 +54,8 @@ def add(p, launcher: bool = True) -> None:
                    help="override a TrainConfig field, or model.FIELD of the ModelConfig (repeatable; "
                         "several pairs per --set allowed)", nargs="+")
     p.add_argument("--continue", dest="resume", action="store_true",
-                   help="resume from the newest loadable snapshot in OUTPUT/model_dump")
+                   help="resume from the newest loadable snapshot in OUTPUT/model_dump, with its configuration "
+                        "(max_steps, probe_every, …) unless --preset, --set or the flags here say otherwise")
     p.add_argument("--time-limit", type=float, default=None, metavar="S",
                    help="stop after S seconds of training (a snapshot is written there)")
     p.add_argument("--max-steps", type=int_at_least(1), default=None, metavar="N",
@@ -80,13 +82,26 @@ def _sets(args) -> list[str]:
     return [kv for group in args.sets for kv in (group if isinstance(group, list) else [group])]
 
 
-def configs(args):
-    """(TrainConfig, ModelConfig) from ``--preset``, ``--set``, then ``--epochs``, ``--max-steps``, ``--probe-every``;
-    CLIError when they do not parse."""
-    from ..train.config import parse_set, preset
+DEFAULT_PRESET = "cpu-small"
+
+
+def configs(args, resumed: dict | None = None):
+    """(TrainConfig, ModelConfig) from ``--preset`` (default cpu-small), ``--set``, then ``--epochs``,
+    ``--max-steps``, ``--probe-every``; CLIError when they do not parse.
+
+    ``resumed``: the snapshot ``--continue`` resumes (its ``train_config`` and ``model_config``): without
+    ``--preset`` these are the base instead of the preset, so that the run continues as it was configured.
+    """
+    from ..model import ModelConfig
+    from ..train.config import TrainConfig, parse_set, preset
 
     try:
-        tc, mc = preset(args.preset)
+        saved = (resumed or {}).get("train_config"), (resumed or {}).get("model_config")
+        if args.preset is None and saved[0] and saved[1]:     # fields of an older dhmlib are left out
+            tc, mc = (cls.from_dict({k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+                      for cls, d in ((TrainConfig, saved[0]), (ModelConfig, saved[1])))
+        else:
+            tc, mc = preset(args.preset or DEFAULT_PRESET)
         tc, mc = parse_set(_sets(args), tc, mc)
         if args.epochs is not None:
             tc = tc.replace(epochs=args.epochs)
@@ -100,7 +115,8 @@ def configs(args):
 
 def module_args(args, data, output, device: str | None) -> list[str]:
     """``-m dhmlib.train …``: what torchrun starts on every rank, with the same training arguments."""
-    out = ["-m", "dhmlib.train", "--preset", args.preset, "--data", str(data), "--output", str(output)]
+    out = ["-m", "dhmlib.train", *(["--preset", args.preset] if args.preset else []),
+           "--data", str(data), "--output", str(output)]
     if args.epochs is not None:
         out += ["--epochs", str(args.epochs)]
     for kv in _sets(args):
@@ -150,10 +166,6 @@ def launch_command(args, data, output) -> tuple[list[str], dict]:
     return torchrun_command(module_args(args, data, output, "cpu"), nproc=args.nproc, extra=extra)
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt      # SIGTERM (kill, torchrun stopping its workers) ends like Ctrl-C: exit 130
-
-
 def _launch(args, data, output) -> int:
     import subprocess
 
@@ -184,11 +196,23 @@ def _launch(args, data, output) -> int:
     return 128 - rc if rc < 0 else rc
 
 
+def _resumed(output) -> dict | None:
+    """The configs of the snapshot ``--continue`` will resume in ``output`` (None: none loads)."""
+    from ..train.checkpoint import MODEL_DUMP, find_resumable
+
+    found = find_resumable(output / MODEL_DUMP, log=lambda msg: None)
+    return None if found is None else {k: found[1].get(k) for k in ("train_config", "model_config")}
+
+
 def run(args) -> int:
     from ..paths import data_dir, output_dir
 
-    tc, mc = configs(args)
     data, output = data_dir(args.data), output_dir(value=args.output)
+    resumed = _resumed(output) if args.resume else None
+    tc, mc = configs(args, resumed)
+    if resumed is not None and args.preset is None and os.environ.get("RANK", "0") == "0":
+        note("train", f"--continue: the snapshot's configuration (max_steps {tc.max_steps}, probe_every "
+                      f"{tc.probe_every}, epochs {tc.epochs}); --preset, --set and the flags override it")
     multi = [f for f in TORCHRUN_FLAGS if getattr(args, "torchrun_" + f[2:].replace("-", "_"), None) is not None]
     launching = getattr(args, "gpu", None) is not None or getattr(args, "nproc", None) is not None
     if multi and not launching:
@@ -199,10 +223,9 @@ def run(args) -> int:
         return _launch(args, data, output)
 
     from ..train.checkpoint import NonFiniteLoss
-    from ..train.loop import train
+    from ..train.loop import TrainingInterrupted, train
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread and sys.platform != "win32" else None
+    # SIGINT/SIGTERM (run_command turns SIGTERM into Ctrl-C): the loop ends after its step with a snapshot
     try:
         train(tc, mc, data, output, resume=args.resume, device=args.device, progress=not args.no_progress,
               time_limit_s=args.time_limit)
@@ -210,9 +233,11 @@ def run(args) -> int:
         if os.environ.get("RANK", "0") == "0":     # every rank stops at the same step; rank 0 says so
             print(f"dhm train: error: {e}", file=sys.stderr)
         return PROBLEMS
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    except TrainingInterrupted as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"dhm train: interrupted ({e.signal_name}) after step {e.step}; snapshot {e.snapshot} "
+                  f"(resume with --continue)", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

@@ -232,7 +232,7 @@ def write_capture(out, config: CaptureConfig = CaptureConfig(), overwrite: bool 
         FileExistsError: ``out`` already holds any of :data:`OWNED` and ``overwrite`` is False,
             or another capture is being written into ``out`` right now (:class:`StagingBusyError`).
     """
-    from tqdm.auto import tqdm
+    from ..progress import Progress
 
     root = Path(out)
     _check_free(root, overwrite)
@@ -244,8 +244,8 @@ def write_capture(out, config: CaptureConfig = CaptureConfig(), overwrite: bool 
         (tmp / "annotations").mkdir(parents=True)
         write_krt(tmp / "annotations" / "KRT_512", cams)
         with ThreadPoolExecutor(max(1, config.workers)) as pool, \
-                tqdm(total=config.frames * config.subjects, desc="dhm synth", unit="frame",
-                     disable=not progress, mininterval=0.5) as bar:
+                Progress("dhm synth", config.frames * config.subjects, "frames", enabled=progress,
+                         log=log) as bar:       # a bar in a terminal, lines with the ETA in a notebook
             for n in range(1, config.subjects + 1):
                 _write_subject(tmp, n, config, cams, pool, bar)
         syn = tmp / "annotations" / "synthetic"

@@ -59,6 +59,7 @@ from ..snapshot import SnapshotError, _load_network, read_snapshot, snapshot_con
 from .checkpoint import MODEL_DUMP, find_resumable, list_snapshots, parse_snapshot_name, snapshot_path
 from .config import TrainConfig
 from .inputs import capture_image_size
+from ..progress import Stages
 
 #: fit settings of the embedding source (and of the baseline's fitted angles)
 JOINT_FIT_LR = (0.05, 0.001)
@@ -202,7 +203,7 @@ def _chunks(n: int, size: int = BATCH):
 
 # --------------------------------------------------------------------------- poses
 def fit_held_out(model: DeepHandMesh, data: HeldOut, steps: int, correctives=None,
-                 log: Callable[[str], None] = print) -> Poses:
+                 log: Callable[[str], None] = print, stages: Stages | None = None, what: str = "model") -> Poses:
     """Euler + root of the held-out frames by :func:`~dhmlib.fit.fit_pose` with the decoder frozen.
 
     Stage 1: joints only, ``steps`` Adam steps from the zero pose (root by Kabsch), lr 0.05 → 0.001.
@@ -211,17 +212,22 @@ def fit_held_out(model: DeepHandMesh, data: HeldOut, steps: int, correctives=Non
     """
     depth_steps = steps // DEPTH_FIT_FRACTION
     euler, root, j1, j2, d2 = [], [], [], [], []
-    for sl in _chunks(len(data.frames), FIT_BATCH):
+    chunks = list(_chunks(len(data.frames), FIT_BATCH))
+    stages = stages or Stages("evaluation", enabled=False)
+    bar = stages.stage(f"{what}: pose fit of {len(data.frames)} frame(s) ({steps} joint + {depth_steps} "
+                       f"joint+depth steps, {len(data.views[0]) if data.views else 0} views)",
+                       len(chunks) * (steps + depth_steps), "steps")
+    for sl in chunks:
         d = data.part(sl)
         joints, valid = d.joints, d.valid
         r1 = fit_pose(model, joints=joints, joint_valid=valid, steps=steps, lr=JOINT_FIT_LR[0],
-                      lr_end=JOINT_FIT_LR[1], correctives=correctives)
+                      lr_end=JOINT_FIT_LR[1], correctives=correctives, on_step=lambda k: bar.update())
         j1.append(r1.final["joint"])
         r = r1
         if depth_steps > 0:
             r = fit_pose(model, joints=joints, joint_valid=valid, depth=d.depth, cameras=d.cameras,
                          crops=d.crops, steps=depth_steps, lr=DEPTH_FIT_LR[0], lr_end=DEPTH_FIT_LR[1],
-                         init=r1.euler, root_init=r1.root, correctives=correctives)
+                         init=r1.euler, root_init=r1.root, correctives=correctives, on_step=lambda k: bar.update())
             d2.append(r.final["depth"])
         j2.append(r.final["joint"])
         euler.append(r.euler)
@@ -232,6 +238,7 @@ def fit_held_out(model: DeepHandMesh, data: HeldOut, steps: int, correctives=Non
              "joint_loss_after_depth": float(torch.cat(j2).mean())}
     if d2:
         notes["depth_loss_after_depth"] = float(torch.cat(d2).mean())
+    bar.close()
     log(f"fitted {len(data.frames)} held-out frame(s): {steps} joint steps + {depth_steps} joint+depth steps")
     return Poses(torch.cat(euler), torch.cat(root), "fit", notes)
 
@@ -303,14 +310,19 @@ def mesh_metric_inputs(hand: HandModel, data_root, subject: int, frames, device=
 
 
 def measure(model: DeepHandMesh, data: HeldOut, poses: Poses, data_root, subject: int, *, correctives=None,
-            info: dict | None = None, mesh_inputs: dict | None = None, surface_every: int = 1) -> Measured:
+            info: dict | None = None, mesh_inputs: dict | None = None, stages: Stages | None = None,
+            what: str = "model", surface_every: int = 1) -> Measured:
     """Decode ``poses``, render every view and compute every metric the data allows.
 
     ``mesh_inputs``: :func:`mesh_metric_inputs` (None: computed here from ``model.hand``'s hand model).
+    ``stages``: progress (:class:`dhmlib.progress.Stages`; None: silent).
     ``surface_every``: the surface distances (the slowest metric) on every N-th frame only (NaN elsewhere).
     """
     faces = model.hand.faces
     verts, joints, rendered = [], [], []
+    stages = stages or Stages("evaluation", enabled=False)
+    bar = stages.stage(f"{what}: decode and render {len(data.frames)} frame(s) × "
+                       f"{len(data.views[0]) if data.views else 0} views", len(data.frames), "frames")
     with torch.no_grad():
         for sl in _chunks(len(data.frames)):
             d = data.part(sl)
@@ -318,6 +330,9 @@ def measure(model: DeepHandMesh, data: HeldOut, poses: Poses, data_root, subject
             verts.append(pose.vertices)
             joints.append(pose.joints)
             rendered.append(render_depth(pose.vertices, faces, d.cameras, d.crops, tuple(d.depth.shape[-2:])))
+            bar.update(len(d.frames))
+    bar.close()
+    bar = stages.stage(f"{what}: metrics")
     V, Jt, D = torch.cat(verts).double().cpu(), torch.cat(joints).double().cpu(), torch.cat(rendered).cpu()
     gt, gt_faces = _ground_truth(data_root, subject, data.frames)
     f_np = faces.cpu().numpy()
@@ -344,6 +359,7 @@ def measure(model: DeepHandMesh, data: HeldOut, poses: Poses, data_root, subject
     scan_result = None
     if scans:
         scan_result = evaluate([data.frames[i] for i in keep], pred_vertices=V[keep], faces=f_np, scans=scans)
+    bar.close()
     return Measured(result, V.numpy(), Jt.numpy(), D.numpy(), verr, scan_result)
 
 
@@ -368,7 +384,7 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
                  fit_steps: int = 300, device=None, hand_model: HandModel | None = None,
                  config: TrainConfig | None = None, data: HeldOut | None = None, fit: bool = True,
                  num_views: int | None = None, mesh_inputs: dict | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, Measured]:
+                 log: Callable[[str], None] = print, stages: Stages | None = None) -> dict[str, Measured]:
     """The metrics of the template + LBS alone (no correctives) on the held-out frames.
 
     Args:
@@ -380,6 +396,7 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
         fit: also measure the fitted angles.
         num_views: cameras per frame when loading (:func:`load_held_out`; None: every camera).
         mesh_inputs: :func:`mesh_metric_inputs` (None: computed).
+        stages: progress (:class:`dhmlib.progress.Stages`; None: silent).
     Returns:
         ``{"true_angles": …}`` (only with the virtual capture's ``poses.npz``: true angles and root) and
         ``{"fitted_angles": …}`` (with ``fit``), each a :class:`Measured` (``.result`` an EvalResult).
@@ -403,13 +420,14 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
     if true is not None:
         out["true_angles"] = measure(model, data, true, data_root, subject, correctives=PLAIN_LBS,
                                      info={"model": "template + LBS", "pose_source": "true angles and root",
-                                           "poses": true.notes["file"]}, mesh_inputs=mesh_inputs)
+                                           "poses": true.notes["file"]}, mesh_inputs=mesh_inputs, stages=stages,
+                                     what="LBS baseline, true angles")
     if not fit:
         return out
-    fitted = fit_held_out(model, data, fit_steps, correctives=PLAIN_LBS, log=log)
+    fitted = fit_held_out(model, data, fit_steps, correctives=PLAIN_LBS, log=log, stages=stages, what="LBS baseline")
     out["fitted_angles"] = measure(model, data, fitted, data_root, subject, correctives=PLAIN_LBS,
                                    info={"model": "template + LBS", "pose_source": "fit", "fit": fitted.notes},
-                                   mesh_inputs=mesh_inputs)
+                                   mesh_inputs=mesh_inputs, stages=stages, what="LBS baseline, fitted angles")
     return out
 
 
@@ -421,7 +439,8 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
                   split: str | None = None, fit_steps: int = 300, device=None, render: bool | None = None,
                   baseline: bool = True, num_views: int | None = None, render_figures: bool = True,
                   baseline_fit: bool = True, hand_model: HandModel | None = None, surface_every: int = 1,
-                  log: Callable[[str], None] = print) -> EvalResult:
+                  log: Callable[[str], None] = print, progress: bool = True,
+                  num_frames: int | None = None) -> EvalResult:
     """Evaluate a training snapshot on the held-out frames and write the results.
 
     Args:
@@ -446,6 +465,11 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
         surface_every: the surface distances (exact point-to-triangle, both ways; the slowest metric) on
             every N-th held-out frame only (NaN in ``per_frame`` for the others; the mean over those
             measured; ``info["surface_every"]`` says so). 1: every frame.
+        num_frames: evaluate only this many of the held-out frames, spread evenly over them (quick runs:
+            notebook 02's smoke settings); None: all.
+        progress: a progress bar per stage (loading, pose fit, decode and render, metrics, baseline, files,
+            figures) with an ETA in a terminal, a line per stage (and every 15 s inside one) elsewhere
+            (:mod:`dhmlib.progress`; the lines go to ``log``).
     Returns:
         the :class:`~dhmlib.evaluate.EvalResult`; ``info`` holds the run's identity, the paths written
         (``metrics``, ``meshes``, ``poses``, ``figures``), the scan distances and the baseline summaries.
@@ -467,12 +491,17 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     sp = split_frames(data_root, subject, held_out)
     log(f"testing {path} (epoch {ckpt.get('epoch')}) on {sp.rule}")
     image = tc.pose_source == "image"
-    data = load_held_out(data_root, list(sp.test), tc, hand.skeleton, dev, images=image, num_views=num_views)
-    poses = encoder_poses(model, data) if image else fit_held_out(model, data, fit_steps, log=log)
+    frames = spread_views(list(sp.test), num_frames)
+    stages = Stages("evaluation", enabled=progress, log=log)
+    with stages.stage(f"loading {len(frames)} held-out frame(s)"):
+        data = load_held_out(data_root, frames, tc, hand.skeleton, dev, images=image, num_views=num_views)
+    poses = encoder_poses(model, data) if image else fit_held_out(model, data, fit_steps, log=log, stages=stages)
     identity = {
         "snapshot": str(path), "epoch": int(ckpt.get("epoch", -1)), "step": int(ckpt.get("step", 0)),
         "split": {"spec": sp.spec, "rule": sp.rule, "test": list(sp.test), "from": "argument" if split is not None
                   else "snapshot's train_config"},
+        "frame_selection": "every held-out frame" if len(frames) == len(sp.test)
+                           else f"{len(frames)} of {len(sp.test)} spread over them",
         "pose_source": {"image": "encoder", "embedding": "fit"}[tc.pose_source],
         "fit": poses.notes, "data_root": str(data_root), "subject": subject, "device": str(dev),
         "views": len(data.views[0]) if data.views else 0, "render_size": list(tc.render_size),
@@ -482,12 +511,13 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     mesh_inputs = mesh_metric_inputs(hand, data_root, subject, data.frames)
     if surface_every > 1:
         identity["surface_every"] = int(surface_every)
-    m = measure(model, data, poses, data_root, subject, info=identity, mesh_inputs=mesh_inputs,
+    m = measure(model, data, poses, data_root, subject, info=identity, mesh_inputs=mesh_inputs, stages=stages,
                 surface_every=surface_every)
     base = None
     if baseline:
         base = lbs_baseline(data_root, subject=subject, fit_steps=fit_steps, device=dev, hand_model=hand, config=tc,
-                            data=data, fit=baseline_fit, mesh_inputs=mesh_inputs, log=log)
+                            data=data, fit=baseline_fit, mesh_inputs=mesh_inputs, log=log, stages=stages)
+    files = stages.stage(f"writing metrics.json and {len(data.frames)} mesh(es)")
     result_dir = out_root / "result"
     mesh_dir = result_dir / "meshes"
     if mesh_dir.is_dir():       # meshes of an earlier test (other frames) would mix with these
@@ -506,17 +536,20 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     tmp = metrics_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(metrics_path)
+    files.close()
     figures = []
     if render if render is not None else render_figures:
         from ..viz.result_figures import test_frame_figure
 
         vmax = float(np.percentile(m.vertex_error, 99)) if m.vertex_error is not None else None
-        for i, f in enumerate(data.frames):
-            p = out_root / "vis" / f"test_{f:06d}.png"
-            test_frame_figure(f, data.depth[i].cpu().numpy(), m.rendered[i], m.vertices[i], hand.faces,
-                              vertex_error=None if m.vertex_error is None else m.vertex_error[i], vmax=vmax,
-                              views=data.views[i], root=poses.root[i].detach().cpu().numpy(), path=p)
-            figures.append(str(p))
+        with stages.stage(f"figures in {out_root / 'vis'}", len(data.frames), "frames") as bar:
+            for i, f in enumerate(data.frames):
+                p = out_root / "vis" / f"test_{f:06d}.png"
+                test_frame_figure(f, data.depth[i].cpu().numpy(), m.rendered[i], m.vertices[i], hand.faces,
+                                  vertex_error=None if m.vertex_error is None else m.vertex_error[i], vmax=vmax,
+                                  views=data.views[i], root=poses.root[i].detach().cpu().numpy(), path=p)
+                figures.append(str(p))
+                bar.update()
     info = {**m.result.info, "metrics": str(metrics_path), "meshes": str(mesh_dir), "poses": str(poses_path),
             "figures": figures,
             "scans": doc["scans"]["summary"] if doc["scans"] else None,

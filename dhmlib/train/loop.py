@@ -28,13 +28,19 @@
 embedding, RNG states, sampler position): on CPU with ``deterministic=True`` the final weights
 equal those of an uninterrupted run. A NaN or infinite loss stops training with
 :class:`~dhmlib.train.checkpoint.NonFiniteLoss` naming the step and the term; the last good
-snapshot stays.
+snapshot stays. SIGINT (Ctrl-C, a notebook's interrupt) or SIGTERM ends training after the step it is in,
+with a snapshot of that step and a line in train.log, then raises :class:`TrainingInterrupted` (a
+``KeyboardInterrupt``; ``dhm train`` exits 130); a second signal stops at once. On resume, metrics records
+after the snapshot's step (a run killed after its last snapshot) are removed before they are written again,
+and ``keep_snapshots`` counts the snapshots already in ``model_dump/``.
 """
 from __future__ import annotations
 
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +53,8 @@ from ..data.layout import Layout
 from ..data.sample import collate_samples
 from ..handmodel import HandModel
 from ..model import DeepHandMesh, ModelConfig
-from .checkpoint import check_finite, find_resumable, restore_training_state, save_training_snapshot, snapshot_path
+from .checkpoint import (check_finite, find_resumable, list_snapshots, restore_training_state, save_training_snapshot,
+                         snapshot_path)
 from .config import TrainConfig
 from .inputs import capture_image_size, make_dataset, split_training_frames  # noqa: F401 (also imported from here)
 from .distributed import cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model
@@ -193,6 +200,35 @@ class _Log:
             except ImportError:
                 print(line, flush=True)
 
+    def drop_after(self, step: int) -> int:
+        """Remove the metrics records after ``step`` (those of a run interrupted after its last snapshot, which a
+        resumed run writes again) from metrics.jsonl and TensorBoard; returns how many were removed."""
+        if not self.active:
+            return 0
+        self.metrics.close()
+        path = self.dir / "metrics.jsonl"
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:        # a line cut short by a kill
+                dropped += 1
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > step:
+                dropped += 1
+            else:
+                kept.append(line)
+        if dropped:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+            tmp.replace(path)
+        self.metrics = open(path, "a", encoding="utf-8")
+        if self.tb is not None:                 # TensorBoard drops its events from step + 1 on
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb.close()
+            self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=step + 1)
+        return dropped
+
     def record(self, rec: dict) -> None:
         if not self.active:
             return
@@ -212,6 +248,46 @@ class _Log:
             self.metrics.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT (Ctrl-C) or SIGTERM after a snapshot of the last finished step was written
+    (``snapshot``; ``--continue`` / ``train(resume=True)`` resumes from it). A ``KeyboardInterrupt``."""
+
+    def __init__(self, signal_name: str, step: int, snapshot: Path | None):
+        self.signal_name, self.step, self.snapshot = signal_name, step, snapshot
+        super().__init__(f"{signal_name} at step {step}; snapshot {snapshot}")
+
+
+class _StopSignals:
+    """While active (main thread only): SIGINT and SIGTERM set ``received`` (the signal's name) instead of
+    stopping the process at once, so that the loop ends after the step it is in and writes a snapshot; a
+    second signal raises KeyboardInterrupt at once. The previous handlers come back on exit."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self):
+        self.received: str | None = None
+        self.previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                if hasattr(signal, name):
+                    sig = getattr(signal, name)
+                    self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+        return False
 
 
 def _all_finite(terms: dict, dist_info, step: int) -> None:
@@ -383,8 +459,12 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                     sampler.load_state_dict(state["sampler"])
                 log(f"resumed from {path}: epoch {start_epoch}"
                     f"{' (mid-epoch)' if state['mid_epoch'] else ''}, step {step}")
+                dropped = log.drop_after(step)
+                if dropped:
+                    log(f"metrics.jsonl: removed {dropped} record(s) after step {step} (written again from here)")
 
-        written: list[Path] = []     # snapshots of this run, oldest first (keep_snapshots)
+        # snapshots of this run, oldest first (keep_snapshots); a resumed run counts those it continues
+        written: list[Path] = list(reversed(list_snapshots(dump))) if resume and snapshot is not None else []
 
         def save(epoch: int, mid_epoch: bool, consumed: int = 0) -> Path | None:
             """``consumed``: batches of this pass over the epoch used so far (mid-epoch snapshots)."""
@@ -396,6 +476,8 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                                    sampler_state=sampler_state,
                                    pose_embedding=embedding, step=step, mid_epoch=mid_epoch)
             log(f"snapshot {p}")
+            if p in written:            # the same file again (e.g. a stop at a snapshot_every_steps step)
+                written.remove(p)
             written.append(p)
             while cfg.keep_snapshots is not None and len(written) > cfg.keep_snapshots:
                 written.pop(0).unlink(missing_ok=True)
@@ -439,6 +521,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         t_start = time.perf_counter()
         stopped = None
         epochs_done = start_epoch
+        signals = _StopSignals().__enter__()    # Ctrl-C / SIGTERM: end after the step, with a snapshot
         if cfg.probe_every and step == 0:
             run_probe()
         elif cfg.probe_every:       # resumed: its first step was the last step (and probe) of the run before
@@ -505,6 +588,10 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                 if time_limit_s is not None and _any_rank(training_s() > time_limit_s, info):
                     stopped = f"time limit {time_limit_s:g} s reached at epoch {epoch}, step {step}"
                     break
+                if _any_rank(signals.received is not None, info):
+                    stopped = (f"interrupted by {signals.received or 'a signal to another rank'} at epoch {epoch}, "
+                               f"step {step} (resume with --continue)")
+                    break
             if stopped is not None and n_epoch < num_batches:
                 snapshot = save(epoch, mid_epoch=True, consumed=n_epoch) or snapshot
                 log(stopped)
@@ -520,6 +607,11 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
             if stopped is not None:
                 log(stopped)
                 break
+        signals.__exit__()
+        if signals.received is not None or (stopped or "").startswith("interrupted"):
+            if not (stopped or "").startswith("interrupted"):     # after the last step: its snapshot is written
+                log(f"interrupted by {signals.received} after the last step ({step})")
+            raise TrainingInterrupted(signals.received or "signal", step, snapshot)
         if cfg.probe_every and probed["step"] != step:
             run_probe()
         wall = training_s()
@@ -536,6 +628,8 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         log(f"ERROR {type(e).__name__}: {e}")
         raise
     finally:
+        if "signals" in locals():
+            signals.__exit__()
         log.close()
         torch.use_deterministic_algorithms(previous_det)
         cleanup_distributed()

@@ -4,6 +4,7 @@ Order of application, each step on the result of the one before::
 
     preset ("cpu-small" | "paper")           dhmlib.train.config.preset
     → smoke settings (smoke=True)            :data:`SMOKE`: tiny renders, few frames, 2 epochs
+                                             (and :data:`SMOKE_EVAL` for the evaluation, :func:`evaluation_options`)
     → variant ("a".."h" or its name)         dhmlib.ablation.apply_variant (imported only when given)
     → explicit parameters                    TrainConfig / ModelConfig fields whose value is not None
     → overrides ("k=v,k=v")                  dhmlib.train.config.parse_set, as ``dhm train --set``
@@ -20,6 +21,34 @@ from .config import TrainConfig, parse_set, preset
 
 #: the smoke run's TrainConfig fields (CI: finishes in well under a minute on the smoke capture)
 SMOKE = dict(epochs=2, batch_size=4, num_views=2, render_size=(32, 32), max_frames=8, log_every=1)
+#: the smoke run's evaluation: at most this many held-out frames and views per frame, and pose-fit steps, so that
+#: a smoke run stays quick on a real-size capture too (all 28 held-out frames × 24 views took 192 s there)
+SMOKE_EVAL = dict(num_frames=4, num_views=3, fit_steps=40)
+
+
+def evaluation_options(*, smoke: bool = False, fit_steps: int = 300, eval_views: int | None = None,
+                       baseline: bool = True, eval_figures: bool = True, eval_frames: int | None = None,
+                       eval_surface_every: int = 1) -> dict:
+    """Keyword arguments of :func:`dhmlib.train.evaluation.test_snapshot` from notebook 02's parameters;
+    ``smoke`` caps frames, views and fit steps at :data:`SMOKE_EVAL` (smaller explicit values stay)."""
+    def cap(value, limit):
+        return limit if value is None else min(int(value), limit)
+
+    out = {"fit_steps": int(fit_steps)}
+    if smoke:
+        out["fit_steps"] = cap(fit_steps, SMOKE_EVAL["fit_steps"])
+        eval_views, eval_frames = cap(eval_views, SMOKE_EVAL["num_views"]), cap(eval_frames, SMOKE_EVAL["num_frames"])
+    if eval_views is not None:
+        out["num_views"] = int(eval_views)
+    if eval_frames is not None:
+        out["num_frames"] = int(eval_frames)
+    if not baseline:
+        out["baseline"] = False
+    if not eval_figures:
+        out["render_figures"] = False
+    if eval_surface_every > 1:
+        out["surface_every"] = int(eval_surface_every)
+    return out
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: Colour map of the error figures (0 mm dark purple … ``max_mm`` yellow, as ``viz.training.error_figure``).
-ERROR_CMAP = "viridis"
+from .geometry import ERROR_CMAP  # the one error colour map of dhmlib's figures
 
 
 def _view_camera(true_vertices: np.ndarray, size: int, distance_mm: float = 550.0):
@@ -111,8 +110,11 @@ def error_grid_figure(meshes: Mapping[str, np.ndarray], truth: np.ndarray, faces
                 ax.set_xlabel(f"{errs[labels[n]][p].mean():.2f} mm", fontsize=8)
             if n == 0:
                 ax.set_ylabel(f"frame {frames[p]}", fontsize=8)
+    from .geometry import colorbar_extend
+
     sm = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, max_mm), ERROR_CMAP)
-    fig.colorbar(sm, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="per-vertex error, mm")
+    fig.colorbar(sm, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="per-vertex error, mm",
+                 extend=colorbar_extend(np.concatenate([e.ravel() for e in errs.values()]) if errs else [], max_mm))
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110, bbox_inches="tight")

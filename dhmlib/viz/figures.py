@@ -71,13 +71,20 @@ def hand_figure(meshes, faces, *, path=None, size=4.0, dpi=100, **plot_kwargs):
     Returns:
         the matplotlib ``Figure``.
     """
+    import textwrap
+
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(size * len(meshes), size), dpi=dpi)
+    # panels placed by hand with room above for the titles, wrapped to the panel's width: tight_layout
+    # cropped the 3D axes' titles (04_posing_snapshot.png showed "with correcti")
+    n = len(meshes)
+    fig = plt.figure(figsize=(size * n, size + 0.6), dpi=dpi)
+    top = size / (size + 0.6)
+    chars = max(12, int(size * 72 / 7.5))           # characters of a 10 pt title that fit a panel
     for i, (title, verts) in enumerate(meshes):
-        plot_hand(fig.add_subplot(1, len(meshes), i + 1, projection="3d"), verts, faces, title=title,
-                  **plot_kwargs)
-    fig.tight_layout()
+        ax = fig.add_axes((i / n, 0.0, 1.0 / n, top), projection="3d")
+        plot_hand(ax, verts, faces, title=textwrap.fill(str(title), chars) if title else None, **plot_kwargs)
+        ax.title.set_fontsize(10)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,9 @@ import numpy as np
 from scipy import sparse
 
 SKIN_RGB = (0.88, 0.71, 0.60)
+#: the colour map of every per-vertex and depth error in dhmlib's figures and widgets (0 mm dark blue … top
+#: yellow: no black end, which on a shaded mesh would read as shadow); depth itself is drawn with viridis
+ERROR_CMAP = "plasma"
 
 
 class NormalSolver:
@@ -41,7 +44,7 @@ class NormalSolver:
         return (vn / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
-def error_colors(error_mm: np.ndarray, max_mm: float, cmap: str = "viridis") -> np.ndarray:
+def error_colors(error_mm: np.ndarray, max_mm: float, cmap: str = ERROR_CMAP) -> np.ndarray:
     """(..., V) per-vertex error in mm → (..., V, 3) float32 RGB in [0, 1]; ``max_mm`` maps to the top colour."""
     from matplotlib import colormaps
 
@@ -62,3 +65,11 @@ def look_at_quaternion(position, target, up) -> tuple[float, float, float, float
     x /= np.linalg.norm(x)
     y = np.cross(z, x)
     return tuple(float(q) for q in Rotation.from_matrix(np.stack([x, y, z], axis=1)).as_quat())
+
+
+def colorbar_extend(values, top: float) -> str:
+    """``"max"`` when some of ``values`` lie above ``top`` (the colour scale is clipped there: matplotlib draws
+    an arrow at the bar's end), else ``"neither"``."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return "max" if v.size and float(v.max()) > float(top) else "neither"

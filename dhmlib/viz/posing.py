@@ -36,7 +36,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the lab ex
 from .. import meshio
 from ..anatomy import AXES, AXIS_LABELS, GESTURES, clamp_to_limits, gesture_degrees, joint_limits_deg
 from ..skeleton import FINGERS, Skeleton
-from .geometry import SKIN_RGB, NormalSolver, error_colors, look_at_quaternion
+from .geometry import ERROR_CMAP, SKIN_RGB, NormalSolver, error_colors, look_at_quaternion
 from .loading import default_output_dir
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,29 @@ def _unpack(result, faces_fallback):
     if not np.isfinite(verts).all():
         raise ValueError("pose_fn returned non-finite vertices")
     return verts, faces, joints
+
+
+def error_legend_html(max_mm: float, error_mm=None, cmap: str = ERROR_CMAP, width: int = 300) -> str:
+    """The error map's colour bar as HTML: a gradient of ``cmap`` from 0 to ``max_mm`` with ticks, and, when
+    some of ``error_mm`` lie above ``max_mm``, an arrow at the top end and the share of vertices saturated."""
+    from matplotlib import colormaps
+
+    cm = colormaps[cmap]
+    stops = ", ".join(f"rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f}) {100 * t:.0f}%"
+                      for t in np.linspace(0, 1, 11) for r, g, b, _ in [cm(t)])
+    over = 0.0 if error_mm is None else float(np.mean(np.asarray(error_mm) > max_mm))
+    top = cm(1.0)
+    arrow = (f"<span class='dhm-error-saturated' style='display:inline-block;width:0;height:0;border-top:7px solid "
+             f"transparent;border-bottom:7px solid transparent;border-left:10px solid rgb({top[0] * 255:.0f},"
+             f"{top[1] * 255:.0f},{top[2] * 255:.0f});vertical-align:middle'></span>" if over > 0 else "")
+    ticks = "".join(f"<span style='position:absolute;left:{100 * t:.0f}%;transform:translateX(-50%)'>{v:g}</span>"
+                    for t, v in zip((0, 0.5, 1), (0, round(max_mm / 2, 2), max_mm)))
+    note = f" · {100 * over:.1f} % of vertices above {max_mm:g} mm" if over > 0 else ""
+    return (f"<div class='dhm-error-legend' style='font-size:11px;line-height:1.3;width:{width + 12}px'>"
+            f"<div>per-vertex error, mm ({cmap}){note}</div>"
+            f"<div style='white-space:nowrap'><span style='display:inline-block;width:{width}px;height:12px;"
+            f"vertical-align:middle;background:linear-gradient(to right, {stops})'></span>{arrow}</div>"
+            f"<div style='position:relative;height:14px;width:{width}px'>{ticks}</div></div>")
 
 
 def _to_numpy(x):
@@ -319,6 +342,8 @@ class PosingWidget:
             self.export_buttons[fmt] = b
         self.status = W.HTML()
         self.status.add_class("dhm-status")
+        self.error_legend = W.HTML(layout=W.Layout(display="none"))     # the error map's colour bar
+        self.error_legend.add_class("dhm-error-legend-box")
 
         # --- views ------------------------------------------------------------------
         main, plain = self._evaluate()
@@ -344,11 +369,15 @@ class PosingWidget:
             W.HBox([self.skeleton_toggle, self.wireframe_toggle, self.error_toggle],
                    layout=W.Layout(flex_flow="row wrap")),
             self.error_max,
+            self.error_legend,
             W.HBox([self.reset_camera_button] + list(self.export_buttons.values()),
                    layout=W.Layout(flex_flow="row wrap")),
             self.status,
-        ], layout=W.Layout(width="360px"))
-        self.ui = W.HBox([W.HBox([v.widget for v in self.views]), controls])
+        ], layout=W.Layout(width="360px", min_width="360px", flex="0 0 auto"))
+        # the controls keep their width (slider values stay readable) and go below the views when the
+        # output area is narrower than views + controls (the compare view)
+        self.ui = W.HBox([W.HBox([v.widget for v in self.views], layout=W.Layout(flex="0 0 auto")), controls],
+                         layout=W.Layout(flex_flow="row wrap"))
         self.ui.add_class("dhm-posing-widget")
 
     # ------------------------------------------------------------------ factory
@@ -482,6 +511,11 @@ class PosingWidget:
         if plain is not None:
             self.plain_view.set_mesh(plain[0], plain[1], plain[2])
         self.last_error_mm = err
+        if err is not None:
+            self.error_legend.value = error_legend_html(float(self.error_max.value), err)
+            self.error_legend.layout.display = None
+        else:
+            self.error_legend.layout.display = "none"
         if t0:
             self.last_update_ms = 1e3 * (time.perf_counter() - t0)
         parts = [f"V {len(verts)}, F {len(faces)}"]

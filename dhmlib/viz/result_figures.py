@@ -8,12 +8,17 @@ import numpy as np
 from .figures import plot_hand
 
 
-def error_colors(error, vmax: float | None = None, cmap: str = "magma") -> np.ndarray:
-    """(V,) errors, mm → (V, 3) RGB in [0, 1] (0 dark … ``vmax`` bright; default ``vmax``: the maximum)."""
-    from .geometry import error_colors as colors
+#: the top of the |difference| scale of the depth panels, mm (larger differences saturate: an arrow on its bar)
+DIFF_MAX_MM = 5.0
+
+
+def error_colors(error, vmax: float | None = None, cmap: str | None = None) -> np.ndarray:
+    """(V,) errors, mm → (V, 3) RGB in [0, 1] (0 dark … ``vmax`` bright; default ``vmax``: the maximum;
+    ``cmap`` default :data:`dhmlib.viz.geometry.ERROR_CMAP`)."""
+    from .geometry import ERROR_CMAP, error_colors as colors
 
     e = np.asarray(error, dtype=np.float64)
-    return colors(e, float(vmax) if vmax else max(float(e.max()), 1e-9), cmap).astype(np.float64)
+    return colors(e, float(vmax) if vmax else max(float(e.max()), 1e-9), cmap or ERROR_CMAP).astype(np.float64)
 
 
 def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_error=None, vmax=None, views=None,
@@ -33,15 +38,18 @@ def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_e
     Returns:
         the matplotlib Figure (closed after saving when ``path`` is given).
     """
+    import matplotlib
     import matplotlib.pyplot as plt
+
+    from .geometry import ERROR_CMAP, colorbar_extend
 
     target, rendered = np.asarray(target), np.asarray(rendered)
     k = min(num_views, len(target))
     mesh = vertex_error is not None
     cols = 3 + mesh
-    widths = [1, 1, 1.25] + ([2.2] if mesh else [])
-    fig = plt.figure(figsize=(3.0 * sum(widths), 2.8 * k), dpi=dpi)
-    grid = fig.add_gridspec(k, cols, width_ratios=widths)
+    # equal image panels; constrained layout takes each colour bar's room from its own panels
+    fig = plt.figure(figsize=(3.2 * 3 + (4.6 if mesh else 0), 2.9 * k), dpi=dpi, layout="constrained")
+    grid = fig.add_gridspec(k, cols, width_ratios=[1, 1, 1] + ([1.6] if mesh else []))
     for i in range(k):
         t, r = target[i], rendered[i]
         both = (t != 0) & (r != 0)
@@ -49,32 +57,32 @@ def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_e
         lo, hi = (float(on.min()), float(on.max())) if on.size else (0.0, 1.0)
         diff = np.where(both, np.abs(r - t), np.nan)
         name = f" cam {views[i]}" if views is not None else f" view {i}"
-        for j, (img, title, kw) in enumerate([
-                (np.where(t != 0, t, np.nan), f"true depth{name}", {"vmin": lo, "vmax": hi, "cmap": "viridis"}),
-                (np.where(r != 0, r, np.nan), "predicted depth", {"vmin": lo, "vmax": hi, "cmap": "viridis"}),
-                (diff, f"|diff| mean {np.nanmean(diff) if both.any() else float('nan'):.2f} mm",
-                 {"vmin": 0, "vmax": 5, "cmap": "magma"})]):
-            ax = fig.add_subplot(grid[i, j])
-            im = ax.imshow(img, **kw)
+        axes = [fig.add_subplot(grid[i, j]) for j in range(3)]
+        shown = []
+        for ax, img, title, kw in (
+                (axes[0], np.where(t != 0, t, np.nan), f"true depth{name}", {"vmin": lo, "vmax": hi, "cmap": "viridis"}),
+                (axes[1], np.where(r != 0, r, np.nan), "predicted depth", {"vmin": lo, "vmax": hi, "cmap": "viridis"}),
+                (axes[2], diff, f"|diff| mean {np.nanmean(diff) if both.any() else float('nan'):.2f} mm",
+                 {"vmin": 0, "vmax": DIFF_MAX_MM, "cmap": ERROR_CMAP})):
+            shown.append(ax.imshow(img, **kw))
             ax.set_title(title, fontsize=8)
             ax.set_axis_off()
-            if j == 2:
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mm")
+        fig.colorbar(shown[0], ax=axes[:2], fraction=0.05, pad=0.02, label="depth, mm")   # one scale for both
+        fig.colorbar(shown[2], ax=axes[2], fraction=0.05, pad=0.02, label="|diff|, mm",
+                     extend=colorbar_extend(diff, DIFF_MAX_MM))
     if mesh:
         v = np.asarray(vertices, dtype=np.float64)
         if root is not None:   # world → model frame: (v − t) R
             r = np.asarray(root, dtype=np.float64)
             v = (v - r[:3, 3]) @ r[:3, :3]
-        ax = fig.add_subplot(grid[:, cols - 1], projection="3d")
-        plot_hand(ax, v, faces, colors=error_colors(vertex_error, vmax),
-                  title=f"frame {frame}: vertex error\nmean {np.mean(vertex_error):.2f} mm (scale 0–{vmax or np.max(vertex_error):.1f})")
-        ax.title.set_fontsize(8)
-        import matplotlib
-
         top = float(vmax) if vmax else max(float(np.max(vertex_error)), 1e-9)
-        sm = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, top), "magma")
-        fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.02, label="vertex error, mm")
-    fig.tight_layout()
+        ax = fig.add_subplot(grid[:, cols - 1], projection="3d")
+        plot_hand(ax, v, faces, colors=error_colors(vertex_error, top),
+                  title=f"frame {frame}: vertex error\nmean {np.mean(vertex_error):.2f} mm (scale 0–{top:.1f} mm)")
+        ax.title.set_fontsize(8)
+        sm = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, top), ERROR_CMAP)
+        fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.02, label="vertex error, mm",
+                     extend=colorbar_extend(vertex_error, top))
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def loss_figure(records: list[dict], terms=CURVE_TERMS, fig=None, title: str = "
     import matplotlib.pyplot as plt
 
     if fig is None:
-        fig = plt.figure(figsize=(7.5, 3.6))
+        fig = plt.figure(figsize=(8.6, 3.6), layout="constrained")
     fig.clf()
     ax = fig.add_subplot(1, 1, 1)
     steps = [r for r in records if r.get("kind") == "step"]
@@ -64,7 +64,7 @@ def loss_figure(records: list[dict], terms=CURVE_TERMS, fig=None, title: str = "
         ax.plot(x, y, "o", color="k", ms=4, label="epoch mean (total)")
     if any(ln.get_xydata().size for ln in ax.lines):
         ax.set_yscale("log")
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # off the curves
     last = steps[-1] if steps else (epochs[-1] if epochs else None)
     status = "" if last is None else (f"step {last['step']}, epoch {last['epoch'] + 1}, "
                                       f"{last.get('time_s', 0.0):.0f} s")
@@ -72,7 +72,8 @@ def loss_figure(records: list[dict], terms=CURVE_TERMS, fig=None, title: str = "
     ax.set_xlabel("step")
     ax.set_ylabel("loss (mm-based terms)")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:        # a figure given without a layout engine
+        fig.tight_layout()
     return fig
 
 
@@ -85,20 +86,58 @@ class LivePlot:
         live: redraw while training (None: :func:`interactive`).
         every_s: at most one redraw per this many seconds (a redraw costs ~0.1 s).
         title: figure title prefix.
+        total_steps, time_limit_s, epochs: the run's limits, for the ETA of the progress lines.
+        progress: when not live (papermill, ``dhm batch``), a line every :data:`dhmlib.progress.EVERY_S`
+            seconds (and at the first record): step, epoch, training time, loss and ETA, as
+            :mod:`dhmlib.progress` lines (passed on by ``dhm batch`` and ``dhm notebooks``).
     """
 
-    def __init__(self, live: bool | None = None, every_s: float = 3.0, title: str = ""):
+    def __init__(self, live: bool | None = None, every_s: float = 3.0, title: str = "", *,
+                 total_steps: int | None = None, time_limit_s: float | None = None, epochs: int | None = None,
+                 progress: bool = True, log=None):
         self.live = interactive() if live is None else bool(live)
         self.every_s, self.title = float(every_s), title
+        self.total_steps, self.time_limit_s, self.epochs = total_steps, time_limit_s, epochs
+        self.progress = progress and not self.live
+        self.log = log or (lambda line: print(line, flush=True))
         self.records: list[dict] = []
         self._fig = None
         self._handle = None
         self._last = 0.0
+        self._said = None
 
     def __call__(self, record: dict) -> None:
         self.records.append(dict(record))
         if self.live and time.monotonic() - self._last >= self.every_s:
             self._draw()
+        if self.progress and record.get("kind") == "step":
+            from .. import progress as prog
+
+            now = time.monotonic()
+            if self._said is None or now - self._said >= prog.EVERY_S:
+                self._said = now
+                self.log(prog.PREFIX + self.progress_line(record))
+
+    def progress_line(self, record: dict) -> str:
+        """``training: step 120/400, epoch 3/60, 31 s, total 2.15, ETA 1 min 12 s`` for a step record: the ETA
+        from the steps per second so far toward ``total_steps``, or the time limit, whichever comes first."""
+        from ..progress import format_seconds
+
+        step, t = int(record["step"]), float(record.get("time_s", 0.0))
+        lefts = []
+        if self.total_steps and step > 0 and t > 0:
+            lefts.append(t * max(self.total_steps - step, 0) / step)
+        if self.time_limit_s:
+            lefts.append(max(self.time_limit_s - t, 0.0))
+        parts = [f"step {step}" + (f"/{self.total_steps}" if self.total_steps else "")]
+        if "epoch" in record:
+            parts.append(f"epoch {int(record['epoch']) + 1}" + (f"/{self.epochs}" if self.epochs else ""))
+        parts.append(format_seconds(t))
+        if isinstance(record.get("total"), (int, float)):
+            parts.append(f"loss {record['total']:.4g}")
+        if lefts:
+            parts.append(f"ETA {format_seconds(min(lefts))}")
+        return f"training{f' ({self.title})' if self.title else ''}: " + ", ".join(parts)
 
     def _draw(self):
         import matplotlib.pyplot as plt
@@ -189,7 +228,7 @@ def error_figure(pred_vertices, true_vertices, faces, *, max_mm: float | None = 
     from matplotlib import cm, colors
 
     from .figures import plot_hand
-    from .geometry import error_colors
+    from .geometry import ERROR_CMAP, colorbar_extend, error_colors
 
     p = np.asarray(pred_vertices, dtype=np.float64)
     t = np.asarray(true_vertices, dtype=np.float64)
@@ -201,10 +240,10 @@ def error_figure(pred_vertices, true_vertices, faces, *, max_mm: float | None = 
         p, t = (p - c) @ vt.T, (t - c) @ vt.T
     top = float(np.percentile(err, 99)) if max_mm is None else float(max_mm)
     fig = plt.figure(figsize=(size * 3 + 0.6, size))
-    for i, (verts, col) in enumerate(((p, None), (t, None), (p, error_colors(err, top)))):
+    for i, (verts, col) in enumerate(((p, None), (t, None), (p, error_colors(err, top, ERROR_CMAP)))):
         plot_hand(fig.add_subplot(1, 3, i + 1, projection="3d"), verts, faces, colors=col, title=titles[i])
-    sm = cm.ScalarMappable(norm=colors.Normalize(0, top), cmap="viridis")
-    fig.colorbar(sm, ax=fig.axes[-1], shrink=0.7, label="error (mm)")
+    sm = cm.ScalarMappable(norm=colors.Normalize(0, top), cmap=ERROR_CMAP)
+    fig.colorbar(sm, ax=fig.axes[-1], shrink=0.7, label="error (mm)", extend=colorbar_extend(err, top))
     fig.subplots_adjust(left=0.0, right=0.95, bottom=0.0, top=0.9, wspace=0.0)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -222,6 +261,8 @@ def depth_comparison_figure(rendered, target, *, titles=None, path=None, size: f
     """
     import matplotlib.pyplot as plt
 
+    from .geometry import ERROR_CMAP, colorbar_extend
+
     r = np.asarray(rendered, dtype=np.float64)
     t = np.asarray(target, dtype=np.float64)
     k = r.shape[0]
@@ -229,24 +270,28 @@ def depth_comparison_figure(rendered, target, *, titles=None, path=None, size: f
     vals = np.concatenate([r[r > 0], t[t > 0]]) if (r > 0).any() or (t > 0).any() else np.zeros(1)
     lo, hi = np.percentile(vals, [1, 99])
     diff = np.where(both, np.abs(r - t), np.nan)
-    dmax = float(np.nanpercentile(diff, 99)) if both.any() else 1.0
-    fig, axes = plt.subplots(3, k, figsize=(size * k, size * 3), squeeze=False)
-    for j in range(k):
-        for row, (img, kw) in enumerate(((np.where(r[j] > 0, r[j], np.nan), dict(vmin=lo, vmax=hi)),
-                                         (np.where(t[j] > 0, t[j], np.nan), dict(vmin=lo, vmax=hi)),
-                                         (diff[j], dict(vmin=0, vmax=dmax, cmap="magma")))):
-            im = axes[row, j].imshow(img, **kw)
+    dmax = max(float(np.nanpercentile(diff, 99)), 1e-6) if both.any() else 1.0
+    # constrained layout: each row's colour bar takes its room from the whole row, so the panels stay equal
+    fig, axes = plt.subplots(3, k, figsize=(size * k + 1.0, size * 3), squeeze=False, layout="constrained")
+    for row, (imgs, kw, label) in enumerate(((np.where(r > 0, r, np.nan), dict(vmin=lo, vmax=hi), "depth, mm"),
+                                             (np.where(t > 0, t, np.nan), dict(vmin=lo, vmax=hi), "depth, mm"),
+                                             (diff, dict(vmin=0, vmax=dmax, cmap=ERROR_CMAP), "|difference|, mm"))):
+        for j in range(k):
+            im = axes[row, j].imshow(imgs[j], **kw)
             axes[row, j].set_xticks([])
             axes[row, j].set_yticks([])
-            if j == k - 1:
-                fig.colorbar(im, ax=axes[row, j], shrink=0.8, label="mm")
+        seen = imgs[np.isfinite(imgs)]
+        below, above = bool(seen.size and seen.min() < lo), bool(seen.size and seen.max() > (dmax if row == 2 else hi))
+        extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+            (below and row < 2, above)]                          # saturated ends of the scale get an arrow
+        fig.colorbar(im, ax=axes[row, :].tolist(), shrink=0.9, label=label, extend=extend)
+    for j in range(k):
         axes[0, j].set_title(titles[j] if titles else f"view {j}")
     for row, name in enumerate(("rendered", "target", "|difference|")):
         axes[row, 0].set_ylabel(name)
-    fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")   # the row names at the left edge
     return fig
 
 
