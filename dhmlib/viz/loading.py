@@ -100,7 +100,10 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
         if not (folder / "hand.obj").is_file():
             from ..synth import build_procedural_hand
 
-            build_procedural_hand(target_vertices=int(vertices)).write(folder)
+            from ..handmodel import PROCEDURAL_ORIGIN
+
+            build_procedural_hand(target_vertices=int(vertices)).write(
+                folder, origin=f"{PROCEDURAL_ORIGIN} (load_posing_model, notebook 04: seed 0, {int(vertices)} vertices)")
             built = True
     else:
         folder = Path(hand_model_dir)

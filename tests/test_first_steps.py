@@ -1,0 +1,92 @@
+"""A newcomer's first steps in any order: a hand model written first does not break the capture writers."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dhmlib.handmodel import HandModel, hand_model_origin, is_generated_hand_model
+from dhmlib.synth.capture import CaptureConfig, write_capture
+
+NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
+TINY = CaptureConfig(frames=1, cameras=1, vertices=400, image_size=(16, 12))
+
+
+def _env(tmp_path):
+    return {**os.environ, "DHM_DATA": str(tmp_path / "data"), "DHM_OUTPUT": str(tmp_path / "output"),
+            "MPLBACKEND": "Agg", "JUPYTER_DATA_DIR": str(tmp_path / "jupyter")}
+
+
+def _dhm(tmp_path, *args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "dhmlib.cli", *map(str, args)], env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+
+def _capture_hand(root):
+    return HandModel.read(root / "annotations" / "synthetic" / "subject_1" / "hand_model")
+
+
+@pytest.mark.slow
+def test_hand_model_first_then_notebook_01_and_synth_end_with_a_capture(tmp_path):
+    # the README's first dhm example, then the main job's first notebook into the same data root
+    data = tmp_path / "data"
+    r = _dhm(tmp_path, "hand-model", "--out", data / "hand_model", "--vertices", 1500)
+    assert r.returncode == 0, r.stderr
+    assert is_generated_hand_model(data / "hand_model")
+    r = _dhm(tmp_path, "notebooks", "--smoke", "--only", "01", "-p", "data_root", data, "--out", tmp_path / "nb",
+             "--kernel", "python3")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert (data / "annotations" / "synthetic" / "COMPLETE").is_file()
+    hand = HandModel.read(data / "hand_model")
+    assert hand.num_vertices == _capture_hand(data).num_vertices   # the capture's own hand, not dhm hand-model's
+    assert "virtual capture subject 1" in hand_model_origin(data / "hand_model")
+
+    # and dhm synth into a second root that only holds dhm hand-model's hand
+    other = tmp_path / "other"
+    assert _dhm(tmp_path, "hand-model", "--out", other / "hand_model", "--vertices", 1500).returncode == 0
+    before = HandModel.read(other / "hand_model").num_vertices
+    r = _dhm(tmp_path, "synth", "--out", other, "--frames", 2, "--cameras", 2, "--vertices", 1500,
+             "--image-size", 64, 48, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "replacing the hand model there (dhmlib procedural hand (dhm hand-model --seed 0" in r.stderr
+    assert (other / "annotations" / "synthetic" / "COMPLETE").is_file()
+    after = HandModel.read(other / "hand_model")
+    assert after.num_vertices == _capture_hand(other).num_vertices != before
+
+
+def test_procedural_hand_model_alone_is_replaced_and_said(tmp_path):
+    from dhmlib.synth import build_procedural_hand
+
+    build_procedural_hand(target_vertices=400, seed=5).write(tmp_path / "hand_model",
+                                                             origin="dhmlib procedural hand (a test)")
+    lines = []
+    write_capture(tmp_path, TINY, progress=False, log=lines.append)
+    assert any("replacing the hand model there (dhmlib procedural hand (a test))" in ln for ln in lines)
+    assert (tmp_path / "hand_model" / "hand.obj").read_text() == \
+        (tmp_path / "annotations/synthetic/subject_1/hand_model/hand.obj").read_text()
+
+
+def test_a_users_hand_model_is_never_replaced(tmp_path):
+    from dhmlib.cli import main
+    from dhmlib.synth import build_procedural_hand
+
+    folder = build_procedural_hand(target_vertices=400).write(tmp_path / "hand_model")
+    obj = folder / "hand.obj"
+    obj.write_text("# my own scan\n" + obj.read_text().split("\n", 1)[1])    # not written by dhmlib
+    assert hand_model_origin(folder) is None and not is_generated_hand_model(folder)
+    before = obj.read_bytes()
+    with pytest.raises(FileExistsError, match="did not build .* does not replace yours"):
+        write_capture(tmp_path, TINY, progress=False, log=None)
+    assert main(["synth", "--out", str(tmp_path), "--frames", "1", "--cameras", "1", "--vertices", "400",
+                 "--image-size", "16", "12", "--quiet"]) == 2
+    assert obj.read_bytes() == before and not (tmp_path / "annotations").exists()
+    # with --overwrite it is replaced, as asked
+    write_capture(tmp_path, TINY, overwrite=True, progress=False, log=None)
+    assert obj.read_bytes() != before
+
+
+def test_a_capture_is_still_not_replaced_without_overwrite(tmp_path):
+    write_capture(tmp_path, TINY, progress=False, log=None)
+    with pytest.raises(FileExistsError, match="already holds hand_model, images"):
+        write_capture(tmp_path, TINY, progress=False, log=None)
