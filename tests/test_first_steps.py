@@ -90,3 +90,97 @@ def test_a_capture_is_still_not_replaced_without_overwrite(tmp_path):
     write_capture(tmp_path, TINY, progress=False, log=None)
     with pytest.raises(FileExistsError, match="already holds hand_model, images"):
         write_capture(tmp_path, TINY, progress=False, log=None)
+
+
+# ------------------------------------------------------------------ item 2: snapshots know their hand model
+TINY_TRAIN = ["render_size=[48,48]", "num_views=2", "held_out=null", "max_frames=4", "log_every=1", "batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A capture (1500-vertex hand) and a one-step snapshot trained on it."""
+    from dhmlib.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "capture"
+    write_capture(data, CaptureConfig(frames=6, cameras=2, vertices=1500, image_size=(64, 48), seed=3),
+                  progress=False, log=None)
+    assert main(["train", "--data", str(data), "--output", str(root / "out"), "--max-steps", "1", "--no-progress",
+                 "--set", *TINY_TRAIN]) == 0
+    snap = sorted((root / "out" / "model_dump").glob("snapshot_*.pth.tar"))[-1]
+    return data, snap
+
+
+@pytest.mark.slow
+def test_snapshot_records_hand_model_and_code_version(trained):
+    from dhmlib import __version__
+    from dhmlib.provenance import hand_model_sha256
+    from dhmlib.snapshot import read_snapshot
+
+    data, snap = trained
+    ck = read_snapshot(snap)
+    rec = ck["hand_model"]
+    hand = HandModel.read(data / "hand_model")
+    assert rec["path"] == str((data / "hand_model").resolve()) and rec["vertices"] == hand.num_vertices
+    assert rec["sha256"] == hand_model_sha256(hand)
+    assert "virtual capture subject 1" in rec["origin"]
+    assert ck["code_version"]["dhmlib"] == __version__
+    commit = ck["code_version"]["git_commit"]
+    assert commit is None or len(commit) == 40
+
+
+@pytest.mark.slow
+def test_snapshot_is_demoed_without_naming_its_hand_model(trained, tmp_path):
+    data, snap = trained
+    elsewhere = tmp_path / "data"        # $DHM_DATA: another hand model (dhm hand-model's, 400 vertices)
+    assert _dhm(tmp_path, "hand-model", "--out", elsewhere / "hand_model", "--vertices", 400).returncode == 0
+    r = _dhm(tmp_path, "demo", "--snapshot", snap, "--out", tmp_path / "m.obj")
+    assert r.returncode == 0, r.stderr
+    assert f"using the hand model {(data / 'hand_model').resolve()}: the one {snap} was trained on" in r.stderr
+    nv = sum(1 for ln in (tmp_path / "m.obj").read_text().splitlines() if ln.startswith("v "))
+    assert nv == HandModel.read(data / "hand_model").num_vertices
+
+    # the recorded folder is gone, but the capture's copy sits beside $DHM_DATA/hand_model: found by its hash
+    import shutil
+    moved = tmp_path / "moved_capture"
+    shutil.copytree(data, moved)
+    shutil.rmtree(moved / "hand_model")
+    env_data = moved
+    from dhmlib.provenance import pick_hand_model
+    from dhmlib.snapshot import read_snapshot
+    ck = read_snapshot(snap)
+    ck["hand_model"] = {**ck["hand_model"], "path": str(tmp_path / "gone")}
+    said = []
+    hand = pick_hand_model(ck, "S", default_dir=env_data / "hand_model", log=said.append)
+    assert hand.num_vertices == nv
+    assert said and "annotations/synthetic/subject_1/hand_model" in said[0]
+
+    # nothing matches: one line naming what the snapshot needs, exit 2
+    (data / "hand_model").rename(data / "hand_model.bak")
+    try:
+        syn = data / "annotations" / "synthetic" / "subject_1" / "hand_model"
+        syn.rename(syn.with_name("hm.bak"))
+        try:
+            r = _dhm(tmp_path, "demo", "--snapshot", snap, "--out", tmp_path / "m2.obj")
+        finally:
+            syn.with_name("hm.bak").rename(syn)
+    finally:
+        (data / "hand_model.bak").rename(data / "hand_model")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("dhm demo: error: ") and "was trained on the hand model" in lines[0]
+    assert "Pass --hand-model" in lines[0] and not (tmp_path / "m2.obj").exists()
+
+
+@pytest.mark.slow
+def test_metrics_json_records_hand_model_and_code_version(trained, tmp_path):
+    import json
+
+    data, snap = trained
+    r = _dhm(tmp_path, "test", "--snapshot", snap, "--data", data, "--output", tmp_path / "o", "--views", 1,
+             "--no-baseline", "--no-render", "--fit-steps", 2, "--held-out", "last:2")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "o" / "result" / "metrics.json").read_text())["info"]
+    assert info["hand_model"]["path"] == str((data / "hand_model").resolve())
+    assert info["hand_model"]["sha256"] == info["snapshot_provenance"]["hand_model"]["sha256"]
+    assert info["code_version"]["dhmlib"] and "git_commit" in info["code_version"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import CLIError, device, warn, writable_file
+from ._common import CLIError, device, note, warn, writable_file
 
 HELP = "pose a hand model (and snapshot) with a preset, Euler angles or a pose file and write meshes"
 SUFFIXES = (".obj", ".ply")
@@ -226,7 +226,16 @@ def run(args) -> int:
 
     out = writable_file(args.out, SUFFIXES)
     rotation = parse_rotation(args.rotate) if args.rotate else None
-    hand = HandModel.read(args.hand_model or default_hand_model_dir())
+    ckpt = None
+    if args.snapshot:
+        from ..provenance import pick_hand_model
+        from ..snapshot import read_snapshot
+
+        ckpt = read_snapshot(args.snapshot)
+        hand = pick_hand_model(ckpt, args.snapshot, args.hand_model, log=lambda m: note(args.command, m),
+                               warn=lambda m: warn(args.command, m))
+    else:
+        hand = HandModel.read(args.hand_model or default_hand_model_dir())
     sk = hand.skeleton
     if args.pose_file:
         if args.euler:
@@ -249,7 +258,7 @@ def run(args) -> int:
     if args.snapshot:
         from ..snapshot import model_from_snapshot
 
-        model = model_from_snapshot(args.snapshot, hand, map_location="cpu").to(dev).eval()
+        model = model_from_snapshot(args.snapshot, hand, map_location="cpu", ckpt=ckpt).to(dev).eval()
         decode = model.decode
     else:
         from ..model import HandLayer

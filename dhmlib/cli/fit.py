@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import CLIError, device, int_at_least, writable_folder
+from ._common import CLIError, device, int_at_least, note, warn, writable_folder
 
 HELP = "fit hand poses (Euler angles + root) to 3D joints with a frozen decoder; write poses.npz and meshes"
 
@@ -66,7 +66,16 @@ def run(args) -> int:
     if not args.lr > 0:
         raise CLIError(f"--lr: expected a positive learning rate, got {args.lr}")
     out = writable_folder(args.out)
-    hand = HandModel.read(args.hand_model or default_hand_model_dir())
+    ckpt = None
+    if args.snapshot:
+        from ..provenance import pick_hand_model
+        from ..snapshot import read_snapshot
+
+        ckpt = read_snapshot(args.snapshot)
+        hand = pick_hand_model(ckpt, args.snapshot, args.hand_model, log=lambda m: note(args.command, m),
+                               warn=lambda m: warn(args.command, m))
+    else:
+        hand = HandModel.read(args.hand_model or default_hand_model_dir())
     joints, valid, source = read_joints(args.joints, hand.skeleton)
     few = np.nonzero(valid.sum(1) < 3)[0]
     if len(few):
@@ -75,7 +84,7 @@ def run(args) -> int:
     if args.snapshot:
         from ..snapshot import model_from_snapshot
 
-        model = model_from_snapshot(args.snapshot, hand, map_location="cpu")
+        model = model_from_snapshot(args.snapshot, hand, map_location="cpu", ckpt=ckpt)
     else:
         model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
                                                skeleton_corrective=False))
