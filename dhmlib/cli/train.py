@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 
-from ._common import PROBLEMS, USAGE, CLIError, HelpFormatter, device, int_at_least, run_command
+from ._common import PROBLEMS, USAGE, CLIError, HelpFormatter, device, int_at_least, run_command, writable_folder
 
 HELP = ("train DeepHandMesh: in this process, or under torchrun on GPUs (--gpu 0-3) or CPU processes (--nproc N); "
         "snapshots in OUTPUT/model_dump, logs in OUTPUT/log")
@@ -150,6 +150,16 @@ def launch_command(args, data, output) -> tuple[list[str], dict]:
     return torchrun_command(module_args(args, data, output, "cpu"), nproc=args.nproc, extra=extra)
 
 
+def one_line(e: BaseException) -> str:
+    """The message of a data error, also when a DataLoader worker re-raised it with its traceback inside."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        name = type(e).__name__
+        text = last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    return " ".join(text.split("\n"))
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt      # SIGTERM (kill, torchrun stopping its workers) ends like Ctrl-C: exit 130
 
@@ -195,17 +205,33 @@ def run(args) -> int:
         raise CLIError(f"{multi[0]}: torchrun flags need --gpu IDS or --nproc N (the processes per node)")
     if not data.is_dir():
         raise CLIError(f"--data {data}: no such folder (write a virtual capture with 'dhm synth --out {data}')")
+    writable_folder(output, "--output")
     if launching:
         return _launch(args, data, output)
 
+    from ..data.check import PreflightError, preflight
+    from ..data.dataset import DatasetError
+    from ..data.keypoints import KeypointFileError
+    from ..data.safe_pickle import DepthFileError
+    from ..data.split import SplitError
     from ..train.checkpoint import NonFiniteLoss
     from ..train.loop import train
 
+    try:     # sizes and headers of what the run reads, before it starts (check-data reads them in full)
+        checked = preflight(data, tc.subject, images=tc.pose_source == "image")
+    except PreflightError as e:
+        raise CLIError(str(e)) from None
+    if os.environ.get("RANK", "0") == "0":
+        print(f"checked {checked.get('keypoint files', 0)} keypoint files, {checked.get('depth maps', 0)} depth maps"
+              + (f", {checked['images']} images" if checked.get("images") else "")
+              + f" in {checked['seconds']:.1f} s (sizes and headers; 'dhm check-data' reads them in full)", flush=True)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread and sys.platform != "win32" else None
     try:
         train(tc, mc, data, output, resume=args.resume, device=args.device, progress=not args.no_progress,
               time_limit_s=args.time_limit)
+    except (SplitError, DatasetError, KeypointFileError, DepthFileError) as e:   # a bad input, also mid-run
+        raise CLIError(one_line(e)) from None
     except NonFiniteLoss as e:
         if os.environ.get("RANK", "0") == "0":     # every rank stops at the same step; rank 0 says so
             print(f"dhm train: error: {e}", file=sys.stderr)
