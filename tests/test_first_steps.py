@@ -184,3 +184,23 @@ def test_metrics_json_records_hand_model_and_code_version(trained, tmp_path):
     assert info["hand_model"]["path"] == str((data / "hand_model").resolve())
     assert info["hand_model"]["sha256"] == info["snapshot_provenance"]["hand_model"]["sha256"]
     assert info["code_version"]["dhmlib"] and "git_commit" in info["code_version"]
+
+
+# ------------------------------------------------------------------ item 7: the README's quickstart
+@pytest.mark.slow
+def test_readme_quickstart_works_as_written(tmp_path):
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    script = block.replace("/tmp/dhm-quick", str(tmp_path / "dhm-quick"))
+    lines = [ln for ln in script.splitlines() if not ln.startswith(("make setup", "source .venv"))]
+    assert sum(ln.startswith("dhm ") for ln in lines) >= 5
+    env = {**_env(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", "-e", "-c", "\n".join(lines)], env=env, capture_output=True, text=True,
+                       timeout=1200, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert (tmp_path / "dhm-quick-out" / "fist.obj").is_file()
+    assert (tmp_path / "dhm-quick-out" / "result" / "metrics.json").is_file()
+    assert "using the hand model" in r.stderr or "Traceback" not in r.stderr

@@ -170,8 +170,9 @@ def _preset_names():
 
 def add(p):
     p.epilog = _epilog()
-    p.add_argument("--hand-model", help="official-format hand_model folder (default: $DHM_DATA/hand_model, "
-                                        "i.e. data/hand_model)")
+    p.add_argument("--hand-model", help="official-format hand_model folder (default: with --snapshot the hand model "
+                                        "it was trained on, found by its hash; else $DHM_DATA/hand_model, i.e. "
+                                        "data/hand_model)")
     p.add_argument("--snapshot", help="snapshot_N.pth.tar; without it the correctives are off "
                                       "(template + linear blend skinning)")
     src = p.add_mutually_exclusive_group()

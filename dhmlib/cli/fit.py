@@ -20,7 +20,8 @@ HELP = "fit hand poses (Euler angles + root) to 3D joints with a frozen decoder;
 def add(p):
     p.add_argument("joints", nargs="+", help=".npy joints (B, J, 3) or (J, 3) mm in skeleton order, or .pts "
                                              "keypoint files (official layout)")
-    p.add_argument("--hand-model", help="official-format hand_model folder (default: $DHM_DATA/hand_model)")
+    p.add_argument("--hand-model", help="official-format hand_model folder (default: with --snapshot the hand model "
+                                        "it was trained on, found by its hash; else $DHM_DATA/hand_model)")
     p.add_argument("--snapshot", help="snapshot_N.pth.tar whose decoder is used (default: no correctives)")
     p.add_argument("--out", required=True, help="output folder (poses.npz, meshes/)")
     p.add_argument("--steps", type=int_at_least(0), default=600, help="Adam steps")

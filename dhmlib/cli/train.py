@@ -47,7 +47,7 @@ def add(p, launcher: bool = True) -> None:
 
     p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS), help="configuration preset")
     p.add_argument("--data", default=None, help="dataset root (default: $DHM_DATA or the project's data/)")
-    p.add_argument("--output", default=None, help="output root: log/, model_dump/ (default: the project's output/)")
+    p.add_argument("--output", default=None, help="output root: log/, model_dump/ (default: $DHM_OUTPUT or the project's output/)")
     p.add_argument("--epochs", type=int_at_least(1), default=None, help="number of epochs (overrides the preset)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig field, or model.FIELD of the ModelConfig (repeatable; "
