@@ -98,9 +98,9 @@ def pick_hand_model(ckpt: dict | None, snapshot_name, named=None, default_dir=No
     """The hand model to use with a snapshot.
 
     ``named`` (the user's ``--hand-model``) is used as it is; a hash that differs from the one the snapshot
-    records is a warning. Otherwise the snapshot's recorded hand model is looked for: its recorded path, then
-    ``default_dir`` (``$DHM_DATA/hand_model``) and the virtual capture's hands beside it; the first with the
-    recorded hash is used and ``log`` says which. A snapshot without a record (official, or older) takes the
+    records is a warning. Otherwise the snapshot's recorded hand model is looked for in ``default_dir``
+    (``$DHM_DATA/hand_model``), its recorded folder and the virtual capture's hands beside ``default_dir``; the
+    first with the recorded hash is used and ``log`` says which when it is not ``default_dir``. A snapshot without a record (official, or older) takes the
     first of those folders whose vertex count its tensors fit.
 
     Raises:
@@ -118,7 +118,7 @@ def pick_hand_model(ckpt: dict | None, snapshot_name, named=None, default_dir=No
                  f"{_short(rec.get('sha256'))}…, {rec.get('vertices')} vertices) than --hand-model {named}")
         return hand
     default_dir = Path(default_dir) if default_dir is not None else default_hand_model_dir()
-    folders = []
+    folders = [default_dir]                  # the default first: when it is the one, nothing needs saying
     if rec and rec.get("path"):
         folders.append(Path(rec["path"]))
     folders += [f for f in candidate_folders(default_dir) if f.resolve() not in {g.resolve() for g in folders}]

@@ -148,11 +148,15 @@ def test_test_missing_data_root_names_the_root(tmp_path, capsys):
 
 def test_the_listed_errors_are_one_line_in_a_real_process(tmp_path):
     """No traceback reaches the terminal, whatever the logging set-up of the process."""
+    from dhmlib.synth import build_procedural_hand
+
+    hand = build_procedural_hand(400).write(tmp_path / "hm")
     bad = tmp_path / "bad.pts"
     bad.write_text("garbage\n")
-    r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "fit", str(bad), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "fit", str(bad), "--hand-model", str(hand), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"dhm fit: error: {bad}")
 
 
 # ------------------------------------------------------------------ item 10: dhm fit warns on NaN and cm
