@@ -205,3 +205,14 @@ def test_readme_quickstart_works_as_written(tmp_path):
     assert (tmp_path / "dhm-quick-out" / "result" / "metrics.json").is_file()
     assert "Traceback" not in r.stderr
     assert "dhm demo: using the hand model" in r.stderr          # $DHM_DATA has none: the snapshot's own
+
+
+@pytest.mark.slow
+def test_posing_widget_loads_a_snapshot_with_its_hand_model(trained, tmp_path, monkeypatch, capsys):
+    from dhmlib.viz.loading import load_posing_model
+
+    data, snap = trained
+    monkeypatch.setenv("DHM_DATA", str(tmp_path / "elsewhere"))      # notebook 04 builds its own hand there
+    loaded = load_posing_model("", str(snap), vertices=400)
+    assert loaded.model.hand.num_vertices == HandModel.read(data / "hand_model").num_vertices
+    assert "using the hand model" in capsys.readouterr().out
