@@ -60,8 +60,12 @@ bench: setup-dev  ## benchmarks against named peers (see bench/README.md)
 	@if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then $(PY) bench/cuda_paths.py; \
 	  else echo "bench/cuda_paths.py: skipped (no CUDA device)"; fi
 
-lab: setup  ## JupyterLab on notebooks/
-	$(VENV)/bin/jupyter lab notebooks
+# JupyterLab refuses to run as root without --allow-root (containers run as root); LAB_ARGS: more options
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+LAB_ARGS ?=
+lab: setup  ## JupyterLab on notebooks/ (as root too); no "Build Recommended" dialog after make bench
+	@$(PY) -c 'from dhmlib.notebooks import quiet_lab_build_check as q; q("$(VENV)/etc/jupyter")'
+	$(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS) notebooks
 
 clean:  ## remove .venv and build files (data/ and output/ stay)
 	rm -rf $(VENV) build *.egg-info

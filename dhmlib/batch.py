@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .configs import split_top_level  # noqa: F401  (part of this module's API)
-from .notebooks import (HEADLESS_ENV, NotebookParameterError, declared_parameters, format_seconds,
-                        read_recorded)
+from .notebooks import (HEADLESS_ENV, KERNEL_ARGUMENTS, NotebookParameterError, declared_parameters, format_seconds,
+                        parameter_type_errors, read_recorded)
 
 DEFAULT_NOTEBOOK = "02_training.ipynb"
 #: a run or batch name: letters, digits and ``._+-``; starts with a letter or digit
@@ -525,6 +525,10 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
             raise NotebookParameterError(
                 f"parameter {', '.join(map(repr, unknown))} (run {spec.name}) is not declared by {notebook.name} "
                 f"(its parameters: {', '.join(declared) or '(none)'})")
+        bad = parameter_type_errors(declared, spec.params)
+        if bad:
+            raise NotebookParameterError(f"run {spec.name}: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1
+                                                                         else ""))
     root = Path(output_root) if output_root else output_dir()
     folder = root / "notebooks" / batch
     say = progress_sink(on_progress)
@@ -649,7 +653,8 @@ def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, fo
                  "dhm_progress": _CellProgress(tag, cells, say, heartbeat, prefix="")}
     try:
         papermill.execute_notebook(str(notebook), str(res.notebook), parameters=params, kernel_name=kernel,
-                                   cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False, **watch)
+                                   cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False,
+                                   extra_arguments=list(KERNEL_ARGUMENTS), **watch)
         records = read_recorded(res.notebook)
         metrics = _pick(records, record)
         if metrics is None:

@@ -17,8 +17,6 @@ with a 95 % interval over blocks of consecutive frames (frames of one take are c
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -116,9 +116,10 @@ class HandModel:
         """Read and validate an official-format ``hand_model/`` folder."""
         return read_hand_model(folder, renormalize_weights=renormalize_weights)
 
-    def write(self, folder) -> Path:
-        """Write the official-format files into ``folder`` (created if needed)."""
-        return write_hand_model(self, folder)
+    def write(self, folder, origin: str | None = None) -> Path:
+        """Write the official-format files into ``folder`` (created if needed); ``origin``: see
+        :func:`write_hand_model`."""
+        return write_hand_model(self, folder, origin=origin)
 
 
 # ---------------------------------------------------------------------------
@@ -451,13 +452,26 @@ def _write_poses(path: Path, names, poses):
             fh.write(name + " " + " ".join(_fmt(x) for x in m.reshape(-1)) + " \n")
 
 
-def write_hand_model(model: HandModel, folder) -> Path:
-    """Write ``model`` as an official ``hand_model/`` folder; returns the folder."""
+#: the first line of every ``hand.obj`` dhmlib writes
+WRITER_HEADER = "# dhmlib hand model; vertices in centimetres"
+#: ``origin`` of the procedural hands dhmlib builds starts so (``dhm hand-model``, notebook 04, ``dhm synth``)
+PROCEDURAL_ORIGIN = "dhmlib procedural hand"
+
+
+def write_hand_model(model: HandModel, folder, origin: str | None = None) -> Path:
+    """Write ``model`` as an official ``hand_model/`` folder; returns the folder.
+
+    ``origin`` (one line) is written as a ``# origin: …`` comment into ``hand.obj`` (readers skip comments),
+    so that a later writer can tell a regenerable procedural hand from a user's files
+    (:func:`hand_model_origin`).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = model.skeleton.names
     with open(folder / "hand.obj", "w", encoding="utf-8") as fh:
-        fh.write("# dhmlib hand model; vertices in centimetres\n")
+        fh.write(WRITER_HEADER + "\n")
+        if origin:
+            fh.write("# origin: " + " ".join(str(origin).split()) + "\n")
         fh.writelines(f"v {_mm_to_cm_text(x)} {_mm_to_cm_text(y)} {_mm_to_cm_text(z)}\n" for x, y, z in model.vertices)
         fh.writelines(f"vt {_fmt(u)} {_fmt(v)}\n" for u, v in model.uvs)
         fv, ft = model.faces + 1, model.uv_faces + 1
@@ -473,6 +487,32 @@ def write_hand_model(model: HandModel, folder) -> Path:
     _write_poses(folder / "global_pose.txt", names, model.global_pose)
     _write_poses(folder / "global_pose_inv.txt", names, model.global_pose_inv)
     return folder
+
+
+def hand_model_origin(folder) -> str | None:
+    """Who wrote the hand model in ``folder``, from the comments at the top of its ``hand.obj``.
+
+    Returns the ``origin`` given to :func:`write_hand_model` (e.g. ``"dhmlib procedural hand (dhm hand-model
+    --seed 0 --vertices 8000)"``), ``"dhmlib"`` for a file dhmlib wrote without one (before origins were
+    recorded dhmlib only wrote procedural hands), or None: not written by dhmlib (the official release, a
+    user's own hand) or no ``hand.obj``.
+    """
+    try:
+        with open(Path(folder) / "hand.obj", encoding="utf-8", errors="replace") as fh:
+            head = [fh.readline().rstrip("\r\n") for _ in range(2)]
+    except OSError:
+        return None
+    if head[0].strip() != WRITER_HEADER:
+        return None
+    if head[1].startswith("# origin: "):
+        return head[1][len("# origin: "):].strip()
+    return "dhmlib"
+
+
+def is_generated_hand_model(folder) -> bool:
+    """Whether ``folder`` holds a hand model that dhmlib built procedurally (and can build again)."""
+    origin = hand_model_origin(folder)
+    return origin is not None and (origin == "dhmlib" or origin.startswith(PROCEDURAL_ORIGIN))
 
 
 def default_hand_model_dir() -> Path:

@@ -68,6 +68,48 @@ def declared_parameters(path) -> dict:
     return papermill.inspect_notebook(str(path))
 
 
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list, tuple),
+          "dict": (dict,)}
+
+
+def _declared_type(entry: dict) -> str | None:
+    """The type of a parameters-cell entry: its annotation, else its default literal's, else None (any)."""
+    import ast
+
+    name = (entry.get("inferred_type_name") or "None").strip()
+    if name in _TYPES:
+        return name
+    try:
+        default = ast.literal_eval(entry.get("default", "None"))
+    except (ValueError, SyntaxError):
+        return None
+    for key in ("bool", "int", "float", "str", "list", "dict"):
+        if isinstance(default, _TYPES[key][-1]) and (key == "bool" or not isinstance(default, bool)):
+            return key
+    return None
+
+
+def parameter_type_errors(declared: dict, params: dict) -> list[str]:
+    """Values of ``params`` that do not fit the type of the notebook's parameters cell (None always fits).
+
+    ``declared``: :func:`declared_parameters`. Returns one message per bad value, naming the parameter, the
+    value and the expected type.
+    """
+    errors = []
+    for name, value in params.items():
+        if name not in declared or value is None:
+            continue
+        kind = _declared_type(declared[name])
+        if kind is None:
+            continue
+        ok = isinstance(value, _TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
+        if not ok:
+            hint = " (quote it to pass a string: '\"…\"')" if kind == "str" else ""
+            errors.append(f"{name}={value!r}: expected {kind} (the parameters cell has "
+                          f"{name} = {declared[name].get('default')}), got {type(value).__name__}{hint}")
+    return errors
+
+
 def parse_value(text: str):
     """``-p`` values: YAML scalars (``3``, ``0.5``, ``true``, ``[1, 2]``), else the string."""
     try:
@@ -154,6 +196,32 @@ _ENGINE = "dhm-progress"
 _registered = False
 
 
+#: arguments of the kernels papermill starts (``dhm notebooks``, ``dhm batch``): ipykernel's own log only for
+#: errors, so that its "Kernel is running over TCP without encryption" warning (a local kernel on 127.0.0.1,
+#: started and spoken to by this process) is not printed on every run; the cells' output is unaffected
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
+
+
+def quiet_lab_build_check(config_dir) -> Path:
+    """Turn off JupyterLab's "Build Recommended" dialog for the Jupyter config folder ``config_dir``.
+
+    ``make bench`` installs Open3D, whose JupyterLab extension makes JupyterLab offer a rebuild on every
+    start; nothing in dhmlib's notebooks needs it. Sets ``buildCheck`` and ``buildAvailable`` to false in
+    ``config_dir/labconfig/page_config.json`` (other keys kept). ``make lab`` calls it on ``.venv/etc/jupyter``.
+    """
+    import json
+
+    path = Path(config_dir) / "labconfig" / "page_config.json"
+    try:
+        data = json.loads(path.read_text()) if path.is_file() and path.stat().st_size else {}
+    except ValueError as e:
+        raise ValueError(f"{path}: not JSON ({e}); expected JupyterLab's page config") from None
+    data.update(buildCheck=False, buildAvailable=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
 def _register_progress_engine() -> str:
     """Register (once) a papermill engine that calls ``dhm_progress.cell_start`` as each cell starts."""
     global _registered
@@ -236,7 +304,8 @@ def _run_books(books, declared, params, smoke, out, kernel, engine, say, log, he
             relay = LineRelay(say, f"[dhm notebooks] {nb.stem}")     # the kernel's progress lines (ETA)
             papermill.execute_notebook(str(nb), str(target), parameters=given, kernel_name=kernel,
                                        cwd=str(Path.cwd()), progress_bar=False, engine_name=engine,
-                                       dhm_progress=progress, stdout_file=relay, stderr_file=relay)
+                                       dhm_progress=progress, stdout_file=relay, stderr_file=relay,
+                                       extra_arguments=list(KERNEL_ARGUMENTS))
             runs.append(NotebookRun(nb, target, time.perf_counter() - t, True))
             say(f"[dhm notebooks] {nb.name} ok in {format_seconds(runs[-1].seconds)} → {target}")
         except PapermillExecutionError as e:

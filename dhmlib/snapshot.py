@@ -9,9 +9,11 @@ Layout (from the public release)::
                  "module.id_code", … loss buffers …},
      "optimizer": optimizer state dict}
 
-Snapshots written by dhmlib add one key beside these, ``"model_config"``: the
+Snapshots written by dhmlib add keys beside these: ``"model_config"``, the
 model's :class:`~dhmlib.model.ModelConfig` as a plain dict, from which
-:func:`model_from_snapshot` rebuilds the model (the original code ignores it).
+:func:`model_from_snapshot` rebuilds the model, and ``"hand_model"`` / ``"code_version"``:
+which hand model (path, content hash) and which code (version, git commit) made it
+(:mod:`dhmlib.provenance`); the original code ignores them.
 A model with ``pose_corrective_kind="linear_rotmat"`` (MANO-style pose blend
 shapes) has ``module.skin_refine_net.pose_blend_rotmat.weight`` (V·3, J_b·9)
 instead of the ``fc_pose`` tensors (:data:`ROTMAT_KEY`); the original code
@@ -183,7 +185,9 @@ def _load_network(model, ckpt: dict, path) -> SnapshotInfo:
 def save_snapshot(path, model, epoch: int, optimizer=None, **extra) -> Path:
     """Write ``model`` in the official layout (``module.`` keys), loadable by the original code.
 
-    The model's config is stored as ``model_config`` (a plain dict).  ``extra`` entries are
+    The model's config is stored as ``model_config`` (a plain dict), the hand model it was built on as
+    ``hand_model`` (path, content hash, sizes) and the code as ``code_version`` (:mod:`dhmlib.provenance`;
+    the original code ignores both).  ``extra`` entries are
     stored beside ``epoch``/``network``/``optimizer``/``model_config`` (which they may not
     replace); they must be plain containers and tensors to stay weights-only loadable.
     """
@@ -201,6 +205,12 @@ def save_snapshot(path, model, epoch: int, optimizer=None, **extra) -> Path:
     ckpt = {"epoch": int(epoch), "network": state,
             "optimizer": optimizer.state_dict() if optimizer is not None else {},
             CONFIG_KEY: config.to_dict()}
+    hand = getattr(getattr(model, "hand", None), "hand_model", None)
+    if isinstance(hand, HandModel):
+        from .provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record
+
+        ckpt[HAND_KEY] = hand_model_record(hand)
+        ckpt[CODE_KEY] = dict(code_version())
     ckpt.update(extra)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
@@ -241,16 +251,18 @@ def _check_shapes(config, depth: int, id_dim: int, where: str) -> None:
         raise SnapshotError(f"{where}: id_dim={config.id_dim}, but the snapshot's 'id_code' has {id_dim} entries")
 
 
-def model_from_snapshot(path, hand_model: HandModel, map_location="cpu", **overrides):
+def model_from_snapshot(path, hand_model: HandModel, map_location="cpu", *, ckpt: dict | None = None, **overrides):
     """Build a :class:`~dhmlib.model.DeepHandMesh` from a snapshot and load its weights.
 
     The config comes from the snapshot (see :func:`snapshot_config`); ``overrides`` replace its
     fields (``ModelConfig.replace``), e.g. ``pose_corrective=False``.  An override of
-    ``backbone`` or ``id_dim`` must agree with the tensors.
+    ``backbone`` or ``id_dim`` must agree with the tensors. ``ckpt``: the snapshot already read
+    (:func:`read_snapshot`), so that it is not read twice.
     """
     from .model import DeepHandMesh
 
-    ckpt = read_snapshot(path, map_location)
+    if ckpt is None:
+        ckpt = read_snapshot(path, map_location)
     config = snapshot_config(ckpt, path)
     if overrides:
         guessed = (config.backbone, config.id_dim)

@@ -292,9 +292,8 @@ def test_check_data_exit_codes_in_process(tmp_path, capsys):
 
     from dhmlib.data.check import check_dataset
 
-    assert main(["check-data", str(tmp_path / "none"), "--no-progress"]) == 1
-    out = capsys.readouterr().out
-    assert "dataset root not found" in out
+    assert main(["check-data", str(tmp_path / "none"), "--no-progress"]) == 2     # a usage error, not a "problem"
+    assert "no such dataset root" in capsys.readouterr().err
     rep = check_dataset(tmp_path / "none", progress=False)
     with pytest.raises(dataclasses.FrozenInstanceError):
         rep.problems = ()

@@ -143,7 +143,7 @@ def test_config_round_trip_through_a_snapshot(hand, tmp_path):
                                    "skeleton_corrective": True, "detach_pose_corrective_input": False, "seed": 7,
                                    "corrective_basis": "free", "skeleton_corrective_mode": "free",
                                    "pose_corrective_gauge": "none", "pose_corrective_kind": "mlp", "linear_init": "pytorch"}
-    assert set(raw) == {"epoch", "network", "optimizer", "model_config"}
+    assert set(raw) == {"epoch", "network", "optimizer", "model_config", "hand_model", "code_version"}
     assert all(k.startswith("module.") for k in raw["network"])   # the official keys are untouched
     r = model_from_snapshot(path, hand).eval()
     assert r.config == m.config

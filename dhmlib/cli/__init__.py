@@ -41,9 +41,20 @@ def register(name, add, run, help):
     COMMANDS[name] = (add, run, help)
 
 
+def version_text() -> str:
+    """``dhm --version``: ``dhm (dhmlib) 0.1.0``, plus the checkout's commit when there is one."""
+    from ..provenance import code_version
+
+    v = code_version()
+    commit = f", git {v['git_commit'][:12]}{' with local changes' if v['git_dirty'] else ''}" if v["git_commit"] else ""
+    return f"dhm (dhmlib) {v['dhmlib']}{commit}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dhm", description="dhmlib: DeepHandMesh research workbench",
                                      epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="dhmlib's version (and the git commit of the checkout it runs from)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (add, run, help) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)

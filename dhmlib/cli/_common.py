@@ -124,22 +124,35 @@ def writable_file(path, suffixes: tuple[str, ...] | None = None, what: str = "--
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise CLIError(f"{what} {path}: cannot write {path.suffix or 'a file without suffix'}; "
                        f"expected one of {', '.join(suffixes)}")
-    writable_folder(path.parent, what)
+    writable_folder(path.parent, what, shown=path)
     return path
 
 
-def writable_folder(folder, what: str = "--out") -> Path:
-    """Check that ``folder`` exists or can be created, and is writable (nothing is created)."""
+def writable_folder(folder, what: str = "--out", shown=None) -> Path:
+    """Check that ``folder`` exists or can be created, and is writable; else ``CLIError`` in the one form
+    ``--out X: Y is not writable`` (Y: X or the folder above it that exists).
+
+    Writability is tried, not inferred from permission bits (root passes every ``os.access`` test, and
+    read-only file systems, ``/proc`` or container mounts refuse anyway): a temporary file is created in
+    the nearest existing folder and removed at once. Nothing else is created. ``shown``: the name the
+    user gave (a file in ``folder``), for the message.
+    """
     import os
+    import tempfile
 
     folder = Path(folder)
+    given = folder if shown is None else shown
     probe = folder
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise CLIError(f"{what} {folder}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise CLIError(f"{what} {folder}: {probe} is not writable")
+        raise CLIError(f"{what} {given}: {probe} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".dhm-write-test-", dir=probe)
+    except OSError:
+        raise CLIError(f"{what} {given}: {probe} is not writable") from None
+    os.close(fd)
+    os.unlink(name)
     return folder

@@ -6,7 +6,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ._common import OK, PROBLEMS, CLIError
+from ._common import OK, PROBLEMS, CLIError, writable_folder
 
 HELP = "run a notebook (default 02_training) once per parameter set: a grid or a list, resumable"
 DESCRIPTION = HELP + """
@@ -103,6 +103,10 @@ def run(args) -> int:
         spec = spec_from_args(args)
     except BatchSpecError as e:
         raise CLIError(str(e)) from None
+    if not args.dry_run:
+        from ..paths import output_dir
+
+        writable_folder(output_dir(value=args.output), "--output")
     notebook = spec.notebook
     if notebook and args.file and not args.notebook and not Path(notebook).is_absolute():
         beside = Path(args.file).parent / notebook     # relative to the batch file, else to the working folder

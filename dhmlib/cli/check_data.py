@@ -1,9 +1,11 @@
 """``dhm check-data ROOT``: counts and every problem of a dataset; exit 1 when there are problems."""
 from __future__ import annotations
 
-from ._common import OK, PROBLEMS
+from pathlib import Path
 
-HELP = "check a dataset in the official layout; exit status 1 when it has problems"
+from ._common import OK, PROBLEMS, CLIError
+
+HELP = "check a dataset in the official layout; exit status 1 when it has problems, 2 when ROOT is not a folder"
 
 
 def add(p):
@@ -15,6 +17,10 @@ def add(p):
 def run(args) -> int:
     from ..data.check import check_dataset
 
+    root = Path(args.root)
+    if not root.is_dir():
+        raise CLIError(f"{root}: no such dataset root" + (" (it is a file)" if root.exists() else "")
+                       + "; expected a folder with hand_model/ and annotations/")
     rep = check_dataset(args.root, progress=not args.no_progress, max_problems=args.max_problems)
     print(rep.summary())
     return OK if rep.ok else PROBLEMS

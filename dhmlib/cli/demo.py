@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import CLIError, device, warn, writable_file
+from ._common import CLIError, device, note, warn, writable_file
 
 HELP = "pose a hand model (and snapshot) with a preset, Euler angles or a pose file and write meshes"
 SUFFIXES = (".obj", ".ply")
@@ -170,8 +170,9 @@ def _preset_names():
 
 def add(p):
     p.epilog = _epilog()
-    p.add_argument("--hand-model", help="official-format hand_model folder (default: $DHM_DATA/hand_model, "
-                                        "i.e. data/hand_model)")
+    p.add_argument("--hand-model", help="official-format hand_model folder (default: with --snapshot the hand model "
+                                        "it was trained on, found by its hash; else $DHM_DATA/hand_model, i.e. "
+                                        "data/hand_model)")
     p.add_argument("--snapshot", help="snapshot_N.pth.tar; without it the correctives are off "
                                       "(template + linear blend skinning)")
     src = p.add_mutually_exclusive_group()
@@ -228,7 +229,16 @@ def run(args) -> int:
 
     out = writable_file(args.out, SUFFIXES)
     rotation = parse_rotation(args.rotate) if args.rotate else None
-    hand = HandModel.read(args.hand_model or default_hand_model_dir())
+    ckpt = None
+    if args.snapshot:
+        from ..provenance import pick_hand_model
+        from ..snapshot import read_snapshot
+
+        ckpt = read_snapshot(args.snapshot)
+        hand = pick_hand_model(ckpt, args.snapshot, args.hand_model, log=lambda m: note(args.command, m),
+                               warn=lambda m: warn(args.command, m))
+    else:
+        hand = HandModel.read(args.hand_model or default_hand_model_dir())
     sk = hand.skeleton
     if args.pose_file:
         if args.euler:
@@ -251,7 +261,7 @@ def run(args) -> int:
     if args.snapshot:
         from ..snapshot import model_from_snapshot
 
-        model = model_from_snapshot(args.snapshot, hand, map_location="cpu").to(dev).eval()
+        model = model_from_snapshot(args.snapshot, hand, map_location="cpu", ckpt=ckpt).to(dev).eval()
         decode = model.decode
     else:
         from ..model import HandLayer

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import CLIError, device, int_at_least, writable_folder
+from ._common import CLIError, device, int_at_least, note, warn, writable_folder
 
 HELP = "fit hand poses (Euler angles + root) to 3D joints with a frozen decoder; write poses.npz and meshes"
 
@@ -20,7 +20,8 @@ HELP = "fit hand poses (Euler angles + root) to 3D joints with a frozen decoder;
 def add(p):
     p.add_argument("joints", nargs="+", help=".npy joints (B, J, 3) or (J, 3) mm in skeleton order, or .pts "
                                              "keypoint files (official layout)")
-    p.add_argument("--hand-model", help="official-format hand_model folder (default: $DHM_DATA/hand_model)")
+    p.add_argument("--hand-model", help="official-format hand_model folder (default: with --snapshot the hand model "
+                                        "it was trained on, found by its hash; else $DHM_DATA/hand_model)")
     p.add_argument("--snapshot", help="snapshot_N.pth.tar whose decoder is used (default: no correctives)")
     p.add_argument("--out", required=True, help="output folder (poses.npz, meshes/)")
     p.add_argument("--steps", type=int_at_least(0), default=600, help="Adam steps")
@@ -29,9 +30,11 @@ def add(p):
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps")
 
 
-def read_joints(paths, skeleton) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Joint files → joints (B, J, 3) mm (0 where invalid), valid (B, J), and a source name per row."""
-    from ..data.keypoints import keypoints_to_joints, read_keypoints
+def read_joints(paths, skeleton, warn_nan=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Joint files → joints (B, J, 3) mm (0 where invalid), valid (B, J), and a source name per row.
+
+    ``warn_nan(message)`` is told about NaN (not annotated) joints in ``.npy`` files."""
+    from ..data.keypoints import KeypointFileError, keypoints_to_joints, read_keypoints
 
     J = skeleton.num_joints
     joints, valid, source = [], [], []
@@ -39,7 +42,10 @@ def read_joints(paths, skeleton) -> tuple[np.ndarray, np.ndarray, list[str]]:
         if not p.is_file():
             raise CLIError(f"{p}: joint file not found")
         if p.suffix == ".pts":
-            j, v = keypoints_to_joints(read_keypoints(p), skeleton)
+            try:
+                j, v = keypoints_to_joints(read_keypoints(p), skeleton)
+            except KeypointFileError as e:
+                raise CLIError(str(e) if str(p) in str(e) else f"{p}: {e}") from None
             joints.append(j[None]), valid.append(v[None]), source.append(str(p))
         elif p.suffix == ".npy":
             a = np.load(p, allow_pickle=False).astype(np.float64)
@@ -47,11 +53,39 @@ def read_joints(paths, skeleton) -> tuple[np.ndarray, np.ndarray, list[str]]:
             if a.ndim != 3 or a.shape[1:] != (J, 3):
                 raise CLIError(f"{p}: expected joints of shape (B, {J}, 3) or ({J}, 3) mm, got {a.shape}")
             v = np.isfinite(a).all(-1).astype(np.float64)
+            nan = int((v == 0).sum())
+            if nan and warn_nan is not None:
+                frames = int((v == 0).any(1).sum())
+                warn_nan(f"{p}: {nan} joint(s) in {frames} of {len(a)} frame(s) are NaN or infinite; "
+                         "they are left out of the fit (not annotated)")
             joints.append(np.nan_to_num(a)), valid.append(v)
             source += [f"{p}[{i}]" for i in range(len(a))]
         else:
             raise CLIError(f"{p}: expected a .npy array or a .pts keypoint file")
     return np.concatenate(joints), np.concatenate(valid), source
+
+
+def unit_warning(joints: np.ndarray, valid: np.ndarray, hand) -> str | None:
+    """A warning when the joints span far less than the hand model's (cm or m instead of mm), else None.
+
+    The span of a frame is the largest distance between two of its valid joints; the median over frames
+    is compared with the hand model's bind-pose joints (about 180 mm for a hand).
+    """
+    bind = hand.global_pose[:, :3, 3]
+    ref = float(np.max(np.linalg.norm(bind[:, None] - bind[None], axis=-1)))
+    spans = []
+    for j, v in zip(joints, valid > 0):
+        if v.sum() >= 2:
+            p = j[v]
+            spans.append(float(np.max(np.linalg.norm(p[:, None] - p[None], axis=-1))))
+    if not spans or ref <= 0:
+        return None
+    span = float(np.median(spans))
+    for unit, factor in (("metres", 1000.0), ("centimetres", 10.0)):
+        if span * factor * 0.5 <= ref <= span * factor * 2.0:
+            return (f"the joints span {span:.4g} units, the hand model's {ref:.0f} mm: they look like {unit}; "
+                    f"expected millimetres (multiply by {factor:g})")
+    return None
 
 
 def run(args) -> int:
@@ -66,8 +100,20 @@ def run(args) -> int:
     if not args.lr > 0:
         raise CLIError(f"--lr: expected a positive learning rate, got {args.lr}")
     out = writable_folder(args.out)
-    hand = HandModel.read(args.hand_model or default_hand_model_dir())
-    joints, valid, source = read_joints(args.joints, hand.skeleton)
+    ckpt = None
+    if args.snapshot:
+        from ..provenance import pick_hand_model
+        from ..snapshot import read_snapshot
+
+        ckpt = read_snapshot(args.snapshot)
+        hand = pick_hand_model(ckpt, args.snapshot, args.hand_model, log=lambda m: note(args.command, m),
+                               warn=lambda m: warn(args.command, m))
+    else:
+        hand = HandModel.read(args.hand_model or default_hand_model_dir())
+    joints, valid, source = read_joints(args.joints, hand.skeleton, warn_nan=lambda m: warn(args.command, m))
+    unit = unit_warning(joints, valid, hand)
+    if unit:
+        warn(args.command, unit)
     few = np.nonzero(valid.sum(1) < 3)[0]
     if len(few):
         raise CLIError(f"{source[few[0]]}: fewer than 3 valid joints; cannot place the hand")
@@ -75,7 +121,7 @@ def run(args) -> int:
     if args.snapshot:
         from ..snapshot import model_from_snapshot
 
-        model = model_from_snapshot(args.snapshot, hand, map_location="cpu")
+        model = model_from_snapshot(args.snapshot, hand, map_location="cpu", ckpt=ckpt)
     else:
         model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
                                                skeleton_corrective=False))

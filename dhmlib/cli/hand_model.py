@@ -40,7 +40,9 @@ def run(args) -> int:
     writable_folder(out)
     t = time.perf_counter()
     model = build_procedural_hand(target_vertices=args.vertices, seed=args.seed)
-    model.write(out)
+    from ..handmodel import PROCEDURAL_ORIGIN
+
+    model.write(out, origin=f"{PROCEDURAL_ORIGIN} (dhm hand-model --seed {args.seed} --vertices {args.vertices})")
     print(f"wrote {out} ({model.num_vertices} vertices, {len(model.faces)} faces, {model.num_joints} joints) "
           f"in {time.perf_counter() - t:.1f} s")
     return 0

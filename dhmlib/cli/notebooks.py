@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import CLIError, OK, PROBLEMS
+from ._common import CLIError, OK, PROBLEMS, writable_folder
 
 
 def _seconds(text: str) -> float:
@@ -47,6 +47,9 @@ def run(args) -> int:
                        "(or make setup)") from None
     from ..notebooks import NotebookParameterError, format_seconds, parse_value, run_notebooks
 
+    from ..paths import output_dir
+
+    writable_folder(args.out or output_dir("notebooks"), "--out")
     params = {}
     for name, value in args.parameter:
         if name in params:

@@ -59,6 +59,12 @@ def run(args) -> int:
     from ..paths import output_dir
     from ..train.evaluation import test_snapshot
 
+    from ..paths import data_dir
+
+    data = data_dir(args.data)
+    if not data.is_dir():
+        raise CLIError(f"--data {data}: no such dataset root" + (" (it is a file)" if data.exists() else "")
+                       + "; expected a folder with hand_model/ and annotations/")
     out = writable_folder(output_dir(None, args.output), "--output")
     try:
         res = test_snapshot(args.snapshot, args.data, out, epoch=args.epoch, split=args.held_out,

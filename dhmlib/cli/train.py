@@ -29,7 +29,8 @@ import dataclasses
 import os
 import sys
 
-from ._common import INTERRUPTED, PROBLEMS, USAGE, CLIError, HelpFormatter, device, int_at_least, note, run_command
+from ._common import INTERRUPTED, PROBLEMS, USAGE, CLIError, HelpFormatter, device, int_at_least, note, run_command, \
+    writable_folder
 
 HELP = ("train DeepHandMesh: in this process, or under torchrun on GPUs (--gpu 0-3) or CPU processes (--nproc N); "
         "snapshots in OUTPUT/model_dump, logs in OUTPUT/log")
@@ -48,7 +49,7 @@ def add(p, launcher: bool = True) -> None:
                    help="configuration preset (default: cpu-small; with --continue: the configuration of the "
                         "snapshot it resumes)")
     p.add_argument("--data", default=None, help="dataset root (default: $DHM_DATA or the project's data/)")
-    p.add_argument("--output", default=None, help="output root: log/, model_dump/ (default: the project's output/)")
+    p.add_argument("--output", default=None, help="output root: log/, model_dump/ (default: $DHM_OUTPUT or the project's output/)")
     p.add_argument("--epochs", type=int_at_least(1), default=None, help="number of epochs (overrides the preset)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig field, or model.FIELD of the ModelConfig (repeatable; "
@@ -166,6 +167,16 @@ def launch_command(args, data, output) -> tuple[list[str], dict]:
     return torchrun_command(module_args(args, data, output, "cpu"), nproc=args.nproc, extra=extra)
 
 
+def one_line(e: BaseException) -> str:
+    """The message of a data error, also when a DataLoader worker re-raised it with its traceback inside."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        name = type(e).__name__
+        text = last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    return " ".join(text.split("\n"))
+
+
 def _launch(args, data, output) -> int:
     import subprocess
 
@@ -219,16 +230,32 @@ def run(args) -> int:
         raise CLIError(f"{multi[0]}: torchrun flags need --gpu IDS or --nproc N (the processes per node)")
     if not data.is_dir():
         raise CLIError(f"--data {data}: no such folder (write a virtual capture with 'dhm synth --out {data}')")
+    writable_folder(output, "--output")
     if launching:
         return _launch(args, data, output)
 
+    from ..data.check import PreflightError, preflight
+    from ..data.dataset import DatasetError
+    from ..data.keypoints import KeypointFileError
+    from ..data.safe_pickle import DepthFileError
+    from ..data.split import SplitError
     from ..train.checkpoint import NonFiniteLoss
     from ..train.loop import TrainingInterrupted, train
 
     # SIGINT/SIGTERM (run_command turns SIGTERM into Ctrl-C): the loop ends after its step with a snapshot
+    try:     # sizes and headers of what the run reads, before it starts (check-data reads them in full)
+        checked = preflight(data, tc.subject, images=tc.pose_source == "image")
+    except PreflightError as e:
+        raise CLIError(str(e)) from None
+    if os.environ.get("RANK", "0") == "0":
+        print(f"checked {checked.get('keypoint files', 0)} keypoint files, {checked.get('depth maps', 0)} depth maps"
+              + (f", {checked['images']} images" if checked.get("images") else "")
+              + f" in {checked['seconds']:.1f} s (sizes and headers; 'dhm check-data' reads them in full)", flush=True)
     try:
         train(tc, mc, data, output, resume=args.resume, device=args.device, progress=not args.no_progress,
               time_limit_s=args.time_limit)
+    except (SplitError, DatasetError, KeypointFileError, DepthFileError) as e:   # a bad input, also mid-run
+        raise CLIError(one_line(e)) from None
     except NonFiniteLoss as e:
         if os.environ.get("RANK", "0") == "0":     # every rank stops at the same step; rank 0 says so
             print(f"dhm train: error: {e}", file=sys.stderr)

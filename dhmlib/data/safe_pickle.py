@@ -23,7 +23,11 @@ _ALLOWED = {
 }
 
 
-class UnsafePickleError(ValueError):
+class DepthFileError(ValueError):
+    """A depth-map file that cannot be read as a numpy array (truncated, corrupt, unsafe); names the file."""
+
+
+class UnsafePickleError(DepthFileError):
     """The file is not a plain numpy array pickle."""
 
 
@@ -45,7 +49,7 @@ def load_array_pickle(path, max_bytes: int = 256 << 20) -> np.ndarray:
     Raises:
         UnsafePickleError: the pickle names a global other than numpy's array internals,
             or holds something other than a numeric array.
-        ValueError: truncated or corrupt file.
+        DepthFileError: truncated or corrupt file (a ValueError).
         FileNotFoundError: missing file.
     """
     path = Path(path)
@@ -53,13 +57,13 @@ def load_array_pickle(path, max_bytes: int = 256 << 20) -> np.ndarray:
         raise FileNotFoundError(f"{path}: depth map file not found")
     data = path.read_bytes()
     if len(data) > max_bytes:
-        raise ValueError(f"{path}: {len(data)} bytes, larger than the {max_bytes} expected of a depth map")
+        raise DepthFileError(f"{path}: {len(data)} bytes, larger than the {max_bytes} expected of a depth map")
     try:
         obj = _ArrayOnlyUnpickler(io.BytesIO(data), path).load()
     except UnsafePickleError:
         raise
     except Exception as e:  # EOFError, UnpicklingError, struct errors… on truncation or corruption
-        raise ValueError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {e}); "
+        raise DepthFileError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {e}); "
                          "expected a pickled numpy array") from None
     if not isinstance(obj, np.ndarray):
         raise UnsafePickleError(f"{path}: expected a numpy array, got {type(obj).__name__}")

@@ -51,6 +51,7 @@ import torch
 from ..data.keypoints import KEYPOINT_NAMES, joints_to_keypoints, write_keypoints
 from ..data.safe_pickle import save_array_pickle
 from ..data.scans import write_scan
+from ..handmodel import PROCEDURAL_ORIGIN
 from ..render.cameras import OFFICIAL_IMAGE_SIZE, Cameras, write_krt
 from ..render.settings import RasterSettings
 from ..render.shade import Light, render_shaded
@@ -206,13 +207,35 @@ def keypoint_views(points: np.ndarray, depth: np.ndarray, cameras: Cameras, radi
 
 
 # --------------------------------------------------------------------------- writing
-def _check_free(root: Path, overwrite: bool) -> list[Path]:
+def _check_free(root: Path, overwrite: bool, log: Callable[[str], None] | None = None) -> list[Path]:
+    """The pieces of :data:`OWNED` already under ``root`` that the capture will replace.
+
+    Without ``overwrite`` only one thing may be there: a ``hand_model/`` that dhmlib built procedurally
+    (``dhm hand-model``, notebook 04, an earlier capture: it can be built again), which the capture replaces
+    with its own subject 1 hand, since its meshes, depth maps and keypoints are made from that hand, and says
+    so through ``log``. Anything else (the official release, a user's own hand model, a capture) raises.
+    """
+    from ..handmodel import hand_model_origin, is_generated_hand_model
+
     present = [root / p for p in OWNED if (root / p).exists()]
-    if present and not overwrite:
-        raise FileExistsError(f"{root}: already holds {', '.join(str(p.relative_to(root)) for p in present)}; "
-                              "expected an empty target. Pass --overwrite (overwrite=True) to replace them "
-                              f"(all of: {', '.join(OWNED)})")
-    return present
+    if not present or overwrite:
+        return present
+    hand = root / "hand_model"
+    if present == [hand]:
+        if is_generated_hand_model(hand):
+            if log is not None:
+                origin = hand_model_origin(hand)
+                what = origin if origin != "dhmlib" else "a procedural hand written by dhmlib"
+                log(f"{hand}: replacing the hand model there ({what}) with the virtual capture's own hand "
+                    "(subject 1; the capture is made from it); 'dhm hand-model' builds the other one again")
+            return present
+        raise FileExistsError(f"{hand}: holds a hand model that dhmlib did not build (its hand.obj has no dhmlib "
+                              "header); the virtual capture brings its own hand and does not replace yours. "
+                              "Move it away, write the capture into another folder, or pass --overwrite "
+                              "(overwrite=True) to replace it")
+    raise FileExistsError(f"{root}: already holds {', '.join(str(p.relative_to(root)) for p in present)}; "
+                          "expected an empty target. Pass --overwrite (overwrite=True) to replace them "
+                          f"(all of: {', '.join(OWNED)})")
 
 
 def _save_jpeg(path: Path, rgb: np.ndarray, quality: int):
@@ -228,14 +251,18 @@ def write_capture(out, config: CaptureConfig = CaptureConfig(), overwrite: bool 
     Staging folders that killed earlier runs left in ``out`` are removed first (each reported
     through ``log``; see :mod:`.staging`).
 
+    A ``hand_model/`` alone that dhmlib built procedurally is replaced by the capture's own hand (said
+    through ``log``); a hand model dhmlib did not build is never replaced without ``overwrite``.
+
     Raises:
-        FileExistsError: ``out`` already holds any of :data:`OWNED` and ``overwrite`` is False,
+        FileExistsError: ``out`` already holds any of :data:`OWNED` (but a procedural hand model alone)
+            and ``overwrite`` is False,
             or another capture is being written into ``out`` right now (:class:`StagingBusyError`).
     """
     from ..progress import Progress
 
     root = Path(out)
-    _check_free(root, overwrite)
+    replace = _check_free(root, overwrite, log)
     root.mkdir(parents=True, exist_ok=True)
     removed = remove_stale(root, log)
     t0 = time.perf_counter()
@@ -252,7 +279,10 @@ def write_capture(out, config: CaptureConfig = CaptureConfig(), overwrite: bool 
         (syn / "README.txt").write_text(README)
         (syn / "COMPLETE").write_text(f"dhm synth: {config.subjects} subject(s) × {config.frames} frames × "
                                       f"{config.cameras} cameras, seed {config.seed}\n")
-        for p in _check_free(root, overwrite):  # anything that appeared meanwhile
+        now = [root / p for p in OWNED if (root / p).exists()]
+        if any(p not in replace for p in now):   # appeared meanwhile: checked as at the start
+            _check_free(root, overwrite, None)
+        for p in now:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         for rel in OWNED:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -266,9 +296,11 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
     identity = HandIdentity.sample(id_seed)
     hand = build_procedural_hand(config.vertices, seed=id_seed, identity=identity)
     syn = tmp / "annotations" / "synthetic" / f"subject_{n}"
-    hand.write(syn / "hand_model")
+    origin = (f"{PROCEDURAL_ORIGIN} (virtual capture subject {n}: dhm synth --seed {config.seed} "
+              f"--vertices {config.vertices}, identity seed {id_seed})")
+    hand.write(syn / "hand_model", origin=origin)
     if n == 1:
-        hand.write(tmp / "hand_model")
+        hand.write(tmp / "hand_model", origin=origin)
     np.save(syn / "faces.npy", hand.faces.astype(np.int32))
     (syn / "meshes").mkdir(parents=True)
 

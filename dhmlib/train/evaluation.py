@@ -52,6 +52,7 @@ from .. import metrics_mesh as mm
 from ..handmodel import HandModel
 from ..model import DeepHandMesh, ModelConfig
 from ..paths import data_dir, output_dir
+from ..provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record
 from ..render import render_depth
 from ..render.cameras import Cameras
 from ..render.crop import Crop
@@ -482,7 +483,12 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     path, ckpt = resolve_snapshot(snapshot, out_root, epoch, log)
     stored = ckpt.get("train_config")
     subject = int((stored or {}).get("subject", 1))
-    hand = hand_model or HandModel.read(Layout(data_root, subject).hand_model_dir)
+    if hand_model is None:    # the data's hand model, or the one the snapshot was trained on (said so)
+        from ..provenance import pick_hand_model
+
+        hand_model = pick_hand_model(ckpt, path, None, default_dir=Layout(data_root, subject).hand_model_dir,
+                                     log=log, warn=log)
+    hand = hand_model
     model, tc = model_and_config(ckpt, path, hand)
     if tc is None:    # an official snapshot: the paper's recipe (image source)
         tc = TrainConfig()
@@ -507,6 +513,8 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
         "views": len(data.views[0]) if data.views else 0, "render_size": list(tc.render_size),
         "view_selection": "every camera" if num_views is None else f"{num_views} spread over the rig",
         "train_config": tc.to_dict(), "model_config": model.config.to_dict(),
+        "hand_model": hand_model_record(hand), "code_version": dict(code_version()),
+        "snapshot_provenance": {k: ckpt.get(k) for k in (HAND_KEY, CODE_KEY)},
     }
     mesh_inputs = mesh_metric_inputs(hand, data_root, subject, data.frames)
     if surface_every > 1:

@@ -388,8 +388,10 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
     previous_det = torch.are_deterministic_algorithms_enabled()
     try:
         seed_everything(cfg.seed, cfg.deterministic)
+        group = ("no process group: one process, not distributed" if info.backend in (None, "", "none")
+                 else f"{info.backend} process group")
         log(f"training on {info.device} ({info.world_size} process{'es' if info.world_size > 1 else ''}, "
-            f"{info.backend or 'no backend'}); data {data_root}; output {output_root}")
+            f"{group}); data {data_root}; output {output_root}")
         log(f"train_config {json.dumps(cfg.to_dict())}")
         log(f"model_config {json.dumps(model_config.to_dict())}")
 
@@ -541,7 +543,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
             t_int = time.perf_counter()
             batches, num_batches = loader, len(loader)
             if tqdm is not None and progress and main:
-                batches = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+                batches = tqdm(loader, desc=f"epoch {epoch} (0..{cfg.epochs - 1})", leave=False, dynamic_ncols=True)
             clock = _Clock(info.device)
             for batch in batches:
                 clock.lap("data_ms")

@@ -87,7 +87,9 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
             (``vertices`` target) is built and written if the folder has no ``hand.obj``.
         snapshot: ``""`` for none, ``"latest"`` for the newest training checkpoint in
             ``output/model_dump`` if there is one (one that does not fit the hand model is
-            skipped with a warning), or a path (errors are raised).
+            skipped with a warning), or a path (errors are raised). With ``hand_model_dir`` ``""``
+            the hand model the snapshot was trained on is used when it is found (printed;
+            :func:`dhmlib.provenance.pick_hand_model`).
         vertices: target vertex count of a procedural hand built here.
         backbone: ResNet depth of the untrained model (a snapshot brings its own).
     """
@@ -100,22 +102,40 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
         if not (folder / "hand.obj").is_file():
             from ..synth import build_procedural_hand
 
-            build_procedural_hand(target_vertices=int(vertices)).write(folder)
+            from ..handmodel import PROCEDURAL_ORIGIN
+
+            build_procedural_hand(target_vertices=int(vertices)).write(
+                folder, origin=f"{PROCEDURAL_ORIGIN} (load_posing_model, notebook 04: seed 0, {int(vertices)} vertices)")
             built = True
     else:
         folder = Path(hand_model_dir)
     hand = HandModel.read(folder)
+
+    def snapshot_hand(path):
+        """With no hand model named: the one ``path`` was trained on when it is found (said so), else ours."""
+        if str(hand_model_dir) != "":
+            return hand, folder
+        from ..provenance import pick_hand_model
+        from ..snapshot import read_snapshot
+
+        try:
+            picked = pick_hand_model(read_snapshot(path), path, None, default_dir=folder, log=print)
+        except (FileNotFoundError, SnapshotError):
+            return hand, folder
+        return picked, Path(picked.meta.get("source") or folder)
 
     path = None
     if str(snapshot) == "latest":
         path = latest_snapshot()
         if path is not None:
             try:
-                return PosingModel(model_from_snapshot(path, hand).eval(), folder, path, built)
+                h, f = snapshot_hand(path)
+                return PosingModel(model_from_snapshot(path, h).eval(), f, path, built)
             except SnapshotError as e:
                 warnings.warn(f"skipping {path}: {e}", stacklevel=2)
                 path = None
     elif str(snapshot) != "":
         path = Path(snapshot)
-        return PosingModel(model_from_snapshot(path, hand).eval(), folder, path, built)
+        h, f = snapshot_hand(path)
+        return PosingModel(model_from_snapshot(path, h).eval(), f, path, built)
     return PosingModel(DeepHandMesh(hand, ModelConfig(backbone=backbone)).eval(), folder, None, built)
