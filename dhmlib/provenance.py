@@ -71,12 +71,10 @@ def code_version() -> dict:
 
 def snapshot_vertex_count(ckpt: dict) -> int | None:
     """V of the hand a snapshot's skin corrective was built for (from ``fc_id``'s output rows), or None."""
-    from .snapshot import network_state
-
-    try:
-        w = network_state(ckpt).get("skin_refine_net.fc_id.2.weight")
-    except Exception:   # noqa: BLE001 (a snapshot without a network: nothing to say)
+    net = ckpt.get("network") if isinstance(ckpt, dict) else None
+    if not isinstance(net, dict):     # a snapshot without a network: nothing to say
         return None
+    w = net.get("module.skin_refine_net.fc_id.2.weight", net.get("skin_refine_net.fc_id.2.weight"))
     return None if w is None else int(w.shape[0]) // 3
 
 
