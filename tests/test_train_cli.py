@@ -184,7 +184,7 @@ def test_two_gloo_processes_agree_and_match_one_process_with_the_same_global_bat
     assert r.returncode == 0, r.stderr[-3000:]
     assert "torch.distributed.run --standalone --nproc_per_node 2 -m dhmlib.train" in r.stdout.splitlines()[0]
     log = (two / "log" / "train.log").read_text()
-    assert "(2 processes, gloo)" in log
+    assert "(2 processes, gloo process group)" in log
     assert "parameters on the 2 ranks: max |difference| 0 (identical)" in log    # rank 1 holds rank 0's model
     # rank 0 alone probes (steps 0, 3 and the last, 4), the other rank waits for it
     records = [json.loads(ln) for ln in (two / "log" / "metrics.jsonl").read_text().splitlines()]

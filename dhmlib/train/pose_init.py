@@ -73,10 +73,12 @@ def joint_fit_init(data_root, subject: int, frames: Sequence[int], hand: HandMod
     t0 = time.perf_counter()
     joints, valid = zip(*(keypoints_to_joints(read_keypoints(layout.keypoints_path(f)), hand.skeleton)
                           for f in frames))
-    joints = torch.as_tensor(np.stack(joints), dtype=torch.float32)
-    valid = torch.as_tensor(np.stack(valid), dtype=torch.float32)
+    # float64, so that the angles (cast to float32) do not depend on the thread count (torchrun's workers run
+    # with one thread, a single process with several; DDP runs must start from the same poses)
+    joints = torch.as_tensor(np.stack(joints), dtype=torch.float64)
+    valid = torch.as_tensor(np.stack(valid), dtype=torch.float64)
     model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
-                                           skeleton_corrective=False))
+                                           skeleton_corrective=False)).double()
     r = fit_pose(model, joints=joints, joint_valid=valid, steps=steps, lr=INIT_FIT_LR[0], lr_end=INIT_FIT_LR[1],
                  correctives=())
     euler = r.euler.float()
