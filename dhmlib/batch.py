@@ -42,6 +42,7 @@ from typing import Callable, Mapping
 from .configs import split_top_level  # noqa: F401  (part of this module's API)
 from .notebooks import (HEADLESS_ENV, KERNEL_ARGUMENTS, NotebookParameterError, declared_parameters, format_seconds,
                         parameter_type_errors, read_recorded)
+from .paths import process_alive
 
 DEFAULT_NOTEBOOK = "02_training.ipynb"
 #: a run or batch name: letters, digits and ``._+-``; starts with a letter or digit
@@ -424,15 +425,7 @@ def _alive_elsewhere(status: dict) -> bool:
     pid = status.get("pid")
     if status.get("host") != socket.gethostname() or status.get("boot_id") != _boot_id() or not isinstance(pid, int):
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and process_alive(pid)
 
 
 @contextlib.contextmanager

@@ -66,3 +66,16 @@ def output_dir(sub: str | None = None, value: str | os.PathLike | None = None) -
 def notebooks_dir() -> Path:
     """The project's ``notebooks/`` folder (the ordered series)."""
     return project_root() / "notebooks"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a lock or status file's writer; signal 0 probes it)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:       # it exists, owned by someone else
+        return True
+    return True

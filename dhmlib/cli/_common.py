@@ -156,3 +156,19 @@ def writable_folder(folder, what: str = "--out", shown=None) -> Path:
     os.close(fd)
     os.unlink(name)
     return folder
+
+
+def snapshot_and_hand_model(args):
+    """``(ckpt or None, HandModel)`` for ``--snapshot`` / ``--hand-model``: with a snapshot the hand model it
+    was trained on (:func:`dhmlib.provenance.pick_hand_model`, saying which), else ``--hand-model`` or the
+    default folder."""
+    from ..handmodel import HandModel, default_hand_model_dir
+
+    if not args.snapshot:
+        return None, HandModel.read(args.hand_model or default_hand_model_dir())
+    from ..provenance import pick_hand_model
+    from ..snapshot import read_snapshot
+
+    ckpt = read_snapshot(args.snapshot)
+    return ckpt, pick_hand_model(ckpt, args.snapshot, args.hand_model, log=lambda m: note(args.command, m),
+                                 warn=lambda m: warn(args.command, m))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import CLIError, device, note, warn, writable_file
+from ._common import CLIError, snapshot_and_hand_model, device, warn, writable_file
 
 HELP = "pose a hand model (and snapshot) with a preset, Euler angles or a pose file and write meshes"
 SUFFIXES = (".obj", ".ply")
@@ -224,21 +224,11 @@ def root_transform(hand, frame: str, rotation: np.ndarray | None) -> np.ndarray 
 def run(args) -> int:
     import torch
 
-    from ..handmodel import HandModel, default_hand_model_dir
     from ..meshio import write_obj, write_ply
 
     out = writable_file(args.out, SUFFIXES)
     rotation = parse_rotation(args.rotate) if args.rotate else None
-    ckpt = None
-    if args.snapshot:
-        from ..provenance import pick_hand_model
-        from ..snapshot import read_snapshot
-
-        ckpt = read_snapshot(args.snapshot)
-        hand = pick_hand_model(ckpt, args.snapshot, args.hand_model, log=lambda m: note(args.command, m),
-                               warn=lambda m: warn(args.command, m))
-    else:
-        hand = HandModel.read(args.hand_model or default_hand_model_dir())
+    ckpt, hand = snapshot_and_hand_model(args)
     sk = hand.skeleton
     if args.pose_file:
         if args.euler:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import CLIError, device, int_at_least, note, warn, writable_folder
+from ._common import CLIError, snapshot_and_hand_model, device, int_at_least, warn, writable_folder
 
 HELP = "fit hand poses (Euler angles + root) to 3D joints with a frozen decoder; write poses.npz and meshes"
 
@@ -93,23 +93,13 @@ def run(args) -> int:
 
     from ..evaluate import joint_error
     from ..fit import fit_pose
-    from ..handmodel import HandModel, default_hand_model_dir
     from ..meshio import write_obj
     from ..model import DeepHandMesh, ModelConfig
 
     if not args.lr > 0:
         raise CLIError(f"--lr: expected a positive learning rate, got {args.lr}")
     out = writable_folder(args.out)
-    ckpt = None
-    if args.snapshot:
-        from ..provenance import pick_hand_model
-        from ..snapshot import read_snapshot
-
-        ckpt = read_snapshot(args.snapshot)
-        hand = pick_hand_model(ckpt, args.snapshot, args.hand_model, log=lambda m: note(args.command, m),
-                               warn=lambda m: warn(args.command, m))
-    else:
-        hand = HandModel.read(args.hand_model or default_hand_model_dir())
+    ckpt, hand = snapshot_and_hand_model(args)
     joints, valid, source = read_joints(args.joints, hand.skeleton, warn_nan=lambda m: warn(args.command, m))
     unit = unit_warning(joints, valid, hand)
     if unit:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..paths import output_dir, process_alive
 from ..render.crop import crop_depth
 
 #: bump when the stored content changes meaning
@@ -45,8 +46,6 @@ def default_cache_root(data_root, output_root=None) -> Path:
     data_root = Path(data_root)
     if os.access(data_root, os.W_OK):
         return data_root / ".dhm_cache"
-    from ..paths import output_dir
-
     return Path(output_root or output_dir()) / "cache"
 
 
@@ -171,18 +170,6 @@ def build_store(dataset, folder: Path, *, progress: bool = True, log: Callable[[
     return folder
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def open_or_build(dataset, cache_root, *, progress: bool = True,
                   log: Callable[[str], None] | None = None) -> DepthCropStore:
     """The store of ``dataset``'s frames, cameras and crop settings under ``cache_root``: opened when it
@@ -203,7 +190,7 @@ def open_or_build(dataset, cache_root, *, progress: bool = True,
             if (folder / "meta.json").is_file():
                 return DepthCropStore(folder)
             try:                         # a lock left by a killed build: its process is gone
-                stale = not _alive(int(lock.read_text() or 0)) and time.time() - os.stat(lock).st_mtime > 2.0
+                stale = not process_alive(int(lock.read_text() or 0)) and time.time() - os.stat(lock).st_mtime > 2.0
             except (FileNotFoundError, ValueError):
                 continue
             if stale or time.monotonic() - t0 > LOCK_TIMEOUT_S:
