@@ -182,6 +182,58 @@ def test_rasterize_large_faces_are_tiled():
     assert torch.equal(rasterize(5, 7, fz, fimg, feat, backend="torch").face_idx, r.face_idx)
 
 
+@pytest.mark.parametrize("perspective_correct", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_zbuffer_picks_the_vectorised_paths_faces(dtype, perspective_correct):
+    """The CPU kernel (Numba) and the vectorised z-buffer (what CUDA runs) choose the same face at
+    every pixel, on scenes of tiny, tile-sized and large faces, with and without a valid mask."""
+    import importlib
+    from dhmlib.render.zbuffer_cpu import visible_faces_cpu, zbuffer_available
+    raster = importlib.import_module("dhmlib.render.rasterize")
+    if not zbuffer_available():
+        pytest.skip("numba does not import: the vectorised path is the only one")
+    covered = 0
+    for seed, (F, scale, H, W) in enumerate([(400, 0.1, 24, 31), (60, 0.6, 40, 40), (12, 2.5, 33, 29),
+                                             (3000, 0.02, 96, 96)]):
+        g = torch.Generator().manual_seed(seed)
+        centre = torch.rand(3, F, 1, 2, generator=g, dtype=dtype) * 2.2 - 1.1
+        fimg = centre + (torch.rand(3, F, 3, 2, generator=g, dtype=dtype) - 0.5) * scale
+        fz = -(torch.rand(3, F, 3, generator=g, dtype=dtype) * 3 + 1)
+        fz[0, :5, 0] = 0.5                                         # partly behind the camera
+        for valid in (None, torch.rand(3, F, generator=g) > 0.3):
+            a = raster._visible_faces(H, W, fz, fimg, valid, perspective_correct, 1 << 12)
+            b = visible_faces_cpu(H, W, fz, fimg, valid, perspective_correct)
+            assert torch.equal(a, b)
+            covered += int((a >= 0).sum())
+    assert covered > 3000
+
+
+@pytest.mark.parametrize("cull", [False, True])
+def test_render_depth_at_pixels_equals_the_face_tensor_path(cull):
+    """render_depth's pixel-priced path (z-buffer read through the faces, graph from the covered
+    pixels to the vertices) gives rasterize-on-project_mesh's depth bit for bit, and its gradient
+    up to rounding; near-plane faces and back faces are dropped alike."""
+    import importlib
+    raster = importlib.import_module("dhmlib.render.rasterize")
+    v, f = _icosphere(dtype=torch.float32, subdivisions=3)
+    cams = ring_cameras(torch.zeros(3), 3, distance=60.0, focal=120.0, image_size=(64, 48))
+    settings = RasterSettings(backend="torch", cull_backfaces=cull, near=25.0)   # the sphere crosses near
+    crop = crop_from_bbox(torch.tensor([[4.0, 6.0, 40.0, 52.0]]).expand(3, 4), size=(40, 40))
+    w = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    v2 = torch.stack([v, v * 0.9 + 2.0])
+    a_v, b_v = v2.clone().requires_grad_(), v2.clone().requires_grad_()
+    a = render_depth(a_v, f, cams, crop, settings=settings)
+    pm = project_mesh(b_v, f, cams, crop, settings=settings)
+    out, _ = raster._rasterize_torch(40, 40, pm.face_vertices_z, pm.face_vertices_image,
+                                     (-pm.face_vertices_z).unsqueeze(-1), pm.valid_faces, True, 1 << 18)
+    b = out[..., 0].reshape(a.shape)
+    assert torch.equal(a, b) and int((a > 0).sum()) > 1000
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    assert b_v.grad.abs().max() > 0
+    torch.testing.assert_close(a_v.grad, b_v.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_rasterize_gradients_equal_reference():
     fz, fimg, feat = _random_scene(seed=4)
     w = torch.randn(2, 9, 11, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

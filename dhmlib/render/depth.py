@@ -23,7 +23,8 @@ import torch
 
 from .cameras import OFFICIAL_IMAGE_SIZE, Cameras
 from .crop import Crop
-from .rasterize import rasterize
+from .rasterize import interpolate_vertex_features, rasterize, resolve_backend, visible_faces
+from .zbuffer_cpu import visible_faces_of_vertices, zbuffer_available
 from .settings import DEFAULT_RASTER_SETTINGS, RasterSettings
 
 
@@ -38,6 +39,8 @@ class ProjectedMesh:
         valid_faces: (N, F) bool, faces entirely beyond the near plane (and front-facing when culled).
         batch: (B, C).
         size: (H, W).
+        vertices_image: (N, V, 2) normalised image coordinates of the vertices.
+        vertices_depth: (N, V) camera depth of the vertices, mm.
     """
 
     vertices_camera: torch.Tensor
@@ -46,6 +49,8 @@ class ProjectedMesh:
     valid_faces: torch.Tensor
     batch: tuple[int, int]
     size: tuple[int, int]
+    vertices_image: torch.Tensor
+    vertices_depth: torch.Tensor
 
 
 def _check_mesh(vertices: torch.Tensor, faces: torch.Tensor):
@@ -96,6 +101,18 @@ def project_mesh(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, 
             and ``cull_backfaces`` (faces turned away from the camera are marked invalid) of
             :class:`~dhmlib.render.settings.RasterSettings`; its ``backend`` is the renders' business.
     """
+    B, C, H, W = _checked_batch(vertices, faces, cameras, crop, size, settings)
+    vc, ndc, depth = _project_vertices(vertices, cameras, crop, H, W, settings.near)
+    N = B * C
+    f = faces.to(device=vertices.device, dtype=torch.long).reshape(-1)
+    fimg = ndc.index_select(1, f).reshape(N, -1, 3, 2)
+    fz = (-depth).index_select(1, f).reshape(N, -1, 3)
+    valid = _valid_faces(fz, fimg, settings.near, settings.cull_backfaces)
+    return ProjectedMesh(vc, fz, fimg, valid, (B, C), (H, W), ndc, depth)
+
+
+def _checked_batch(vertices, faces, cameras, crop, size, settings) -> tuple[int, int, int, int]:
+    """(B, C, H, W) of a render call, after checking its arguments (see :func:`project_mesh`)."""
     _check_settings(settings)
     _check_mesh(vertices, faces)
     B = vertices.shape[0]
@@ -116,26 +133,32 @@ def project_mesh(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, 
             raise ValueError(f"expected crop of batch shape ({C},) or ({B}, {C}) to match the cameras, got {cs}")
         if tuple(crop.size) != (H, W):
             raise ValueError(f"crop.size {crop.size} differs from the render size {(H, W)}")
+    return B, C, H, W
+
+
+def _project_vertices(vertices, cameras, crop, H: int, W: int, near: float):
+    """Camera-space vertices (B, C, V, 3), their NDC (B·C, V, 2) and camera depth (B·C, V), mm."""
     cams = cameras.to(device=vertices.device, dtype=vertices.dtype)
     vc = cams.world_to_camera(vertices.unsqueeze(1))  # (B, C, V, 3)
     depth = vc[..., 2]
-    near = settings.near
     safe = torch.where(depth > near, depth, torch.full_like(depth, near))  # avoid inf for dropped faces
     uv = vc[..., :2] / safe.unsqueeze(-1) * cams.focal.unsqueeze(-2) + cams.principal.unsqueeze(-2)
     if crop is not None:
         uv = Crop(crop.matrix.to(uv), crop.size).apply(uv)
     ndc = torch.stack([uv[..., 0] * (2.0 / W) - 1.0, 1.0 - uv[..., 1] * (2.0 / H)], -1)  # (B, C, V, 2)
-    N = B * C
-    f = faces.to(device=vertices.device, dtype=torch.long).reshape(-1)
-    fimg = ndc.reshape(N, -1, 2).index_select(1, f).reshape(N, -1, 3, 2)
-    fz = (-depth).reshape(N, -1).index_select(1, f).reshape(N, -1, 3)
-    valid = (fz[..., 0] < -near) & (fz[..., 1] < -near) & (fz[..., 2] < -near)
-    if settings.cull_backfaces:  # counter-clockwise outward faces appear counter-clockwise (area > 0) in NDC
-        with torch.no_grad():
+    N, V = vc.shape[0] * vc.shape[1], vc.shape[2]
+    return vc, ndc.reshape(N, V, 2), depth.reshape(N, V)
+
+
+def _valid_faces(fz: torch.Tensor, fimg: torch.Tensor, near: float, cull_backfaces: bool) -> torch.Tensor:
+    """(N, F) bool: faces wholly beyond the near plane (and, culling, counter-clockwise in NDC)."""
+    with torch.no_grad():
+        valid = (fz[..., 0] < -near) & (fz[..., 1] < -near) & (fz[..., 2] < -near)
+        if cull_backfaces:  # counter-clockwise outward faces appear counter-clockwise (area > 0) in NDC
             x, y = fimg[..., 0], fimg[..., 1]
             area = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0])
             valid &= area > 0
-    return ProjectedMesh(vc, fz, fimg, valid, (B, C), (H, W))
+    return valid
 
 
 def render_depth(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
@@ -150,12 +173,39 @@ def render_depth(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, 
         pixel centre; 0 where no surface. Differentiable w.r.t. vertices (and cameras)
         through the visible faces.
     """
+    _check_settings(settings)
+    if resolve_backend(settings.backend, vertices) == "torch":
+        return _render_depth_at_pixels(vertices, faces, cameras, crop, size, settings)
     pm = project_mesh(vertices, faces, cameras, crop, size, settings)
     H, W = pm.size
     feat = (-pm.face_vertices_z).unsqueeze(-1)  # (N, F, 3, 1) depth
     out, _ = rasterize(H, W, pm.face_vertices_z, pm.face_vertices_image, feat, pm.valid_faces,
                        backend=settings.backend)
     return out[..., 0].reshape(*pm.batch, H, W)
+
+
+def _render_depth_at_pixels(vertices, faces, cameras, crop, size, settings) -> torch.Tensor:
+    """:func:`render_depth` with the built-in backend, priced by covered pixels.
+
+    The same values as :func:`rasterize` on :func:`project_mesh`'s face tensors (the same
+    visible faces, the same interpolation) without those (N, F, 3) tensors on the CPU: the
+    compiled z-buffer reads the vertices through the faces, and the graph runs from the covered
+    pixels to the projected vertices, so the backward scatters P·3 values into (N·V) vertices
+    instead of zero-filling and scattering per-face gradients.
+    """
+    B, C, H, W = _checked_batch(vertices, faces, cameras, crop, size, settings)
+    _, ndc, depth = _project_vertices(vertices, cameras, crop, H, W, settings.near)
+    f = faces.to(device=vertices.device, dtype=torch.long)
+    if vertices.device.type == "cpu" and zbuffer_available():
+        gid = visible_faces_of_vertices(H, W, ndc, -depth, f, settings.near, settings.cull_backfaces)
+    else:
+        with torch.no_grad():
+            fl = f.reshape(-1)
+            fimg = ndc.detach().index_select(1, fl).reshape(B * C, -1, 3, 2)
+            fz = (-depth.detach()).index_select(1, fl).reshape(B * C, -1, 3)
+            gid = visible_faces(H, W, fz, fimg, _valid_faces(fz, fimg, settings.near, settings.cull_backfaces))
+    out = interpolate_vertex_features(H, W, ndc, -depth, depth.unsqueeze(-1), f, gid)
+    return out[..., 0].reshape(B, C, H, W)
 
 
 def render_face_index(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,

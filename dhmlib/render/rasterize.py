@@ -55,7 +55,10 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-__all__ = ["rasterize", "RasterOutput", "kaolin_available", "KAOLIN_UNAVAILABLE_REASON"]
+from .zbuffer_cpu import visible_faces_cpu, zbuffer_available
+
+__all__ = ["rasterize", "RasterOutput", "kaolin_available", "KAOLIN_UNAVAILABLE_REASON", "visible_faces",
+           "interpolate_vertex_features", "resolve_backend"]
 
 _INT64_MIN = torch.iinfo(torch.int64).min
 # The z-buffer packs (face id, value) int32 pairs into int64 keys: the value must be the high word.
@@ -159,10 +162,7 @@ def rasterize(height: int, width: int, face_vertices_z: torch.Tensor, face_verti
     is_list = isinstance(face_features, (list, tuple))
     feats = torch.cat(list(face_features), dim=-1) if is_list else face_features
     _check_inputs(height, width, face_vertices_z, face_vertices_image, feats, valid_faces)
-    if backend == "auto":
-        backend = "kaolin" if (_KAOLIN_MESH is not None and face_vertices_z.is_cuda) else "torch"
-    if max_candidates is None:
-        max_candidates = (1 << 22) if face_vertices_z.is_cuda else (1 << 18)
+    backend = resolve_backend(backend, face_vertices_z)
     if backend == "torch":
         if multiplier is not None or eps is not None:
             warnings.warn("rasterize(backend='torch') ignores Kaolin's multiplier and eps", stacklevel=2)
@@ -460,21 +460,23 @@ class _Interpolate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fimg, fz, feats, f, x, y, perspective: bool):
-        tri = fimg.index_select(0, f)  # (P, 6) x0 y0 x1 y1 x2 y2
+        # f None: fimg (P, 6), fz (P, 3), feats (P, 3, D) are already the pixels' faces
+        tri = fimg if f is None else fimg.index_select(0, f)  # (P, 6) x0 y0 x1 y1 x2 y2
         dx = [tri[:, 2 * k] - x for k in range(3)]  # vertex − pixel, three (P,)
         dy = [tri[:, 2 * k + 1] - y for k in range(3)]
         e = [dx[(k + 1) % 3] * dy[(k + 2) % 3] - dx[(k + 2) % 3] * dy[(k + 1) % 3] for k in range(3)]
         if perspective:
-            zf = fz.index_select(0, f)
+            zf = fz if f is None else fz.index_select(0, f)
             z = [zf[:, k].contiguous() for k in range(3)]
             u = [e[k] / z[k] for k in range(3)]
         else:
             z, u = [None] * 3, e
         inv_s = 1.0 / (u[0] + u[1] + u[2])
         b = [u[k] * inv_s for k in range(3)]
-        fv = feats.index_select(0, f)  # (P, 3, D)
+        fv = feats if f is None else feats.index_select(0, f)  # (P, 3, D)
         vals = b[0].unsqueeze(-1) * fv[:, 0] + b[1].unsqueeze(-1) * fv[:, 1] + b[2].unsqueeze(-1) * fv[:, 2]
         ctx.save_for_backward(feats, f, inv_s, *dx, *dy, *b, *(z if perspective else ()))
+        ctx.gathered = f is None
         ctx.perspective = perspective
         ctx.shapes = (fimg.shape, fz.shape)
         return vals
@@ -489,9 +491,9 @@ class _Interpolate(torch.autograd.Function):
         D = feats.shape[-1]
         if ctx.needs_input_grad[2]:
             gfv = torch.stack([b[k].unsqueeze(-1) * g for k in range(3)], 1)  # (P, 3, D)
-            g_feats = torch.zeros_like(feats).index_add_(0, f, gfv)
+            g_feats = gfv if ctx.gathered else torch.zeros_like(feats).index_add_(0, f, gfv)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            fv = feats.index_select(0, f)  # (P, 3, D)
+            fv = feats if ctx.gathered else feats.index_select(0, f)  # (P, 3, D)
             if D == 1:
                 gb = [g[:, 0] * fv[:, k, 0] for k in range(3)]
             else:
@@ -502,7 +504,8 @@ class _Interpolate(torch.autograd.Function):
                 ge = [gu[k] / z[k] for k in range(3)]
                 if ctx.needs_input_grad[1]:
                     gz = torch.stack([-ge[k] * b[k] / inv_s for k in range(3)], 1)  # −gu_k u_k / z_k
-                    g_fz = torch.zeros(fz_shape, dtype=gz.dtype, device=gz.device).index_add_(0, f, gz)
+                    g_fz = gz if ctx.gathered else \
+                        torch.zeros(fz_shape, dtype=gz.dtype, device=gz.device).index_add_(0, f, gz)
             else:
                 ge = gu
             if ctx.needs_input_grad[0]:
@@ -512,7 +515,8 @@ class _Interpolate(torch.autograd.Function):
                     cols.append(ge[mm] * dy[mp] - ge[mp] * dy[mm])  # ∂L/∂x_m
                     cols.append(ge[mp] * dx[mm] - ge[mm] * dx[mp])  # ∂L/∂y_m
                 gt = torch.stack(cols, 1)  # (P, 6)
-                g_fimg = torch.zeros(fimg_shape, dtype=gt.dtype, device=gt.device).index_add_(0, f, gt)
+                g_fimg = gt if ctx.gathered else \
+                    torch.zeros(fimg_shape, dtype=gt.dtype, device=gt.device).index_add_(0, f, gt)
         return g_fimg, g_fz, g_feats, None, None, None, None
 
 
@@ -544,9 +548,72 @@ def _interpolate(H: int, W: int, fz: torch.Tensor, fimg: torch.Tensor, feats: to
     return out.index_copy(0, pix, vals).reshape(B, H, W, D)
 
 
+def interpolate_vertex_features(H: int, W: int, vertices_image: torch.Tensor, vertices_z: torch.Tensor,
+                                vertex_features: torch.Tensor, faces: torch.Tensor,
+                                gid: torch.Tensor) -> torch.Tensor:
+    """Perspective-correct interpolation of per-vertex features at the covered pixels.
+
+    What :func:`rasterize` interpolates from face tensors, read from the vertices instead, so
+    that the graph (and the backward's scatter) is as large as the covered pixels:
+
+    Args:
+        vertices_image: (N, V, 2) normalised image coordinates.
+        vertices_z: (N, V) Kaolin-convention z (= −depth, < 0 in front).
+        vertex_features: (N, V, D).
+        faces: (F, 3) long.
+        gid: (N, H, W) long global visible-face ids ``n·F + f`` (:func:`visible_faces`), -1 on background.
+
+    Returns:
+        (N, H, W, D); autograd reaches the three vertex tensors.
+    """
+    N, V = vertices_z.shape
+    F = faces.shape[0]
+    D = vertex_features.shape[-1]
+    flat = gid.reshape(-1)
+    pix = (flat >= 0).nonzero().squeeze(-1)  # (P,)
+    dtype = torch.promote_types(torch.promote_types(vertices_image.dtype, vertices_z.dtype), vertex_features.dtype)
+    out = torch.zeros(N * H * W, D, dtype=dtype, device=vertex_features.device)
+    if pix.numel() == 0:
+        return out.reshape(N, H, W, D) + 0 * vertex_features.sum()  # keep the graph connected
+    g = flat[pix]
+    n = g // F
+    vid = (faces.index_select(0, g - n * F) + (n * V).unsqueeze(-1)).reshape(-1)  # (P·3,)
+    P = pix.shape[0]
+    tri = vertices_image.reshape(N * V, 2).to(dtype).index_select(0, vid).reshape(P, 6)
+    zf = vertices_z.reshape(N * V).to(dtype).index_select(0, vid).reshape(P, 3)
+    fv = vertex_features.reshape(N * V, D).to(dtype).index_select(0, vid).reshape(P, 3, D)
+    j = (pix % W).to(dtype)
+    i = ((pix // W) % H).to(dtype)
+    x = (2 * j + 1) / W - 1  # pixel centre, NDC
+    y = 1 - (2 * i + 1) / H
+    vals = _Interpolate.apply(tri, zf, fv, None, x, y, True)
+    return out.index_copy(0, pix, vals).reshape(N, H, W, D)
+
+
+def resolve_backend(backend: str, like: torch.Tensor) -> str:
+    """``"auto"`` → ``"kaolin"`` when Kaolin runs and ``like`` is on CUDA, else ``"torch"``."""
+    if backend == "auto":
+        return "kaolin" if (_KAOLIN_MESH is not None and like.is_cuda) else "torch"
+    return backend
+
+
+def visible_faces(H: int, W: int, fz: torch.Tensor, fimg: torch.Tensor, valid: torch.Tensor | None,
+                  perspective_correct: bool = True, max_candidates: int | None = None) -> torch.Tensor:
+    """The built-in backend's z-buffer: (B, H, W) long global ids ``b·F + f`` of the visible faces, -1 on background.
+
+    CPU tensors go to the compiled kernel (:mod:`dhmlib.render.zbuffer_cpu`) when Numba imports,
+    anything else to the vectorised :func:`_visible_faces`; both choose the same faces.
+    """
+    if fz.device.type == "cpu" and zbuffer_available():
+        return visible_faces_cpu(H, W, fz, fimg, valid, perspective_correct)
+    if max_candidates is None:
+        max_candidates = (1 << 22) if fz.is_cuda else (1 << 18)
+    return _visible_faces(H, W, fz, fimg, valid, perspective_correct, max_candidates)
+
+
 def _rasterize_torch(H, W, fz, fimg, feats, valid, perspective_correct, max_candidates):
     B, F = fz.shape[:2]
-    gid = _visible_faces(H, W, fz, fimg, valid, perspective_correct, max_candidates)
+    gid = visible_faces(H, W, fz, fimg, valid, perspective_correct, max_candidates)
     out = _interpolate(H, W, fz, fimg, feats, gid, perspective_correct)
     fg = gid >= 0
     boff = torch.arange(B, device=gid.device).reshape(B, 1, 1) * F
