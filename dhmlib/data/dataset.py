@@ -123,6 +123,8 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
             raise ValueError(f"crop_mode: expected 'seed' or 'square', got {crop_mode!r}")
         self.crop_mode = crop_mode
         self.crop_store = None      # a dhmlib.data.crop_cache.DepthCropStore (use_prepared_crops)
+        self._joints_read: dict = {}   # frame → (joints, valid) as read from its keypoint file
+        self._views_listed: dict = {}  # frame → the depth cameras found for it
         self.layout = Layout(root, subject)
         if images is None:
             images = self.layout.images_dir.is_dir()
@@ -216,9 +218,13 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def joints(self, frame: int):
-        """(J, 3) joints in mm and (J,) validity of a frame."""
-        joints, valid = keypoints_to_joints(read_keypoints(self.layout.keypoints_path(frame)), self.skeleton)
-        return torch.as_tensor(joints, dtype=torch.float32), torch.as_tensor(valid, dtype=torch.float32)
+        """(J, 3) joints in mm and (J,) validity of a frame (the file is read once per dataset)."""
+        got = self._joints_read.get(frame)
+        if got is None:
+            joints, valid = keypoints_to_joints(read_keypoints(self.layout.keypoints_path(frame)), self.skeleton)
+            got = self._joints_read[frame] = (torch.as_tensor(joints, dtype=torch.float32),
+                                              torch.as_tensor(valid, dtype=torch.float32))
+        return got[0].clone(), got[1].clone()
 
     def depth_map(self, frame: int, camera: str) -> np.ndarray:
         """(H, W) float32 full-size depth map of ``frame`` seen by ``camera``, mm (0 = no surface)."""
@@ -226,7 +232,10 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
 
     def choose_views(self, index: int, frame: int) -> list[str]:
         """K camera names for a sample, reproducible from (seed, epoch, index)."""
-        available = [c for c in self.layout.depth_cameras(frame) if c in self._cam_index]
+        available = self._views_listed.get(frame)
+        if available is None:  # the folder is listed once per dataset
+            available = self._views_listed[frame] = [c for c in self.layout.depth_cameras(frame)
+                                                     if c in self._cam_index]
         if not available:
             raise DatasetError(f"{self.layout.depth_dir / f'{frame:06d}'}: no depth maps of the selected colour "
                                "cameras (expected depthmap<cam>.pkl)")
