@@ -36,7 +36,7 @@ from scipy.spatial import cKDTree
 
 from .meshio import write_obj
 from .render.shade import vertex_normals
-from .trigeom import point_triangle_distance
+from .trigeom import nearest_of_candidates, point_triangle_distance
 
 #: the percentile reported next to each mean
 PERCENTILE = 95.0
@@ -136,14 +136,15 @@ def vertex_error(pred, gt, gt_normals=None, faces=None, percentile: float = PERC
 
 
 # --------------------------------------------------------------------------- surface distance
-def point_to_surface(points, vertices, faces, k: int = 8) -> np.ndarray:
+def point_to_surface(points, vertices, faces, k: int = 32) -> np.ndarray:
     """Exact distance from each point to a triangle mesh's surface, mm.
 
-    A first bound ``best`` is the exact distance to the nearest of the ``k`` faces whose centroids are
-    nearest (a KD-tree). A face with centroid distance ``D`` and radius ``r`` (largest centroid-to-vertex
-    distance) is at least ``D − r`` away, so only faces with ``D − r ≤ best`` can be closer: they are
-    found by one ball query of radius ``best + r_max`` and filtered by their own radius, and the exact
-    point-triangle distance to each of them gives the answer (certified, no iteration).
+    The exact distance to the nearest of the ``k`` faces whose centroids are nearest (a KD-tree) is
+    the answer wherever it is certified: a face with centroid distance ``D`` and radius ``r`` (largest
+    centroid-to-vertex distance) is at least ``D − r`` away, so when the ``k``-th centroid distance
+    minus the largest radius exceeds it, no other face can be closer. The few points left are
+    settled by one ball query of radius ``best + r_max``, filtered by each face's own radius, with
+    the exact distance to each face found (certified, no iteration).
 
     Args:
         points: (N, 3) mm.  vertices: (V, 3) mm.  faces: (F, 3) vertex indices.
@@ -157,19 +158,25 @@ def point_to_surface(points, vertices, faces, k: int = 8) -> np.ndarray:
         raise ValueError("point_to_surface: the mesh has no faces")
     cen = tri.mean(1)
     rad = np.linalg.norm(tri - cen[:, None], axis=-1).max(1)                        # (F,)
+    r_max = float(rad.max())
     tree = cKDTree(cen)
     k = min(k, F)
-    _, idx = tree.query(p, k=k)
-    t = tri[idx.reshape(len(p), k)]                                                 # (N, k, 3, 3)
-    best = point_triangle_distance(p[:, None], t[..., 0, :], t[..., 1, :], t[..., 2, :]).min(1)
-    lists = tree.query_ball_point(p, best + float(rad.max()))
-    lens = np.fromiter(map(len, lists), np.int64, len(p))
+    dist_k, idx = tree.query(p, k=k, workers=-1)
+    idx = idx.reshape(len(p), k)
+    best = nearest_of_candidates(p, tri, idx)
+    out = best.copy()
+    if k == F:
+        return out
+    open_ = np.nonzero(dist_k.reshape(len(p), k)[:, -1] - r_max <= best)[0]      # not certified by the k nearest
+    if open_.size == 0:
+        return out
+    lists = tree.query_ball_point(p[open_], best[open_] + r_max, workers=-1)
+    lens = np.fromiter(map(len, lists), np.int64, len(open_))
     flat = np.fromiter(itertools.chain.from_iterable(lists), np.int64, int(lens.sum()))
-    owner = np.repeat(np.arange(len(p)), lens)
+    owner = np.repeat(open_, lens)
     keep = np.linalg.norm(cen[flat] - p[owner], axis=1) - rad[flat] <= best[owner]
     flat, owner = flat[keep], owner[keep]
     c = tri[flat]
-    out = best.copy()
     np.minimum.at(out, owner, point_triangle_distance(p[owner], c[:, 0], c[:, 1], c[:, 2]))
     return out
 
