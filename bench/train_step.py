@@ -2,6 +2,14 @@
 
     python bench/train_step.py [--root data] [--steps 8] [--paper-steps 2] [--threads 2] [--quick]
                                [--max-step-s 300] [--out bench/results/train_step.json]
+                               [--peer NAME=CHECKOUT ...] [--probe-steps N]
+
+Side by side (``--peer``): the same measurement of another checkout (e.g. today's main in a
+``git worktree``), in the same run, on the same capture and seed: each preset's child process
+imports ``dhmlib`` from that checkout instead of this one, and the table prints every part for
+both with the ratio this / peer. ``--probe-steps N`` also trains ``cpu-small`` for N steps with
+each tree's own ``dhm train`` (same data, seed, probe at the end) and reports the held-out probe
+(true angles, mm) and the wall time of each: the check that a faster step learns the same thing.
 
 Four parts, measured in one run:
 
@@ -45,7 +53,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if "--_code" in sys.argv:  # a peer's child process: import dhmlib from that checkout
+    ROOT = Path(sys.argv[sys.argv.index("--_code") + 1]).resolve()
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from timing import timed, write_json  # noqa: E402
 
@@ -184,7 +195,8 @@ def measure_steps(root: str, preset_name: str, device: str, steps: int, threads:
     terms = one_step()
     warm_s = time.perf_counter() - t
     clock.on = True
-    res = {"preset": preset_name, "device": device, "threads": threads, "batch": cfg.batch_size,
+    import dhmlib
+    res = {"preset": preset_name, "device": device, "threads": threads, "dhmlib": str(Path(dhmlib.__file__).parent), "batch": cfg.batch_size,
            "views": cfg.num_views, "render_size": list(cfg.render_size), "input_size": list(cfg.input_size),
            "pose_source": cfg.pose_source, "backbone": mcfg.backbone, "penetration": penetration is not None,
            "vertices": hand.num_vertices, "keep_freed_memory": kept,
@@ -219,12 +231,13 @@ def measure_steps(root: str, preset_name: str, device: str, steps: int, threads:
     return res
 
 
-def run_child(args, root: Path, preset_name: str, device: str, steps: int) -> dict:
+def run_child(args, root: Path, preset_name: str, device: str, steps: int, code: Path = ROOT) -> dict:
     cmd = [sys.executable, __file__, "--root", str(root), "--threads", str(args.threads),
-           "--max-step-s", str(args.max_step_s), "--_child", preset_name, device, str(steps)]
+           "--max-step-s", str(args.max_step_s), "--_child", preset_name, device, str(steps),
+           "--_code", str(code)]
     if args.profile:
         cmd.append("--profile")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(code) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if args.profile:
         print(p.stderr, file=sys.stderr)
@@ -284,7 +297,8 @@ def bench_laplacian(vertices: int, batch: int, repeats: int) -> dict:
 
 
 def fmt_parts(rows: list[dict]) -> list[str]:
-    lines = ["| part (ms per step) | " + " | ".join(f"{r['preset']} {r['device']}" for r in rows) + " |",
+    lines = ["| part (ms per step) | " + " | ".join(f"{r['preset']} {r['device']} {r.get('tree', '')}".rstrip()
+                                                 for r in rows) + " |",
              "| --- | " + " | ".join("--:" for _ in rows) + " |"]
     for p in (*PARTS, "other"):
         if not any(p in r.get("parts_ms", {}) for r in rows):
@@ -297,6 +311,61 @@ def fmt_parts(rows: list[dict]) -> list[str]:
     return lines
 
 
+def parse_peer(text: str) -> tuple[str, Path]:
+    """``NAME=CHECKOUT`` → (name, checkout path holding a dhmlib/ package)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--peer {text!r}: expected NAME=CHECKOUT (e.g. main=/tmp/main)")
+    code = Path(path).expanduser().resolve()
+    if not (code / "dhmlib" / "__init__.py").is_file():
+        raise SystemExit(f"--peer {text!r}: {code} has no dhmlib/ package (a checkout of this repository?)")
+    return name, code
+
+
+def side_by_side(rows: list[dict], peers: list[str]) -> dict:
+    """Ratios this tree / each peer per preset and device: steps/s, and the 96² vs 256² render per map."""
+    out: dict = {"lines": []}
+    by = {(r["preset"], r["device"], r.get("tree", "this")): r for r in rows}
+    for (preset_name, device, tree), r in sorted(by.items()):
+        if tree != "this":
+            continue
+        for peer in peers:
+            q = by.get((preset_name, device, peer))
+            if q is None:
+                continue
+            ratio = r["steps_per_s"] / q["steps_per_s"]
+            out[f"{preset_name} {device} this/{peer} steps_per_s"] = ratio
+            out["lines"].append(f"{preset_name} {device}: this {r['steps_per_s']:.2f} vs {peer} {q['steps_per_s']:.2f} "
+                                f"steps/s = {ratio:.2f}x; data {100 * r['parts_ms'].get('data', 0) / r['step_ms_mean']:.1f} % "
+                                f"vs {100 * q['parts_ms'].get('data', 0) / q['step_ms_mean']:.1f} % of the step")
+    for tree in ["this", *peers]:
+        small, paper = by.get(("cpu-small", "cpu", tree)), by.get(("paper", "cpu", tree))
+        if small and paper and "render" in small["parts_ms"] and "render" in paper["parts_ms"]:
+            ms_small = small["parts_ms"]["render"] / (small["batch"] * small["views"])
+            ms_paper = paper["parts_ms"]["render"] / (paper["batch"] * paper["views"])
+            out[f"{tree} render_ms_per_map"] = {"cpu-small": ms_small, "paper": ms_paper, "ratio": ms_small / ms_paper}
+            out["lines"].append(f"render per map ({tree}, forward): {small['render_size'][0]}² {ms_small:.2f} ms, "
+                                f"{paper['render_size'][0]}² {ms_paper:.2f} ms: {ms_small / ms_paper:.2f}x")
+    return out
+
+
+def probe_run(root: Path, tree: str, code: Path, steps: int, threads: int) -> dict:
+    """Train cpu-small ``steps`` steps with ``code``'s own ``dhm train``; its last probe record."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "dhmlib.cli", "train", "--preset", "cpu-small", "--data", str(root),
+               "--output", out, "--max-steps", str(steps), "--probe-every", str(steps)]
+        env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS=str(threads))
+        t = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(code))
+        wall = time.perf_counter() - t
+        if p.returncode:
+            return {"tree": tree, "error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+        probes = [json.loads(line) for line in (Path(out) / "log" / "metrics.jsonl").read_text().splitlines()
+                  if '"probe"' in line]
+        last = [r for r in probes if r.get("kind") == "probe"][-1]
+        return {"tree": tree, "steps": steps, "wall_s": wall, **{k: v for k, v in last.items() if k != "kind"}}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="data")
@@ -307,7 +376,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="skip the paper preset on CPU, fewer repeats")
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table per preset")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_step.json"))
+    ap.add_argument("--peer", action="append", default=[], metavar="NAME=CHECKOUT",
+                    help="also measure another checkout (e.g. main=/tmp/main, a git worktree), same run")
+    ap.add_argument("--probe-steps", type=int, default=0,
+                    help="also train cpu-small N steps in this tree and each peer and compare the probe")
     ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--_code", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
         name, device, steps = args._child
@@ -318,7 +392,7 @@ def main(argv=None):
     import torch
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    root, tmp = Path(args.root), None
+    root, tmp = Path(args.root).resolve(), None
     if not (root / "annotations" / "KRT_512").is_file():
         from dhmlib.synth.capture import CaptureConfig, write_capture
 
@@ -328,25 +402,41 @@ def main(argv=None):
         write_capture(root, CaptureConfig(frames=12, cameras=8), progress=False, log=None)
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    trees = [("this", ROOT)] + [parse_peer(p) for p in args.peer]
     rows = []
     for device in devices:
         for name in ("cpu-small", "paper"):
-            if name == "paper" and device == "cpu" and args.quick:
-                rows.append({"preset": name, "device": device, "skipped": "--quick"})
-                continue
-            steps = args.paper_steps if (name == "paper" and device == "cpu") else args.steps
-            if args.quick:
-                steps = min(steps, 3)
-            rows.append(run_child(args, root, name, device, steps))
-            r = rows[-1]
-            if "steps_per_s" in r:
-                print(f"{name:9s} {device}: {r['steps_per_s']:.2f} steps/s ({r['step_ms_median']:.0f} ms median of "
-                      f"{r['steps']}), peak RSS {r['peak_rss_mb']:.0f} MB")
-            else:
-                print(f"{name:9s} {device}: skipped/failed: {r.get('skipped') or r.get('error')}")
+            for tree, code in trees:
+                if name == "paper" and device == "cpu" and args.quick:
+                    rows.append({"preset": name, "device": device, "tree": tree, "skipped": "--quick"})
+                    continue
+                steps = args.paper_steps if (name == "paper" and device == "cpu") else args.steps
+                if args.quick:
+                    steps = min(steps, 3)
+                r = run_child(args, root, name, device, steps, code)
+                r["tree"], r["code"] = tree, str(code)
+                rows.append(r)
+                label = f"{name:9s} {device} {tree}"
+                if "steps_per_s" in r:
+                    print(f"{label}: {r['steps_per_s']:.2f} steps/s ({r['step_ms_median']:.0f} ms median of "
+                          f"{r['steps']}), peak RSS {r['peak_rss_mb']:.0f} MB")
+                else:
+                    print(f"{label}: skipped/failed: {r.get('skipped') or r.get('error')}")
     ok = [r for r in rows if "parts_ms" in r]
     if ok:
         print("\n".join(fmt_parts(ok)))
+    ratios = side_by_side(ok, [t for t, _ in trees[1:]])
+    for line in ratios.pop("lines"):
+        print(line)
+    probe = [probe_run(root, tree, code, args.probe_steps, args.threads) for tree, code in trees] \
+        if args.probe_steps else []
+    for p in probe:
+        print(f"probe after {args.probe_steps} cpu-small steps, {p['tree']}: "
+              + (f"{p['vertex_mean_mm']:.4f} mm held-out (true angles), training {p['wall_s']:.0f} s"
+                 if "vertex_mean_mm" in p else f"failed: {p.get('error')}"))
+    if len(probe) > 1 and all("vertex_mean_mm" in p for p in probe):
+        for p in probe[1:]:
+            print(f"  this − {p['tree']}: {probe[0]['vertex_mean_mm'] - p['vertex_mean_mm']:+.4f} mm")
 
     pen = bench_penetration(3 if args.quick else 10, args.threads)
     print(f"penetration B={pen['batch']} V={pen['vertices']}: vectorized {pen['ours_ms']:.2f} ms, "
@@ -358,7 +448,7 @@ def main(argv=None):
         print(f"  {k:46s} {v:8.2f} ms  {base / v:6.1f}x dense   operator {lap['operator_mb'][k]:8.2f} MB")
     if tmp is not None:
         tmp.cleanup()
-    result = {"steps": rows, "penetration": pen, "laplacian": lap,
+    result = {"steps": rows, "side_by_side": ratios, "probe": probe, "penetration": pen, "laplacian": lap,
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "torch": torch.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count()}
     print(f"load average before {load_before[0]:.2f}, after {result['load_average_after'][0]:.2f}")

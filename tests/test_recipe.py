@@ -2,8 +2,14 @@
 corrective, the per-step schedule, the extra loss terms and the paired intervals of the ablation."""
 from __future__ import annotations
 
+import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +68,63 @@ def test_a_killed_build_leaves_nothing_that_is_taken_for_a_store(small_capture, 
     store = open_or_build(ds, tmp_path, progress=False)
     assert store.folder == folder and (folder / "meta.json").is_file()
     assert not folder.with_name(folder.name + ".lock").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "wrong_shape"])
+def test_a_damaged_store_is_named_and_rebuilt(small_capture, tmp_path, damage):
+    """A truncated depth.npy, another store's meta.json or an array of the wrong shape is detected
+    on open, named in one line, removed and rebuilt; the rebuilt store gives the same crops."""
+    from dhmlib.data.crop_cache import _key, open_or_build
+
+    ds = _dataset(small_capture)
+    first = open_or_build(ds, tmp_path, progress=False)
+    good = np.array(first.depth)
+    folder = tmp_path / f"depth_crops_{_key(ds)}"
+    del first
+    if damage == "truncated":
+        path = folder / "depth.npy"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        named = "depth.npy"
+    elif damage == "foreign":
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["key"] = "depth_crops_0123456789abcdef0123"
+        (folder / "meta.json").write_text(json.dumps(meta))
+        named = "meta.json"
+    else:
+        np.save(folder / "present.npy", np.zeros((1, 1), bool))
+        named = "present.npy"
+    said = []
+    store = open_or_build(_dataset(small_capture), tmp_path, progress=False, log=said.append)
+    assert any(named in line and "rebuilding" in line for line in said), said
+    assert np.array_equal(np.array(store.depth), good)
+
+
+def test_kill_9_during_a_build_leaves_no_store_that_is_used(small_capture, tmp_path):
+    """A build process killed with SIGKILL mid-way leaves a temporary folder and a lock; the next
+    open ignores both and builds a complete store."""
+    from dhmlib.data.crop_cache import _key, open_or_build
+
+    code = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "import dhmlib.data.crop_cache as cc\n"
+            "from test_recipe import _dataset\n"
+            "real = cc._compute_frame\n"
+            "def slow(*a, **k):\n    time.sleep(0.2); return real(*a, **k)\n"
+            "cc._compute_frame = slow\n"
+            f"cc.open_or_build(_dataset({str(small_capture)!r}), {str(tmp_path)!r}, progress=False)\n")
+    p = subprocess.Popen([sys.executable, "-c", code])
+    folder = tmp_path / f"depth_crops_{_key(_dataset(small_capture))}"
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(folder.name + ".tmp*")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert list(tmp_path.glob(folder.name + ".tmp*")) and not (folder / "meta.json").exists()
+    store = open_or_build(_dataset(small_capture), tmp_path, progress=False)
+    ref = _dataset(small_capture)
+    a = ref[0]
+    got = store.crops(a.frame, a.view_names)
+    assert got is not None and torch.equal(got[0], a.depth)
 
 
 # --------------------------------------------------------------------------- poses before training

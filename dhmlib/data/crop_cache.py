@@ -68,6 +68,10 @@ def _key(dataset) -> str:
     return h.hexdigest()[:20]
 
 
+class StoreError(ValueError):
+    """A store folder whose files are not what its name and meta.json promise (truncated, foreign)."""
+
+
 class DepthCropStore:
     """An opened store: ``crops(frame, cameras)`` → ``(depth (K, h, w), matrix (K, 2, 3))`` or None.
 
@@ -76,16 +80,37 @@ class DepthCropStore:
     """
 
     def __init__(self, folder: Path):
+        """Open and check a store; :class:`StoreError` (naming the file) when it is not the one its name says."""
         self.folder = Path(folder)
-        meta = json.loads((self.folder / "meta.json").read_text())
+        meta_path = self.folder / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            self.frames = [int(f) for f in meta["frames"]]
+            self.cameras = list(meta["cameras"])
+            h, w = (int(x) for x in meta["render_size"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{meta_path}: not a prepared-crop store's meta.json ({type(exc).__name__}: {exc})")
+        if meta.get("key") != self.folder.name or meta.get("version") != CACHE_VERSION:
+            raise StoreError(f"{meta_path}: belongs to store {meta.get('key')!r} version {meta.get('version')!r}, "
+                             f"expected {self.folder.name!r} version {CACHE_VERSION} (a foreign or copied store)")
         self.meta = meta
-        self.frames = [int(f) for f in meta["frames"]]
-        self.cameras = list(meta["cameras"])
         self._row = {f: i for i, f in enumerate(self.frames)}
         self._col = {c: i for i, c in enumerate(self.cameras)}
-        self.depth = np.load(self.folder / "depth.npy", mmap_mode="r")
-        self.matrix = np.load(self.folder / "matrix.npy")
-        self.present = np.load(self.folder / "present.npy")
+        N, C = len(self.frames), len(self.cameras)
+        expect = {"depth.npy": ((N, C, h, w), np.float32), "matrix.npy": ((N, C, 2, 3), np.float32),
+                  "present.npy": ((N, C), np.bool_)}
+        arrays = {}
+        for name, (shape, dtype) in expect.items():
+            path = self.folder / name
+            try:   # a truncated .npy fails here: its header promises more bytes than the file has
+                a = np.load(path, mmap_mode="r" if name == "depth.npy" else None, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise StoreError(f"{path}: unreadable ({type(exc).__name__}: {exc})")
+            if a.shape != shape or a.dtype != dtype:
+                raise StoreError(f"{path}: expected {np.dtype(dtype).name} {shape} for {N} frames × {C} cameras "
+                                 f"at {h}×{w}, found {a.dtype.name} {a.shape}")
+            arrays[name] = a
+        self.depth, self.matrix, self.present = arrays["depth.npy"], arrays["matrix.npy"], arrays["present.npy"]
 
     def crops(self, frame: int, cameras) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The K cameras' depth crops (mm) and crop matrices of ``frame``; None when any is missing."""
@@ -177,9 +202,17 @@ def open_or_build(dataset, cache_root, *, progress: bool = True,
     cache_root = Path(cache_root)
     folder = cache_root / f"depth_crops_{_key(dataset)}"
     if (folder / "meta.json").is_file():
-        if log:
-            log(f"prepared depth crops: {folder}")
-        return DepthCropStore(folder)
+        try:
+            store = DepthCropStore(folder)
+        except StoreError as exc:   # never used: removed and built again, said so
+            (log or print)(f"prepared depth crops: {exc}; rebuilding {folder}")
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            if log:
+                log(f"prepared depth crops: {folder}")
+            return store
+    elif folder.exists():           # a folder without meta.json is nobody's finished store
+        shutil.rmtree(folder, ignore_errors=True)
     cache_root.mkdir(parents=True, exist_ok=True)
     lock = folder.with_name(folder.name + ".lock")
     t0 = time.monotonic()
