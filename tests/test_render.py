@@ -208,6 +208,45 @@ def test_compiled_zbuffer_picks_the_vectorised_paths_faces(dtype, perspective_co
     assert covered > 3000
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_interpolation_equals_the_vectorised_one(dtype):
+    """The compiled per-pixel interpolation (Numba, CPU) gives the vectorised path's features bit for
+    bit and the same gradients to the three vertex tensors (up to summation order)."""
+    import importlib
+    from dhmlib.render.interpolate_cpu import interpolate_vertex_features_cpu
+    from dhmlib.render.zbuffer_cpu import zbuffer_available
+    raster = importlib.import_module("dhmlib.render.rasterize")
+    if not zbuffer_available():
+        pytest.skip("numba does not import: the vectorised path is the only one")
+    g = torch.Generator().manual_seed(3)
+    N, V, F, H, W, D = 3, 300, 500, 37, 41, 2
+    ndc = torch.rand(N, V, 2, generator=g, dtype=dtype) * 2.2 - 1.1
+    z = -(torch.rand(N, V, generator=g, dtype=dtype) * 3 + 1)
+    feat = torch.randn(N, V, D, generator=g, dtype=dtype)
+    faces = torch.stack([torch.randperm(V, generator=g)[:3] for _ in range(F)])
+    faces = faces[((ndc[0, faces[:, 1]] - ndc[0, faces[:, 0]]).norm(dim=-1) < 0.5)
+                  & ((ndc[0, faces[:, 2]] - ndc[0, faces[:, 0]]).norm(dim=-1) < 0.5)]
+    fl = faces.reshape(-1)
+    gid = raster.visible_faces(H, W, z.index_select(1, fl).reshape(N, -1, 3),
+                               ndc.index_select(1, fl).reshape(N, -1, 3, 2), None)
+    assert int((gid >= 0).sum()) > 500
+    w = torch.randn(N, H, W, D, generator=g, dtype=dtype)
+    grads = []
+    outs = []
+    for fn in (lambda *a: raster.interpolate_vertex_features(H, W, *a),
+               interpolate_vertex_features_cpu):
+        xs = [t.clone().requires_grad_() for t in (ndc, z, feat)]
+        out = fn(*xs, faces, gid)
+        (out * w).sum().backward()
+        outs.append(out.detach())
+        grads.append([x.grad for x in xs])
+    assert torch.equal(outs[0], outs[1])
+    tol = 1e-9 if dtype == torch.float64 else 2e-4
+    for a, b in zip(*grads):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("cull", [False, True])
 def test_render_depth_at_pixels_equals_the_face_tensor_path(cull):
     """render_depth's pixel-priced path (z-buffer read through the faces, graph from the covered

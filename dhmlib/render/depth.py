@@ -24,6 +24,7 @@ import torch
 from .cameras import OFFICIAL_IMAGE_SIZE, Cameras
 from .crop import Crop
 from .rasterize import interpolate_vertex_features, rasterize, resolve_backend, visible_faces
+from .interpolate_cpu import interpolate_vertex_features_cpu
 from .zbuffer_cpu import visible_faces_of_vertices, zbuffer_available
 from .settings import DEFAULT_RASTER_SETTINGS, RasterSettings
 
@@ -204,7 +205,10 @@ def _render_depth_at_pixels(vertices, faces, cameras, crop, size, settings) -> t
             fimg = ndc.detach().index_select(1, fl).reshape(B * C, -1, 3, 2)
             fz = (-depth.detach()).index_select(1, fl).reshape(B * C, -1, 3)
             gid = visible_faces(H, W, fz, fimg, _valid_faces(fz, fimg, settings.near, settings.cull_backfaces))
-    out = interpolate_vertex_features(H, W, ndc, -depth, depth.unsqueeze(-1), f, gid)
+    if vertices.device.type == "cpu" and zbuffer_available():
+        out = interpolate_vertex_features_cpu(ndc, -depth, depth.unsqueeze(-1), f, gid)
+    else:
+        out = interpolate_vertex_features(H, W, ndc, -depth, depth.unsqueeze(-1), f, gid)
     return out[..., 0].reshape(B, C, H, W)
 
 
