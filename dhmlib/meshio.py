@@ -6,6 +6,7 @@ that a file read back gives the same float64 values.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,25 @@ def write_obj(path, vertices, faces, unit: str = "mm", uvs=None, uv_faces=None) 
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(f"# dhmlib mesh, {len(v)} vertices, {len(f)} faces, unit {unit}\n")
         fh.write("".join(f"v {x!r} {y!r} {z!r}\n" for x, y, z in v.tolist()))
-        if uvs is None:
-            fh.write("".join(f"f {a} {b} {c}\n" for a, b, c in f.tolist()))
-        else:
-            fh.write("".join(f"vt {s!r} {t!r}\n" for s, t in uvs.tolist()))
-            fh.write("".join(f"f {a}/{d} {b}/{e} {c}/{g}\n" for (a, b, c), (d, e, g) in zip(f.tolist(), ft.tolist())))
+        fh.write(_obj_connectivity(f.tobytes(), None if uvs is None else uvs.tobytes(),
+                                   None if uvs is None else ft.tobytes()))
     return path
+
+
+@functools.lru_cache(maxsize=4)
+def _obj_connectivity(faces: bytes, uvs: bytes | None, uv_faces: bytes | None) -> str:
+    """The ``vt`` and ``f`` lines of an OBJ (1-based int64 faces and float64 uvs, as raw bytes).
+
+    Cached: evaluation writes one mesh per frame with the same faces, and these lines are most of
+    each file's formatting time.
+    """
+    f = np.frombuffer(faces, dtype=np.int64).reshape(-1, 3)
+    if uvs is None:
+        return "".join(f"f {a} {b} {c}\n" for a, b, c in f.tolist())
+    uv = np.frombuffer(uvs, dtype=np.float64).reshape(-1, 2)
+    ft = np.frombuffer(uv_faces, dtype=np.int64).reshape(-1, 3)
+    return ("".join(f"vt {s!r} {t!r}\n" for s, t in uv.tolist())
+            + "".join(f"f {a}/{d} {b}/{e} {c}/{g}\n" for (a, b, c), (d, e, g) in zip(f.tolist(), ft.tolist())))
 
 
 def read_obj_uvs(path):

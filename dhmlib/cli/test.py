@@ -30,7 +30,7 @@ def add(p):
     p.add_argument("--held-out", dest="held_out", metavar="RULE",
                    help="held-out rule (seq:NAME, frames:A-B, last:P%%, last:N; default: the snapshot's)")
     p.add_argument("--fit-steps", type=int_at_least(0), default=300,
-                   help="joint-fit steps for embedding models (+ steps/8 with depth)")
+                   help="joint-fit steps for embedding models (+ steps/5 with depth)")
     p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:N or mps (default: automatic)")
     p.add_argument("--no-render", action="store_true", help="no figures in OUTPUT/vis/")
     p.add_argument("--no-baseline", action="store_true", help="skip the template + LBS baseline")

@@ -137,17 +137,41 @@ def _checked_batch(vertices, faces, cameras, crop, size, settings) -> tuple[int,
     return B, C, H, W
 
 
-def _project_vertices(vertices, cameras, crop, H: int, W: int, near: float):
-    """Camera-space vertices (B, C, V, 3), their NDC (B·C, V, 2) and camera depth (B·C, V), mm."""
+def _project_vertices(vertices, cameras, crop, H: int, W: int, near: float, camera_space: bool = True):
+    """Camera-space vertices (B, C, V, 3) (None unless ``camera_space``), NDC (B·C, V, 2) and depth (B·C, V), mm.
+
+    Every view's map world → NDC is one projective matrix: with the intrinsics, the crop and the
+    pixel → NDC step folded into a (2, 3) matrix ``G`` per view (all three are affine in
+    ``(x/z, y/z, 1)``), ``[h; z] = [G R | G t; R₃ | t₃] [X; 1]`` and ``ndc = h / z``. The B·C·V
+    products are then one batched matmul whose rows are the views' 3·C rows, laid out vertex-last,
+    instead of a chain of ops over (B, C, V, 2)/(…, 3) tensors (this CPU runs ops with a 2- or 3-long
+    innermost axis about ten times slower than long rows). Depth is clamped at ``near`` before the
+    division (vertices nearer than that only belong to faces the renderers drop).
+    """
     cams = cameras.to(device=vertices.device, dtype=vertices.dtype)
-    vc = cams.world_to_camera(vertices.unsqueeze(1))  # (B, C, V, 3)
-    depth = vc[..., 2]
-    safe = torch.where(depth > near, depth, torch.full_like(depth, near))  # avoid inf for dropped faces
-    uv = vc[..., :2] / safe.unsqueeze(-1) * cams.focal.unsqueeze(-2) + cams.principal.unsqueeze(-2)
+    B, V = vertices.shape[:2]
+    S = cams.batch_shape
+    C = S[-1]
+    R, t = cams.R.expand(B, C, 3, 3), cams.t.expand(B, C, 3)
+    f, c = cams.focal.expand(B, C, 2), cams.principal.expand(B, C, 2)
+    zero = torch.zeros_like(f[..., 0])
+    # K: (x, y, z) → pixel·z, rows (fx, 0, cx), (0, fy, cy)
+    K = torch.stack([torch.stack([f[..., 0], zero, c[..., 0]], -1),
+                     torch.stack([zero, f[..., 1], c[..., 1]], -1)], -2)          # (B, C, 2, 3)
     if crop is not None:
-        uv = Crop(crop.matrix.to(uv), crop.size).apply(uv)
-    ndc = torch.stack([uv[..., 0] * (2.0 / W) - 1.0, 1.0 - uv[..., 1] * (2.0 / H)], -1)  # (B, C, V, 2)
-    N, V = vc.shape[0] * vc.shape[1], vc.shape[2]
+        M = crop.matrix.to(K).expand(B, C, 2, 3)
+        K = M[..., :2] @ K + torch.cat([torch.zeros_like(M[..., :2]), M[..., 2:]], -1)
+    # pixel → NDC: x' = u·2/W − 1, y' = 1 − v·2/H (times z: the constant goes to the z column)
+    e3 = torch.zeros_like(K[..., 0, :])
+    e3[..., 2] = 1.0
+    G = torch.stack([K[..., 0, :] * (2.0 / W) - e3, e3 - K[..., 1, :] * (2.0 / H)], -2)   # (B, C, 2, 3)
+    P = torch.cat([G @ R, R[..., 2:, :]], -2).reshape(B, 3 * C, 3)
+    q = torch.cat([(G @ t.unsqueeze(-1)).squeeze(-1), t[..., 2:]], -1).reshape(B, 3 * C, 1)
+    hx, hy, depth = torch.baddbmm(q, P, vertices.transpose(1, 2)).view(B, C, 3, V).unbind(2)
+    safe = depth.clamp_min(near)                                 # avoid inf for dropped faces
+    ndc = torch.stack([hx / safe, hy / safe], -1)                # (B, C, V, 2)
+    vc = cams.world_to_camera(vertices.unsqueeze(1)) if camera_space else None
+    N = B * C
     return vc, ndc.reshape(N, V, 2), depth.reshape(N, V)
 
 
@@ -195,7 +219,7 @@ def _render_depth_at_pixels(vertices, faces, cameras, crop, size, settings) -> t
     instead of zero-filling and scattering per-face gradients.
     """
     B, C, H, W = _checked_batch(vertices, faces, cameras, crop, size, settings)
-    _, ndc, depth = _project_vertices(vertices, cameras, crop, H, W, settings.near)
+    _, ndc, depth = _project_vertices(vertices, cameras, crop, H, W, settings.near, camera_space=False)
     f = faces.to(device=vertices.device, dtype=torch.long)
     if vertices.device.type == "cpu" and zbuffer_available():
         gid = visible_faces_of_vertices(H, W, ndc, -depth, f, settings.near, settings.cull_backfaces)
