@@ -182,14 +182,16 @@ def _load_network(model, ckpt: dict, path) -> SnapshotInfo:
     return info
 
 
-def save_snapshot(path, model, epoch: int, optimizer=None, **extra) -> Path:
+def save_snapshot(path, model, epoch: int, optimizer=None, *, writer=None, **extra) -> Path:
     """Write ``model`` in the official layout (``module.`` keys), loadable by the original code.
 
     The model's config is stored as ``model_config`` (a plain dict), the hand model it was built on as
     ``hand_model`` (path, content hash, sizes) and the code as ``code_version`` (:mod:`dhmlib.provenance`;
     the original code ignores both).  ``extra`` entries are
     stored beside ``epoch``/``network``/``optimizer``/``model_config`` (which they may not
-    replace); they must be plain containers and tensors to stay weights-only loadable.
+    replace); they must be plain containers and tensors to stay weights-only loadable. ``writer``: an
+    object with ``submit(ckpt, path)`` (e.g. :class:`dhmlib.train.checkpoint.BackgroundSnapshotWriter`)
+    that writes the file instead of this call.
     """
     from .model import ModelConfig
 
@@ -212,6 +214,15 @@ def save_snapshot(path, model, epoch: int, optimizer=None, **extra) -> Path:
         ckpt[HAND_KEY] = hand_model_record(hand)
         ckpt[CODE_KEY] = dict(code_version())
     ckpt.update(extra)
+    if writer is not None:
+        writer.submit(ckpt, path)
+        return path
+    return write_snapshot_file(ckpt, path)
+
+
+def write_snapshot_file(ckpt: dict, path) -> Path:
+    """``torch.save`` of a snapshot dict to ``path`` by way of ``path.tmp`` (a reader never sees half a file)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     tmp.replace(path)  # never leave a half-written snapshot behind

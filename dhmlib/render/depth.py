@@ -143,9 +143,9 @@ def _project_vertices(vertices, cameras, crop, H: int, W: int, near: float, came
     Every view's map world → NDC is one projective matrix: with the intrinsics, the crop and the
     pixel → NDC step folded into a (2, 3) matrix ``G`` per view (all three are affine in
     ``(x/z, y/z, 1)``), ``[h; z] = [G R | G t; R₃ | t₃] [X; 1]`` and ``ndc = h / z``. The B·C·V
-    products are then one batched matmul whose rows are the views' 3·C rows, laid out vertex-last,
-    instead of a chain of ops over (B, C, V, 2)/(…, 3) tensors (this CPU runs ops with a 2- or 3-long
-    innermost axis about ten times slower than long rows). Depth is clamped at ``near`` before the
+    products are then a few ops over (B, 3·C, V) rows, laid out vertex-last, instead of a chain of ops
+    over (B, C, V, 2)/(…, 3) tensors (this CPU runs ops with a 2- or 3-long innermost axis about ten
+    times slower than long rows). Depth is clamped at ``near`` before the
     division (vertices nearer than that only belong to faces the renderers drop).
     """
     cams = cameras.to(device=vertices.device, dtype=vertices.dtype)
@@ -167,7 +167,13 @@ def _project_vertices(vertices, cameras, crop, H: int, W: int, near: float, came
     G = torch.stack([K[..., 0, :] * (2.0 / W) - e3, e3 - K[..., 1, :] * (2.0 / H)], -2)   # (B, C, 2, 3)
     P = torch.cat([G @ R, R[..., 2:, :]], -2).reshape(B, 3 * C, 3)
     q = torch.cat([(G @ t.unsqueeze(-1)).squeeze(-1), t[..., 2:]], -1).reshape(B, 3 * C, 1)
-    hx, hy, depth = torch.baddbmm(q, P, vertices.transpose(1, 2)).view(B, C, 3, V).unbind(2)
+    # the products as three broadcast multiply-adds over (B, 3C, V) rows rather than a batched matmul: a
+    # matmul's blocking (and so its rounding) depends on the batch size, and training must give the same
+    # numbers for a batch split over processes (DDP) as for the whole batch in one
+    x = vertices.transpose(1, 2).unsqueeze(1)                              # (B, 1, 3, V)
+    Pc = P.unsqueeze(-1)                                                   # (B, 3C, 3, 1)
+    h = q + Pc[:, :, 0] * x[:, :, 0] + Pc[:, :, 1] * x[:, :, 1] + Pc[:, :, 2] * x[:, :, 2]
+    hx, hy, depth = h.view(B, C, 3, V).unbind(2)
     safe = depth.clamp_min(near)                                 # avoid inf for dropped faces
     ndc = torch.stack([hx / safe, hy / safe], -1)                # (B, C, V, 2)
     vc = cams.world_to_camera(vertices.unsqueeze(1)) if camera_space else None

@@ -30,13 +30,14 @@ from __future__ import annotations
 import math
 import random
 import re
+import threading
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..snapshot import SnapshotError, _load_network, read_snapshot, save_snapshot
+from ..snapshot import SnapshotError, _load_network, read_snapshot, save_snapshot, write_snapshot_file
 
 TRAIN_STATE_KEYS = ("train_config", "scheduler", "rng", "sampler", "pose_embedding", "step")
 MID_EPOCH_KEY = "mid_epoch"
@@ -129,7 +130,8 @@ def _embedding_state(pose_embedding):
 
 def save_training_snapshot(path, model, epoch: int, optimizer, *, train_config, scheduler=None,
                            sampler_state: dict | None = None, pose_embedding=None, step: int = 0,
-                           extra: dict | None = None, mid_epoch: bool = False) -> Path:
+                           extra: dict | None = None, mid_epoch: bool = False,
+                           writer: "BackgroundSnapshotWriter | None" = None) -> Path:
     """Write a resumable snapshot (see the module docstring for the layout); returns ``path``.
 
     Args:
@@ -144,6 +146,7 @@ def save_training_snapshot(path, model, epoch: int, optimizer, *, train_config, 
         step: global step count.
         extra: more weights_only-safe entries; may not reuse a key of the snapshot.
         mid_epoch: True when written during ``epoch`` (resume continues that epoch).
+        writer: a :class:`BackgroundSnapshotWriter` (the file is written in its thread) or None (here).
 
     RNG states are this process's (in DDP: rank 0's).
     """
@@ -162,7 +165,55 @@ def save_training_snapshot(path, model, epoch: int, optimizer, *, train_config, 
         if k in extras:
             raise ValueError(f"save_training_snapshot: extra key {k!r} would replace the training state's own entry")
     extras.update(extra or {})
-    return save_snapshot(path, _unwrap(model), epoch, optimizer, **extras)
+    return save_snapshot(path, _unwrap(model), epoch, optimizer, writer=writer, **extras)
+
+
+def _copied(obj):
+    """``obj`` with every tensor in its dicts, lists and tuples cloned (training goes on changing the originals)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return type(obj)((k, _copied(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copied(v) for v in obj)
+    return obj
+
+
+class BackgroundSnapshotWriter:
+    """Writes snapshots in a background thread, one at a time, so that training does not wait for the disk.
+
+    :meth:`submit` copies the snapshot's tensors (about 0.1 s for ``cpu-small``'s 200 MB; the write
+    itself took 0.5 s per epoch), waits for the previous write, and starts this one; each file still
+    appears atomically (:func:`dhmlib.snapshot.write_snapshot_file`). :meth:`wait` returns when the last
+    write is on disk and raises its error, if it had one; the training loop calls it before it returns
+    or stops, so a snapshot it reports is a file.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, ckpt: dict, path) -> None:
+        ckpt = _copied(ckpt)
+        self.wait()
+        path = Path(path)
+
+        def run():
+            try:
+                write_snapshot_file(ckpt, path)
+            except BaseException as e:      # handed to the training thread by wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name=f"snapshot {path.name}")
+        self._thread.start()
+
+    def wait(self, raise_error: bool = True) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
 
 
 # ----------------------------------------------------------------- resuming

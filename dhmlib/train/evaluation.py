@@ -8,7 +8,7 @@
     poses:  image source      the encoder on the input crop; root by Kabsch on the joints (as training)
             embedding source  no pose for unseen frames: fit_pose with the decoder frozen,
                               (1) joints only, ``fit_steps`` Adam steps from the zero pose (lr 0.05 → 0.001),
-                              (2) joints + depth, ``fit_steps // 5`` steps (lr 0.05 → 0.001) from (1)
+                              (2) joints + depth, ``fit_steps // 5`` steps (lr 0.03 → 0.001) from (1)
     decode ─► render every view ─► dhmlib.evaluate.evaluate(...)
     output/result/metrics.json, output/result/meshes/<frame:06d>.obj, output/result/poses.npz,
     output/vis/test_<frame:06d>.png
@@ -66,7 +66,7 @@ from ..progress import Stages
 JOINT_FIT_LR = (0.05, 0.001)
 #: the depth stage as issue 14 measured it converging (the earlier 37 steps at 0.01 → 0.001 stopped
 #: 0.09 mm of per-vertex error short for the full model, 0.08 mm for LBS alone: README, "The ablation")
-DEPTH_FIT_LR = (0.05, 0.001)
+DEPTH_FIT_LR = (0.03, 0.001)
 DEPTH_FIT_FRACTION = 5          # depth steps = fit_steps // 5
 BATCH = 16                      # frames decoded / rendered at once (and encoded)
 FIT_BATCH = 64                  # frames fitted at once: per-step overhead once for all held-out frames
@@ -210,7 +210,7 @@ def fit_held_out(model: DeepHandMesh, data: HeldOut, steps: int, correctives=Non
     """Euler + root of the held-out frames by :func:`~dhmlib.fit.fit_pose` with the decoder frozen.
 
     Stage 1: joints only, ``steps`` Adam steps from the zero pose (root by Kabsch), lr 0.05 → 0.001.
-    Stage 2: joints + depth of every view, ``steps // 5`` steps from stage 1, lr 0.05 → 0.001 (the
+    Stage 2: joints + depth of every view, ``steps // 5`` steps from stage 1, lr 0.03 → 0.001 (the
     depth term has no silhouette gradient, so it only refines a pose that is already close).
     """
     depth_steps = steps // DEPTH_FIT_FRACTION

@@ -53,8 +53,8 @@ from ..data.layout import Layout
 from ..data.sample import collate_samples
 from ..handmodel import HandModel
 from ..model import DeepHandMesh, ModelConfig
-from .checkpoint import (check_finite, find_resumable, list_snapshots, restore_training_state, save_training_snapshot,
-                         snapshot_path)
+from .checkpoint import (BackgroundSnapshotWriter, check_finite, find_resumable, list_snapshots, restore_training_state,
+                         save_training_snapshot, snapshot_path)
 from .config import TrainConfig
 from .inputs import capture_image_size, make_dataset, split_training_frames  # noqa: F401 (also imported from here)
 from .distributed import cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model
@@ -467,6 +467,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
 
         # snapshots of this run, oldest first (keep_snapshots); a resumed run counts those it continues
         written: list[Path] = list(reversed(list_snapshots(dump))) if resume and snapshot is not None else []
+        writer = BackgroundSnapshotWriter()
 
         def save(epoch: int, mid_epoch: bool, consumed: int = 0) -> Path | None:
             """``consumed``: batches of this pass over the epoch used so far (mid-epoch snapshots)."""
@@ -476,7 +477,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
             sampler_state = sampler.state_dict(consumed=consumed * cfg.batch_size) if mid_epoch else None
             save_training_snapshot(p, model, epoch, optimizer, train_config=cfg.to_dict(), scheduler=scheduler,
                                    sampler_state=sampler_state,
-                                   pose_embedding=embedding, step=step, mid_epoch=mid_epoch)
+                                   pose_embedding=embedding, step=step, mid_epoch=mid_epoch, writer=writer)
             log(f"snapshot {p}")
             if p in written:            # the same file again (e.g. a stop at a snapshot_every_steps step)
                 written.remove(p)
@@ -610,6 +611,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
                 log(stopped)
                 break
         signals.__exit__()
+        writer.wait()                   # the last snapshot is on disk before anyone is told of it
         if signals.received is not None or (stopped or "").startswith("interrupted"):
             if not (stopped or "").startswith("interrupted"):     # after the last step: its snapshot is written
                 log(f"interrupted by {signals.received} after the last step ({step})")
@@ -630,6 +632,8 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         log(f"ERROR {type(e).__name__}: {e}")
         raise
     finally:
+        if "writer" in locals():
+            writer.wait(raise_error=False)
         if "signals" in locals():
             signals.__exit__()
         log.close()
