@@ -113,7 +113,7 @@ def render_shaded(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras,
                          f"{tuple(vertices.shape)}, got {tuple(colors.shape)}")
     R = cameras.to(device=vertices.device, dtype=vertices.dtype).R                     # (C, 3, 3) or (B, C, 3, 3)
     n_cam = vertex_normals(vertices, faces).unsqueeze(1) @ R.transpose(-1, -2)          # (B, C, V, 3)
-    per_vertex = torch.cat([pm.vertices_camera[..., 2:], colors.unsqueeze(1).expand(B, C, -1, 3), n_cam], -1)
+    per_vertex = torch.cat([pm.vertices_depth.reshape(B, C, -1, 1), colors.unsqueeze(1).expand(B, C, -1, 3), n_cam], -1)
     f = faces.to(device=vertices.device, dtype=torch.long).reshape(-1)
     feats = per_vertex.reshape(N, -1, 7).index_select(1, f).reshape(N, -1, 3, 7)
     out, idx = rasterize(H, W, pm.face_vertices_z, pm.face_vertices_image, feats, pm.valid_faces,
