@@ -17,7 +17,8 @@ from toyhand import toy_hand
 
 from dhmlib.model import DeepHandMesh, ModelConfig
 from dhmlib.snapshot import read_snapshot
-from dhmlib.train.checkpoint import (TRAIN_STATE_KEYS, NonFiniteLoss, check_finite, find_resumable,
+from dhmlib.train.checkpoint import (TRAIN_STATE_KEYS, BackgroundSnapshotWriter, NonFiniteLoss, check_finite,
+                                     find_resumable,
                                      list_snapshots, parse_snapshot_name, restore_training_state,
                                      save_training_snapshot, snapshot_path)
 from dhmlib.train.distributed import (DistInfo, ResumableSampler, command_line, init_distributed, is_main,
@@ -106,6 +107,37 @@ def test_round_trip_restores_everything(hand, tmp_path):
     sampler2.load_state_dict(state["sampler"])
     sampler2.set_epoch(state["start_epoch"])  # the same epoch keeps the position
     assert list(sampler2) == rest and len(rest) == 7 and seen + rest == sampler.epoch_order(1).tolist()
+
+
+def test_background_writer_saves_the_state_at_submit_time(hand, tmp_path):
+    """A snapshot handed to the background writer holds the weights and optimizer state of the moment it
+    was submitted, although training goes on changing them in place while the file is written; the
+    file appears whole (no .tmp left), and a failed write is raised by the next wait()."""
+    model, emb, opt, sched = _setup(hand)
+    _train_a_bit(model, emb, opt, sched)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {i: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)} for i, st in opt.state_dict()["state"].items()}
+    writer = BackgroundSnapshotWriter()
+    path = save_training_snapshot(snapshot_path(tmp_path, 0), model, 0, opt, train_config={"lr": 1e-3},
+                                  scheduler=sched, pose_embedding=emb, step=3, writer=writer)
+    _train_a_bit(model, emb, opt, sched, steps=2)              # in place, while the thread may be writing
+    writer.wait()
+    assert not any(p.name.endswith(".tmp") for p in path.parent.iterdir())
+    ckpt = read_snapshot(path)
+    changed = 0
+    for k, v in weights.items():
+        assert torch.equal(ckpt["network"]["module." + k], v), k
+        changed += not torch.equal(model.state_dict()[k], v)
+    assert changed > 0                                          # the later steps did change the live weights
+    for i, st in moments.items():
+        for k, v in st.items():
+            assert torch.equal(ckpt["optimizer"]["state"][i][k], v), (i, k)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    writer.submit({"epoch": 0}, blocker / "snapshot_1.pth.tar")
+    with pytest.raises((OSError, RuntimeError), match="not_a_folder"):
+        writer.wait()
+    writer.wait()                                               # the error is raised once
 
 
 def test_names_and_newest_first(tmp_path):
