@@ -18,6 +18,20 @@ __all__ = ["interpolate_vertex_features_cpu"]
 if numba is not None:
     from numba import njit, prange
 
+    @njit(cache=True, inline="always")
+    def _pixel(ndc, z, faces, n, f, x, y, one):  # pragma: no cover - compiled
+        """Face f's vertices, their offsets from pixel (x, y) (NDC), the perspective-correct barycentrics
+        and 1 / Σu of view n's pixel, in the vectorised path's order of operations."""
+        q0, q1, q2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        dx0, dy0 = ndc[n, q0, 0] - x, ndc[n, q0, 1] - y
+        dx1, dy1 = ndc[n, q1, 0] - x, ndc[n, q1, 1] - y
+        dx2, dy2 = ndc[n, q2, 0] - x, ndc[n, q2, 1] - y
+        u0 = (dx1 * dy2 - dx2 * dy1) / z[n, q0]
+        u1 = (dx2 * dy0 - dx0 * dy2) / z[n, q1]
+        u2 = (dx0 * dy1 - dx1 * dy0) / z[n, q2]
+        inv_s = one / (u0 + u1 + u2)
+        return q0, q1, q2, dx0, dy0, dx1, dy1, dx2, dy2, u0 * inv_s, u1 * inv_s, u2 * inv_s, inv_s
+
     @njit(cache=True, parallel=True)
     def _forward(ndc, z, feat, faces, gid, c, ramp, out):  # pragma: no cover - compiled
         """out (N, H, W, D) ← features at the covered pixels (0 elsewhere).
@@ -38,17 +52,8 @@ if numba is not None:
                         for d in range(D):
                             out[n, i, j, d] = 0
                         continue
-                    f = g - n * F
-                    q0, q1, q2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                    x = (two * ramp[j] + one) / wf - one
-                    dx0, dy0 = ndc[n, q0, 0] - x, ndc[n, q0, 1] - y
-                    dx1, dy1 = ndc[n, q1, 0] - x, ndc[n, q1, 1] - y
-                    dx2, dy2 = ndc[n, q2, 0] - x, ndc[n, q2, 1] - y
-                    u0 = (dx1 * dy2 - dx2 * dy1) / z[n, q0]
-                    u1 = (dx2 * dy0 - dx0 * dy2) / z[n, q1]
-                    u2 = (dx0 * dy1 - dx1 * dy0) / z[n, q2]
-                    inv_s = one / (u0 + u1 + u2)
-                    b0, b1, b2 = u0 * inv_s, u1 * inv_s, u2 * inv_s
+                    q0, q1, q2, _, _, _, _, _, _, b0, b1, b2, _ = _pixel(ndc, z, faces, n, g - n * F,
+                                                                          (two * ramp[j] + one) / wf - one, y, one)
                     for d in range(D):
                         out[n, i, j, d] = b0 * feat[n, q0, d] + b1 * feat[n, q1, d] + b2 * feat[n, q2, d]
 
@@ -66,18 +71,9 @@ if numba is not None:
                     g = gid[n, i, j]
                     if g < 0:
                         continue
-                    f = g - n * F
-                    q0, q1, q2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                    x = (two * ramp[j] + one) / wf - one
-                    dx0, dy0 = ndc[n, q0, 0] - x, ndc[n, q0, 1] - y
-                    dx1, dy1 = ndc[n, q1, 0] - x, ndc[n, q1, 1] - y
-                    dx2, dy2 = ndc[n, q2, 0] - x, ndc[n, q2, 1] - y
+                    q0, q1, q2, dx0, dy0, dx1, dy1, dx2, dy2, b0, b1, b2, inv_s = _pixel(
+                        ndc, z, faces, n, g - n * F, (two * ramp[j] + one) / wf - one, y, one)
                     z0, z1, z2 = z[n, q0], z[n, q1], z[n, q2]
-                    u0 = (dx1 * dy2 - dx2 * dy1) / z0
-                    u1 = (dx2 * dy0 - dx0 * dy2) / z1
-                    u2 = (dx0 * dy1 - dx1 * dy0) / z2
-                    inv_s = one / (u0 + u1 + u2)
-                    b0, b1, b2 = u0 * inv_s, u1 * inv_s, u2 * inv_s
                     gb0 = gb1 = gb2 = 0 * one
                     for d in range(D):
                         gd = grad[n, i, j, d]
