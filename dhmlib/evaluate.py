@@ -24,7 +24,6 @@ Metrics (all mm, per frame unless said otherwise):
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -32,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from .meshio import write_obj
 from .render.shade import vertex_normals
-from .trigeom import nearest_of_candidates, point_triangle_distance
+from .trigeom import point_to_triangles
 
 #: the percentile reported next to each mean
 PERCENTILE = 95.0
@@ -136,49 +134,22 @@ def vertex_error(pred, gt, gt_normals=None, faces=None, percentile: float = PERC
 
 
 # --------------------------------------------------------------------------- surface distance
-def point_to_surface(points, vertices, faces, k: int = 32) -> np.ndarray:
+def point_to_surface(points, vertices, faces) -> np.ndarray:
     """Exact distance from each point to a triangle mesh's surface, mm.
 
-    The exact distance to the nearest of the ``k`` faces whose centroids are nearest (a KD-tree) is
-    the answer wherever it is certified: a face with centroid distance ``D`` and radius ``r`` (largest
-    centroid-to-vertex distance) is at least ``D − r`` away, so when the ``k``-th centroid distance
-    minus the largest radius exceeds it, no other face can be closer. The few points left are
-    settled by one ball query of radius ``best + r_max``, filtered by each face's own radius, with
-    the exact distance to each face found (certified, no iteration).
+    :func:`dhmlib.trigeom.point_to_triangles`: a uniform grid of cells lists the faces whose bounding box
+    meets each cell, and each point searches rings of cells outward, skipping cells farther than the best
+    face so far, until no unseen face can be nearer (exact, no approximation).
 
     Args:
         points: (N, 3) mm.  vertices: (V, 3) mm.  faces: (F, 3) vertex indices.
     Returns:
         (N,) float64 mm.
     """
-    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces, dtype=np.int64)]     # (F, 3, 3)
-    F = len(tri)
-    if F == 0:
+    if len(tri) == 0:
         raise ValueError("point_to_surface: the mesh has no faces")
-    cen = tri.mean(1)
-    rad = np.linalg.norm(tri - cen[:, None], axis=-1).max(1)                        # (F,)
-    r_max = float(rad.max())
-    tree = cKDTree(cen)
-    k = min(k, F)
-    dist_k, idx = tree.query(p, k=k, workers=-1)
-    idx = idx.reshape(len(p), k)
-    best = nearest_of_candidates(p, tri, idx)
-    out = best.copy()
-    if k == F:
-        return out
-    open_ = np.nonzero(dist_k.reshape(len(p), k)[:, -1] - r_max <= best)[0]      # not certified by the k nearest
-    if open_.size == 0:
-        return out
-    lists = tree.query_ball_point(p[open_], best[open_] + r_max, workers=-1)
-    lens = np.fromiter(map(len, lists), np.int64, len(open_))
-    flat = np.fromiter(itertools.chain.from_iterable(lists), np.int64, int(lens.sum()))
-    owner = np.repeat(open_, lens)
-    keep = np.linalg.norm(cen[flat] - p[owner], axis=1) - rad[flat] <= best[owner]
-    flat, owner = flat[keep], owner[keep]
-    c = tri[flat]
-    np.minimum.at(out, owner, point_triangle_distance(p[owner], c[:, 0], c[:, 1], c[:, 2]))
-    return out
+    return point_to_triangles(np.asarray(points, dtype=np.float64).reshape(-1, 3), tri)
 
 
 def surface_distance(verts_a, faces_a, verts_b, faces_b) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Exact point-to-triangle distance, vectorized (used by the surface distance and the mesh metrics)."""
+"""Exact point-to-triangle distance: vectorized, and a compiled nearest-triangle search over a grid
+(the surface distances of the evaluation)."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,7 +48,7 @@ def point_triangle_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.n
     return dist
 
 
-try:  # compiled nearest-candidate distance (Numba, a dependency); the vectorized form above otherwise
+try:  # the compiled grid search below (Numba is a dependency; a broken install falls back to brute force)
     from numba import njit
 except Exception:  # pragma: no cover - depends on the installation
     njit = None
@@ -109,38 +110,97 @@ def _point_triangle_distance2(px, py, pz, ax, ay, az, bx, by, bz, cx, cy, cz):
                _seg2(px, py, pz, cx, cy, cz, ax, ay, az))
 
 
-def _nearest_of_candidates(p, tri, cand):
-    """(N,) distance from each point p (N, 3) to the nearest of its candidate triangles cand (N, k) of tri (F, 3, 3)."""
-    N, k = cand.shape
-    out = np.empty(N)
-    for n in range(N):
+def _grid_nearest(p, tri, lo, h, dims, start, items, out):
+    """out[n] ← exact distance from p[n] to the nearest triangle, by rings of grid cells around p's cell.
+
+    Cell (i, j, k) covers ``lo + h·[i, i+1) × …``; ``items[start[c]:start[c+1]]`` are the triangles whose
+    bounding box meets cell c. After the cells within Chebyshev ring r of p's cell, every triangle not yet
+    seen lies in cells outside that cube, so at least the distance from p to the cube's boundary away:
+    the search stops when the best distance found is within that bound (p lies inside the grid).
+    """
+    nx, ny, nz = dims[0], dims[1], dims[2]
+    rmax = max(nx, max(ny, nz))
+    for n in prange(p.shape[0]):
+        px, py, pz = p[n, 0], p[n, 1], p[n, 2]
+        ci = min(max(int((px - lo[0]) / h), 0), nx - 1)
+        cj = min(max(int((py - lo[1]) / h), 0), ny - 1)
+        ck = min(max(int((pz - lo[2]) / h), 0), nz - 1)
         best = np.inf
-        for m in range(k):
-            f = cand[n, m]
-            d2 = _point_triangle_distance2(p[n, 0], p[n, 1], p[n, 2], tri[f, 0, 0], tri[f, 0, 1], tri[f, 0, 2],
-                                           tri[f, 1, 0], tri[f, 1, 1], tri[f, 1, 2],
-                                           tri[f, 2, 0], tri[f, 2, 1], tri[f, 2, 2])
-            best = min(best, d2)
+        for r in range(rmax + 1):
+            for i in range(max(ci - r, 0), min(ci + r, nx - 1) + 1):
+                for j in range(max(cj - r, 0), min(cj + r, ny - 1) + 1):
+                    shell = abs(i - ci) == r or abs(j - cj) == r
+                    k = max(ck - r, 0)
+                    while k <= min(ck + r, nz - 1):
+                        c = (i * ny + j) * nz + k
+                        # the cell's box is farther than the best triangle so far: nothing in it can be nearer
+                        ex = max(max(lo[0] + h * i - px, px - lo[0] - h * (i + 1)), 0.0)
+                        ey = max(max(lo[1] + h * j - py, py - lo[1] - h * (j + 1)), 0.0)
+                        ez = max(max(lo[2] + h * k - pz, pz - lo[2] - h * (k + 1)), 0.0)
+                        near = ex * ex + ey * ey + ez * ez < best
+                        for m in range(start[c], start[c + 1] if near else start[c]):
+                            f = items[m]
+                            d2 = _point_triangle_distance2(px, py, pz, tri[f, 0, 0], tri[f, 0, 1], tri[f, 0, 2],
+                                                           tri[f, 1, 0], tri[f, 1, 1], tri[f, 1, 2],
+                                                           tri[f, 2, 0], tri[f, 2, 1], tri[f, 2, 2])
+                            best = min(best, d2)
+                        # inside the shell's faces only the two z ends are new in ring r
+                        if shell or k == ck + r or r == 0:
+                            k += 1
+                        else:
+                            k = ck + r
+            # the cube of rings 0..r: [lo + h·(ci − r), lo + h·(ci + r + 1)) per axis
+            gap = min(min(px - (lo[0] + h * (ci - r)), lo[0] + h * (ci + r + 1) - px),
+                      min(min(py - (lo[1] + h * (cj - r)), lo[1] + h * (cj + r + 1) - py),
+                          min(pz - (lo[2] + h * (ck - r)), lo[2] + h * (ck + r + 1) - pz)))
+            if best <= max(gap, 0.0) ** 2:
+                break
         out[n] = np.sqrt(best)
-    return out
 
 
 if njit is not None:
+    from numba import prange
+
     _seg2 = njit(cache=True, inline="always")(_seg2)
     _point_triangle_distance2 = njit(cache=True)(_point_triangle_distance2)
-    _nearest_of_candidates = njit(cache=True)(_nearest_of_candidates)
+    _grid_nearest = njit(cache=True, parallel=True)(_grid_nearest)
 
 
-def nearest_of_candidates(points: np.ndarray, triangles: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Exact distance from each point to the nearest of its candidate triangles, mm.
+def point_to_triangles(points: np.ndarray, triangles: np.ndarray, cells_per_triangle: float = 1.0) -> np.ndarray:
+    """Exact distance from each point (N, 3) to the nearest of the triangles (F, 3, 3), mm (compiled).
 
-    points (N, 3), triangles (F, 3, 3), candidates (N, k) indices into triangles. Compiled when
-    Numba imports (the same regions as :func:`point_triangle_distance`), else vectorized.
+    A uniform grid over the points and triangles (cell size from the triangles' mean extent, at most
+    128 cells per axis) lists each triangle in the cells its bounding box meets; each point searches
+    rings of cells outward until no unseen triangle can be nearer (see :func:`_grid_nearest`). Needs
+    Numba (a dependency).
     """
-    p = np.ascontiguousarray(points, dtype=np.float64)
-    tri = np.ascontiguousarray(triangles, dtype=np.float64)
-    cand = np.ascontiguousarray(candidates, dtype=np.int64)
-    if njit is None:  # pragma: no cover
-        t = tri[cand]
-        return point_triangle_distance(p[:, None], t[..., 0, :], t[..., 1, :], t[..., 2, :]).min(1)
-    return _nearest_of_candidates(p, tri, cand)
+    p = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
+    tri = np.ascontiguousarray(triangles, dtype=np.float64).reshape(-1, 3, 3)
+    if len(tri) == 0:
+        raise ValueError("point_to_triangles: no triangles")
+    if njit is None:  # pragma: no cover - brute force in blocks of points
+        return np.concatenate([point_triangle_distance(p[s:s + 64, None], tri[None, :, 0], tri[None, :, 1],
+                                                       tri[None, :, 2]).min(1) for s in range(0, len(p), 64)] or
+                              [np.zeros(0)])
+    tlo, thi = tri.min(1), tri.max(1)                                          # (F, 3) boxes
+    lo = np.minimum(tlo.min(0), p.min(0) if len(p) else tlo.min(0))
+    hi = np.maximum(thi.max(0), p.max(0) if len(p) else thi.max(0))
+    span = float((hi - lo).max())
+    h = max(float((thi - tlo).max(1).mean()) * cells_per_triangle, span / 128, 1e-9)
+    dims = np.maximum(np.ceil((hi - lo) / h).astype(np.int64), 1)
+    a = np.clip(((tlo - lo) / h).astype(np.int64), 0, dims - 1)               # first and last cell per axis
+    b = np.clip(((thi - lo) / h).astype(np.int64), 0, dims - 1)
+    n = b - a + 1
+    counts = n.prod(1)
+    owner = np.repeat(np.arange(len(tri)), counts)
+    # the k-th cell of a triangle's box: (k // (ny·nz), k // nz % ny, k % nz) in the box's own extents
+    k = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    nyz = n[owner, 1] * n[owner, 2]
+    cell = (((a[owner, 0] + k // nyz) * dims[1] + a[owner, 1] + k // n[owner, 2] % n[owner, 1]) * dims[2]
+            + a[owner, 2] + k % n[owner, 2])
+    order = np.argsort(cell, kind="stable")
+    start = np.zeros(int(dims.prod()) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cell, minlength=int(dims.prod())), out=start[1:])
+    out = np.empty(len(p))
+    _grid_nearest(p, tri, lo.astype(np.float64), float(h), dims, start, owner[order].astype(np.int64), out)
+    return out

@@ -107,7 +107,7 @@ def test_point_to_surface_is_certified_exact():
     s = len(v) + np.arange(200)
     sf = np.concatenate([f, np.stack([s, s + 200, s + 400], -1)])
     p = rng.uniform(-10, 110, size=(500, 3)) * [1, 1, 0.3]
-    fast = ev.point_to_surface(p, sv, sf, k=1)
+    fast = ev.point_to_surface(p, sv, sf)
     tri = sv[sf]
     brute = point_triangle_distance(p[:, None], tri[None, :, 0], tri[None, :, 1], tri[None, :, 2]).min(1)
     np.testing.assert_allclose(fast, brute, rtol=0, atol=1e-12)

@@ -57,6 +57,12 @@ def test_test_frame_figure_has_a_colour_bar_per_map_and_marks_the_clipped_diff_s
     assert mesh_bar.extend == "max" and mesh_bar.cmap.name == geometry.ERROR_CMAP and mesh_bar.norm.vmax == 2.0
     assert all(b.cmap.name == geometry.ERROR_CMAP for b in diff_bars)
     images = [ax for ax in fig.axes if ax.images and getattr(ax, "_colorbar", None) is None]
+    # the mesh panel: the rasterized mesh, its pixels coloured (not the white background) over a part of it
+    mesh = [ax for ax in images if ax.get_title().startswith("frame 7")]
+    assert len(mesh) == 1
+    rgb = np.asarray(mesh[0].images[0].get_array())
+    assert 0.05 < (rgb < 0.98).any(-1).mean() < 0.9
+    images = [ax for ax in images if ax is not mesh[0]]
     renderer = boxes(fig)
     widths = {round(ax.get_window_extent(renderer).width) for ax in images}
     assert len(images) == 6 and max(widths) - min(widths) <= 2                     # equal panels

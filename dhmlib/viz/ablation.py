@@ -14,23 +14,7 @@ import numpy as np
 import torch
 
 from .geometry import ERROR_CMAP  # the one error colour map of dhmlib's figures
-
-
-def _view_camera(true_vertices: np.ndarray, size: int, distance_mm: float = 550.0):
-    """(1,) camera looking at the mesh along its thinnest principal axis, fingers up in the image."""
-    from ..render import Cameras
-
-    c = true_vertices.mean(0)
-    _, _, vt = np.linalg.svd(true_vertices - c, full_matrices=False)
-    along, thin = vt[0], vt[2]
-    # the thin axis's sign: towards the side where the mesh's far points lie (a stable choice per pose)
-    if np.median((true_vertices - c) @ along) < 0:
-        along = -along
-    extent = float(np.ptp((true_vertices - c) @ np.stack([vt[0], vt[1]]).T, axis=0).max())
-    focal = 0.85 * size * distance_mm / max(extent, 1.0)
-    eye = torch.tensor(c + distance_mm * thin)[None]
-    return Cameras.look_at(eye, torch.tensor(c), torch.tensor(along), focal=torch.tensor([focal, focal]),
-                           principal=torch.tensor([size / 2, size / 2]))
+from .meshimage import view_camera
 
 
 def render_error_grid(meshes: Mapping[str, np.ndarray], truth: np.ndarray, faces, *, max_mm: float,
@@ -64,7 +48,7 @@ def render_error_grid(meshes: Mapping[str, np.ndarray], truth: np.ndarray, faces
         err = np.linalg.norm(stack - truth[p], axis=-1)                    # (N + 1, V), the truth's is 0
         colors = error_colors(err, max_mm, ERROR_CMAP).astype(np.float64)
         colors[-1] = (0.87, 0.72, 0.62)
-        cam = _view_camera(truth[p], size)
+        cam = view_camera(truth[p], size)
         r = render_shaded(torch.tensor(stack, dtype=torch.float32), f, cam.to(dtype=torch.float32),
                           size=(size, size), colors=torch.tensor(colors, dtype=torch.float32), background=1.0)
         out[p] = r.rgb[:, 0].clamp(0, 1).numpy()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import plot_hand
+from .meshimage import mesh_image
 
 
 #: the top of the |difference| scale of the depth panels, mm (larger differences saturate: an arrow on its bar)
@@ -76,10 +76,11 @@ def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_e
             r = np.asarray(root, dtype=np.float64)
             v = (v - r[:3, 3]) @ r[:3, :3]
         top = float(vmax) if vmax else max(float(np.max(vertex_error)), 1e-9)
-        ax = fig.add_subplot(grid[:, cols - 1], projection="3d")
-        plot_hand(ax, v, faces, colors=error_colors(vertex_error, top),
-                  title=f"frame {frame}: vertex error\nmean {np.mean(vertex_error):.2f} mm (scale 0–{top:.1f} mm)")
-        ax.title.set_fontsize(8)
+        ax = fig.add_subplot(grid[:, cols - 1])
+        ax.imshow(mesh_image(v, faces, error_colors(vertex_error, top), size=320))
+        ax.set_axis_off()
+        ax.set_title(f"frame {frame}: vertex error\nmean {np.mean(vertex_error):.2f} mm (scale 0–{top:.1f} mm)",
+                     fontsize=8)
         sm = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, top), ERROR_CMAP)
         fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.02, label="vertex error, mm",
                      extend=colorbar_extend(vertex_error, top))
