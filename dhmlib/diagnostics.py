@@ -168,6 +168,9 @@ OLD_RECIPE = ("embedding_init=zero, pose_prior_weight=0, lr_schedule=multistep, 
 #: the poses are the virtual capture's true angles, frozen: only the correctives learn
 ORACLE = "embedding_init=true_angles, train_embedding=false"
 
+#: the pose source of the paper (encoder on the input crop) on top of the cpu-small preset
+IMAGE_SOURCE = "pose_source=image"
+
 #: name → (variant key, notebook-02 overrides, what the run separates)
 DIAGNOSTIC_RUNS: dict[str, tuple[str, str, str]] = {
     "old_c": ("c", OLD_RECIPE, "the recipe before issue 14 (rest-pose embedding, no prior, no decay, no tangential "
@@ -178,6 +181,9 @@ DIAGNOSTIC_RUNS: dict[str, tuple[str, str, str]] = {
     "oracle_h": ("h", ORACLE, "true poses, frozen, normal-direction correctives: the sideways slides removed (cause 3)"),
     "notan_d": ("d", "tangential_weight=0", "the new recipe without the tangential penalty on free correctives "
                                            "(cause 3 with fitted poses)"),
+    "image_d": ("d", IMAGE_SOURCE, "the image encoder as the pose source, full model: poses come from the images, "
+                                   "so the penetration loss cannot simply move free per-frame poses (cause 6)"),
+    "image_e": ("e", IMAGE_SOURCE, "the same without the penetration loss: the control of image_d"),
 }
 
 
@@ -211,3 +217,32 @@ def diagnostics_table(scores: dict[str, dict]) -> str:
         pe = s.get("train_pose_error_deg")
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {'—' if pe is None else f'{pe:.1f}'} |")
     return "\n".join(rows)
+
+
+def penetration_at_encoder_poses(snapshot, data_root, frames, hand_model=None) -> dict:
+    """Interpenetration of an image-source snapshot's decoder at the poses its encoder predicts for ``frames``.
+
+    The encoder reads each frame's input crop (the first camera, as training's first view); the mesh is
+    decoded in the model frame (penetration does not depend on the root). Returns
+    :func:`dhmlib.metrics_mesh.penetration`'s ``penetration_fraction`` and ``penetration_depth_mean`` (mm) and
+    ``frames``; raises ``ValueError`` for an embedding-source snapshot (its poses are the embedding's).
+    """
+    from .handmodel import read_hand_model
+    from .metrics_mesh import hand_parts, penetration
+    from .snapshot import model_from_snapshot, read_snapshot
+    from .train.config import TrainConfig
+    from .train.evaluation import encoder_poses, load_held_out
+
+    tc = TrainConfig.from_dict(read_snapshot(snapshot)["train_config"])
+    if tc.pose_source != "image":
+        raise ValueError(f"{snapshot}: pose_source is {tc.pose_source!r}, expected 'image' (an encoder to ask)")
+    hand = hand_model or read_hand_model(Path(data_root) / "hand_model")
+    model = model_from_snapshot(snapshot, hand).eval()
+    verts = []
+    for s in range(0, len(frames), 32):                  # images of 32 frames at a time
+        data = load_held_out(data_root, list(frames[s:s + 32]), tc, hand.skeleton, "cpu", images=True, num_views=1)
+        with torch.no_grad():
+            verts.append(model.decode(encoder_poses(model, data).euler).vertices)
+    pen = penetration(torch.cat(verts).numpy(), hand_parts(hand))
+    return {"penetration_fraction": pen["penetration_fraction"], "penetration_depth_mean": pen["penetration_depth_mean"],
+            "frames": len(frames)}

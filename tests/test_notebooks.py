@@ -291,7 +291,7 @@ def test_diagnostics_notebook_smoke_scores_every_way_and_records(tmp_path):
     r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     rec = read_recorded(tmp_path / "nb" / book.name)["03b_diagnostics"]
-    assert rec["runs"] == ["old_d", "oracle_d"]
+    assert rec["runs"] == ["old_d", "oracle_d", "image_d"]
     saved = json.loads((tmp_path / "output" / "result" / "ablation_diagnostics.json").read_text())
     for name in ("old_d", "oracle_d"):
         means = saved["scores"][name]["mean"]
@@ -301,3 +301,18 @@ def test_diagnostics_notebook_smoke_scores_every_way_and_records(tmp_path):
         assert means["true_held_out"] == pytest.approx(np.mean(saved["scores"][name]["true_held_out"]))
     assert saved["scores"]["oracle_d"]["train_pose_error_deg"] == pytest.approx(0.0, abs=1e-3)   # frozen truth
     assert saved["scores"]["old_d"]["train_pose_error_deg"] > 1.0
+    # the image-source run: scored without training poses, and its penetration at the encoder's poses beside
+    # the truth's at the same frames (recomputed here from the true meshes)
+    assert {"true_held_out", "protocol"} <= set(saved["scores"]["image_d"]["mean"])
+    assert "train_pose_error_deg" not in saved["scores"]["image_d"]
+    pen = saved["penetration"]
+    assert set(pen) == {"image_d", "truth"} and rec["penetration"] == pen
+    for where in ("training_poses", "held_out_predicted"):
+        assert 0 <= pen["image_d"][where]["penetration_fraction"] < 0.5 and pen["image_d"][where]["frames"] >= 1
+    from dhmlib.evaluate import ground_truth_meshes
+    from dhmlib.handmodel import read_hand_model
+    from dhmlib.metrics_mesh import hand_parts, penetration
+    data = tmp_path / "data"
+    held = saved["scores"]["image_d"]["frames"]
+    again = penetration(ground_truth_meshes(data, 1, held), hand_parts(read_hand_model(data / "hand_model")))
+    assert pen["truth"]["held_out_predicted"]["penetration_fraction"] == pytest.approx(again["penetration_fraction"])
