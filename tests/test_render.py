@@ -429,7 +429,7 @@ def test_raster_settings_are_one_checked_object():
     with pytest.raises(TypeError):
         render_depth(v[None], f, cams, near=1.0)                         # one way: no loose keywords
     # near: faces with a vertex closer than near are dropped whole
-    depth = project_mesh(v[None], f, cams).vertices_camera[..., 2]       # (1, C, V)
+    depth = project_mesh(v[None], f, cams).vertices_depth.reshape(1, 2, -1)   # (1, C, V)
     far = float(depth.median())
     pm = project_mesh(v[None], f, cams, settings=RasterSettings(near=far))
     assert 0 < int(pm.valid_faces.sum()) < pm.valid_faces.numel()

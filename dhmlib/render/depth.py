@@ -34,7 +34,6 @@ class ProjectedMesh:
     """A mesh in every view, ready for :func:`rasterize` (N = B·C views).
 
     Attributes:
-        vertices_camera: (B, C, V, 3) camera-space vertices, mm (z forward).
         face_vertices_z: (N, F, 3) Kaolin-convention z (= −depth), mm.
         face_vertices_image: (N, F, 3, 2) normalised image coordinates.
         valid_faces: (N, F) bool, faces entirely beyond the near plane (and front-facing when culled).
@@ -44,7 +43,6 @@ class ProjectedMesh:
         vertices_depth: (N, V) camera depth of the vertices, mm.
     """
 
-    vertices_camera: torch.Tensor
     face_vertices_z: torch.Tensor
     face_vertices_image: torch.Tensor
     valid_faces: torch.Tensor
@@ -103,13 +101,13 @@ def project_mesh(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, 
             :class:`~dhmlib.render.settings.RasterSettings`; its ``backend`` is the renders' business.
     """
     B, C, H, W = _checked_batch(vertices, faces, cameras, crop, size, settings)
-    vc, ndc, depth = _project_vertices(vertices, cameras, crop, H, W, settings.near)
+    ndc, depth = _project_vertices(vertices, cameras, crop, H, W, settings.near)
     N = B * C
     f = faces.to(device=vertices.device, dtype=torch.long).reshape(-1)
     fimg = ndc.index_select(1, f).reshape(N, -1, 3, 2)
     fz = (-depth).index_select(1, f).reshape(N, -1, 3)
     valid = _valid_faces(fz, fimg, settings.near, settings.cull_backfaces)
-    return ProjectedMesh(vc, fz, fimg, valid, (B, C), (H, W), ndc, depth)
+    return ProjectedMesh(fz, fimg, valid, (B, C), (H, W), ndc, depth)
 
 
 def _checked_batch(vertices, faces, cameras, crop, size, settings) -> tuple[int, int, int, int]:
@@ -137,8 +135,8 @@ def _checked_batch(vertices, faces, cameras, crop, size, settings) -> tuple[int,
     return B, C, H, W
 
 
-def _project_vertices(vertices, cameras, crop, H: int, W: int, near: float, camera_space: bool = True):
-    """Camera-space vertices (B, C, V, 3) (None unless ``camera_space``), NDC (B·C, V, 2) and depth (B·C, V), mm.
+def _project_vertices(vertices, cameras, crop, H: int, W: int, near: float):
+    """NDC (B·C, V, 2) and camera depth (B·C, V), mm, of every vertex in every view.
 
     Every view's map world → NDC is one projective matrix: with the intrinsics, the crop and the
     pixel → NDC step folded into a (2, 3) matrix ``G`` per view (all three are affine in
@@ -176,9 +174,8 @@ def _project_vertices(vertices, cameras, crop, H: int, W: int, near: float, came
     hx, hy, depth = h.view(B, C, 3, V).unbind(2)
     safe = depth.clamp_min(near)                                 # avoid inf for dropped faces
     ndc = torch.stack([hx / safe, hy / safe], -1)                # (B, C, V, 2)
-    vc = cams.world_to_camera(vertices.unsqueeze(1)) if camera_space else None
     N = B * C
-    return vc, ndc.reshape(N, V, 2), depth.reshape(N, V)
+    return ndc.reshape(N, V, 2), depth.reshape(N, V)
 
 
 def _valid_faces(fz: torch.Tensor, fimg: torch.Tensor, near: float, cull_backfaces: bool) -> torch.Tensor:
@@ -225,21 +222,17 @@ def _render_depth_at_pixels(vertices, faces, cameras, crop, size, settings) -> t
     instead of zero-filling and scattering per-face gradients.
     """
     B, C, H, W = _checked_batch(vertices, faces, cameras, crop, size, settings)
-    _, ndc, depth = _project_vertices(vertices, cameras, crop, H, W, settings.near, camera_space=False)
+    ndc, depth = _project_vertices(vertices, cameras, crop, H, W, settings.near)
     f = faces.to(device=vertices.device, dtype=torch.long)
-    if vertices.device.type == "cpu" and zbuffer_available():
+    if vertices.device.type == "cpu" and zbuffer_available():     # compiled z-buffer and interpolation
         gid = visible_faces_of_vertices(H, W, ndc, -depth, f, settings.near, settings.cull_backfaces)
-    else:
-        with torch.no_grad():
-            fl = f.reshape(-1)
-            fimg = ndc.detach().index_select(1, fl).reshape(B * C, -1, 3, 2)
-            fz = (-depth.detach()).index_select(1, fl).reshape(B * C, -1, 3)
-            gid = visible_faces(H, W, fz, fimg, _valid_faces(fz, fimg, settings.near, settings.cull_backfaces))
-    if vertices.device.type == "cpu" and zbuffer_available():
-        out = interpolate_vertex_features_cpu(ndc, -depth, depth.unsqueeze(-1), f, gid)
-    else:
-        out = interpolate_vertex_features(H, W, ndc, -depth, depth.unsqueeze(-1), f, gid)
-    return out[..., 0].reshape(B, C, H, W)
+        return interpolate_vertex_features_cpu(ndc, -depth, depth.unsqueeze(-1), f, gid)[..., 0].reshape(B, C, H, W)
+    with torch.no_grad():
+        fl = f.reshape(-1)
+        fimg = ndc.detach().index_select(1, fl).reshape(B * C, -1, 3, 2)
+        fz = (-depth.detach()).index_select(1, fl).reshape(B * C, -1, 3)
+        gid = visible_faces(H, W, fz, fimg, _valid_faces(fz, fimg, settings.near, settings.cull_backfaces))
+    return interpolate_vertex_features(H, W, ndc, -depth, depth.unsqueeze(-1), f, gid)[..., 0].reshape(B, C, H, W)
 
 
 def render_face_index(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,
