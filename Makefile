@@ -64,7 +64,7 @@ bench: setup-dev  ## benchmarks against named peers (see bench/README.md)
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_ARGS ?=
 lab: setup  ## JupyterLab on notebooks/ (as root too); no "Build Recommended" dialog after make bench
-	@$(PY) -c 'from dhmlib.notebooks import quiet_lab_build_check as q; q("$(VENV)/etc/jupyter")'
+	@$(PY) -c 'from dhmlib.lab.series import quiet_lab_build_check as q; q("$(VENV)/etc/jupyter")'
 	$(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS) notebooks
 
 clean:  ## remove .venv and build files (data/ and output/ stay)

@@ -86,7 +86,7 @@ def dhm(*args: str, env=None) -> tuple[float, str]:
 
 def _trainable_diff(a_path, b_path, model_keys) -> dict:
     """Largest |a − b| / (|b|max + 1e-12) over the trainable tensors (BN running statistics excluded)."""
-    from dhmlib.snapshot import network_state, read_snapshot
+    from dhmlib.network.snapshot import network_state, read_snapshot
 
     a, b = network_state(read_snapshot(a_path)), network_state(read_snapshot(b_path))
     rel = {k: float((a[k] - b[k]).abs().max() / (b[k].abs().max() + 1e-12)) for k in model_keys}
@@ -102,7 +102,7 @@ def _first_last(metrics_path: Path) -> tuple[float, float]:
 
 
 def training(work: Path, steps: int) -> dict:
-    from dhmlib.snapshot import network_state, read_snapshot
+    from dhmlib.network.snapshot import network_state, read_snapshot
     from dhmlib.synth.capture import CaptureConfig, write_capture
     from dhmlib.train import preset, train
 

@@ -26,9 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dhmlib.kinematics import euler_to_matrix  # noqa: E402
+from dhmlib.hand.kinematics import euler_to_matrix  # noqa: E402
 from timing import timed  # noqa: E402
-from dhmlib.model import DeepHandMesh, ModelConfig  # noqa: E402
+from dhmlib.network.model import DeepHandMesh, ModelConfig  # noqa: E402
 
 
 def hand_model(vertices: int):

@@ -32,9 +32,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dhmlib.anatomy import gesture_euler, random_plausible_pose  # noqa: E402
+from dhmlib.hand.anatomy import gesture_euler, random_plausible_pose  # noqa: E402
 from dhmlib.losses.penetration import PenetrationLoss, root_to_leaf_paths  # noqa: E402
-from dhmlib.model import HandLayer  # noqa: E402
+from dhmlib.hand.layer import HandLayer  # noqa: E402
 from timing import timed, write_json  # noqa: E402
 
 

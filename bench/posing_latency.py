@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dhmlib.model import DeepHandMesh, ModelConfig  # noqa: E402
+from dhmlib.network.model import DeepHandMesh, ModelConfig  # noqa: E402
 from dhmlib.synth import build_procedural_hand  # noqa: E402
 from dhmlib.viz import PosingWidget  # noqa: E402
 from dhmlib.viz.geometry import NormalSolver  # noqa: E402

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dhmlib.anatomy import random_plausible_pose
-from dhmlib.model import HandLayer
+from dhmlib.hand.anatomy import random_plausible_pose
+from dhmlib.hand.layer import HandLayer
 from dhmlib.render import RasterSettings, crop_from_joints, render_depth, ring_cameras
 from dhmlib.synth import build_procedural_hand
 from dhmlib.memory import keep_freed_memory  # noqa: E402

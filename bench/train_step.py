@@ -137,12 +137,13 @@ def measure_steps(root: str, preset_name: str, device: str, steps: int, threads:
 
     from dhmlib.data.layout import Layout
     from dhmlib.data.sample import collate_samples
-    from dhmlib.handmodel import HandModel
+    from dhmlib.hand.handmodel import HandModel
     from dhmlib.memory import keep_freed_memory
-    from dhmlib.model import DeepHandMesh
+    from dhmlib.network.model import DeepHandMesh
     from dhmlib.train.config import preset
     from dhmlib.train.embedding import PoseEmbedding
-    from dhmlib.train.loop import make_dataset, parameter_groups, seed_everything, split_training_frames
+    from dhmlib.train.loop import parameter_groups, seed_everything
+    from dhmlib.train.inputs import make_dataset, split_training_frames
     from dhmlib.train.step import TrainStep
 
     torch.set_num_threads(threads)

@@ -1,6 +1,6 @@
 """What every frozen config dataclass of dhmlib shares: dict round trip and validated ``replace``.
 
-:class:`~dhmlib.model.ModelConfig` and :class:`~dhmlib.train.config.TrainConfig` derive from
+:class:`~dhmlib.network.model.ModelConfig` and :class:`~dhmlib.train.config.TrainConfig` derive from
 :class:`ConfigMixin`; they are saved in snapshots as plain dicts (``to_dict``) and rebuilt with
 ``from_dict``, where an unknown key is an error naming it and the known ones.
 """

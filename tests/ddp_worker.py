@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from toyhand import toy_hand  # noqa: E402
 
-from dhmlib.model import DeepHandMesh, ModelConfig  # noqa: E402
+from dhmlib.network.model import DeepHandMesh, ModelConfig  # noqa: E402
 from dhmlib.train.checkpoint import (check_finite, find_resumable, restore_training_state,  # noqa: E402
                                      save_training_snapshot, snapshot_path)
 from dhmlib.train.distributed import (all_reduce_mean, cleanup_distributed, init_distributed,  # noqa: E402

@@ -1,12 +1,12 @@
-"""dhmlib.ablation: the variants (a)–(h) on top of both presets, table-driven against (d)."""
+"""dhmlib.experiments.variants: the variants (a)–(h) on top of both presets, table-driven against (d)."""
 import dataclasses
 import json
 
 import pytest
 
-from dhmlib.ablation import (MODEL_FIELDS, TRAIN_FIELDS, VARIANTS, Variant, apply_variant, changes_from_full,
+from dhmlib.experiments.variants import (MODEL_FIELDS, TRAIN_FIELDS, VARIANTS, Variant, apply_variant, changes_from_full,
                              get_variant, variants_markdown)
-from dhmlib.model import ModelConfig
+from dhmlib.network.model import ModelConfig
 from dhmlib.train import PRESETS, TrainConfig, preset
 
 ALL_ON = {"pose_corrective": True, "id_corrective": True, "skeleton_corrective": True}
@@ -117,7 +117,7 @@ def test_variant_trains_a_step_with_the_real_loop(key, small_capture, tmp_path):
     each must reach the optimizer."""
     import torch
 
-    from dhmlib.snapshot import read_snapshot
+    from dhmlib.network.snapshot import read_snapshot
     from dhmlib.train import train
 
     tc, mc = apply_variant(get_variant(key), *preset("cpu-small"))

@@ -2,17 +2,17 @@
 
 The capture's bytes depend on the natural range, the capture gestures and the random draws:
 those are pinned here against the values they had before the table moved to
-``dhmlib.anatomy`` (written out literally below, not imported).
+``dhmlib.hand.anatomy`` (written out literally below, not imported).
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dhmlib.anatomy import (AXES, AXIS_LABELS, JOINT_LIMITS_DEG, NATURAL_RANGE_DEG, clamp_to_limits,
+from dhmlib.hand.anatomy import (AXES, AXIS_LABELS, JOINT_LIMITS_DEG, NATURAL_RANGE_DEG, clamp_to_limits,
                             describe_joints, gesture_degrees, gesture_euler, gesture_names, joint_limits_deg,
                             natural_range, natural_range_deg, pose_degrees, random_plausible_pose, within_limits)
-from dhmlib.skeleton import FINGERS, Skeleton, official_skeleton
+from dhmlib.hand.skeleton import FINGERS, Skeleton, official_skeleton
 from dhmlib.synth.capture import CaptureConfig
 from dhmlib.synth.poses import SEQUENCE_KINDS, plan_sequences, subject_sequences
 

@@ -1,4 +1,4 @@
-"""dhm batch / dhmlib.batch: grids and names, failures with their cell, resume (also after kill -9), the table."""
+"""dhm batch / dhmlib.lab.batch: grids and names, failures with their cell, resume (also after kill -9), the table."""
 import csv
 import json
 import os
@@ -11,9 +11,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dhmlib.batch import (BatchResult, BatchSpec, BatchSpecError, RunResult, expand_grid, flatten, parse_run,
+from dhmlib.lab.batch import (BatchResult, BatchSpec, BatchSpecError, RunResult, expand_grid, flatten, parse_run,
                           plan_runs, run_batch, split_top_level)
-from dhmlib.notebooks import parse_value
+from dhmlib.lab.series import parse_value
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def fake_notebook(path: Path) -> Path:
         nbformat.v4.new_code_cell("variant = 'a'\nepochs = 1\nsleep = 0.0\nmarker = ''\nlog = ''\n"
                                   "output_root = ''\nsmoke = False", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(
-            "import os, time\nfrom dhmlib.notebooks import record\n"
+            "import os, time\nfrom dhmlib.lab.record import record\n"
             "if log:\n    open(log, 'a').write(f'start {variant} {epochs}\\n')\n"
             "if sleep and not os.path.exists(marker):\n    open(marker, 'w').close()\n    time.sleep(sleep)"),
         nbformat.v4.new_code_cell("if variant == 'bad':\n    raise ValueError(f'variant {variant} is bad')"),
@@ -248,7 +248,7 @@ def test_batch_killed_with_sigkill_resumes_where_it_stopped(tmp_path):
     summary = json.loads((out / "notebooks" / "k" / "summary.json").read_text())
     assert [(row["run"], row["state"], row["fake.score.mean"]) for row in summary["runs"]] == [
         ("first", "done", 1), ("second", "done", 2), ("third", "done", 3)]
-    from dhmlib.notebooks import read_recorded
+    from dhmlib.lab.record import read_recorded
 
     assert read_recorded(out / "notebooks" / "k" / "second.ipynb")["fake"]["variant"] == "bb"
 
@@ -284,7 +284,7 @@ def test_bad_input_is_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch)
 
 
 def test_a_run_another_live_process_is_running_is_not_started_twice(tmp_path):
-    from dhmlib.batch import BatchBusyError, _boot_id
+    from dhmlib.lab.batch import BatchBusyError, _boot_id
 
     nb = fake_notebook(tmp_path / "fake.ipynb")
     folder = tmp_path / "out" / "notebooks" / "busy"

@@ -8,9 +8,9 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from dhmlib.cli import CLIError, main, parse_euler
-from dhmlib.handmodel import FILES, HandModel
-from dhmlib.meshio import read_obj, read_obj_uvs, read_ply, write_obj
-from dhmlib.model import HandLayer
+from dhmlib.hand.handmodel import FILES, HandModel
+from dhmlib.mesh.io import read_obj, read_obj_uvs, read_ply, write_obj
+from dhmlib.hand.layer import HandLayer
 from toyhand import toy_hand
 
 
@@ -139,7 +139,7 @@ def test_demo_user_errors_are_one_line_exit_2(hand_dir, tmp_path, capsys, argv, 
 
 
 def test_demo_limits_warn_or_refuse(hand_dir, tmp_path, capsys):
-    from dhmlib import anatomy
+    from dhmlib.hand import anatomy
 
     hm = HandModel.read(hand_dir)
     hi = anatomy.joint_limits_deg(hm.skeleton)[hm.skeleton.index("index1"), 2, 1]
@@ -164,7 +164,7 @@ def test_demo_limits_warn_or_refuse(hand_dir, tmp_path, capsys):
 
 
 def test_demo_preset_with_euler_override(hand_dir, tmp_path):
-    from dhmlib import anatomy
+    from dhmlib.hand import anatomy
 
     hm = HandModel.read(hand_dir)
     sk = hm.skeleton
@@ -269,7 +269,7 @@ def test_hand_model_refuses_to_replace_without_overwrite(tmp_path, capsys):
 
 
 def test_help_shows_defaults_joints_and_presets(capsys):
-    from dhmlib import anatomy
+    from dhmlib.hand import anatomy
 
     assert main(["demo", "--help"]) == 0
     out = capsys.readouterr().out

@@ -1,13 +1,15 @@
-"""dhmlib.evaluate: metrics against hand-built cases and independent references."""
+"""dhmlib.metrics.errors: metrics against hand-built cases and independent references."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from dhmlib import evaluate as ev
-from dhmlib.meshio import read_obj, read_obj_uvs
-from dhmlib.trigeom import point_triangle_distance
+from dhmlib.data import ground_truth
+from dhmlib.evaluation import result
+from dhmlib.metrics import errors as ev
+from dhmlib.mesh.io import read_obj, read_obj_uvs
+from dhmlib.mesh.distance import point_triangle_distance
 
 
 def grid(n=9, size=40.0):
@@ -117,8 +119,8 @@ def test_surface_distances_on_every_nth_frame_only():
     v, f = grid(n=5)
     gt = np.stack([v, v, v, v])
     pred = gt + np.array([0.5, 1.0, 1.5, 2.0])[:, None, None] * [0, 0, 1]
-    every = ev.evaluate([0, 1, 2, 3], pred_vertices=pred, gt_vertices=gt, faces=f)
-    some = ev.evaluate([0, 1, 2, 3], pred_vertices=pred, gt_vertices=gt, faces=f, surface_every=2)
+    every = result.evaluate([0, 1, 2, 3], pred_vertices=pred, gt_vertices=gt, faces=f)
+    some = result.evaluate([0, 1, 2, 3], pred_vertices=pred, gt_vertices=gt, faces=f, surface_every=2)
     sym = some.to_dict()["per_frame"]["surface_symmetric_mm"]
     assert sym[1] is None and sym[3] is None
     assert sym[0] == pytest.approx(every.surface["symmetric"][0]) and sym[2] == pytest.approx(every.surface["symmetric"][2])
@@ -142,14 +144,14 @@ def test_evaluate_and_write_results_round_trip(tmp_path):
     gt = np.stack([v, v])
     pred = gt + [0, 0, 0.5]
     uvs = v[:, :2] / 40.0
-    res = ev.evaluate([3, 17], pred_joints=gt[:, :4], gt_joints=gt[:, :4] + [0, 2, 0],
+    res = result.evaluate([3, 17], pred_joints=gt[:, :4], gt_joints=gt[:, :4] + [0, 2, 0],
                       joint_valid=np.ones((2, 4)), pred_vertices=pred, gt_vertices=gt, faces=f,
                       info={"subject": 1})
     assert res.summary()["joint_error_mm"] == pytest.approx(2.0)
     assert res.vertex["normal_mean"] == pytest.approx(0.5)
     assert res.vertex["sideways_p95"] == pytest.approx(0.0, abs=1e-12)
     assert res.summary()["surface_symmetric_mm"] == pytest.approx(0.5)
-    path = ev.write_results(res, tmp_path / "result", vertices=pred, faces=f, uvs=uvs, uv_faces=f)
+    path = result.write_results(res, tmp_path / "result", vertices=pred, faces=f, uvs=uvs, uv_faces=f)
     back = json.loads(path.read_text())
     assert back == json.loads(json.dumps(res.to_dict()))
     assert back["per_frame"]["frame"] == [3, 17]
@@ -164,23 +166,23 @@ def test_evaluate_and_write_results_round_trip(tmp_path):
 
 def test_ground_truth_meshes_reads_the_capture_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match="annotations/synthetic/subject_1/meshes"):
-        ev.ground_truth_meshes(tmp_path, 1, [0])
+        ground_truth.ground_truth_meshes(tmp_path, 1, [0])
     folder = tmp_path / "annotations" / "synthetic" / "subject_2" / "meshes"
     folder.mkdir(parents=True)
     m = np.random.default_rng(0).normal(size=(3, 10, 3)).astype(np.float32)
     for i, x in enumerate(m):
         np.save(folder / f"{i * 5:06d}.npy", x)
     np.save(folder.parent / "faces.npy", np.array([[0, 1, 2]], np.int32))
-    np.testing.assert_array_equal(ev.ground_truth_meshes(tmp_path, 2, [10, 0]), m[[2, 0]])
-    assert ev.ground_truth_faces(tmp_path, 2).tolist() == [[0, 1, 2]]
+    np.testing.assert_array_equal(ground_truth.ground_truth_meshes(tmp_path, 2, [10, 0]), m[[2, 0]])
+    assert ground_truth.ground_truth_faces(tmp_path, 2).tolist() == [[0, 1, 2]]
     with pytest.raises(FileNotFoundError, match="000001.npy"):
-        ev.ground_truth_meshes(tmp_path, 2, [1])
+        ground_truth.ground_truth_meshes(tmp_path, 2, [1])
 
 
 def test_evaluate_against_scans_of_another_topology():
     v, f = grid(n=5)
     fine_v, fine_f = grid(n=13)
-    res = ev.evaluate([0, 1], pred_vertices=np.stack([v, v]), faces=f,
+    res = result.evaluate([0, 1], pred_vertices=np.stack([v, v]), faces=f,
                       scans=[(fine_v + [0, 0, 0.25], fine_f), (fine_v - [0, 0, 1.0], fine_f)])
     assert res.surface["symmetric"] == pytest.approx((0.25, 1.0), abs=1e-12)
     assert res.vertex is None and res.info["surface_reference"] == "scans"

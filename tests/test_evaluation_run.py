@@ -1,4 +1,4 @@
-"""dhmlib.train.evaluation (test_snapshot, lbs_baseline) and `dhm test` on a tiny virtual capture."""
+"""dhmlib.evaluation.held_out (test_snapshot, lbs_baseline) and `dhm test` on a tiny virtual capture."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,14 @@ import torch
 from dhmlib.cli import main
 from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
 from dhmlib.data.layout import Layout
-from dhmlib.handmodel import HandModel
-from dhmlib.meshio import read_obj, read_obj_uvs
-from dhmlib.model import DeepHandMesh, HandLayer
-from dhmlib.snapshot import model_from_snapshot
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.mesh.io import read_obj, read_obj_uvs
+from dhmlib.network.model import DeepHandMesh
+from dhmlib.hand.layer import HandLayer
+from dhmlib.network.snapshot import model_from_snapshot
 from dhmlib.train import PoseEmbedding, preset
 from dhmlib.train.checkpoint import save_training_snapshot, snapshot_path
-from dhmlib.train.evaluation import lbs_baseline, test_snapshot
+from dhmlib.evaluation.held_out import lbs_baseline, test_snapshot
 
 TINY = dict(batch_size=2, num_views=2, render_size=(48, 48), input_size=(64, 64), held_out="frames:4")
 
@@ -139,7 +140,7 @@ def test_image_source_snapshot_takes_its_poses_from_the_encoder(small_capture, h
 
 
 def test_spread_views():
-    from dhmlib.train.evaluation import spread_views
+    from dhmlib.evaluation.held_out import spread_views
 
     cams = [f"c{i}" for i in range(24)]
     assert spread_views(cams, None) == cams and spread_views(cams, 30) == cams

@@ -140,7 +140,7 @@ def test_one_error_colour_map_throughout():
 def test_posing_widget_error_map_has_a_colour_bar_and_keeps_its_controls_whole():
     import torch
 
-    from dhmlib.model import DeepHandMesh, ModelConfig
+    from dhmlib.network.model import DeepHandMesh, ModelConfig
     from dhmlib.viz import PosingWidget
 
     model = DeepHandMesh(toy_hand(300), ModelConfig(backbone=18)).eval()

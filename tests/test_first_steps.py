@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dhmlib.handmodel import HandModel
+from dhmlib.hand.handmodel import HandModel
 from dhmlib.synth.capture import CaptureConfig, write_capture
 
 NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
@@ -39,7 +39,7 @@ def test_hand_model_first_then_notebook_01_and_synth_end_with_a_capture(tmp_path
     assert (data / "annotations" / "synthetic" / "COMPLETE").is_file()
     hand = HandModel.read(data / "hand_model")
     assert hand.num_vertices == _capture_hand(data).num_vertices   # the capture's own hand, not dhm hand-model's
-    from dhmlib.handmodel import hand_model_origin
+    from dhmlib.hand.handmodel import hand_model_origin
 
     assert "virtual capture subject 1" in hand_model_origin(data / "hand_model")
 
@@ -70,7 +70,7 @@ def test_procedural_hand_model_alone_is_replaced_and_said(tmp_path):
 
 def test_a_users_hand_model_is_never_replaced(tmp_path):
     from dhmlib.cli import main
-    from dhmlib.handmodel import hand_model_origin, is_generated_hand_model
+    from dhmlib.hand.handmodel import hand_model_origin, is_generated_hand_model
     from dhmlib.synth import build_procedural_hand
 
     folder = build_procedural_hand(target_vertices=400).write(tmp_path / "hand_model")
@@ -116,8 +116,8 @@ def trained(tmp_path_factory):
 @pytest.mark.slow
 def test_snapshot_records_hand_model_and_code_version(trained):
     from dhmlib import __version__
-    from dhmlib.provenance import hand_model_sha256
-    from dhmlib.snapshot import read_snapshot
+    from dhmlib.network.provenance import hand_model_sha256
+    from dhmlib.network.snapshot import read_snapshot
 
     data, snap = trained
     ck = read_snapshot(snap)
@@ -148,8 +148,8 @@ def test_snapshot_is_demoed_without_naming_its_hand_model(trained, tmp_path):
     shutil.copytree(data, moved)
     shutil.rmtree(moved / "hand_model")
     env_data = moved
-    from dhmlib.provenance import pick_hand_model
-    from dhmlib.snapshot import read_snapshot
+    from dhmlib.network.provenance import pick_hand_model
+    from dhmlib.network.snapshot import read_snapshot
     ck = read_snapshot(snap)
     ck["hand_model"] = {**ck["hand_model"], "path": str(tmp_path / "gone")}
     said = []

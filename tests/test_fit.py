@@ -1,13 +1,13 @@
-"""dhmlib.fit: pose fitting with a frozen decoder, on targets the model itself generated."""
+"""dhmlib.network.fit: pose fitting with a frozen decoder, on targets the model itself generated."""
 import numpy as np
 import pytest
 import torch
 
-from dhmlib.anatomy import joint_limits_deg, random_plausible_pose
-from dhmlib.evaluate import depth_error
-from dhmlib.fit import axis_angle_to_matrix, fit_pose, limit_prior
-from dhmlib.kinematics import euler_to_matrix, rigid_transform_matrix
-from dhmlib.model import DeepHandMesh, ModelConfig
+from dhmlib.hand.anatomy import joint_limits_deg, random_plausible_pose
+from dhmlib.metrics.errors import depth_error
+from dhmlib.network.fit import axis_angle_to_matrix, fit_pose, limit_prior
+from dhmlib.hand.kinematics import euler_to_matrix, rigid_transform_matrix
+from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.render import render_depth, ring_cameras
 from dhmlib.synth import build_procedural_hand
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dhmlib.handmodel import HandModel, HandModelError
+from dhmlib.hand.handmodel import HandModel, HandModelError
 from toyhand import toy_hand
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_hand_model"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from dhmlib.kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
+from dhmlib.hand.kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
                                matrix_to_euler, rigid_align, skinning_transforms)
 from toyhand import toy_hand
 

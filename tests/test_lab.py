@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_quiet_lab_build_check_keeps_other_keys(tmp_path):
-    from dhmlib.notebooks import quiet_lab_build_check
+    from dhmlib.lab.series import quiet_lab_build_check
 
     path = tmp_path / "labconfig" / "page_config.json"
     path.parent.mkdir()
@@ -43,7 +43,7 @@ def test_make_lab_starts_and_offers_no_build(tmp_path):
     lab = next(ln for ln in lines if "jupyter lab" in ln)
     assert ("--allow-root" in lab) == (os.getuid() == 0)
     assert any("quiet_lab_build_check" in ln for ln in lines)
-    from dhmlib.notebooks import quiet_lab_build_check
+    from dhmlib.lab.series import quiet_lab_build_check
 
     quiet_lab_build_check(tmp_path / "config")           # what make lab does to .venv/etc/jupyter, here per user
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dhmlib.losses.penetration import PenetrationLoss, PenetrationTerms, penetration_loss
-from dhmlib.model import HandLayer
+from dhmlib.hand.layer import HandLayer
 from toyhand import toy_hand
 
 D = torch.float64

@@ -1,11 +1,11 @@
-"""dhmlib.metrics_mesh: near-flexed error, penetration of non-adjacent parts, smoothness, fist-like poses."""
+"""dhmlib.metrics.mesh: near-flexed error, penetration of non-adjacent parts, smoothness, fist-like poses."""
 import numpy as np
 import pytest
 import torch
 
-from dhmlib import metrics_mesh as mm
-from dhmlib.anatomy import gesture_euler
-from dhmlib.skeleton import official_skeleton
+from dhmlib.metrics import mesh as mm
+from dhmlib.hand.anatomy import gesture_euler
+from dhmlib.hand.skeleton import official_skeleton
 
 
 def uv_sphere(center, r, n=32):
@@ -104,7 +104,7 @@ def test_joint_flexion_and_near_flexed_mask():
 
 
 def test_near_joint_regions_on_a_hand(small_capture):
-    from dhmlib.handmodel import HandModel
+    from dhmlib.hand.handmodel import HandModel
 
     hand = HandModel.read(small_capture / "hand_model")
     reg = mm.near_joint_regions(hand)
@@ -144,8 +144,8 @@ def test_fist_like_poses():
 
 
 def test_penetration_at_poses_of_plain_lbs(small_capture):
-    from dhmlib.handmodel import HandModel
-    from dhmlib.model import DeepHandMesh, ModelConfig
+    from dhmlib.hand.handmodel import HandModel
+    from dhmlib.network.model import DeepHandMesh, ModelConfig
 
     hand = HandModel.read(small_capture / "hand_model")
     model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.model import CORRECTIVES, DeepHandMesh, HandLayer, ModelConfig
+from dhmlib.network.model import CORRECTIVES, DeepHandMesh, ModelConfig
+from dhmlib.hand.layer import HandLayer
 from toyhand import toy_hand
 
 
@@ -233,7 +234,7 @@ def test_rest_pose_reproduces_the_procedural_template():
 
 @pytest.mark.parametrize("B", [1, 3])
 def test_pose_corrective_layer_gradcheck(hand, B):
-    from dhmlib.model import _BatchLastLinear
+    from dhmlib.network.model import _BatchLastLinear
 
     g = torch.Generator().manual_seed(B)
     x = torch.randn(B, 5, dtype=torch.float64, generator=g, requires_grad=True)

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.kinematics import rigid_transform_matrix
-from dhmlib.model import DeepHandMesh, HandLayer, ModelConfig
-from dhmlib.render.shade import vertex_normals
-from dhmlib.snapshot import SnapshotError, model_from_snapshot, save_snapshot
+from dhmlib.hand.kinematics import rigid_transform_matrix
+from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.hand.layer import HandLayer
+from dhmlib.mesh.normals import vertex_normals
+from dhmlib.network.snapshot import SnapshotError, model_from_snapshot, save_snapshot
 from toyhand import toy_hand
 
 
@@ -444,7 +445,7 @@ def test_linear_rotmat_snapshot_round_trip(hand, tmp_path):
 
 def pre_option_pose_plus(fc_pose, euler, base, zero_at_rest, normals):
     """SkinRefineNet.pose_plus as it was before pose_corrective_kind existed (same ops, same order)."""
-    from dhmlib.model import _BatchLastLinear
+    from dhmlib.network.model import _BatchLastLinear
 
     first, relu, last = fc_pose
     hidden = relu(first(euler.reshape(euler.shape[0], -1)))

@@ -131,7 +131,7 @@ def test_unknown_parameter_is_an_error_naming_the_declared_ones(tmp_path, capsys
 
 
 def test_progress_line_per_cell_and_heartbeat(tmp_path, monkeypatch):
-    from dhmlib.notebooks import run_notebooks
+    from dhmlib.lab.series import run_notebooks
 
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "nbs"
@@ -156,7 +156,7 @@ def test_progress_line_per_cell_and_heartbeat(tmp_path, monkeypatch):
 def test_training_notebook_smoke_trains_evaluates_and_records_its_metrics(tmp_path):
     """02 with smoke parameters: a tiny capture is written, 2 epochs train, the held-out frame is
     evaluated against LBS alone, and the recorded metrics read back from the notebook and the file."""
-    from dhmlib.notebooks import read_recorded
+    from dhmlib.lab.record import read_recorded
 
     book = next(p for p in NOTEBOOKS if p.name.startswith("02_"))
     r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "notebooks", "--smoke", "--only", "02",
@@ -171,7 +171,7 @@ def test_training_notebook_smoke_trains_evaluates_and_records_its_metrics(tmp_pa
     assert rec["training"]["epochs"] == 2 and rec["training"]["steps"] == 4      # 7 training frames, batch 4
     assert rec["training"]["held_out_frames"] == 1 and "0005_RT_free" in rec["training"]["split"]
     # the snapshot of the last epoch, holding both configs
-    from dhmlib.snapshot import read_snapshot
+    from dhmlib.network.snapshot import read_snapshot
     assert rec["snapshot"] == str(out / "model_dump" / "snapshot_1.pth.tar")
     ckpt = read_snapshot(rec["snapshot"])
     assert ckpt["epoch"] == 1 and ckpt["train_config"] == rec["train_config"]
@@ -196,7 +196,7 @@ def test_training_notebook_smoke_trains_evaluates_and_records_its_metrics(tmp_pa
 def test_training_notebook_as_a_batch_unit_variant_step_budget_probe_and_output_root(tmp_path):
     """02 as `dhm notebooks` runs it, with the batch parameters: variant "a" (LBS only), max_steps 3,
     probe_every 1, its own output_root, no baseline."""
-    from dhmlib.notebooks import read_recorded
+    from dhmlib.lab.record import read_recorded
 
     book = next(p for p in NOTEBOOKS if p.name.startswith("02_"))
     run_out = tmp_path / "runs" / "a"
@@ -239,7 +239,7 @@ def test_training_notebook_as_a_batch_unit_variant_step_budget_probe_and_output_
 def test_ablation_notebook_smoke_runs_the_batch_collects_and_resumes(tmp_path):
     """03 with smoke parameters: variants (a) and (d) run as papermill runs of 02 (one executed notebook each),
     the table, claims, fist-pose interpenetration and figures are written; run again, both runs are skipped."""
-    from dhmlib.notebooks import read_recorded
+    from dhmlib.lab.record import read_recorded
 
     book = next(p for p in NOTEBOOKS if p.name.startswith("03_"))
     cmd = [sys.executable, "-m", "dhmlib.cli", "notebooks", "--smoke", "--only", "03", "--folder", str(book.parent),
@@ -282,7 +282,7 @@ def test_diagnostics_notebook_smoke_scores_every_way_and_records(tmp_path):
     """03b with smoke parameters: an old-recipe and an oracle run of 02, each scored with the true angles
     (held out and training frames), its own evaluation's poses, the shared LBS poses and the full fit;
     the table, the intervals and ablation_diagnostics.json are written and read back."""
-    from dhmlib.notebooks import read_recorded
+    from dhmlib.lab.record import read_recorded
 
     book = Path(__file__).parents[1] / "notebooks" / "03b_ablation_diagnostics.ipynb"
     assert book.name not in [p.name for p in NOTEBOOKS]          # beside the series, not in make run
@@ -309,9 +309,9 @@ def test_diagnostics_notebook_smoke_scores_every_way_and_records(tmp_path):
     assert set(pen) == {"image_d", "truth"} and rec["penetration"] == pen
     for where in ("training_poses", "held_out_predicted"):
         assert 0 <= pen["image_d"][where]["penetration_fraction"] < 0.5 and pen["image_d"][where]["frames"] >= 1
-    from dhmlib.evaluate import ground_truth_meshes
-    from dhmlib.handmodel import read_hand_model
-    from dhmlib.metrics_mesh import hand_parts, penetration
+    from dhmlib.data.ground_truth import ground_truth_meshes
+    from dhmlib.hand.handmodel import read_hand_model
+    from dhmlib.metrics.mesh import hand_parts, penetration
     data = tmp_path / "data"
     held = saved["scores"]["image_d"]["frames"]
     again = penetration(ground_truth_meshes(data, 1, held), hand_parts(read_hand_model(data / "hand_model")))

@@ -10,7 +10,7 @@ lines (cm), ``vt`` and ``f v/vt`` triples.
 import numpy as np
 import pytest
 
-from dhmlib.handmodel import HandModel
+from dhmlib.hand.handmodel import HandModel
 from toyhand import toy_hand
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib import meshio
-from dhmlib.anatomy import GESTURES, gesture_degrees, gesture_names, joint_limits_deg, within_limits
-from dhmlib.model import DeepHandMesh, ModelConfig
+from dhmlib.mesh import io as meshio
+from dhmlib.hand.anatomy import GESTURES, gesture_degrees, gesture_names, joint_limits_deg, within_limits
+from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.viz import PosingWidget, model_pose_fn
 from dhmlib.viz.geometry import SKIN_RGB, NormalSolver
 from toyhand import toy_hand
@@ -186,7 +186,7 @@ def test_error_colour_map(model):
 
 def test_capture_ground_truth_error_map(tmp_path):
     """The error map is |decode − the capture's true surface|: checked against the meshes a capture wrote."""
-    from dhmlib.handmodel import HandModel
+    from dhmlib.hand.handmodel import HandModel
     from dhmlib.synth.capture import CaptureConfig, write_capture
     from dhmlib.viz import capture_ground_truth
 
@@ -222,7 +222,7 @@ def test_capture_ground_truth_error_map(tmp_path):
 def test_widget_reproduces_every_frame_of_the_default_capture():
     """Every frame of ``dhm synth``'s default capture can be set in the widget exactly (no clamping,
     no slider rounding): what the pose function receives equals the frame's angles."""
-    from dhmlib.skeleton import official_skeleton
+    from dhmlib.hand.skeleton import official_skeleton
     from dhmlib.synth.capture import CaptureConfig
     from dhmlib.synth.poses import subject_sequences
 

@@ -1,15 +1,15 @@
-"""The procedural hand (dhmlib.synth) and the mesh checks (dhmlib.meshcheck)."""
+"""The procedural hand (dhmlib.synth) and the mesh checks (dhmlib.mesh.check)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from dhmlib import meshcheck as mc
-from dhmlib.handmodel import HandModel, validate_poses
-from dhmlib.kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
+from dhmlib.mesh import check as mc
+from dhmlib.hand.handmodel import HandModel, validate_poses
+from dhmlib.hand.kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
                                skinning_transforms)
-from dhmlib.skeleton import OFFICIAL_JOINT_NAMES
+from dhmlib.hand.skeleton import OFFICIAL_JOINT_NAMES
 from dhmlib.synth import HandIdentity, build_procedural_hand
 from dhmlib.synth.meshops import unique_edges
 
@@ -52,7 +52,7 @@ def test_mesh_is_closed_oriented_single_and_clean(which, request):
 
 
 def test_normals_point_outward_at_extremes(hand):
-    from dhmlib.synth.meshops import vertex_normals
+    from dhmlib.mesh.normals import vertex_normals
     n = vertex_normals(hand.vertices, hand.faces)
     for axis in range(3):
         assert n[np.argmax(hand.vertices[:, axis]), axis] > 0.5

@@ -60,11 +60,11 @@ def test_line_relay_passes_on_progress_lines_only():
 
 @pytest.mark.slow   # ~10 s: a tiny snapshot evaluated with its baseline and a figure
 def test_evaluation_reports_each_stage_with_an_eta(small_capture, tmp_path, monkeypatch):
-    from dhmlib.handmodel import HandModel
-    from dhmlib.model import DeepHandMesh
+    from dhmlib.hand.handmodel import HandModel
+    from dhmlib.network.model import DeepHandMesh
     from dhmlib.train import PoseEmbedding, preset
     from dhmlib.train.checkpoint import save_training_snapshot, snapshot_path
-    from dhmlib.train.evaluation import test_snapshot
+    from dhmlib.evaluation.held_out import test_snapshot
 
     hand = HandModel.read(small_capture / "hand_model")
     tc, mc = preset("cpu-small", batch_size=2, num_views=2, render_size=(48, 48), held_out="frames:3-4")
@@ -99,7 +99,7 @@ def test_smoke_batch_run_evaluates_few_frames_and_views_and_shows_progress_insid
     from pathlib import Path
 
     from dhmlib.synth.capture import CaptureConfig, write_capture
-    from dhmlib.train.recipe import SMOKE_EVAL, evaluation_options
+    from dhmlib.experiments.recipe import SMOKE_EVAL, evaluation_options
 
     assert evaluation_options(smoke=True, fit_steps=300) == {"fit_steps": 40, "num_views": 3, "num_frames": 4}
     assert evaluation_options(smoke=True, fit_steps=10, eval_views=2, baseline=False) == \
@@ -165,8 +165,8 @@ def test_capture_writer_reports_frames_with_an_eta_outside_a_terminal(tmp_path, 
 
 def test_a_batch_inside_an_unwatched_kernel_marks_its_lines_for_the_outer_runner(monkeypatch):
     """Notebook 03 runs a batch of notebook 02 inside its kernel: under `dhm notebooks` its lines are passed on."""
-    from dhmlib.batch import progress_sink
-    from dhmlib.notebooks import HEADLESS_ENV
+    from dhmlib.lab.batch import progress_sink
+    from dhmlib.lab.record import HEADLESS_ENV
 
     got = []
     monkeypatch.delenv(HEADLESS_ENV, raising=False)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.handmodel import HandModel
-from dhmlib.model import DeepHandMesh, ModelConfig, local_corrective_support
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.network.model import DeepHandMesh, ModelConfig, local_corrective_support
 from dhmlib.train.config import TrainConfig, preset
 
 
@@ -130,7 +130,7 @@ def test_kill_9_during_a_build_leaves_no_store_that_is_used(small_capture, tmp_p
 # --------------------------------------------------------------------------- poses before training
 def test_joint_fit_init_poses_the_frames_and_is_cached(small_capture, tmp_path):
     from dhmlib.data.layout import Layout
-    from dhmlib.train.evaluation import true_poses
+    from dhmlib.data.ground_truth import true_poses
     from dhmlib.train.pose_init import joint_fit_init
 
     hand = HandModel.read(small_capture / "hand_model")
@@ -169,7 +169,7 @@ def test_training_with_the_recipe_starts_from_fitted_poses_and_logs_its_terms(sm
 
 def test_oracle_poses_are_the_true_angles_and_stay_frozen(small_capture, tmp_path):
     from dhmlib.train import train
-    from dhmlib.train.evaluation import true_poses
+    from dhmlib.data.ground_truth import true_poses
 
     tc, mc = preset("cpu-small")
     tc = tc.replace(batch_size=2, num_views=2, render_size=(24, 24), max_steps=2, held_out=None,
@@ -281,7 +281,7 @@ def test_the_original_pose_mlp_is_unchanged_by_the_new_kind(hand):
 def test_paired_interval_against_an_independent_t_interval():
     from scipy import stats
 
-    from dhmlib.ablation_study import paired_interval
+    from dhmlib.experiments.ablation import paired_interval
 
     rng = np.random.default_rng(0)
     a = rng.uniform(0.8, 1.2, 60)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.anatomy import random_plausible_pose
-from dhmlib.model import HandLayer
+from dhmlib.hand.anatomy import random_plausible_pose
+from dhmlib.hand.layer import HandLayer
 from dhmlib.render import RasterSettings, crop_from_joints, render_depth, ring_cameras
 from dhmlib.synth import build_procedural_hand
 
@@ -22,7 +22,7 @@ trimesh = pytest.importorskip("trimesh", reason="the ray-cast reference needs tr
 
 
 def random_poses(layer: HandLayer, batch: int, seed: int) -> torch.Tensor:
-    """(batch, J, 3) radians: random natural poses of :mod:`dhmlib.anatomy`, in the layer's dtype."""
+    """(batch, J, 3) radians: random natural poses of :mod:`dhmlib.hand.anatomy`, in the layer's dtype."""
     e = random_plausible_pose(layer.skeleton, np.random.default_rng(seed), batch=batch)
     return torch.as_tensor(e, dtype=layer.template.dtype)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dhmlib.data.scans import ScanError, read_scan, write_scan
-from dhmlib.meshio import write_ply
+from dhmlib.mesh.io import write_ply
 from dhmlib.synth.meshops import decimate_by_clustering
 
 V = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [10, 10, 0], [0, 0, 10]], dtype=np.float64)

@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from dhmlib.model import DeepHandMesh, ModelConfig
-from dhmlib.snapshot import SnapshotError, load_snapshot, model_from_snapshot, save_snapshot
+from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.network.snapshot import SnapshotError, load_snapshot, model_from_snapshot, save_snapshot
 from toyhand import toy_hand
 
 
@@ -115,7 +115,7 @@ def test_snapshot_with_code_is_refused(hand, tmp_path, monkeypatch, form):
     assert not (tmp_path / "PWNED").exists()
     # control: the same file without the payload is read (so the refusal is the payload's doing)
     torch.save({"epoch": 0, "network": {}, "x": ["touch PWNED"]}, path)
-    from dhmlib.snapshot import read_snapshot
+    from dhmlib.network.snapshot import read_snapshot
     assert read_snapshot(path)["x"] == ["touch PWNED"]
 
 

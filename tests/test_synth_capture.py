@@ -14,14 +14,14 @@ import torch
 
 from dhmlib.data.keypoints import KEYPOINT_NAMES, read_keypoints
 from dhmlib.data.safe_pickle import load_array_pickle
-from dhmlib.handmodel import HandModel
-from dhmlib.kinematics import euler_to_matrix
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.hand.kinematics import euler_to_matrix
 from dhmlib.render.cameras import Cameras, read_krt
 from dhmlib.synth import build_procedural_hand
 from dhmlib.synth.capture import CaptureConfig, write_capture
 from dhmlib.synth.deform import (DeformParams, GroundTruthDeformer, dual_quaternion_skinning, fit_lbs,
                                  matrix_to_quaternion)
-from dhmlib.anatomy import natural_range
+from dhmlib.hand.anatomy import natural_range
 from dhmlib.synth.poses import SEQUENCE_KINDS, generate_sequences, plan_sequences
 from dhmlib.synth.rig import dome_rig
 
@@ -106,7 +106,7 @@ def test_ground_truth_is_the_template_at_rest_and_beyond_lbs_when_flexed(hand):
 
 
 def test_identity_bone_lengths_are_what_the_skeleton_corrective_expresses(hand):
-    from dhmlib.model import HandLayer
+    from dhmlib.hand.layer import HandLayer
 
     deformer = GroundTruthDeformer(hand, 5)
     sk = hand.skeleton

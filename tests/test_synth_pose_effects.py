@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.anatomy import GESTURES, gesture_euler, pose_degrees
-from dhmlib.meshcheck import self_intersections
-from dhmlib.model import HandLayer
+from dhmlib.hand.anatomy import GESTURES, gesture_euler, pose_degrees
+from dhmlib.mesh.check import self_intersections
+from dhmlib.hand.layer import HandLayer
 from dhmlib.synth import build_procedural_hand
 from dhmlib.synth.decompose import decompose_lbs_residual
 from dhmlib.synth.deform import POSE_EFFECTS, DeformParams, GroundTruthDeformer
@@ -172,7 +172,7 @@ def test_decomposition_against_a_hand_computation(hand):
 def test_decompose_capture_reads_a_written_capture(small_capture):
     """From disk: the hand model, identity seed, poses and deformation parameters that ``dhm synth`` wrote;
     the ground truth it recomputes is the one in ``meshes/`` (float32, hand model read back from text)."""
-    from dhmlib.handmodel import HandModel
+    from dhmlib.hand.handmodel import HandModel
     from dhmlib.synth.decompose import decompose_capture
 
     syn = small_capture / "annotations/synthetic/subject_1"

@@ -10,10 +10,10 @@ import torch
 
 from dhmlib.data.dataset import DeepHandMeshDataset
 from dhmlib.data.sample import collate_samples
-from dhmlib.handmodel import HandModel
-from dhmlib.kinematics import euler_to_matrix
-from dhmlib.model import DeepHandMesh, ModelConfig
-from dhmlib.snapshot import model_from_snapshot, read_snapshot
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.hand.kinematics import euler_to_matrix
+from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
 from dhmlib.train import PoseEmbedding, TrainConfig, TrainStep, parse_set, preset
 from dhmlib.cli._train_module import main as train_main
 

@@ -16,7 +16,7 @@ import torch
 
 from dhmlib.cli import build_parser, main
 from dhmlib.cli.train import launch_command, module_parser
-from dhmlib.snapshot import read_snapshot
+from dhmlib.network.snapshot import read_snapshot
 from dhmlib.train.checkpoint import list_snapshots
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from torch.utils.data import DistributedSampler
 
 from toyhand import toy_hand
 
-from dhmlib.model import DeepHandMesh, ModelConfig
-from dhmlib.snapshot import read_snapshot
+from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.network.snapshot import read_snapshot
 from dhmlib.train.checkpoint import (TRAIN_STATE_KEYS, BackgroundSnapshotWriter, NonFiniteLoss, check_finite,
                                      find_resumable,
                                      list_snapshots, parse_snapshot_name, restore_training_state,

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dhmlib.cli import main
-from dhmlib.snapshot import read_snapshot
+from dhmlib.network.snapshot import read_snapshot
 from dhmlib.train.checkpoint import list_snapshots
 
 REPO = Path(__file__).resolve().parents[1]

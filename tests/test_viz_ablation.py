@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.anatomy import random_plausible_pose
-from dhmlib.model import HandLayer
+from dhmlib.hand.anatomy import random_plausible_pose
+from dhmlib.hand.layer import HandLayer
 from dhmlib.synth import build_procedural_hand
 from dhmlib.viz.ablation import ERROR_CMAP, error_grid_figure, render_error_grid
 

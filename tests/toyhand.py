@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dhmlib.handmodel import HandModel
-from dhmlib.skeleton import OFFICIAL_JOINT_NAMES, Skeleton, short_name
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.hand.skeleton import OFFICIAL_JOINT_NAMES, Skeleton, short_name
 
 
 def _rot_z(a):

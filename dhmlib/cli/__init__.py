@@ -13,9 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import batch, check_data, demo, fit, hand_model, notebooks, synth, test, train
-from ._common import USAGE, CLIError, HelpFormatter, run_command
-from .demo import parse_euler, parse_rotation
+from dhmlib.cli import batch
+from dhmlib.cli import check_data
+from dhmlib.cli import demo
+from dhmlib.cli import fit
+from dhmlib.cli import hand_model
+from dhmlib.cli import notebooks
+from dhmlib.cli import synth
+from dhmlib.cli import test
+from dhmlib.cli import train
+from dhmlib.cli._common import USAGE, CLIError, HelpFormatter, run_command
+from dhmlib.cli.demo import parse_euler, parse_rotation
 
 __all__ = ["CLIError", "main", "build_parser", "parse_euler", "parse_rotation", "COMMANDS", "register"]
 
@@ -43,7 +51,7 @@ def register(name, add, run, help):
 
 def version_text() -> str:
     """``dhm --version``: ``dhm (dhmlib) 0.1.0``, plus the checkout's commit when there is one."""
-    from ..provenance import code_version
+    from dhmlib.network.provenance import code_version
 
     v = code_version()
     commit = f", git {v['git_commit'][:12]}{' with local changes' if v['git_dirty'] else ''}" if v["git_commit"] else ""

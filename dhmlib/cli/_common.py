@@ -33,8 +33,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions reported as one ``dhm <cmd>: error: …`` line with exit status 2."""
-    from ..handmodel import HandModelError
-    from ..snapshot import SnapshotError
+    from dhmlib.hand.handmodel import HandModelError
+    from dhmlib.network.snapshot import SnapshotError
 
     # OSError: missing, unreadable or unwritable files and folders named by the user
     return CLIError, HandModelError, SnapshotError, OSError
@@ -160,14 +160,14 @@ def writable_folder(folder, what: str = "--out", shown=None) -> Path:
 
 def snapshot_and_hand_model(args):
     """``(ckpt or None, HandModel)`` for ``--snapshot`` / ``--hand-model``: with a snapshot the hand model it
-    was trained on (:func:`dhmlib.provenance.pick_hand_model`, saying which), else ``--hand-model`` or the
+    was trained on (:func:`dhmlib.network.provenance.pick_hand_model`, saying which), else ``--hand-model`` or the
     default folder."""
-    from ..handmodel import HandModel, default_hand_model_dir
+    from dhmlib.hand.handmodel import HandModel, default_hand_model_dir
 
     if not args.snapshot:
         return None, HandModel.read(args.hand_model or default_hand_model_dir())
-    from ..provenance import pick_hand_model
-    from ..snapshot import read_snapshot
+    from dhmlib.network.provenance import pick_hand_model
+    from dhmlib.network.snapshot import read_snapshot
 
     ckpt = read_snapshot(args.snapshot)
     return ckpt, pick_hand_model(ckpt, args.snapshot, args.hand_model, log=lambda m: note(args.command, m),

@@ -1,4 +1,4 @@
-"""``dhm batch``: run one notebook once per parameter set with papermill (dhmlib.batch)."""
+"""``dhm batch``: run one notebook once per parameter set with papermill (dhmlib.lab.batch)."""
 from __future__ import annotations
 
 import signal
@@ -6,7 +6,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ._common import OK, PROBLEMS, CLIError, writable_folder
+from dhmlib.cli._common import OK, PROBLEMS, CLIError, writable_folder
 
 HELP = "run a notebook (default 02_training) once per parameter set: a grid or a list, resumable"
 DESCRIPTION = HELP + """
@@ -56,9 +56,10 @@ def _terminate(signum, frame):
 
 
 def spec_from_args(args):
-    """The :class:`dhmlib.batch.BatchSpec` of the file (if any) with the command line's additions."""
-    from ..batch import BatchSpec, BatchSpecError, parse_run, split_top_level
-    from ..notebooks import parse_value
+    """The :class:`dhmlib.lab.batch.BatchSpec` of the file (if any) with the command line's additions."""
+    from dhmlib.configs import split_top_level
+    from dhmlib.lab.batch import BatchSpec, BatchSpecError, parse_run
+    from dhmlib.lab.series import parse_value
 
     spec = BatchSpec.from_file(args.file) if args.file else BatchSpec()
     common, grid = dict(spec.common), dict(spec.grid)
@@ -96,15 +97,15 @@ def run(args) -> int:
     except ImportError:
         raise CLIError("papermill is not installed; install the notebook stack with pip install -e '.[lab]' "
                        "(or make setup)") from None
-    from ..batch import BatchBusyError, BatchSpecError, run_batch
-    from ..notebooks import NotebookParameterError
+    from dhmlib.lab.batch import BatchBusyError, BatchSpecError, run_batch
+    from dhmlib.lab.series import NotebookParameterError
 
     try:
         spec = spec_from_args(args)
     except BatchSpecError as e:
         raise CLIError(str(e)) from None
     if not args.dry_run:
-        from ..paths import output_dir
+        from dhmlib.paths import output_dir
 
         writable_folder(output_dir(value=args.output), "--output")
     notebook = spec.notebook

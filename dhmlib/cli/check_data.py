@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import OK, PROBLEMS, CLIError
+from dhmlib.cli._common import OK, PROBLEMS, CLIError
 
 HELP = "check a dataset in the official layout; exit status 1 when it has problems, 2 when ROOT is not a folder"
 
@@ -15,7 +15,7 @@ def add(p):
 
 
 def run(args) -> int:
-    from ..data.check import check_dataset
+    from dhmlib.data.check import check_dataset
 
     root = Path(args.root)
     if not root.is_dir():

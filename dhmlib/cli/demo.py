@@ -3,7 +3,7 @@
 Poses come from ``--preset``, ``--euler`` (on top of the preset) or ``--pose-file``; ``--rotate``
 turns the whole hand about the root joint.  Everything is checked before any work: the output
 suffix, the device, finite angles, each joint axis given once, and the anatomical limits
-(:func:`dhmlib.anatomy.joint_limits_deg`; outside them is a warning, or an error with
+(:func:`dhmlib.hand.anatomy.joint_limits_deg`; outside them is a warning, or an error with
 ``--strict-limits``).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import CLIError, snapshot_and_hand_model, device, warn, writable_file
+from dhmlib.cli._common import CLIError, snapshot_and_hand_model, device, warn, writable_file
 
 HELP = "pose a hand model (and snapshot) with a preset, Euler angles or a pose file and write meshes"
 SUFFIXES = (".obj", ".ply")
@@ -87,7 +87,7 @@ def parse_rotation(text: str) -> np.ndarray:
     """``'x=30,y=0,z=90'`` (degrees) → (3, 3) rotation R = Rz·Ry·Rx (the Euler convention of dhmlib)."""
     import torch
 
-    from ..kinematics import euler_to_matrix
+    from dhmlib.hand.kinematics import euler_to_matrix
 
     angles = np.zeros(3)
     seen = set()
@@ -135,7 +135,7 @@ def read_pose_file(path, skeleton) -> np.ndarray:
 
 
 def limit_violations(euler: np.ndarray, skeleton, limit: int = 5) -> tuple[int, list[str]]:
-    """Angles outside :func:`dhmlib.anatomy.joint_limits_deg`: (count, the first ``limit`` described).
+    """Angles outside :func:`dhmlib.hand.anatomy.joint_limits_deg`: (count, the first ``limit`` described).
 
     Args:
         euler: (B, J, 3) radians; axes a joint does not have are not checked.
@@ -154,7 +154,7 @@ def limit_violations(euler: np.ndarray, skeleton, limit: int = 5) -> tuple[int, 
 
 
 def _anatomy():
-    from .. import anatomy
+    from dhmlib.hand import anatomy
 
     return anatomy
 
@@ -224,7 +224,7 @@ def root_transform(hand, frame: str, rotation: np.ndarray | None) -> np.ndarray 
 def run(args) -> int:
     import torch
 
-    from ..meshio import write_obj, write_ply
+    from dhmlib.mesh.io import write_obj, write_ply
 
     out = writable_file(args.out, SUFFIXES)
     rotation = parse_rotation(args.rotate) if args.rotate else None
@@ -249,12 +249,12 @@ def run(args) -> int:
 
     dev = torch.device(args.device)
     if args.snapshot:
-        from ..snapshot import model_from_snapshot
+        from dhmlib.network.snapshot import model_from_snapshot
 
         model = model_from_snapshot(args.snapshot, hand, map_location="cpu", ckpt=ckpt).to(dev).eval()
         decode = model.decode
     else:
-        from ..model import HandLayer
+        from dhmlib.hand.layer import HandLayer
 
         layer = HandLayer(hand).to(dev)
         decode = lambda e, root: layer(e, root_transform=root)  # noqa: E731  (no correctives)
@@ -290,7 +290,7 @@ def _picture(path: Path, vertices_mm: np.ndarray, faces, args, index: int, count
     """``--png``: the mesh shaded, fingers up, titled with the pose and the correctives."""
     import matplotlib.pyplot as plt
 
-    from ..viz.figures import hand_figure
+    from dhmlib.viz.figures import hand_figure
 
     pose = (args.preset or ("pose file" if args.pose_file else "rest")) + (f", {args.euler}" if args.euler else "")
     if count > 1:

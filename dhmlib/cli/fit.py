@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import CLIError, snapshot_and_hand_model, device, int_at_least, warn, writable_folder
+from dhmlib.cli._common import CLIError, snapshot_and_hand_model, device, int_at_least, warn, writable_folder
 
 HELP = "fit hand poses (Euler angles + root) to 3D joints with a frozen decoder; write poses.npz and meshes"
 
@@ -34,7 +34,7 @@ def read_joints(paths, skeleton, warn_nan=None) -> tuple[np.ndarray, np.ndarray,
     """Joint files → joints (B, J, 3) mm (0 where invalid), valid (B, J), and a source name per row.
 
     ``warn_nan(message)`` is told about NaN (not annotated) joints in ``.npy`` files."""
-    from ..data.keypoints import KeypointFileError, keypoints_to_joints, read_keypoints
+    from dhmlib.data.keypoints import KeypointFileError, keypoints_to_joints, read_keypoints
 
     J = skeleton.num_joints
     joints, valid, source = [], [], []
@@ -91,10 +91,10 @@ def unit_warning(joints: np.ndarray, valid: np.ndarray, hand) -> str | None:
 def run(args) -> int:
     import torch
 
-    from ..evaluate import joint_error
-    from ..fit import fit_pose
-    from ..meshio import write_obj
-    from ..model import DeepHandMesh, ModelConfig
+    from dhmlib.metrics.errors import joint_error
+    from dhmlib.network.fit import fit_pose
+    from dhmlib.mesh.io import write_obj
+    from dhmlib.network.model import DeepHandMesh, ModelConfig
 
     if not args.lr > 0:
         raise CLIError(f"--lr: expected a positive learning rate, got {args.lr}")
@@ -109,7 +109,7 @@ def run(args) -> int:
         raise CLIError(f"{source[few[0]]}: fewer than 3 valid joints; cannot place the hand")
     dev = torch.device(args.device)
     if args.snapshot:
-        from ..snapshot import model_from_snapshot
+        from dhmlib.network.snapshot import model_from_snapshot
 
         model = model_from_snapshot(args.snapshot, hand, map_location="cpu", ckpt=ckpt)
     else:

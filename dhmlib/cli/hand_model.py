@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import CLIError, int_at_least, SEED, writable_folder
+from dhmlib.cli._common import CLIError, int_at_least, SEED, writable_folder
 
 HELP = "build the procedural hand model in the official format"
 #: the vertex targets the procedural mesher accepts here (more takes minutes and gigabytes)
@@ -21,14 +21,14 @@ def add(p):
 
 def existing_hand_model_files(folder) -> list[str]:
     """Names of the official hand-model files present in ``folder``."""
-    from ..handmodel import FILES
+    from dhmlib.hand.handmodel import FILES
 
     folder = Path(folder)
     return [f for f in FILES if (folder / f).exists()]
 
 
 def run(args) -> int:
-    from ..synth import build_procedural_hand
+    from dhmlib.synth import build_procedural_hand
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -40,7 +40,7 @@ def run(args) -> int:
     writable_folder(out)
     t = time.perf_counter()
     model = build_procedural_hand(target_vertices=args.vertices, seed=args.seed)
-    from ..handmodel import PROCEDURAL_ORIGIN
+    from dhmlib.hand.handmodel import PROCEDURAL_ORIGIN
 
     model.write(out, origin=f"{PROCEDURAL_ORIGIN} (dhm hand-model --seed {args.seed} --vertices {args.vertices})")
     print(f"wrote {out} ({model.num_vertices} vertices, {len(model.faces)} faces, {model.num_joints} joints) "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import CLIError, OK, PROBLEMS, writable_folder
+from dhmlib.cli._common import CLIError, OK, PROBLEMS, writable_folder
 
 
 def _seconds(text: str) -> float:
@@ -45,9 +45,10 @@ def run(args) -> int:
     except ImportError:
         raise CLIError("papermill is not installed; install the notebook stack with pip install -e '.[lab]' "
                        "(or make setup)") from None
-    from ..notebooks import NotebookParameterError, format_seconds, parse_value, run_notebooks
+    from dhmlib.lab.series import NotebookParameterError, parse_value, run_notebooks
+    from dhmlib.progress import format_seconds
 
-    from ..paths import output_dir
+    from dhmlib.paths import output_dir
 
     writable_folder(args.out or output_dir("notebooks"), "--out")
     params = {}

@@ -5,7 +5,7 @@ import signal
 import sys
 import threading
 
-from ._common import CLIError, SEED, int_at_least, note, writable_folder
+from dhmlib.cli._common import CLIError, SEED, int_at_least, note, writable_folder
 
 HELP = "write the virtual multi-camera capture in the official dataset layout"
 DESCRIPTION = HELP + """
@@ -17,8 +17,8 @@ place at the end; a staging folder left by a killed run is removed by the next r
 
 
 def add(p):
-    from ..render.cameras import OFFICIAL_IMAGE_SIZE
-    from ..synth.capture import OWNED
+    from dhmlib.render.cameras import OFFICIAL_IMAGE_SIZE
+    from dhmlib.synth.capture import OWNED
 
     p.description = DESCRIPTION
     p.add_argument("--out", help="dataset root to write the official layout into "
@@ -42,15 +42,15 @@ def _terminate(signum, frame):
 
 
 def run(args) -> int:
-    from ..memory import keep_freed_memory
-    from ..synth.capture import CaptureConfig, write_capture
+    from dhmlib.memory import keep_freed_memory
+    from dhmlib.synth.capture import CaptureConfig, write_capture
 
     try:
         config = CaptureConfig(subjects=args.subjects, frames=args.frames, cameras=args.cameras, seed=args.seed,
                                vertices=args.vertices, image_size=tuple(args.image_size), workers=args.workers)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    from ..paths import data_dir
+    from dhmlib.paths import data_dir
 
     out = data_dir(args.out)
     writable_folder(out)

@@ -2,12 +2,12 @@
 
 Reads ``OUTPUT/model_dump/snapshot_<N>.pth.tar`` (default: the newest) or ``--snapshot``; writes
 ``OUTPUT/result/metrics.json``, ``OUTPUT/result/meshes/<frame:06d>.obj`` and ``OUTPUT/vis/test_<frame>.png``
-(:func:`dhmlib.train.evaluation.test_snapshot`), and prints a table of the means next to the
+(:func:`dhmlib.evaluation.held_out.test_snapshot`), and prints a table of the means next to the
 template + LBS baseline.
 """
 from __future__ import annotations
 
-from ._common import CLIError, device, int_at_least, writable_folder
+from dhmlib.cli._common import CLIError, device, int_at_least, writable_folder
 
 HELP = "test a snapshot on the held-out frames: metrics.json, meshes and figures (--test_epoch N)"
 
@@ -53,13 +53,13 @@ def table(result) -> str:
 
 
 def run(args) -> int:
-    from ..data.dataset import DatasetError
-    from ..data.scans import ScanError
-    from ..data.split import SplitError
-    from ..paths import output_dir
-    from ..train.evaluation import test_snapshot
+    from dhmlib.data.dataset import DatasetError
+    from dhmlib.data.scans import ScanError
+    from dhmlib.data.split import SplitError
+    from dhmlib.paths import output_dir
+    from dhmlib.evaluation.held_out import test_snapshot
 
-    from ..paths import data_dir
+    from dhmlib.paths import data_dir
 
     data = data_dir(args.data)
     if not data.is_dir():

@@ -29,7 +29,7 @@ import dataclasses
 import os
 import sys
 
-from ._common import INTERRUPTED, PROBLEMS, USAGE, CLIError, HelpFormatter, device, int_at_least, note, run_command, \
+from dhmlib.cli._common import INTERRUPTED, PROBLEMS, USAGE, CLIError, HelpFormatter, device, int_at_least, note, run_command, \
     writable_folder
 
 HELP = ("train DeepHandMesh: in this process, or under torchrun on GPUs (--gpu 0-3) or CPU processes (--nproc N); "
@@ -43,7 +43,7 @@ TORCHRUN_FLAGS = {"--nnodes": "--nnodes", "--node-rank": "--node_rank", "--rdzv-
 
 def add(p, launcher: bool = True) -> None:
     """The training arguments; ``launcher``: also ``--gpu``, ``--nproc`` and torchrun's flags (``dhm train``)."""
-    from ..train.config import PRESETS
+    from dhmlib.train.config import PRESETS
 
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="configuration preset (default: cpu-small; with --continue: the configuration of the "
@@ -93,8 +93,8 @@ def configs(args, resumed: dict | None = None):
     ``resumed``: the snapshot ``--continue`` resumes (its ``train_config`` and ``model_config``): without
     ``--preset`` these are the base instead of the preset, so that the run continues as it was configured.
     """
-    from ..model import ModelConfig
-    from ..train.config import TrainConfig, parse_set, preset
+    from dhmlib.network.model import ModelConfig
+    from dhmlib.train.config import TrainConfig, parse_set, preset
 
     try:
         saved = (resumed or {}).get("train_config"), (resumed or {}).get("model_config")
@@ -138,7 +138,7 @@ def module_args(args, data, output, device: str | None) -> list[str]:
 
 
 def _gpus(text: str) -> list[int]:
-    from ..train.distributed import parse_gpus
+    from dhmlib.train.distributed import parse_gpus
 
     try:
         return parse_gpus(text)
@@ -149,7 +149,7 @@ def _gpus(text: str) -> list[int]:
 def launch_command(args, data, output) -> tuple[list[str], dict]:
     """torchrun's argv and environment for ``--gpu`` (wins over ``--nproc``) or ``--nproc`` (CLIError for
     a bad combination with ``--device``)."""
-    from ..train.distributed import torchrun_command
+    from dhmlib.train.distributed import torchrun_command
 
     extra = []
     for flag, torchrun_flag in TORCHRUN_FLAGS.items():
@@ -180,7 +180,7 @@ def one_line(e: BaseException) -> str:
 def _launch(args, data, output) -> int:
     import subprocess
 
-    from ..train.distributed import command_line
+    from dhmlib.train.distributed import command_line
 
     if args.gpu is not None and args.nproc is not None:
         raise CLIError("--gpu and --nproc: give one (--gpu: one process per GPU; --nproc: CPU processes)")
@@ -209,14 +209,14 @@ def _launch(args, data, output) -> int:
 
 def _resumed(output) -> dict | None:
     """The configs of the snapshot ``--continue`` will resume in ``output`` (None: none loads)."""
-    from ..train.checkpoint import MODEL_DUMP, find_resumable
+    from dhmlib.train.checkpoint import MODEL_DUMP, find_resumable
 
     found = find_resumable(output / MODEL_DUMP, log=lambda msg: None)
     return None if found is None else {k: found[1].get(k) for k in ("train_config", "model_config")}
 
 
 def run(args) -> int:
-    from ..paths import data_dir, output_dir
+    from dhmlib.paths import data_dir, output_dir
 
     data, output = data_dir(args.data), output_dir(value=args.output)
     resumed = _resumed(output) if args.resume else None
@@ -234,13 +234,13 @@ def run(args) -> int:
     if launching:
         return _launch(args, data, output)
 
-    from ..data.check import PreflightError, preflight
-    from ..data.dataset import DatasetError
-    from ..data.keypoints import KeypointFileError
-    from ..data.safe_pickle import DepthFileError
-    from ..data.split import SplitError
-    from ..train.checkpoint import NonFiniteLoss
-    from ..train.loop import TrainingInterrupted, train
+    from dhmlib.data.check import PreflightError, preflight
+    from dhmlib.data.dataset import DatasetError
+    from dhmlib.data.keypoints import KeypointFileError
+    from dhmlib.data.safe_pickle import DepthFileError
+    from dhmlib.data.split import SplitError
+    from dhmlib.train.checkpoint import NonFiniteLoss
+    from dhmlib.train.loop import TrainingInterrupted, train
 
     # SIGINT/SIGTERM (run_command turns SIGTERM into Ctrl-C): the loop ends after its step with a snapshot
     try:     # sizes and headers of what the run reads, before it starts (check-data reads them in full)

@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dataset import IMAGE_SIZE, read_depth
-from .keypoints import read_keypoints
-from .layout import DEPTH_RE, IMAGE_RE, KEYPOINT_RE, Layout, is_color_camera
+from dhmlib.data.dataset import IMAGE_SIZE, read_depth
+from dhmlib.data.keypoints import read_keypoints
+from dhmlib.data.layout import DEPTH_RE, IMAGE_RE, KEYPOINT_RE, Layout, is_color_camera
 
 SUBJECT_RE = re.compile(r"^subject_(\d+)$")
 
@@ -56,7 +56,7 @@ def capture_size(root) -> tuple[int, int]:
     import json
 
     try:
-        params = json.loads((Path(root) / "annotations" / "synthetic" / "subject_1" / "params.json").read_text())
+        params = json.loads((Layout(root, 1).synthetic_dir / "params.json").read_text())
         h, w = params["image_size"]
         return int(h), int(w)
     except (OSError, ValueError, KeyError, TypeError):
@@ -71,8 +71,8 @@ def check_dataset(root, image_size=None, progress: bool = True, max_problems: in
     """
     from tqdm.auto import tqdm
 
-    from ..handmodel import HandModel
-    from ..render.cameras import read_krt
+    from dhmlib.hand.handmodel import HandModel
+    from dhmlib.render.cameras import read_krt
 
     root = Path(root)
     rep = _Tally(Counter(), [])

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..paths import output_dir, process_alive
-from ..render.crop import crop_depth
+from dhmlib.paths import output_dir, process_alive
+from dhmlib.render.crop import crop_depth
 
 #: bump when the stored content changes meaning
 CACHE_VERSION = 1

@@ -21,20 +21,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..handmodel import HandModel
-from ..render.cameras import Cameras, read_krt
-from ..render.crop import Crop, crop_depth, crop_from_joints, crop_image
-from ..skeleton import Skeleton
-from .crop_cache import default_cache_root, open_or_build
-from .keypoints import keypoints_to_joints, read_keypoints
-from .layout import Layout, is_color_camera
-from .safe_pickle import load_array_pickle
-from .sample import HandBatch, HandSample, collate_samples
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.render.cameras import Cameras, read_krt
+from dhmlib.render.crop import Crop, crop_depth, crop_from_joints, crop_image
+from dhmlib.hand.skeleton import Skeleton
+from dhmlib.data.crop_cache import default_cache_root, open_or_build
+from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
+from dhmlib.data.layout import Layout, is_color_camera
+from dhmlib.data.safe_pickle import load_array_pickle
+from dhmlib.data.sample import HandBatch, HandSample, collate_samples
 
 __all__ = ["DeepHandMeshDataset", "DatasetError", "HandBatch", "HandSample", "Sample", "collate_samples",
            "read_depth", "read_image", "IMAGE_SIZE"]
 
 IMAGE_SIZE = (512, 334)  # (H, W) of the released images
+
+
+def capture_image_size(layout: Layout, frame: int) -> tuple[int, int]:
+    """(H, W) of the capture's images, read from one depth map of ``frame``."""
+    cams = layout.depth_cameras(frame)
+    if not cams:
+        raise FileNotFoundError(f"{layout.depth_dir / f'{frame:06d}'}: no depth maps")
+    d = load_array_pickle(layout.depth_path(frame, cams[0]))
+    return int(d.shape[0]), int(d.shape[1])
 
 
 class DatasetError(ValueError):
@@ -172,7 +181,7 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
     def from_split(cls, root, split, part: str = "train", **kwargs) -> "DeepHandMeshDataset":
         """The ``"train"`` or ``"test"`` frames of ``split`` (a :class:`~dhmlib.data.split.FrameSplit`, or a
         ``held_out`` rule string / ``None`` for :func:`~dhmlib.data.split.split_frames` on ``root``)."""
-        from .split import FrameSplit, split_frames
+        from dhmlib.data.split import FrameSplit, split_frames
 
         if not isinstance(split, FrameSplit):
             split = split_frames(root, kwargs.get("subject", 1), split)

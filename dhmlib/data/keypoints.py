@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..skeleton import FINGERS, Skeleton, short_name
+from dhmlib.hand.skeleton import FINGERS, Skeleton, short_name
 
 #: right-hand keypoint names in file order (short joint names)
 KEYPOINT_NAMES = tuple(

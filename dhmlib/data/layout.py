@@ -7,6 +7,8 @@
     ROOT/annotations/keypoints/subject_N/keypoints<frame:04d>.pts
     ROOT/annotations/depthmaps/subject_N/<frame:06d>/depthmap<cam>.pkl
     ROOT/annotations/3D_scans_decimated/subject_N/<frame:06d>.ply   (optional)
+    ROOT/annotations/synthetic/subject_N/    the virtual capture's truth (dhm synth; not in the real data):
+        params.json, poses.npz, meshes/<frame:06d>.npy, faces.npy, hand_model/
     ROOT/hand_model/
 
 Training uses sequences with ``RT`` (right hand) in their name and skips
@@ -68,6 +70,16 @@ class Layout:
     @property
     def scans_dir(self) -> Path:
         return self.root / "annotations" / "3D_scans_decimated" / f"subject_{self.subject}"
+
+    @property
+    def synthetic_root(self) -> Path:
+        """The virtual capture's extras, all subjects (``annotations/synthetic``; absent in the real data)."""
+        return self.root / "annotations" / "synthetic"
+
+    @property
+    def synthetic_dir(self) -> Path:
+        """This subject's truth in a virtual capture: params, true poses, meshes and faces, its hand model."""
+        return self.synthetic_root / f"subject_{self.subject}"
 
     def scan_path(self, frame: int) -> Path:
         return self.scans_dir / f"{frame:06d}.ply"

@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import default_collate
 
-from ..render.cameras import Cameras
-from ..render.crop import Crop
+from dhmlib.render.cameras import Cameras
+from dhmlib.render.crop import Crop
 
 _CAMERA_TENSORS = ("R", "t", "focal", "principal")
 

@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .layout import Layout
+from dhmlib.data.layout import Layout
 
 __all__ = ["FrameSplit", "SplitError", "split_frames", "all_frames", "sequence_frames", "DEFAULT_LAST"]
 
@@ -98,7 +98,7 @@ def all_frames(root, subject: int = 1) -> list[int]:
 
 
 def _synthetic_params(lay: Layout) -> Path:
-    return lay.root / "annotations" / "synthetic" / f"subject_{lay.subject}" / "params.json"
+    return lay.synthetic_dir / "params.json"
 
 
 def sequence_frames(root, subject: int = 1) -> tuple[dict[str, list[int]], str]:

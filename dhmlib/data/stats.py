@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..skeleton import Skeleton
+from dhmlib.hand.skeleton import Skeleton
 
 
 def bone_angles(joints: np.ndarray, valid: np.ndarray, skeleton: Skeleton) -> np.ndarray:

@@ -82,7 +82,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dhmlib.skeleton import Skeleton
+from dhmlib.hand.skeleton import Skeleton
 
 #: Default non-rigid joints of the original (``non_rigid_joint_idx = [3, 21]``), by name.
 NON_RIGID_JOINTS = ("thumb1", "wrist")
@@ -387,7 +387,7 @@ class PenetrationLoss(nn.Module):
 
     @classmethod
     def from_hand(cls, hand_model, **kwargs) -> "PenetrationLoss":
-        """Build from a :class:`~dhmlib.handmodel.HandModel` (its skeleton and segmentation)."""
+        """Build from a :class:`~dhmlib.hand.handmodel.HandModel` (its skeleton and segmentation)."""
         return cls(hand_model.skeleton, hand_model.segmentation, **kwargs)
 
     # ---------------------------------------------------------------- spheres

@@ -13,14 +13,14 @@ Conventions in one place:
 - The renders (depth, face index, silhouette, shaded) take one frozen :class:`RasterSettings`
   (``near``, ``cull_backfaces``, ``backend``) as ``settings=``.
 """
-from .cameras import OFFICIAL_IMAGE_SIZE, CameraRecord, Cameras, KRTError, read_krt, write_krt
-from .crop import (Crop, bbox_from_joints, compose_affine, crop_depth, crop_from_bbox, crop_from_joints, crop_image,
+from dhmlib.render.cameras import OFFICIAL_IMAGE_SIZE, CameraRecord, Cameras, KRTError, read_krt, write_krt
+from dhmlib.render.crop import (Crop, bbox_from_joints, compose_affine, crop_depth, crop_from_bbox, crop_from_joints, crop_image,
                    identity_crop, invert_affine)
-from .depth import ProjectedMesh, is_closed_mesh, project_mesh, render_depth, render_face_index, render_silhouette
-from .rasterize import KAOLIN_UNAVAILABLE_REASON, RasterOutput, kaolin_available, rasterize
-from .scene import ring_cameras
-from .settings import RasterSettings
-from .shade import Light, ShadedRender, render_shaded, vertex_normals
+from dhmlib.render.depth import ProjectedMesh, is_closed_mesh, project_mesh, render_depth, render_face_index, render_silhouette
+from dhmlib.render.rasterize import KAOLIN_UNAVAILABLE_REASON, RasterOutput, kaolin_available, rasterize
+from dhmlib.render.scene import ring_cameras
+from dhmlib.render.settings import RasterSettings
+from dhmlib.render.shade import Light, ShadedRender, render_shaded
 
 __all__ = [
     "OFFICIAL_IMAGE_SIZE", "CameraRecord", "Cameras", "KRTError", "read_krt", "write_krt",
@@ -29,5 +29,5 @@ __all__ = [
     "invert_affine", "ProjectedMesh", "is_closed_mesh", "project_mesh", "render_depth", "render_face_index", "render_silhouette",
     "KAOLIN_UNAVAILABLE_REASON", "RasterOutput", "kaolin_available", "rasterize", "RasterSettings",
     "Light", "ShadedRender", "render_shaded",
-    "vertex_normals", "ring_cameras",
+    "ring_cameras",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .zbuffer_cpu import numba, zbuffer_available
+from dhmlib.render.zbuffer_cpu import numba, zbuffer_available
 
 __all__ = ["interpolate_vertex_features_cpu"]
 

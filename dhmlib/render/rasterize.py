@@ -55,7 +55,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .zbuffer_cpu import visible_faces_cpu, zbuffer_available
+from dhmlib.render.zbuffer_cpu import visible_faces_cpu, zbuffer_available
 
 __all__ = ["rasterize", "RasterOutput", "kaolin_available", "KAOLIN_UNAVAILABLE_REASON", "visible_faces",
            "interpolate_vertex_features", "resolve_backend"]

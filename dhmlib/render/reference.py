@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .rasterize import RasterOutput
+from dhmlib.render.rasterize import RasterOutput
 
 
 def _cross(ax, ay, bx, by):

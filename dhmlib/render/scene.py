@@ -1,11 +1,11 @@
-"""Small scene helpers for renders, tests and benchmarks: a ring of cameras (hand poses: :mod:`dhmlib.anatomy`)."""
+"""Small scene helpers for renders, tests and benchmarks: a ring of cameras (hand poses: :mod:`dhmlib.hand.anatomy`)."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from .cameras import OFFICIAL_IMAGE_SIZE, Cameras
+from dhmlib.render.cameras import OFFICIAL_IMAGE_SIZE, Cameras
 
 
 def ring_cameras(center, num_cameras: int = 6, distance: float = 550.0, elevations=(-25.0, 25.0),

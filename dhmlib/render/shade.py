@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .cameras import Cameras
-from .crop import Crop
-from .depth import project_mesh
-from .rasterize import rasterize
-from .settings import DEFAULT_RASTER_SETTINGS, RasterSettings
+from dhmlib.mesh.normals import vertex_normals
+from dhmlib.render.cameras import Cameras
+from dhmlib.render.crop import Crop
+from dhmlib.render.depth import project_mesh
+from dhmlib.render.rasterize import rasterize
+from dhmlib.render.settings import DEFAULT_RASTER_SETTINGS, RasterSettings
 
 #: default per-vertex colour of :func:`render_shaded` (RGB in [0, 1])
 SKIN_TONE = (0.87, 0.67, 0.56)
@@ -66,17 +67,6 @@ class ShadedRender:
     rgb: torch.Tensor
     depth: torch.Tensor
     face_idx: torch.Tensor
-
-
-def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals (B, V, 3) of meshes (B, V, 3) with faces (F, 3) (CCW = outward)."""
-    f = faces.to(device=vertices.device, dtype=torch.long)
-    v0, v1, v2 = (vertices[:, f[:, k]] for k in range(3))
-    fn = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)  # (B, F, 3), |fn| = 2·area
-    n = torch.zeros_like(vertices)
-    for k in range(3):  # three scatters, not a loop over faces
-        n = n.index_add(1, f[:, k], fn)
-    return torch.nn.functional.normalize(n, dim=-1)
 
 
 def render_shaded(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, crop: Crop | None = None,

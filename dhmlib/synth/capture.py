@@ -48,21 +48,22 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.keypoints import KEYPOINT_NAMES, joints_to_keypoints, write_keypoints
-from ..data.safe_pickle import save_array_pickle
-from ..data.scans import write_scan
-from ..handmodel import PROCEDURAL_ORIGIN
-from ..render.cameras import OFFICIAL_IMAGE_SIZE, Cameras, write_krt
-from ..render.settings import RasterSettings
-from ..render.shade import Light, render_shaded
-from .deform import DeformParams, GroundTruthDeformer
-from .identity import HandIdentity
-from .meshops import decimate_by_clustering
-from .poses import subject_sequences
-from .procedural_hand import build_procedural_hand
-from .rig import dome_rig
-from .staging import remove_stale, staging_folder
-from .texture import skin_colors
+from dhmlib.data.layout import Layout
+from dhmlib.data.keypoints import KEYPOINT_NAMES, joints_to_keypoints, write_keypoints
+from dhmlib.data.safe_pickle import save_array_pickle
+from dhmlib.data.scans import write_scan
+from dhmlib.hand.handmodel import PROCEDURAL_ORIGIN
+from dhmlib.render.cameras import OFFICIAL_IMAGE_SIZE, Cameras, write_krt
+from dhmlib.render.settings import RasterSettings
+from dhmlib.render.shade import Light, render_shaded
+from dhmlib.synth.deform import DeformParams, GroundTruthDeformer
+from dhmlib.synth.identity import HandIdentity
+from dhmlib.synth.meshops import decimate_by_clustering
+from dhmlib.synth.poses import subject_sequences
+from dhmlib.synth.procedural_hand import build_procedural_hand
+from dhmlib.synth.rig import dome_rig
+from dhmlib.synth.staging import remove_stale, staging_folder
+from dhmlib.synth.texture import skin_colors
 
 #: the pieces of OUT this writer owns, in the order they are moved into place (the marker's last)
 OWNED = ("hand_model", "images", "annotations/KRT_512", "annotations/keypoints", "annotations/depthmaps",
@@ -215,7 +216,7 @@ def _check_free(root: Path, overwrite: bool, log: Callable[[str], None] | None =
     with its own subject 1 hand, since its meshes, depth maps and keypoints are made from that hand, and says
     so through ``log``. Anything else (the official release, a user's own hand model, a capture) raises.
     """
-    from ..handmodel import hand_model_origin, is_generated_hand_model
+    from dhmlib.hand.handmodel import hand_model_origin, is_generated_hand_model
 
     present = [root / p for p in OWNED if (root / p).exists()]
     if not present or overwrite:
@@ -259,7 +260,7 @@ def write_capture(out, config: CaptureConfig = CaptureConfig(), overwrite: bool 
             and ``overwrite`` is False,
             or another capture is being written into ``out`` right now (:class:`StagingBusyError`).
     """
-    from ..progress import Progress
+    from dhmlib.progress import Progress
 
     root = Path(out)
     replace = _check_free(root, overwrite, log)
@@ -275,7 +276,7 @@ def write_capture(out, config: CaptureConfig = CaptureConfig(), overwrite: bool 
                          log=log) as bar:       # a bar in a terminal, lines with the ETA in a notebook
             for n in range(1, config.subjects + 1):
                 _write_subject(tmp, n, config, cams, pool, bar)
-        syn = tmp / "annotations" / "synthetic"
+        syn = Layout(tmp).synthetic_root
         (syn / "README.txt").write_text(README)
         (syn / "COMPLETE").write_text(f"dhm synth: {config.subjects} subject(s) × {config.frames} frames × "
                                       f"{config.cameras} cameras, seed {config.seed}\n")
@@ -295,7 +296,7 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
     id_seed = subject_identity_seed(config.seed, n)
     identity = HandIdentity.sample(id_seed)
     hand = build_procedural_hand(config.vertices, seed=id_seed, identity=identity)
-    syn = tmp / "annotations" / "synthetic" / f"subject_{n}"
+    syn = Layout(tmp, n).synthetic_dir
     origin = (f"{PROCEDURAL_ORIGIN} (virtual capture subject {n}: dhm synth --seed {config.seed} "
               f"--vertices {config.vertices}, identity seed {id_seed})")
     hand.write(syn / "hand_model", origin=origin)

@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..handmodel import HandModel
-from .deform import DeformParams, GroundTruthDeformer
+from dhmlib.data.layout import Layout
+from dhmlib.data.split import split_frames
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.synth.deform import DeformParams, GroundTruthDeformer
 
 __all__ = ["ResidualTerm", "LBSResidualDecomposition", "decompose_lbs_residual", "capture_case",
            "decompose_capture"]
@@ -156,10 +158,10 @@ def capture_case(config=None, subject: int = 1, takes: tuple[str, ...] | None = 
     Returns:
         ``(hand, identity_seed, euler (T, J, 3), root (T, 4, 4), params)``.
     """
-    from .capture import CaptureConfig, subject_identity_seed
-    from .identity import HandIdentity
-    from .poses import subject_sequences
-    from .procedural_hand import build_procedural_hand
+    from dhmlib.synth.capture import CaptureConfig, subject_identity_seed
+    from dhmlib.synth.identity import HandIdentity
+    from dhmlib.synth.poses import subject_sequences
+    from dhmlib.synth.procedural_hand import build_procedural_hand
 
     config = config or CaptureConfig()
     seed = subject_identity_seed(config.seed, subject)
@@ -183,9 +185,7 @@ def decompose_capture(data_root, subject: int = 1, frames: str | None = "test",
             or None (all frames).
         params: override the strengths recorded in ``params.json``.
     """
-    from ..data.split import split_frames
-
-    syn = Path(data_root) / "annotations" / "synthetic" / f"subject_{subject}"
+    syn = Layout(data_root, subject).synthetic_dir
     meta_path = syn / "params.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not found; expected a virtual capture (dhm synth)")

@@ -60,7 +60,7 @@ The captured ("true") surface of a subject in a pose is
 
    The fields are offsets in the template's rest frame, so a pose corrective can in
    principle learn them; ``DeformParams().without(*POSE_EFFECTS)`` switches them off.
-   Self-intersection (:func:`dhmlib.meshcheck.self_intersections`, intersecting face pairs):
+   Self-intersection (:func:`dhmlib.mesh.check.self_intersections`, intersecting face pairs):
    LBS of the template already intersects itself in fist-like poses (fingers into the
    palm, the thumb over the fingers; the capture's poses do not avoid contact), and the
    identity shape and old bulges add more. Default capture's hand, before → after these
@@ -113,11 +113,11 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 import torch
 
-from ..handmodel import HandModel
-from ..kinematics import linear_blend_skinning
-from ..model import HandLayer
-from ..skeleton import FINGERS
-from .meshops import vertex_normals
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.hand.kinematics import linear_blend_skinning
+from dhmlib.hand.layer import HandLayer
+from dhmlib.hand.skeleton import FINGERS
+from dhmlib.mesh.normals import vertex_normals
 
 
 @dataclass(frozen=True)
@@ -497,7 +497,7 @@ class GroundTruthDeformer:
         """FK of the hand model's skeleton (with the identity's bone lengths unless ``bones=False``).
 
         Returns:
-            the :class:`~dhmlib.model.HandLayer` output and its bind-relative transforms (B, J, 3, 4).
+            the :class:`~dhmlib.hand.layer.HandLayer` output and its bind-relative transforms (B, J, 3, 4).
         """
         pose = self.layer(euler, joint_offsets=self._bone_offset if bones else None, root_transform=root)
         return pose, pose.transforms[..., :3, :] @ self.layer.global_bind_inv
@@ -547,7 +547,7 @@ def fit_lbs(hand: HandModel, target: np.ndarray, euler0: np.ndarray, root0: np.n
     Returns:
         euler (T, J, 3) rad, root (T, 4, 4), error (T, V) per-vertex distance after the fit, mm.
     """
-    from ..kinematics import euler_to_matrix
+    from dhmlib.hand.kinematics import euler_to_matrix
 
     layer = HandLayer(hand, dtype=torch.float64)
     tgt = torch.as_tensor(np.asarray(target, dtype=np.float64))

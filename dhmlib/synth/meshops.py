@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ..meshcheck import connected_components
+from dhmlib.mesh.check import connected_components
 
 
 def unique_edges(faces: np.ndarray) -> np.ndarray:
@@ -45,15 +45,6 @@ def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int = 5,
         v = v + lam * (M @ v - v)
         v = v + mu * (M @ v - v)
     return v
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) unit area-weighted vertex normals (outward for counter-clockwise faces)."""
-    fn = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
-    n = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def largest_component(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

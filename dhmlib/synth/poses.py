@@ -4,12 +4,12 @@ A sequence is a short take of one gesture (fist, point, pinch, spread, OK, free
 natural motion, range of motion): keyframes in degrees per joint, eased into
 each other (zero velocity at every key, so the hand "holds" the gesture), with
 a smooth low-amplitude wobble on every degree of freedom, clipped to the
-natural range of :mod:`dhmlib.anatomy` (where the gestures, ranges and random
+natural range of :mod:`dhmlib.hand.anatomy` (where the gestures, ranges and random
 poses live). The wrist (root) moves rigidly: a base orientation that points
 the fingers up (world +z), a per-sequence turn about the vertical, and a slow
 smooth sway of rotation and translation.
 
-Angles follow :mod:`dhmlib.kinematics`: radians, per joint ``(x, y, z)``,
+Angles follow :mod:`dhmlib.hand.kinematics`: radians, per joint ``(x, y, z)``,
 flexion about local z (positive bends toward the palm; for the thumb, across
 the palm); ``y`` is abduction (for a finger, positive moves it toward the
 pinky), ``x`` twist. Euler angles are relative to the hand model's bind pose,
@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..anatomy import GESTURES, gesture_euler, natural_range, pose_degrees, random_plausible_pose
-from ..skeleton import FINGERS, Skeleton
+from dhmlib.hand.anatomy import GESTURES, gesture_euler, natural_range, pose_degrees, random_plausible_pose
+from dhmlib.hand.skeleton import FINGERS, Skeleton
 
 
 # --------------------------------------------------------------------------- keys
 def keyframe_euler(pose: str | dict, skeleton: Skeleton) -> np.ndarray:
-    """A gesture of :data:`dhmlib.anatomy.GESTURES` or a ``{short name: (x, y, z) degrees}`` dict → (J, 3) radians."""
+    """A gesture of :data:`dhmlib.hand.anatomy.GESTURES` or a ``{short name: (x, y, z) degrees}`` dict → (J, 3) radians."""
     if isinstance(pose, str):
         return gesture_euler(pose, skeleton)
     return np.deg2rad(pose_degrees(pose, skeleton, what="keyframe"))
@@ -129,7 +129,7 @@ class PoseSequence:
     Attributes:
         name: gesture name (``fist``, ``point``, ``pinch``, ``spread``, ``ok``, ``free``, ``ROM_fingers``).
         euler: (T, J, 3) joint Euler angles, radians (DoF-masked, within
-            :func:`dhmlib.anatomy.natural_range`).
+            :func:`dhmlib.hand.anatomy.natural_range`).
         root: (T, 4, 4) wrist placement, model frame → world, mm.
     """
 
@@ -178,7 +178,7 @@ def plan_sequences(num_frames: int) -> list[tuple[str, int]]:
 
 def make_sequence(kind: str, num_frames: int, skeleton: Skeleton, rng: np.random.Generator,
                   frames_per_key: float = 12.0, wobble_deg: float = 2.0) -> np.ndarray:
-    """Euler angles of one take: (T, J, 3) radians, within :func:`dhmlib.anatomy.natural_range`.
+    """Euler angles of one take: (T, J, 3) radians, within :func:`dhmlib.hand.anatomy.natural_range`.
 
     Gesture takes go relaxed → gesture → relaxed → gesture … (each repetition of the gesture
     jittered by a few degrees, a key every ``frames_per_key`` frames); ``free`` strings random

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.measure import marching_cubes
 
-from ..handmodel import HandModel
-from ..meshcheck import signed_volume
-from ..skeleton import FINGERS, Skeleton, finger_chain, official_skeleton, short_name
-from .identity import HandIdentity
-from .meshops import averaging_operator, largest_component, taubin_smooth, unique_edges, vertex_normals
-from .sdf import Ellipsoid, Part, RoundBox, RoundCone, evaluate_grid, scene_bounds
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.mesh.check import signed_volume
+from dhmlib.hand.skeleton import FINGERS, Skeleton, finger_chain, official_skeleton, short_name
+from dhmlib.synth.identity import HandIdentity
+from dhmlib.synth.meshops import averaging_operator, largest_component, taubin_smooth, unique_edges
+from dhmlib.mesh.normals import vertex_normals
+from dhmlib.synth.sdf import Ellipsoid, Part, RoundBox, RoundCone, evaluate_grid, scene_bounds
 
 # ----------------------------------------------------------------------------- anatomy (default hand, mm)
 #: Knuckle (``*1``) position (x, y, z), fan angle toward +z (rad), phalanx lengths
@@ -323,7 +324,7 @@ def planar_uvs(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- public entry point
 def build_procedural_hand(target_vertices: int = 8000, seed: int = 0,
                           identity: HandIdentity | None = None) -> HandModel:
-    """Build the procedural right hand as a :class:`~dhmlib.handmodel.HandModel` (mm).
+    """Build the procedural right hand as a :class:`~dhmlib.hand.handmodel.HandModel` (mm).
 
     Args:
         target_vertices: desired vertex count; the result is within ±5 % (±10 % guaranteed

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..render.cameras import OFFICIAL_IMAGE_SIZE, Cameras
+from dhmlib.render.cameras import OFFICIAL_IMAGE_SIZE, Cameras
 
 #: point the cameras look at: the middle of a raised hand, mm (wrist at the origin)
 DEFAULT_TARGET = (0.0, 0.0, 85.0)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..handmodel import HandModel
-from ..skeleton import FINGERS, short_name
-from .meshops import vertex_normals
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.hand.skeleton import FINGERS, short_name
+from dhmlib.mesh.normals import vertex_normals
 
 #: light → dark skin tones (linear RGB in [0, 1]); an identity picks a point between two neighbours
 SKIN_TONES = np.array([[0.94, 0.78, 0.67], [0.88, 0.68, 0.55], [0.76, 0.55, 0.42], [0.56, 0.38, 0.27]])

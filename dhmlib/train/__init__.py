@@ -3,10 +3,10 @@
 ``python -m dhmlib.train --preset cpu-small`` (also under ``torchrun``) trains from the shell;
 :func:`train` does the same from Python or a notebook.
 """
-from .config import PRESETS, TrainConfig, parse_set, preset
-from .embedding import PoseEmbedding
-from .loop import TrainResult, train
-from .step import TERMS, StepOutput, TrainStep
+from dhmlib.train.config import PRESETS, TrainConfig, parse_set, preset
+from dhmlib.train.embedding import PoseEmbedding
+from dhmlib.train.loop import TrainResult, train
+from dhmlib.train.step import TERMS, StepOutput, TrainStep
 
 __all__ = ["TrainConfig", "PRESETS", "preset", "parse_set", "PoseEmbedding", "TrainStep", "StepOutput", "TERMS",
            "train", "TrainResult"]

@@ -8,7 +8,7 @@ Files live in ``<output_root>/model_dump/``:
   step ``k`` (the optional interval).
 
 Newest first means by (epoch, end-of-epoch after mid-epoch, step).  Each file is a
-:func:`dhmlib.snapshot.save_snapshot` snapshot (``epoch``, ``network`` with ``module.`` keys,
+:func:`dhmlib.network.snapshot.save_snapshot` snapshot (``epoch``, ``network`` with ``module.`` keys,
 ``optimizer``, ``model_config``; loadable by the original code) with these extras beside it
 (:data:`TRAIN_STATE_KEYS`)::
 
@@ -23,7 +23,7 @@ Newest first means by (epoch, end-of-epoch after mid-epoch, step).  Each file is
     "mid_epoch":      bool               written during ``epoch`` rather than at its end
 
 Everything is tensors and plain containers, so files load with ``torch.load(weights_only=True)``
-(:func:`dhmlib.snapshot.read_snapshot`); writing is atomic (temporary file, then rename).
+(:func:`dhmlib.network.snapshot.read_snapshot`); writing is atomic (temporary file, then rename).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..snapshot import SnapshotError, _load_network, read_snapshot, save_snapshot, write_snapshot_file
+from dhmlib.network.snapshot import SnapshotError, _load_network, read_snapshot, save_snapshot, write_snapshot_file
 
 TRAIN_STATE_KEYS = ("train_config", "scheduler", "rng", "sampler", "pose_embedding", "step")
 MID_EPOCH_KEY = "mid_epoch"
@@ -184,7 +184,7 @@ class BackgroundSnapshotWriter:
 
     :meth:`submit` copies the snapshot's tensors (about 0.1 s for ``cpu-small``'s 200 MB; the write
     itself took 0.5 s per epoch), waits for the previous write, and starts this one; each file still
-    appears atomically (:func:`dhmlib.snapshot.write_snapshot_file`). :meth:`wait` returns when the last
+    appears atomically (:func:`dhmlib.network.snapshot.write_snapshot_file`). :meth:`wait` returns when the last
     write is on disk and raises its error, if it had one; the training loop calls it before it returns
     or stops, so a snapshot it reports is a file.
     """

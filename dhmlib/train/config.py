@@ -1,7 +1,7 @@
 """Training configuration: :class:`TrainConfig` and the named presets.
 
 A :class:`TrainConfig` says how to train (optimizer, schedule, batches, views, loss weights,
-split, logging); the architecture is a :class:`~dhmlib.model.ModelConfig`. Both are saved in
+split, logging); the architecture is a :class:`~dhmlib.network.model.ModelConfig`. Both are saved in
 every snapshot as plain dicts (``train_config``, ``model_config``).
 
 Presets (:data:`PRESETS`, :func:`preset`):
@@ -27,8 +27,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..configs import ConfigMixin, split_top_level
-from ..model import ModelConfig
+from dhmlib.configs import ConfigMixin, split_top_level
+from dhmlib.network.model import ModelConfig
 
 POSE_SOURCES = ("image", "embedding")
 EMBEDDING_INITS = ("zero", "joint_fit", "true_angles")
@@ -47,7 +47,7 @@ def _is_num(x) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig(ConfigMixin):
-    """How to train a :class:`~dhmlib.model.DeepHandMesh` (defaults: the paper's recipe).
+    """How to train a :class:`~dhmlib.network.model.DeepHandMesh` (defaults: the paper's recipe).
 
     Attributes:
         pose_source: ``"image"`` (the encoder on the input crop, the paper) or ``"embedding"``
@@ -94,7 +94,7 @@ class TrainConfig(ConfigMixin):
         train_embedding: False freezes the embedding at its initial angles (with ``embedding_init="true_angles"``:
             the oracle-pose experiment of the ablation's diagnostics).
         pose_prior_weight: weight of the joint-limit prior on the training poses
-            (:func:`dhmlib.fit.limit_prior`, radians², zero inside the range of motion); 0: none (the original).
+            (:func:`dhmlib.network.fit.limit_prior`, radians², zero inside the range of motion); 0: none (the original).
         lr_schedule: ``"multistep"`` (``lr_milestones`` in epochs, the original) or ``"cosine"``: every
             learning rate follows a half cosine from its value to ``lr_end_ratio`` × it over the run's
             steps (``max_steps``, else epochs × batches), stepped per optimizer step.
@@ -280,9 +280,9 @@ def split_assignments(text: str) -> list[str]:
 
 def corrective_fields(correctives) -> dict:
     """ModelConfig overrides that switch on exactly ``correctives``: ``"all"``, or names from
-    :data:`dhmlib.model.CORRECTIVES` (``"pose"``, ``"identity"``, ``"skeleton"``) as a list or a
+    :data:`dhmlib.network.model.CORRECTIVES` (``"pose"``, ``"identity"``, ``"skeleton"``) as a list or a
     comma-separated string; ``[]``/``"none"``: LBS only."""
-    from ..model import CORRECTIVES
+    from dhmlib.network.model import CORRECTIVES
 
     if isinstance(correctives, str):
         correctives = [] if correctives.strip() in ("none", "") else [n.strip() for n in correctives.split(",")]

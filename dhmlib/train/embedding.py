@@ -3,7 +3,7 @@
 The public DeepHandMesh release withholds its RGB images, so the encoder cannot be trained on
 it; instead each training frame gets its own learnable Euler vector, optimised jointly with
 the decoder's correctives through the same losses. Held-out frames have no embedding: they are
-evaluated by fitting (``dhmlib.fit``) a pose to them with the decoder frozen.
+evaluated by fitting (``dhmlib.network.fit``) a pose to them with the decoder frozen.
 """
 from __future__ import annotations
 

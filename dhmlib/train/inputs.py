@@ -1,6 +1,6 @@
 """The training inputs: the split's frames, the training dataset, the capture's image size.
 
-Used by the loop (:mod:`dhmlib.train.loop`), the evaluation (:mod:`dhmlib.train.evaluation`) and
+Used by the loop (:mod:`dhmlib.train.loop`), the evaluation (:mod:`dhmlib.evaluation.held_out`) and
 the held-out probe (:mod:`dhmlib.train.probe`); kept apart from the loop so that those modules can
 use each other without an import cycle.
 """
@@ -8,20 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..data.dataset import DeepHandMeshDataset
-from ..data.layout import Layout
-from ..data.safe_pickle import load_array_pickle
-from ..data.split import split_frames
-from .config import TrainConfig
-
-
-def capture_image_size(layout: Layout, frame: int) -> tuple[int, int]:
-    """(H, W) of the capture's images, read from one depth map of ``frame``."""
-    cams = layout.depth_cameras(frame)
-    if not cams:
-        raise FileNotFoundError(f"{layout.depth_dir / f'{frame:06d}'}: no depth maps")
-    d = load_array_pickle(layout.depth_path(frame, cams[0]))
-    return int(d.shape[0]), int(d.shape[1])
+from dhmlib.data.dataset import DeepHandMeshDataset, capture_image_size
+from dhmlib.data.layout import Layout
+from dhmlib.data.split import split_frames
+from dhmlib.train.config import TrainConfig
 
 
 def split_training_frames(data_root, config: TrainConfig, log: Callable[[str], None] = print):

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model import ModelConfig
-from .config import PRESETS, TrainConfig
-from .distributed import command_line, parse_gpus
+from dhmlib.network.model import ModelConfig
+from dhmlib.train.config import PRESETS, TrainConfig
+from dhmlib.train.distributed import command_line, parse_gpus
 
 BASE_PRESET = "paper"
 

@@ -7,7 +7,7 @@
 2. data: the training frames of ``split_frames(data_root, subject, held_out)``, a
    ``DeepHandMeshDataset`` over them (without images for the embedding source), a resumable
    sharded sampler, ``DataLoader(collate_fn=collate_samples)``;
-3. model: :class:`~dhmlib.model.DeepHandMesh` (+ a :class:`PoseEmbedding` per training frame for
+3. model: :class:`~dhmlib.network.model.DeepHandMesh` (+ a :class:`PoseEmbedding` per training frame for
    the embedding source) inside a :class:`~dhmlib.train.step.TrainStep`, DDP-wrapped when
    there are several processes;
 4. Adam with one parameter group per part (network ``lr``, correctives ``corrective_lr``,
@@ -49,17 +49,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.layout import Layout
-from ..data.sample import collate_samples
-from ..handmodel import HandModel
-from ..model import DeepHandMesh, ModelConfig
-from .checkpoint import (BackgroundSnapshotWriter, check_finite, find_resumable, list_snapshots, restore_training_state,
+from dhmlib.data.layout import Layout
+from dhmlib.data.sample import collate_samples
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.train.checkpoint import (BackgroundSnapshotWriter, check_finite, find_resumable, list_snapshots, restore_training_state,
                          save_training_snapshot, snapshot_path)
-from .config import TrainConfig
-from .inputs import capture_image_size, make_dataset, split_training_frames  # noqa: F401 (also imported from here)
-from .distributed import cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model
-from .embedding import PoseEmbedding
-from .step import TERMS, TrainStep
+from dhmlib.train.config import TrainConfig
+from dhmlib.train.inputs import make_dataset, split_training_frames
+from dhmlib.train.distributed import cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model
+from dhmlib.train.embedding import PoseEmbedding
+from dhmlib.train.step import TERMS, TrainStep
 
 
 @dataclass
@@ -415,7 +415,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         model = DeepHandMesh(hand_model, model_config)
         init = None
         if cfg.pose_source == "embedding" and cfg.embedding_init != "zero":
-            from .pose_init import initial_poses
+            from dhmlib.train.pose_init import initial_poses
             init = initial_poses(cfg.embedding_init, data_root, cfg.subject, train_frames, hand_model,
                                  cache_dir=output_root / "cache", log=log)
         embedding = (PoseEmbedding(train_frames, model.hand.dof_mask, init=init)
@@ -423,7 +423,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         penetration = None
         if cfg.uses_penetration:
             try:
-                from ..losses import PenetrationLoss
+                from dhmlib.losses import PenetrationLoss
                 penetration = PenetrationLoss.from_hand(hand_model)
             except ImportError:
                 log("penetration loss not available in this dhmlib: training without it")
@@ -494,7 +494,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
         # ---- held-out probe (rank 0 measures; every rank leaves the time out of its training time)
         probe, probed = None, {"s": 0.0, "step": None}
         if cfg.probe_every and main:
-            from .probe import HeldOutProbe
+            from dhmlib.train.probe import HeldOutProbe
             probe = HeldOutProbe.create(data_root, cfg.subject, test_frames, model, info.device, log=log)
 
         def run_probe() -> float:

@@ -2,7 +2,7 @@
 
 With ``TrainConfig.embedding_init="joint_fit"`` the embedding does not start at the rest pose
 (where a fist is 85–100° away and the correctives would first learn the residuals of mis-posed
-frames) but at the angles that :func:`dhmlib.fit.fit_pose` finds for the frame's keypoints with the
+frames) but at the angles that :func:`dhmlib.network.fit.fit_pose` finds for the frame's keypoints with the
 untrained decoder: the template skinned by LBS, root by Kabsch, joint L1 + the joint-limit prior.
 All frames are fitted in one batch (seconds for the default capture). The result is cached as
 ``<cache_dir>/embedding_init_<key>.npz``, keyed by the frames, the keypoint files (size and mtime),
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.keypoints import keypoints_to_joints, read_keypoints
-from ..data.layout import Layout
-from ..handmodel import HandModel
+from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
+from dhmlib.data.layout import Layout
+from dhmlib.hand.handmodel import HandModel
 
 #: fit settings (joints only, from the zero pose): the defaults of ``fit_pose``
 INIT_FIT_STEPS = 600
@@ -55,8 +55,8 @@ def joint_fit_init(data_root, subject: int, frames: Sequence[int], hand: HandMod
     """
     import time
 
-    from ..fit import fit_pose
-    from ..model import DeepHandMesh, ModelConfig
+    from dhmlib.network.fit import fit_pose
+    from dhmlib.network.model import DeepHandMesh, ModelConfig
 
     layout = Layout(data_root, subject)
     frames = [int(f) for f in frames]
@@ -102,7 +102,7 @@ def initial_poses(kind: str, data_root, subject: int, frames: Sequence[int], han
     if kind == "joint_fit":
         return joint_fit_init(data_root, subject, frames, hand, cache_dir=cache_dir, log=log)[0]
     if kind == "true_angles":
-        from .evaluation import true_poses
+        from dhmlib.data.ground_truth import true_poses
 
         true = true_poses(data_root, subject, [int(f) for f in frames], "cpu")
         if true is None:

@@ -11,10 +11,10 @@ the first step (a fresh run), every N steps and at the last step, and write its 
 
 What is measured: the current model, with its configured correctives, posed with the TRUE Euler
 angles of the held-out frames (the virtual capture's ``annotations/synthetic/subject_N/poses.npz``,
-read by :func:`dhmlib.train.evaluation.true_poses`) and the root placed as the trainer does (Kabsch
+read by :func:`dhmlib.evaluation.held_out.true_poses`) and the root placed as the trainer does (Kabsch
 of the rest-pose refined alignment joints onto the frame's ground-truth joints,
-:meth:`~dhmlib.model.DeepHandMesh.root_from_joints`), against the capture's ground-truth meshes
-(:func:`dhmlib.evaluate.ground_truth_meshes`) with :func:`dhmlib.evaluate.vertex_error_maps`.
+:meth:`~dhmlib.network.model.DeepHandMesh.root_from_joints`), against the capture's ground-truth meshes
+(:func:`dhmlib.metrics.errors.ground_truth_meshes`) with :func:`dhmlib.metrics.errors.vertex_error_maps`.
 No pose fit: the probe isolates what the decoder (correctives, skeleton) has learned from how
 well a pose can be recovered. Real data has no true angles or meshes: then there is no probe (one
 log line says so).
@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.keypoints import keypoints_to_joints, read_keypoints
-from ..data.layout import Layout
-from ..evaluate import ground_truth_meshes, summarize_vertex_errors, vertex_error_maps
-from ..model import DeepHandMesh
-from ..render.shade import vertex_normals
-from .evaluation import true_poses
+from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
+from dhmlib.data.layout import Layout
+from dhmlib.metrics.errors import summarize_vertex_errors, vertex_error_maps
+from dhmlib.data.ground_truth import ground_truth_meshes
+from dhmlib.network.model import DeepHandMesh
+from dhmlib.mesh.normals import vertex_normals
+from dhmlib.data.ground_truth import true_poses
 
 #: at most this many held-out frames per probe (the default capture holds out 28: all of them, ~0.3 s per probe
 #: with the cpu-small model on 2 loaded cores)

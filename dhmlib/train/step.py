@@ -22,16 +22,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..data.sample import HandBatch
-from ..losses import MeshLaplacian, depth_loss, joint_loss, laplacian_loss
-from ..fit import joint_limits_rad, limit_prior
-from ..model import DeepHandMesh, HandPose, template_normals
-from ..render import render_depth
-from .config import TrainConfig
-from .embedding import PoseEmbedding
+from dhmlib.data.sample import HandBatch
+from dhmlib.losses import MeshLaplacian, depth_loss, joint_loss, laplacian_loss
+from dhmlib.network.fit import joint_limits_rad, limit_prior
+from dhmlib.mesh.normals import vertex_normals
+from dhmlib.network.model import DeepHandMesh
+from dhmlib.hand.layer import HandPose
+from dhmlib.render import render_depth
+from dhmlib.train.config import TrainConfig
+from dhmlib.train.embedding import PoseEmbedding
 
 #: loss terms in StepOutput.terms, in log order
 TERMS = ("joint", "depth", "penetration_rigid", "penetration_nonrigid", "laplacian", "pose_prior", "tangential",
@@ -84,8 +87,10 @@ class TrainStep(nn.Module):
             self.register_buffer("_limit_lo", lo, persistent=False)
             self.register_buffer("_limit_hi", hi, persistent=False)
         tangential = config.tangential_weight > 0 and model.config.corrective_basis == "free"
-        self.register_buffer("_normals", torch.as_tensor(template_normals(model.hand.hand_model), dtype=torch.float32)
-                             if tangential else None, persistent=False)
+        hand = model.hand.hand_model
+        normals = vertex_normals(np.asarray(hand.vertices, np.float64), hand.faces) if tangential else None
+        self.register_buffer("_normals", None if normals is None else torch.as_tensor(normals, dtype=torch.float32),
+                             persistent=False)
 
     def euler(self, batch: HandBatch) -> torch.Tensor:
         """(B, J, 3) radians from the configured pose source."""

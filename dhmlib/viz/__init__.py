@@ -2,9 +2,9 @@
 
 ``geometry`` and ``figures`` need only numpy/scipy/matplotlib; :class:`PosingWidget`
 (``posing``) needs the ``lab`` extra (ipywidgets, pythreejs) and is imported on first use.
-Joint limits and the preset gestures live in :mod:`dhmlib.anatomy`.
+Joint limits and the preset gestures live in :mod:`dhmlib.hand.anatomy`.
 """
-from .figures import hand_figure, plot_hand
+from dhmlib.viz.figures import hand_figure, plot_hand
 
 __all__ = ["PosingWidget", "MeshView", "model_pose_fn", "load_posing_model", "default_output_dir",
            "latest_snapshot", "capture_ground_truth", "hand_figure", "plot_hand"]
@@ -12,9 +12,9 @@ __all__ = ["PosingWidget", "MeshView", "model_pose_fn", "load_posing_model", "de
 
 def __getattr__(name):
     if name in ("PosingWidget", "MeshView", "model_pose_fn"):
-        from . import posing
+        from dhmlib.viz import posing
         return getattr(posing, name)
     if name in ("load_posing_model", "default_output_dir", "latest_snapshot", "capture_ground_truth"):
-        from . import loading
+        from dhmlib.viz import loading
         return getattr(loading, name)
     raise AttributeError(f"module 'dhmlib.viz' has no attribute {name!r}")

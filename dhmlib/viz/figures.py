@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import SKIN_RGB
+from dhmlib.viz.geometry import SKIN_RGB
 
 #: Default view: fingers (+x) up, looking at the palm (+y) from slightly to the thumb side.
 DEFAULT_VIEW = {"elev": 15.0, "azim": -30.0}

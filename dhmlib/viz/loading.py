@@ -7,8 +7,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..handmodel import HandModel, default_hand_model_dir
-from ..paths import output_dir
+from dhmlib.hand.handmodel import HandModel, default_hand_model_dir
+from dhmlib.paths import output_dir
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def capture_ground_truth(hand_model: HandModel, identity_seed: int, params=None)
     """
     import numpy as np
 
-    from ..synth.deform import DeformParams, GroundTruthDeformer
+    from dhmlib.synth.deform import DeformParams, GroundTruthDeformer
 
     if isinstance(params, dict):
         params = DeformParams.from_dict(params)
@@ -89,20 +89,20 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
             ``output/model_dump`` if there is one (one that does not fit the hand model is
             skipped with a warning), or a path (errors are raised). With ``hand_model_dir`` ``""``
             the hand model the snapshot was trained on is used when it is found (printed;
-            :func:`dhmlib.provenance.pick_hand_model`).
+            :func:`dhmlib.network.provenance.pick_hand_model`).
         vertices: target vertex count of a procedural hand built here.
         backbone: ResNet depth of the untrained model (a snapshot brings its own).
     """
-    from ..model import DeepHandMesh, ModelConfig
-    from ..snapshot import SnapshotError, model_from_snapshot
+    from dhmlib.network.model import DeepHandMesh, ModelConfig
+    from dhmlib.network.snapshot import SnapshotError, model_from_snapshot
 
     built = False
     if str(hand_model_dir) == "":
         folder = default_hand_model_dir()
         if not (folder / "hand.obj").is_file():
-            from ..synth import build_procedural_hand
+            from dhmlib.synth import build_procedural_hand
 
-            from ..handmodel import PROCEDURAL_ORIGIN
+            from dhmlib.hand.handmodel import PROCEDURAL_ORIGIN
 
             build_procedural_hand(target_vertices=int(vertices)).write(
                 folder, origin=f"{PROCEDURAL_ORIGIN} (load_posing_model, notebook 04: seed 0, {int(vertices)} vertices)")
@@ -115,8 +115,8 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
         """With no hand model named: the one ``path`` was trained on when it is found (said so), else ours."""
         if str(hand_model_dir) != "":
             return hand, folder
-        from ..provenance import pick_hand_model
-        from ..snapshot import read_snapshot
+        from dhmlib.network.provenance import pick_hand_model
+        from dhmlib.network.snapshot import read_snapshot
 
         try:
             picked = pick_hand_model(read_snapshot(path), path, None, default_dir=folder, log=print)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..render import Cameras, render_shaded
+from dhmlib.render import Cameras, render_shaded
 
 
 def view_camera(true_vertices: np.ndarray, size: int, distance_mm: float = 550.0):

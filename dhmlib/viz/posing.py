@@ -33,15 +33,15 @@ except ImportError as e:  # pragma: no cover - exercised only without the lab ex
     raise ImportError("dhmlib.viz.PosingWidget needs ipywidgets and pythreejs: "
                       "pip install -e '.[lab]'") from e
 
-from .. import meshio
-from ..anatomy import AXES, AXIS_LABELS, GESTURES, clamp_to_limits, gesture_degrees, joint_limits_deg
-from ..skeleton import FINGERS, Skeleton
-from .geometry import ERROR_CMAP, SKIN_RGB, NormalSolver, error_colors, look_at_quaternion
-from .loading import default_output_dir
+from dhmlib.mesh import io as meshio
+from dhmlib.hand.anatomy import AXES, AXIS_LABELS, GESTURES, clamp_to_limits, gesture_degrees, joint_limits_deg
+from dhmlib.hand.skeleton import FINGERS, Skeleton
+from dhmlib.viz.geometry import ERROR_CMAP, SKIN_RGB, NormalSolver, error_colors, look_at_quaternion
+from dhmlib.viz.loading import default_output_dir
 
 log = logging.getLogger(__name__)
 
-#: Button labels of the preset gestures (:data:`dhmlib.anatomy.GESTURES`) where not the name itself.
+#: Button labels of the preset gestures (:data:`dhmlib.hand.anatomy.GESTURES`) where not the name itself.
 PRESET_LABELS = {"ok": "OK", "thumbs_up": "thumbs-up"}
 
 PoseFn = Callable[..., tuple]
@@ -237,13 +237,13 @@ class PosingWidget:
         pose_fn: ``pose_fn(euler (J, 3) radians, *, pose_corrective, id_corrective)`` →
             ``(vertices (V, 3) mm, faces (F, 3)[, joints (J, 3) mm])``.
         skeleton: the joint tree (slider names and DoF come from it; slider ranges are the
-            range of motion, :func:`dhmlib.anatomy.joint_limits_deg`).
+            range of motion, :func:`dhmlib.hand.anatomy.joint_limits_deg`).
         faces: (F, 3) used when ``pose_fn`` returns ``faces=None``.
         ground_truth: (V, 3) mm, or a callable ``euler (J, 3) radians → (V, 3) mm``; enables the
             per-vertex error colour map.
         correctives: whether ``pose_fn`` honours the corrective flags (False greys out the toggles).
         initial_correctives: initial ``(pose, identity)`` toggle values.
-        preset: initial preset: a gesture name of :data:`dhmlib.anatomy.GESTURES`.
+        preset: initial preset: a gesture name of :data:`dhmlib.hand.anatomy.GESTURES`.
         compare: add a second view, driven by the same sliders, with both correctives off.
         width, height: canvas size in pixels.
         output_dir: where :meth:`export` writes (default ``output/vis``).
@@ -428,7 +428,7 @@ class PosingWidget:
         self._set_degrees(deg)
 
     def apply_preset(self, name: str) -> None:
-        """Move the sliders to gesture ``name`` (:data:`dhmlib.anatomy.GESTURES`) and update once."""
+        """Move the sliders to gesture ``name`` (:data:`dhmlib.hand.anatomy.GESTURES`) and update once."""
         deg = clamp_to_limits(gesture_degrees(name, self.skeleton), self.skeleton)
         self.preset = name
         self._set_degrees(deg)
@@ -555,7 +555,7 @@ class PosingWidget:
     def snapshot_figure(self, **kwargs):
         """A static matplotlib figure of the current pose: the main view, the plain view in compare
         mode, and the ground truth when there is one.  ``kwargs`` go to :func:`~dhmlib.viz.figures.hand_figure`."""
-        from .figures import hand_figure
+        from dhmlib.viz.figures import hand_figure
 
         meshes = [("with correctives" if self.compare else "current pose", self.vertices)]
         if self.compare:
@@ -578,7 +578,8 @@ def model_pose_fn(model, threads: int | None = 1):
     """
     import torch
 
-    from ..model import DeepHandMesh, HandLayer
+    from dhmlib.network.model import DeepHandMesh
+    from dhmlib.hand.layer import HandLayer
 
     if isinstance(model, DeepHandMesh):
         layer = model.hand

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..notebooks import HEADLESS_ENV
+from dhmlib.lab.record import HEADLESS_ENV
 
 #: the loss terms drawn, in this order (the keys of ``metrics.jsonl`` step records)
 CURVE_TERMS = ("total", "joint", "depth", "laplacian", "penetration_rigid", "penetration_nonrigid")
@@ -111,7 +111,7 @@ class LivePlot:
         if self.live and time.monotonic() - self._last >= self.every_s:
             self._draw()
         if self.progress and record.get("kind") == "step":
-            from .. import progress as prog
+            from dhmlib import progress as prog
 
             now = time.monotonic()
             if self._said is None or now - self._said >= prog.EVERY_S:
@@ -121,7 +121,7 @@ class LivePlot:
     def progress_line(self, record: dict) -> str:
         """``training: step 120/400, epoch 3/60, 31 s, total 2.15, ETA 1 min 12 s`` for a step record: the ETA
         from the steps per second so far toward ``total_steps``, or the time limit, whichever comes first."""
-        from ..progress import format_seconds
+        from dhmlib.progress import format_seconds
 
         step, t = int(record["step"]), float(record.get("time_s", 0.0))
         lefts = []
@@ -198,7 +198,7 @@ def config_markdown(train_config, model_config, base=None) -> str:
 
 def metrics_markdown(rows: dict[str, dict], keys=None) -> str:
     """A Markdown table, one column per named summary (e.g. ``{"trained": {...}, "LBS only": {...}}``,
-    :meth:`dhmlib.evaluate.EvalResult.summary` dicts); ``keys`` (default: all, in first-seen order)."""
+    :meth:`dhmlib.metrics.errors.EvalResult.summary` dicts); ``keys`` (default: all, in first-seen order)."""
     names = list(rows)
     if keys is None:
         keys = []
@@ -227,8 +227,8 @@ def error_figure(pred_vertices, true_vertices, faces, *, max_mm: float | None = 
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
 
-    from .figures import plot_hand
-    from .geometry import ERROR_CMAP, colorbar_extend, error_colors
+    from dhmlib.viz.figures import plot_hand
+    from dhmlib.viz.geometry import ERROR_CMAP, colorbar_extend, error_colors
 
     p = np.asarray(pred_vertices, dtype=np.float64)
     t = np.asarray(true_vertices, dtype=np.float64)
@@ -261,7 +261,7 @@ def depth_comparison_figure(rendered, target, *, titles=None, path=None, size: f
     """
     import matplotlib.pyplot as plt
 
-    from .geometry import ERROR_CMAP, colorbar_extend
+    from dhmlib.viz.geometry import ERROR_CMAP, colorbar_extend
 
     r = np.asarray(rendered, dtype=np.float64)
     t = np.asarray(target, dtype=np.float64)
@@ -297,7 +297,7 @@ def depth_comparison_figure(rendered, target, *, titles=None, path=None, size: f
 
 def frame_comparison(data_root, meshes_dir, frame: int, *, subject: int = 1, num_views: int = 4,
                      render_size=(128, 128), seed: int = 0) -> dict:
-    """One held-out frame's predicted mesh (an OBJ written by :func:`dhmlib.evaluate.write_results`),
+    """One held-out frame's predicted mesh (an OBJ written by :func:`dhmlib.metrics.errors.write_results`),
     its true mesh (virtual capture only) and depth renders of the prediction in K capture views.
 
     Args:
@@ -311,13 +311,13 @@ def frame_comparison(data_root, meshes_dir, frame: int, *, subject: int = 1, num
     """
     import torch
 
-    from ..data.dataset import DeepHandMeshDataset
-    from ..data.layout import Layout
-    from ..data.sample import collate_samples
-    from ..evaluate import ground_truth_meshes
-    from ..meshio import read_obj
-    from ..render import render_depth
-    from ..train.inputs import capture_image_size
+    from dhmlib.data.dataset import DeepHandMeshDataset
+    from dhmlib.data.layout import Layout
+    from dhmlib.data.sample import collate_samples
+    from dhmlib.data.ground_truth import ground_truth_meshes
+    from dhmlib.mesh.io import read_obj
+    from dhmlib.render import render_depth
+    from dhmlib.data.dataset import capture_image_size
 
     path = Path(meshes_dir) / f"{int(frame):06d}.obj"
     if not path.is_file():

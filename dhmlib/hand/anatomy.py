@@ -3,7 +3,7 @@
 Used by the virtual capture (:mod:`dhmlib.synth.poses`), the posing widget
 (:mod:`dhmlib.viz.posing`), ``dhm demo`` and the renderer's test scenes.
 
-Joints (short names of :mod:`dhmlib.skeleton`; see its diagram for the order)::
+Joints (short names of :mod:`dhmlib.hand.skeleton`; see its diagram for the order)::
 
     finger  index/middle/ring/pinky  1 = MCP (knuckle), 2 = PIP, 3 = DIP, _null = fingertip end
     thumb   thumb0 = carpal base (trapezium; carries the thenar pad), thumb1 = CMC (moves the
@@ -18,7 +18,7 @@ its child, ``R = Rz·Ry·Rx``):
 - ``z`` flex: positive bends toward the palm (the thumb: across the palm), negative hyper-extends.
 
 *1 joints and thumb0 have all three axes, *2/*3 flex only, ``_null`` and the wrist none
-(:meth:`~dhmlib.skeleton.Skeleton.dof_mask`). Angles are relative to the hand model's bind pose,
+(:meth:`~dhmlib.hand.skeleton.Skeleton.dof_mask`). Angles are relative to the hand model's bind pose,
 which is already a relaxed, slightly curled hand.
 
 Two ranges, both degrees per short joint name and axis:
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .skeleton import FINGERS, Skeleton, official_skeleton
+from dhmlib.hand.skeleton import FINGERS, Skeleton, official_skeleton
 
 AXES = ("x", "y", "z")
 AXIS_LABELS = {"x": "twist", "y": "spread", "z": "flex"}

@@ -8,7 +8,7 @@ angles (B, J, 3) and the root placement (B, 4, 4) whose decoded hand explains th
 - joint L1 and depth smooth-L1 are :func:`dhmlib.losses.joint_loss` and :func:`~dhmlib.losses.depth_loss`
   (the original's per-frame averaging);
 - the prior is ``mean(relu(lo − e)² + relu(e − hi)²)`` over the DoF, radians², with ``[lo, hi]`` the
-  range of motion of :func:`dhmlib.anatomy.joint_limits_deg` (zero inside the limits).
+  range of motion of :func:`dhmlib.hand.anatomy.joint_limits_deg` (zero inside the limits).
 
 All frames are optimized at once; each frame's loss is a sum term of its own and Adam is
 element-wise, so a batched fit equals the per-frame fits (to float rounding). The root is
@@ -26,12 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .anatomy import joint_limits_deg
-from .kinematics import euler_to_matrix, forward_kinematics, rigid_align, rigid_transform_matrix
-from .losses import depth_loss, joint_loss
-from .model import HandPose, check_correctives
-from .render.depth import render_depth
-from .render.settings import DEFAULT_RASTER_SETTINGS, RasterSettings
+from dhmlib.hand.anatomy import joint_limits_deg
+from dhmlib.hand.kinematics import euler_to_matrix, forward_kinematics, rigid_align, rigid_transform_matrix
+from dhmlib.losses import depth_loss, joint_loss
+from dhmlib.network.model import check_correctives
+from dhmlib.hand.layer import HandPose
+from dhmlib.render.depth import render_depth
+from dhmlib.render.settings import DEFAULT_RASTER_SETTINGS, RasterSettings
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def fit_pose(model, joints=None, joint_valid=None, depth=None, cameras=None, cro
     """Fit Euler angles and root placement of B frames to joints and/or depth maps (decoder frozen).
 
     Args:
-        model: a :class:`~dhmlib.model.DeepHandMesh` (its ``decode`` is used; parameters stay unchanged).
+        model: a :class:`~dhmlib.network.model.DeepHandMesh` (its ``decode`` is used; parameters stay unchanged).
         joints: (B, J, 3) target joints, world mm; ``joint_valid`` (B, J) 0/1 (None: all valid).
         depth: (B, K, H, W) target depth maps, camera z mm, 0 = no surface; with ``cameras`` of batch
             shape (B, K) or (K,) and optional ``crops`` (batch shape as the cameras, ``size`` (H, W)),
@@ -126,7 +127,7 @@ def fit_pose(model, joints=None, joint_valid=None, depth=None, cameras=None, cro
         init: (B, J, 3) or (J, 3) starting Euler angles, radians (None: zeros).
         root_init: (B, 4, 4) or (4, 4) starting root placement (None: Kabsch onto ``joints``; without
             joints the root's bind pose, which only suits observations in the model's frame).
-        correctives: as :meth:`~dhmlib.model.DeepHandMesh.decode` (None: the model's defaults).
+        correctives: as :meth:`~dhmlib.network.model.DeepHandMesh.decode` (None: the model's defaults).
         joint_weight, depth_weight, prior_weight: weights of the three terms.
         depth_beta: smooth-L1 threshold, mm.
         settings: rasterizer settings for the depth renders.

@@ -7,7 +7,7 @@ leaves, under ``<output>/notebooks/<batch>/``::
 
     <run>.ipynb          the executed notebook: the record of the run (partial while it runs)
     <run>.status.json    state running/done/failed/interrupted, timings, the failing cell (written atomically)
-    <run>.json           what the notebook recorded with dhmlib.notebooks.record (read back), and its parameters
+    <run>.json           what the notebook recorded with dhmlib.lab.record.record (read back), and its parameters
     summary.json, summary.csv, summary.md    one table over the runs (nested records as dotted keys)
 
 A notebook that declares an ``output_root`` parameter gets its own folder ``<output>/batch/<batch>/<run>/``.
@@ -39,10 +39,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .configs import split_top_level  # noqa: F401  (part of this module's API)
-from .notebooks import (HEADLESS_ENV, KERNEL_ARGUMENTS, NotebookParameterError, declared_parameters, format_seconds,
-                        parameter_type_errors, read_recorded)
-from .paths import process_alive
+from dhmlib.configs import split_top_level
+from dhmlib.lab.record import HEADLESS_ENV, read_recorded
+from dhmlib.lab.series import (KERNEL_ARGUMENTS, CellProgress, NotebookParameterError, declared_parameters,
+                               parameter_type_errors, register_progress_engine)
+from dhmlib.progress import PREFIX, LineRelay, format_seconds
+from dhmlib.paths import notebooks_dir, output_dir, process_alive
 
 DEFAULT_NOTEBOOK = "02_training.ipynb"
 #: a run or batch name: letters, digits and ``._+-``; starts with a letter or digit
@@ -483,7 +485,7 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
         on_progress: receives a line as each run starts and ends; None for silence.
         smoke: set ``smoke = True`` in every run (the notebook must declare it).
         gpus: passed as the ``gpus`` parameter of every run (the notebook must declare it).
-        record: the name of the record (:func:`dhmlib.notebooks.record`) that holds a run's metrics; a run
+        record: the name of the record (:func:`dhmlib.lab.record.record`) that holds a run's metrics; a run
             whose notebook does not record it fails. None: every record, as name → data.
         rerun: run every run again, done or not.
         dry_run: run nothing; the result has each run's state from its files (``pending`` if none,
@@ -499,7 +501,6 @@ def run_batch(notebook=None, runs: list | dict | None = None, *, grid: Mapping |
         BatchBusyError: another live process is running a run of this batch.
         FileNotFoundError: no such notebook.
     """
-    from .paths import notebooks_dir, output_dir
 
     notebook = Path(notebook) if notebook else notebooks_dir() / DEFAULT_NOTEBOOK
     if not notebook.is_file():
@@ -576,7 +577,6 @@ def progress_sink(on_progress: Callable[[str], None] | None) -> Callable[[str], 
     if on_progress is None:
         return lambda msg: None
     if os.environ.get(HEADLESS_ENV) == "1":
-        from .progress import PREFIX
 
         return lambda msg: on_progress(PREFIX + msg)
     return on_progress
@@ -621,12 +621,9 @@ def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, fo
              say: Callable[[str], None] | None = None, tag: str = "", heartbeat: float | None = 30.0) -> None:
     """Run one notebook; with ``say``: a line as each code cell starts, every ``heartbeat`` s inside a long cell,
     and the kernel's progress lines (:mod:`dhmlib.progress`), each starting with ``tag``."""
-    import nbformat
+    import nbformat     # papermill and nbformat: the lab extra, deferred so that planning a batch needs neither
     import papermill
     from papermill.exceptions import PapermillExecutionError
-
-    from .notebooks import _CellProgress, _register_progress_engine
-    from .progress import LineRelay
 
     params = dict(res.params)
     if res.output_root is not None:
@@ -642,8 +639,8 @@ def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, fo
     if say is not None:
         cells = sum(c.cell_type == "code" for c in nbformat.read(notebook, as_version=4).cells) + bool(params)
         relay = LineRelay(say, tag)
-        watch = {"engine_name": _register_progress_engine(), "stdout_file": relay, "stderr_file": relay,
-                 "dhm_progress": _CellProgress(tag, cells, say, heartbeat, prefix="")}
+        watch = {"engine_name": register_progress_engine(), "stdout_file": relay, "stderr_file": relay,
+                 "dhm_progress": CellProgress(tag, cells, say, heartbeat, prefix="")}
     try:
         papermill.execute_notebook(str(notebook), str(res.notebook), parameters=params, kernel_name=kernel,
                                    cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False,
@@ -652,7 +649,7 @@ def _run_one(res: RunResult, notebook: Path, record: str | None, kernel, cwd, fo
         metrics = _pick(records, record)
         if metrics is None:
             res.error = CellError(None, "", "MissingRecord",
-                                  f"the notebook ran but recorded no {record!r} (dhmlib.notebooks.record); "
+                                  f"the notebook ran but recorded no {record!r} (dhmlib.lab.record.record); "
                                   f"records: {', '.join(records) or '(none)'}")
         else:
             res.metrics = metrics

@@ -1,6 +1,6 @@
 """What a snapshot or a result was made with: the hand model's identity and the code version.
 
-Every snapshot dhmlib writes (:func:`dhmlib.snapshot.save_snapshot`) and every ``metrics.json`` of
+Every snapshot dhmlib writes (:func:`dhmlib.network.snapshot.save_snapshot`) and every ``metrics.json`` of
 ``dhm test`` holds::
 
     "hand_model":   {"path": absolute folder it was read from (or None), "sha256": content hash,
@@ -23,7 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from .handmodel import HandModel, hand_model_origin
+from dhmlib.data.layout import Layout
+from dhmlib.hand.handmodel import HandModel, hand_model_origin
 
 HAND_KEY = "hand_model"
 CODE_KEY = "code_version"
@@ -52,7 +53,7 @@ def hand_model_record(hand: HandModel) -> dict:
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
     """The ``code_version`` entry: dhmlib's version, and the git commit of the checkout it runs from."""
-    from . import __version__
+    from dhmlib import __version__
 
     commit = dirty = None
     root = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def candidate_folders(default_dir: Path) -> list[Path]:
     """Where to look for a hand model: ``default_dir`` and the virtual capture's per-subject hands beside it."""
     data_root = Path(default_dir).parent
     found = [Path(default_dir)]
-    found += sorted((data_root / "annotations" / "synthetic").glob("subject_*/hand_model"))
+    found += sorted(Layout(data_root).synthetic_root.glob("subject_*/hand_model"))
     return found
 
 
@@ -105,7 +106,7 @@ def pick_hand_model(ckpt: dict | None, snapshot_name, named=None, default_dir=No
         FileNotFoundError: none of them is the hand model the snapshot needs (the message names the
             recorded path, hash and vertex count, and what was found).
     """
-    from .handmodel import default_hand_model_dir
+    from dhmlib.hand.handmodel import default_hand_model_dir
 
     rec = (ckpt or {}).get(HAND_KEY) if isinstance((ckpt or {}).get(HAND_KEY), dict) else None
     want_v = (rec or {}).get("vertices") or (snapshot_vertex_count(ckpt) if ckpt is not None else None)

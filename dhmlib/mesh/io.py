@@ -23,7 +23,7 @@ def _scale(unit: str) -> float:
 def write_obj(path, vertices, faces, unit: str = "mm", uvs=None, uv_faces=None) -> Path:
     """Write (V, 3) vertices (mm) and (F, 3) 0-based faces as an OBJ file.
 
-    With ``uvs`` (T, 2) and ``uv_faces`` (F, 3) (a :class:`~dhmlib.handmodel.HandModel`'s
+    With ``uvs`` (T, 2) and ``uv_faces`` (F, 3) (a :class:`~dhmlib.hand.handmodel.HandModel`'s
     texture coordinates) the file also holds ``vt u v`` lines and ``f v/vt …`` faces, as the
     official ``hand.obj``.
     """

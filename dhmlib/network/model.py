@@ -8,7 +8,7 @@
                                                         └► HandLayer (FK + LBS) ─► joints, vertices
 
 Module and parameter names follow the official code, so the state dict maps
-one-to-one onto official snapshots (see :mod:`dhmlib.snapshot`).  The one
+one-to-one onto official snapshots (see :mod:`dhmlib.network.snapshot`).  The one
 non-official option, ``ModelConfig(pose_corrective_kind="linear_rotmat")`` (a
 MANO-style linear pose blend shape instead of the pose MLP), replaces the
 ``skin_refine_net.fc_pose.*`` tensors by ``skin_refine_net.pose_blend_rotmat.weight``.
@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .configs import ConfigMixin
-from .backbone import ResNet
-from .handmodel import HandModel
-from .kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
-                         rigid_align, rigid_transform_matrix, skinning_transforms)
+from dhmlib.configs import ConfigMixin
+from dhmlib.network.backbone import ResNet
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.hand.kinematics import euler_to_matrix, rigid_align, rigid_transform_matrix
+from dhmlib.hand.layer import HandLayer, HandPose
+from dhmlib.mesh.normals import vertex_normals
 
 #: Names of the decoder's correctives, as ``decode(..., correctives=...)`` takes them.
 CORRECTIVES = ("pose", "identity", "skeleton")
@@ -48,7 +49,7 @@ _CHOICES = {"corrective_basis": CORRECTIVE_BASES, "skeleton_corrective_mode": SK
 class ModelConfig(ConfigMixin):
     """Everything needed to rebuild a :class:`DeepHandMesh` besides the hand model and the weights.
 
-    Saved in every snapshot (``model_config``, see :mod:`dhmlib.snapshot`) as a plain dict.
+    Saved in every snapshot (``model_config``, see :mod:`dhmlib.network.snapshot`) as a plain dict.
 
     Attributes:
         backbone: ResNet depth, 18, 34 or 50 (the paper uses 50).
@@ -76,7 +77,7 @@ class ModelConfig(ConfigMixin):
             Euler angles (``skin_refine_net.fc_pose.0/.2``, the official tensors); ``"linear_rotmat"``:
             a MANO-style linear pose blend shape, ``Σ_j W_j · vec(R_j − I)`` over the non-root
             joints that have at least one Euler DoF (``R_j`` the joint's local rotation from
-            :func:`~dhmlib.kinematics.euler_to_matrix`, the kinematics' convention), one bias-free,
+            :func:`~dhmlib.hand.kinematics.euler_to_matrix`, the kinematics' convention), one bias-free,
             zero-initialised linear map of the (J_b·9) features to V·3 (tensor
             ``skin_refine_net.pose_blend_rotmat.weight``, no ``fc_pose``; see :class:`SkinRefineNet`).
             It follows ``corrective_basis``; ``pose_corrective_gauge`` is a no-op for it, since
@@ -154,157 +155,6 @@ def check_correctives(correctives: Collection[str]) -> frozenset[str]:
     return chosen
 
 
-@dataclass(frozen=True)
-class HandPose:
-    """Output of the decoder.
-
-    Attributes:
-        joints: (B, J, 3) joint positions, mm.
-        vertices: (B, V, 3) mesh vertices, mm.
-        transforms: (B, J, 4, 4) global joint transforms.
-        euler: (B, J, 3) the DoF-masked Euler angles that were applied, radians.
-        offsets: (B, V, 3) the total skin corrective (identity + pose, after any projection) that
-            was added to the template before skinning, mm; None when no skin corrective was applied.
-    """
-
-    joints: torch.Tensor
-    vertices: torch.Tensor
-    transforms: torch.Tensor
-    euler: torch.Tensor
-    offsets: torch.Tensor | None = None
-
-
-class HandLayer(nn.Module):
-    """Forward kinematics + linear blend skinning of a :class:`HandModel`.
-
-    Holds the model as buffers (float32 by default); no learnable parameters.
-    ``layer(euler)`` with all-zero angles and no offsets returns the template
-    and the bind joints.  Moving the layer to another dtype or device re-reads its
-    floating-point buffers from the hand model's float64 arrays, so ``.double()`` after a
-    float32 build is as exact as ``HandLayer(hand_model, torch.float64)``.
-    """
-
-    #: float buffers and the HandModel arrays they hold
-    _SOURCES = {"template": "vertices", "skin_weights": "skinning_weights", "local_bind": "local_pose",
-                "global_bind": "global_pose", "global_bind_inv": "global_pose_inv"}
-
-    def __init__(self, hand_model: HandModel, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.hand_model = hand_model
-        self.skeleton = hand_model.skeleton
-        self.tree = KinematicTree(hand_model.parents)
-
-        def buf(name, x, dt=dtype):
-            self.register_buffer(name, torch.as_tensor(np.asarray(x), dtype=dt), persistent=False)
-
-        buf("template", hand_model.vertices)
-        buf("skin_weights", hand_model.skinning_weights)
-        buf("local_bind", hand_model.local_pose)
-        buf("global_bind", hand_model.global_pose)
-        buf("global_bind_inv", hand_model.global_pose_inv)
-        buf("dof_mask", hand_model.dof_mask, torch.bool)
-        buf("faces", hand_model.faces, torch.long)
-        for d, (joints, slots) in enumerate(zip(self.tree.level_joints[1:], self.tree.parent_slots)):
-            self.register_buffer(f"_level{d}", joints, persistent=False)
-            self.register_buffer(f"_slots{d}", slots, persistent=False)
-        self.register_buffer("_inverse_order", self.tree.inverse_order, persistent=False)
-        nonroot = torch.ones(self.skeleton.num_joints, 1)
-        nonroot[self.skeleton.root] = 0
-        self.register_buffer("_nonroot", nonroot, persistent=False)
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        for name, source in self._SOURCES.items():
-            b = self._buffers[name]
-            if b.is_floating_point() and b.device.type != "meta":   # no float32 rounding carried over
-                self._buffers[name] = torch.as_tensor(np.asarray(getattr(self.hand_model, source)),
-                                                      dtype=b.dtype).to(b.device)
-        return self
-
-    @property
-    def num_joints(self) -> int:
-        return self.skeleton.num_joints
-
-    @property
-    def num_vertices(self) -> int:
-        return self.template.shape[0]
-
-    @property
-    def num_dof(self) -> int:
-        return int(self.dof_mask.sum())
-
-    def _device_tree(self) -> KinematicTree:
-        """The kinematic tree with its index tensors on this layer's device."""
-        t = self.tree
-        if t.inverse_order.device != self._inverse_order.device:
-            n = len(t.level_joints) - 1
-            t.level_joints = [t.level_joints[0]] + [getattr(self, f"_level{d}") for d in range(n)]
-            t.parent_slots = [getattr(self, f"_slots{d}") for d in range(n)]
-            t.inverse_order = self._inverse_order
-        return t
-
-    def local_poses(self, joint_offsets: torch.Tensor | None = None,
-                    dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Local bind poses (J, 4, 4), or (B, J, 4, 4) for batched offsets, with translations corrected.
-
-        Args:
-            joint_offsets: (J, 3) or (B, J, 3) corrective added to the local bind translations, mm
-                (the root's row is ignored: the root keeps its bind pose, as in the official code).
-            dtype: of the result (default: the layer's).
-        """
-        local = self.local_bind.to(dtype or self.local_bind.dtype)
-        if joint_offsets is not None:
-            joint_offsets = joint_offsets * self._nonroot.to(joint_offsets.dtype)
-            trans = local[..., :3, 3] + joint_offsets                   # (J,3) or (B,J,3)
-            local = torch.cat([torch.cat([local[..., :3, :3].expand(trans.shape[:-1] + (3, 3)),
-                                          trans.unsqueeze(-1)], -1),
-                               local[..., 3:, :].expand(trans.shape[:-1] + (1, 4))], -2)
-        return local
-
-    def rest_transforms(self, joint_offsets: torch.Tensor | None = None,
-                        dtype: torch.dtype | None = None) -> torch.Tensor:
-        """(1, J, 4, 4) global joint transforms at zero Euler angles, root at its bind pose.
-
-        With ``joint_offsets`` (J, 3) (mm) this is the original's ``global_pose_refined``;
-        without, the global bind poses.
-        """
-        local = self.local_poses(joint_offsets, dtype)
-        if local.dim() != 3:
-            raise ValueError(f"joint_offsets: expected shape ({self.num_joints}, 3), got {tuple(joint_offsets.shape)}")
-        rot = torch.eye(3, dtype=local.dtype, device=local.device).expand(1, self.num_joints, 3, 3)
-        return forward_kinematics(rot, local, self._device_tree())
-
-    def forward(self, euler: torch.Tensor, vertex_offsets: torch.Tensor | None = None,
-                joint_offsets: torch.Tensor | None = None,
-                root_transform: torch.Tensor | None = None,
-                rest_vertices: torch.Tensor | None = None) -> HandPose:
-        """Pose the hand.
-
-        Args:
-            euler: (B, J, 3) Euler angles, radians; axes a joint does not have are ignored.
-            vertex_offsets: (B, V, 3) or (V, 3) corrective added to the template before skinning, mm.
-            joint_offsets: (J, 3) or (B, J, 3) corrective added to local bind translations, mm
-                (the root's row is ignored).
-            root_transform: (B, 4, 4) or (4, 4) placement of the root; None keeps its bind pose.
-            rest_vertices: (B, V, 3) or (V, 3) rest shape to skin instead of the template
-                (``vertex_offsets`` are added to it).
-        Returns:
-            HandPose with (B, J, 3) joints and (B, V, 3) vertices in mm.
-        """
-        if euler.dim() != 3 or euler.shape[1:] != (self.num_joints, 3):
-            raise ValueError(f"euler: expected shape (B, {self.num_joints}, 3), got {tuple(euler.shape)}")
-        euler = euler * self.dof_mask.to(euler.dtype)
-        rot = euler_to_matrix(euler)                                    # (B, J, 3, 3)
-        local = self.local_poses(joint_offsets, euler.dtype)
-        G = forward_kinematics(rot, local, self._device_tree(), root_transform)   # (B, J, 4, 4)
-        A = skinning_transforms(G, self.global_bind_inv.to(euler.dtype))         # (B, J, 3, 4)
-        rest = self.template.to(euler.dtype) if rest_vertices is None else rest_vertices
-        if vertex_offsets is not None:
-            rest = rest + vertex_offsets
-        verts = linear_blend_skinning(rest, self.skin_weights.to(euler.dtype), A)
-        return HandPose(joints=G[..., :3, 3], vertices=verts, transforms=G, euler=euler)
-
-
 def _mlp(*sizes: int) -> nn.Sequential:
     """Linear–ReLU–…–Linear; indices 0, 2, … are the Linear layers (official names)."""
     layers = []
@@ -360,7 +210,7 @@ class SkeletonRefineNet(nn.Module):
 class _BatchLastLinear(torch.autograd.Function):
     """``W @ xᵀ + b[:, None]``: a Linear layer whose output is batch-last, (out, B).
 
-    That is the layout :func:`~dhmlib.kinematics.linear_blend_skinning` reads
+    That is the layout :func:`~dhmlib.hand.kinematics.linear_blend_skinning` reads
     without a copy.  The weight gradient ``g @ x`` is an outer product at B = 1,
     written as one (PyTorch's K = 1 GEMM for it is twice as slow here).
     """
@@ -433,7 +283,7 @@ class SkinRefineNet(nn.Module):
         if pose_kind == "local":
             if local_support is None:
                 raise ValueError("SkinRefineNet: pose_kind 'local' needs local_support "
-                                 "(dhmlib.model.local_corrective_support of the hand model)")
+                                 "(dhmlib.network.model.local_corrective_support of the hand model)")
             self.pose_local = LocalPoseCorrective(num_vertices, *local_support)
 
     @property
@@ -603,18 +453,6 @@ def project_onto(vectors: torch.Tensor, directions: torch.Tensor) -> torch.Tenso
     return (vectors * directions).sum(-1, keepdim=True) * directions
 
 
-def template_normals(hand_model: HandModel) -> np.ndarray:
-    """(V, 3) float64 area-weighted unit vertex normals of the template (zero where undefined)."""
-    v = np.asarray(hand_model.vertices, dtype=np.float64)
-    f = np.asarray(hand_model.faces, dtype=np.int64)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])    # (F, 3), |fn| = 2·area
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, f[:, k], fn)
-    length = np.linalg.norm(n, axis=1, keepdims=True)
-    return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
-
-
 def blend_joints(hand_model: HandModel) -> list[int]:
     """Joints driving the ``"linear_rotmat"`` pose corrective: every non-root joint with at least one
     Euler DoF (the root's rotation is the global orientation, as in MANO; a joint whose three axes are
@@ -670,7 +508,7 @@ class DeepHandMesh(nn.Module):
         # re-read from float64 on dtype moves, like HandLayer's buffers
         self._directions = {}
         if config.corrective_basis == "normal":
-            self._directions["template_normals"] = template_normals(hand_model)
+            self._directions["template_normals"] = vertex_normals(np.asarray(hand_model.vertices, np.float64), hand_model.faces)
         if config.skeleton_corrective_mode == "bone_length":
             self._directions["bone_directions"] = bone_directions(hand_model)
         for name in ("template_normals", "bone_directions"):
@@ -820,7 +658,7 @@ class DeepHandMesh(nn.Module):
         """The root's global transform that places the hand on ground-truth joints, as in training.
 
         As the original's training forward: the alignment joints (the four finger ``*1``
-        joints and the root, :meth:`~dhmlib.skeleton.Skeleton.alignment_joints`) of the
+        joints and the root, :meth:`~dhmlib.hand.skeleton.Skeleton.alignment_joints`) of the
         rest-pose refined skeleton (zero Euler angles, skeleton corrective if on) are aligned
         rigidly (Kabsch, no scale, no reflection) onto the same joints of ``joints_gt``; the
         result composed with the refined root's rest transform is the root's placement.  The

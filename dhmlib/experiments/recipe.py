@@ -5,7 +5,7 @@ Order of application, each step on the result of the one before::
     preset ("cpu-small" | "paper")           dhmlib.train.config.preset
     → smoke settings (smoke=True)            :data:`SMOKE`: tiny renders, few frames, 2 epochs
                                              (and :data:`SMOKE_EVAL` for the evaluation, :func:`evaluation_options`)
-    → variant ("a".."h" or its name)         dhmlib.ablation.apply_variant (imported only when given)
+    → variant ("a".."h" or its name)         dhmlib.experiments.variants.apply_variant (imported only when given)
     → explicit parameters                    TrainConfig / ModelConfig fields whose value is not None
     → overrides ("k=v,k=v")                  dhmlib.train.config.parse_set, as ``dhm train --set``
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..model import ModelConfig
-from .config import TrainConfig, parse_set, preset
+from dhmlib.network.model import ModelConfig
+from dhmlib.train.config import TrainConfig, parse_set, preset
 
 #: the smoke run's TrainConfig fields (CI: finishes in well under a minute on the smoke capture)
 SMOKE = dict(epochs=2, batch_size=4, num_views=2, render_size=(32, 32), max_frames=8, log_every=1)
@@ -29,7 +29,7 @@ SMOKE_EVAL = dict(num_frames=4, num_views=3, fit_steps=40)
 def evaluation_options(*, smoke: bool = False, fit_steps: int = 300, eval_views: int | None = None,
                        baseline: bool = True, eval_figures: bool = True, eval_frames: int | None = None,
                        eval_surface_every: int = 1) -> dict:
-    """Keyword arguments of :func:`dhmlib.train.evaluation.test_snapshot` from notebook 02's parameters;
+    """Keyword arguments of :func:`dhmlib.evaluation.held_out.test_snapshot` from notebook 02's parameters;
     ``smoke`` caps frames, views and fit steps at :data:`SMOKE_EVAL` (smaller explicit values stay)."""
     def cap(value, limit):
         return limit if value is None else min(int(value), limit)
@@ -58,7 +58,7 @@ class Recipe:
     Attributes:
         train_config, model_config: what to train.
         base: the preset's (TrainConfig, ModelConfig), for tables that mark what changed.
-        variant: the ``dhmlib.ablation.Variant`` applied, or None.
+        variant: the ``dhmlib.experiments.variants.Variant`` applied, or None.
     """
 
     train_config: TrainConfig
@@ -81,7 +81,7 @@ def build_recipe(preset_name: str, *, smoke: bool = False, variant: str = "", tr
     Args:
         preset_name: a preset of :data:`dhmlib.train.config.PRESETS`.
         smoke: apply :data:`SMOKE`.
-        variant: a key (``"a"``) or name (``"lbs_only"``) of ``dhmlib.ablation``; ``""``: none.
+        variant: a key (``"a"``) or name (``"lbs_only"``) of ``dhmlib.experiments.variants``; ``""``: none.
         train_fields, model_fields: explicit TrainConfig / ModelConfig fields; None values are skipped.
         overrides: ``"k=v,k=v"`` (:func:`~dhmlib.train.config.parse_set`; ``model.FIELD`` or a bare
             ModelConfig name for the ModelConfig; JSON values).
@@ -94,7 +94,7 @@ def build_recipe(preset_name: str, *, smoke: bool = False, variant: str = "", tr
         tc = tc.replace(**SMOKE)
     chosen = None
     if variant:
-        from ..ablation import apply_variant, get_variant
+        from dhmlib.experiments.variants import apply_variant, get_variant
 
         chosen = get_variant(variant)
         tc, mc = apply_variant(chosen, tc, mc)

@@ -1,7 +1,7 @@
 """The ablation as numbers: notebook 02 run once per variant as a papermill batch, then collected.
 
 :func:`run_ablation` executes ``notebooks/02_training.ipynb`` once per variant of
-:mod:`dhmlib.ablation` (:func:`dhmlib.batch.run_batch`: resumable, a failing run reported and
+:mod:`dhmlib.experiments.variants` (:func:`dhmlib.lab.batch.run_batch`: resumable, a failing run reported and
 skipped, each executed notebook kept as ``<output>/notebooks/<batch>/variant-<k>.ipynb``), every run
 with the same data, preset, seed, step budget and held-out frames. :class:`AblationResult` reads the
 runs back: the table of held-out metrics (and each one's ratio to (a) LBS only), the probe curves
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import t as student
 
-from .ablation import VARIANTS, Variant, get_variant
+from dhmlib.experiments.variants import VARIANTS, Variant, get_variant
 
-#: The notebook each variant runs and the name of its record (:func:`dhmlib.notebooks.record`).
+#: The notebook each variant runs and the name of its record (:func:`dhmlib.lab.record.record`).
 TRAINING_NOTEBOOK = "02_training.ipynb"
 TRAINING_RECORD = "02_training"
 
@@ -102,7 +102,7 @@ def run_ablation(variants: str | Sequence[str] = "abcdefghi", *, batch: str = "a
     """Train and evaluate each variant with notebook 02 (one papermill run each), then collect.
 
     Args:
-        variants: keys or names of :data:`dhmlib.ablation.VARIANTS` (``"abcd"``, ``["a", "full"]``).
+        variants: keys or names of :data:`dhmlib.experiments.variants.VARIANTS` (``"abcd"``, ``["a", "full"]``).
         batch: the batch name (its files: ``<output>/notebooks/<batch>/``, runs' outputs
             ``<output>/batch/<batch>/variant-<k>/``). A finished run with the same parameters is not
             run again (``rerun`` forces it).
@@ -111,8 +111,8 @@ def run_ablation(variants: str | Sequence[str] = "abcdefghi", *, batch: str = "a
     Returns:
         :class:`AblationResult`, also when some runs failed (see ``failed``).
     """
-    from .batch import run_batch
-    from .paths import notebooks_dir
+    from dhmlib.lab.batch import run_batch
+    from dhmlib.paths import notebooks_dir
 
     keys = variant_keys(variants)
     common = ablation_parameters(**parameters)
@@ -383,11 +383,11 @@ class AblationResult:
         """
         import torch
 
-        from .handmodel import read_hand_model
-        from .meshio import read_obj
-        from .metrics_mesh import hand_parts, penetration
-        from .paths import data_dir
-        from .snapshot import model_from_snapshot, read_snapshot
+        from dhmlib.hand.handmodel import read_hand_model
+        from dhmlib.mesh.io import read_obj
+        from dhmlib.metrics.mesh import hand_parts, penetration
+        from dhmlib.paths import data_dir
+        from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
 
         root = data_dir(self.data_root)
         hand = hand_model or read_hand_model(root / "hand_model")
@@ -445,7 +445,7 @@ class AblationResult:
 
     def frame_meshes(self, frames: Sequence[int]) -> dict[str, np.ndarray]:
         """Label → (P, V, 3) world mm meshes of ``frames`` as each finished variant predicted them."""
-        from .meshio import read_obj
+        from dhmlib.mesh.io import read_obj
 
         out = {}
         for r in self.done:
@@ -455,8 +455,8 @@ class AblationResult:
     def true_meshes(self, frames: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
         """((P, V, 3) world mm, faces (F, 3)) of the virtual capture's true meshes of ``frames``, or None
         on data without them (the real release: the error figure is skipped there)."""
-        from .evaluate import ground_truth_faces, ground_truth_meshes
-        from .paths import data_dir
+        from dhmlib.data.ground_truth import ground_truth_faces, ground_truth_meshes
+        from dhmlib.paths import data_dir
 
         root = data_dir(self.data_root)
         try:
@@ -467,13 +467,13 @@ class AblationResult:
     def measure_fist_penetration(self, num_poses: int = 16, seed: int = 0, hand_model=None) -> dict[str, dict]:
         """Interpenetration of each finished variant's decoder at the same fist-like poses.
 
-        Decodes :func:`dhmlib.metrics_mesh.fist_like_poses` with each snapshot (its own correctives) and
-        measures :func:`dhmlib.metrics_mesh.penetration_at_poses`; stored in ``fist`` (and the table).
+        Decodes :func:`dhmlib.metrics.mesh.fist_like_poses` with each snapshot (its own correctives) and
+        measures :func:`dhmlib.metrics.mesh.penetration_at_poses`; stored in ``fist`` (and the table).
         """
-        from .handmodel import read_hand_model
-        from .metrics_mesh import fist_like_poses, penetration_at_poses
-        from .paths import data_dir
-        from .snapshot import model_from_snapshot
+        from dhmlib.hand.handmodel import read_hand_model
+        from dhmlib.metrics.mesh import fist_like_poses, penetration_at_poses
+        from dhmlib.paths import data_dir
+        from dhmlib.network.snapshot import model_from_snapshot
 
         hand = hand_model or read_hand_model(data_dir(self.data_root) / "hand_model")
         poses = fist_like_poses(num_poses, seed)

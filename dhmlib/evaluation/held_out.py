@@ -9,7 +9,7 @@
             embedding source  no pose for unseen frames: fit_pose with the decoder frozen,
                               (1) joints only, ``fit_steps`` Adam steps from the zero pose (lr 0.05 → 0.001),
                               (2) joints + depth, ``fit_steps // 5`` steps (lr 0.03 → 0.001) from (1)
-    decode ─► render every view ─► dhmlib.evaluate.evaluate(...)
+    decode ─► render every view ─► dhmlib.metrics.errors.evaluate(...)
     output/result/metrics.json, output/result/meshes/<frame:06d>.obj, output/result/poses.npz,
     output/vis/test_<frame:06d>.png
 
@@ -18,13 +18,13 @@ correctives), posed (a) with the virtual capture's true angles and root
 (``annotations/synthetic/subject_N/poses.npz``) and (b) with angles fitted as above: the reference
 the correctives must beat.
 
-Mesh metrics (:mod:`dhmlib.metrics_mesh`, in the summary of the model and of the baselines): the
+Mesh metrics (:mod:`dhmlib.metrics.mesh`, in the summary of the model and of the baselines): the
 per-vertex error near joints flexed > 30° in the true angles, the penetration of non-adjacent parts, the
 Laplacian smoothness and its ratio to the true mesh's. Fast mode (``baseline=False, num_views=4,
 render_figures=False``): 4 cameras per frame spread over the rig instead of every one, the fit of all
 frames in one batch, no figures.
 
-``metrics.json`` = :meth:`~dhmlib.evaluate.EvalResult.to_dict` (``summary`` means, ``per_frame``,
+``metrics.json`` = :meth:`~dhmlib.metrics.errors.EvalResult.to_dict` (``summary`` means, ``per_frame``,
 ``info`` = the run's identity: snapshot, epoch, step, split, pose source, fit settings, configs)
 plus ``scans`` (surface distances to ``annotations/3D_scans_decimated`` when present) and
 ``baseline`` (the :func:`lbs_baseline` summaries, when computed). All distances mm.
@@ -42,25 +42,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.dataset import DeepHandMeshDataset
-from ..data.layout import Layout
-from ..data.sample import collate_samples
-from ..data.split import split_frames
-from ..evaluate import EvalResult, evaluate, ground_truth_faces, ground_truth_meshes, vertex_error_maps, write_results
-from ..fit import fit_pose
-from .. import metrics_mesh as mm
-from ..handmodel import HandModel
-from ..model import DeepHandMesh, ModelConfig
-from ..paths import data_dir, output_dir
-from ..provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record
-from ..render import render_depth
-from ..render.cameras import Cameras
-from ..render.crop import Crop
-from ..snapshot import SnapshotError, _load_network, read_snapshot, snapshot_config
-from .checkpoint import MODEL_DUMP, find_resumable, list_snapshots, parse_snapshot_name, snapshot_path
-from .config import TrainConfig
-from .inputs import capture_image_size
-from ..progress import Stages
+from dhmlib.data.dataset import DeepHandMeshDataset
+from dhmlib.data.ground_truth import Poses, ground_truth_faces, ground_truth_meshes, true_poses
+from dhmlib.data.layout import Layout
+from dhmlib.data.sample import collate_samples
+from dhmlib.data.split import split_frames
+from dhmlib.metrics.errors import vertex_error_maps
+from dhmlib.evaluation.result import EvalResult, evaluate, write_results
+from dhmlib.data.ground_truth import ground_truth_faces, ground_truth_meshes
+from dhmlib.network.fit import fit_pose
+from dhmlib.metrics import mesh as mm
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.paths import data_dir, output_dir
+from dhmlib.network.provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record
+from dhmlib.render import render_depth
+from dhmlib.render.cameras import Cameras
+from dhmlib.render.crop import Crop
+from dhmlib.network.snapshot import SnapshotError, _load_network, read_snapshot, snapshot_config
+from dhmlib.train.checkpoint import MODEL_DUMP, find_resumable, list_snapshots, parse_snapshot_name, snapshot_path
+from dhmlib.train.config import TrainConfig
+from dhmlib.data.dataset import capture_image_size
+from dhmlib.progress import Stages
 
 #: fit settings of the embedding source (and of the baseline's fitted angles)
 JOINT_FIT_LR = (0.05, 0.001)
@@ -118,16 +121,6 @@ class HeldOut:
                        Cameras(c.R[sl], c.t[sl], c.focal[sl], c.principal[sl], c.names),
                        Crop(self.crops.matrix[sl], self.crops.size),
                        None if self.image is None else self.image[sl], self.views[sl])
-
-
-@dataclass(frozen=True)
-class Poses:
-    """Euler (B, J, 3) rad and root (B, 4, 4) mm of the held-out frames, with how they were obtained."""
-
-    euler: torch.Tensor
-    root: torch.Tensor
-    source: str
-    notes: dict
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -226,7 +219,7 @@ def _chunks(n: int, size: int = BATCH):
 # --------------------------------------------------------------------------- poses
 def fit_held_out(model: DeepHandMesh, data: HeldOut, steps: int, correctives=None,
                  log: Callable[[str], None] = print, stages: Stages | None = None, what: str = "model") -> Poses:
-    """Euler + root of the held-out frames by :func:`~dhmlib.fit.fit_pose` with the decoder frozen.
+    """Euler + root of the held-out frames by :func:`~dhmlib.network.fit.fit_pose` with the decoder frozen.
 
     Stage 1: joints only, ``steps`` Adam steps from the zero pose (root by Kabsch), lr 0.05 → 0.001.
     Stage 2: joints + depth of up to :data:`DEPTH_FIT_VIEWS` views per frame (spread over the rig),
@@ -278,22 +271,6 @@ def encoder_poses(model: DeepHandMesh, data: HeldOut) -> Poses:
     return Poses(euler, root, "encoder", {"root": "Kabsch of the alignment joints onto the ground-truth joints"})
 
 
-def true_poses(data_root, subject: int, frames, device) -> Poses | None:
-    """The virtual capture's true angles and root (``annotations/synthetic/subject_N/poses.npz``), or None."""
-    p = Path(data_root) / "annotations" / "synthetic" / f"subject_{int(subject)}" / "poses.npz"
-    if not p.is_file():
-        return None
-    with np.load(p, allow_pickle=False) as z:
-        index = {int(f): i for i, f in enumerate(z["frame"])}
-        missing = [f for f in frames if f not in index]
-        if missing:
-            raise KeyError(f"{p}: no pose for frames {missing[:10]}")
-        rows = [index[f] for f in frames]
-        euler, root = z["euler"][rows], z["root"][rows]
-    return Poses(torch.as_tensor(euler, dtype=torch.float32, device=device),
-                 torch.as_tensor(root, dtype=torch.float32, device=device), "true", {"file": str(p)})
-
-
 # --------------------------------------------------------------------------- measuring
 @dataclass(frozen=True)
 class Measured:
@@ -308,15 +285,14 @@ class Measured:
 
 
 def _ground_truth(data_root, subject, frames):
-    syn = Path(data_root) / "annotations" / "synthetic" / f"subject_{int(subject)}"
-    if not (syn / "meshes").is_dir():
+    if not (Layout(data_root, int(subject)).synthetic_dir / "meshes").is_dir():
         return None, None
     return ground_truth_meshes(data_root, subject, frames), ground_truth_faces(data_root, subject)
 
 
 def _scans(data_root, subject, frames, every: int = 1):
     """(indices into ``frames``, scans) of the frames that have a scan (every ``every``-th frame only)."""
-    from ..data.scans import read_scan
+    from dhmlib.data.scans import read_scan
 
     lay = Layout(data_root, subject)
     have = set(lay.scan_frames())
@@ -325,9 +301,9 @@ def _scans(data_root, subject, frames, every: int = 1):
 
 
 def mesh_metric_inputs(hand: HandModel, data_root, subject: int, frames, device=None) -> dict:
-    """The extra inputs of the mesh metrics: ``parts`` (penetration, :func:`dhmlib.metrics_mesh.hand_parts`)
+    """The extra inputs of the mesh metrics: ``parts`` (penetration, :func:`dhmlib.metrics.mesh.hand_parts`)
     and, with the virtual capture's true angles, ``near_flexed`` ((B, V) bool,
-    :func:`dhmlib.metrics_mesh.near_flexed_mask` of the true angles)."""
+    :func:`dhmlib.metrics.mesh.near_flexed_mask` of the true angles)."""
     out = {"parts": mm.hand_parts(hand)}
     true = true_poses(data_root, subject, frames, device or "cpu")
     if true is not None:
@@ -372,7 +348,7 @@ def measure(model: DeepHandMesh, data: HeldOut, poses: Poses, data_root, subject
                             f"{mm.FLEXED_DEG:g} deg from the bind pose (true angles), skinning weight > "
                             f"{mm.NEAR_WEIGHT:g} to it or its parent",
                             "penetration": "vertices behind the surface of the parts (dominant skinning joint) not "
-                            "adjacent to theirs; depth = distance to that surface (dhmlib.metrics_mesh)",
+                            "adjacent to theirs; depth = distance to that surface (dhmlib.metrics.mesh)",
                             "smoothness": "mean |uniform Laplacian| of the posed mesh, mm; ratio to the true mesh's"}
     result = evaluate(data.frames, pred_joints=Jt, gt_joints=data.joints.cpu(), joint_valid=data.valid.cpu(),
                       rendered_depth=D, target_depth=data.depth.cpu(), pred_vertices=V,
@@ -428,7 +404,7 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
         ``{"true_angles": …}`` (only with the virtual capture's ``poses.npz``: true angles and root) and
         ``{"fitted_angles": …}`` (with ``fit``), each a :class:`Measured` (``.result`` an EvalResult).
     """
-    from .config import preset
+    from dhmlib.train.config import preset
 
     data_root = data_dir(data_root)
     dev = torch.device(device or "cpu")
@@ -498,7 +474,7 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
             figures) with an ETA in a terminal, a line per stage (and every 15 s inside one) elsewhere
             (:mod:`dhmlib.progress`; the lines go to ``log``).
     Returns:
-        the :class:`~dhmlib.evaluate.EvalResult`; ``info`` holds the run's identity, the paths written
+        the :class:`~dhmlib.metrics.errors.EvalResult`; ``info`` holds the run's identity, the paths written
         (``metrics``, ``meshes``, ``poses``, ``figures``), the scan distances and the baseline summaries.
     Raises:
         SnapshotError: no such snapshot (message: the file and the epochs that exist).
@@ -510,7 +486,7 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     stored = ckpt.get("train_config")
     subject = int((stored or {}).get("subject", 1))
     if hand_model is None:    # the data's hand model, or the one the snapshot was trained on (said so)
-        from ..provenance import pick_hand_model
+        from dhmlib.network.provenance import pick_hand_model
 
         hand_model = pick_hand_model(ckpt, path, None, default_dir=Layout(data_root, subject).hand_model_dir,
                                      log=log, warn=log)
@@ -573,7 +549,7 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     files.close()
     figures = []
     if render if render is not None else render_figures:
-        from ..viz.result_figures import test_frame_figure
+        from dhmlib.viz.result_figures import test_frame_figure
 
         vmax = float(np.percentile(m.vertex_error, 99)) if m.vertex_error is not None else None
         with stages.stage(f"figures in {out_root / 'vis'}", len(data.frames), "frames") as bar:

@@ -22,13 +22,13 @@ from typing import Callable
 
 import yaml
 
-from .progress import LineRelay
+from dhmlib.lab.record import HEADLESS_ENV
+from dhmlib.progress import LineRelay, format_seconds
 
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
 #: notebooks beside the series (``03b_ablation_diagnostics``): run only when named (``--only 03b``)
 COMPANION_RE = re.compile(r"^\d\d[a-z]_.+\.ipynb$")
 #: set to "1" for the kernels of :func:`run_notebooks` (nobody watches them)
-HEADLESS_ENV = "DHM_NOTEBOOK_HEADLESS"
 
 
 class NotebookParameterError(ValueError):
@@ -144,13 +144,7 @@ def check_parameters(books: list[Path], params: dict) -> dict[Path, dict]:
     return declared
 
 
-def format_seconds(s: float) -> str:
-    """``42 s``, ``2 min 05 s``."""
-    s = int(round(s))
-    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"
-
-
-class _CellProgress:
+class CellProgress:
     """Log lines for one running notebook: a line as each code cell starts, a heartbeat inside long cells."""
 
     def __init__(self, name: str, total: int, log: Callable[[str], None], heartbeat: float | None,
@@ -222,7 +216,7 @@ def quiet_lab_build_check(config_dir) -> Path:
     return path
 
 
-def _register_progress_engine() -> str:
+def register_progress_engine() -> str:
     """Register (once) a papermill engine that calls ``dhm_progress.cell_start`` as each cell starts."""
     global _registered
     from papermill.engines import NBClientEngine, papermill_engines
@@ -263,7 +257,7 @@ def run_notebooks(folder=None, out=None, params: dict | None = None, smoke: bool
             (nothing has run then).
         FileNotFoundError: no such folder, or no notebook matches ``only``.
     """
-    from .paths import notebooks_dir, output_dir
+    from dhmlib.paths import notebooks_dir, output_dir
 
     params = dict(params or {})
     out = Path(out) if out else output_dir("notebooks")
@@ -271,7 +265,7 @@ def run_notebooks(folder=None, out=None, params: dict | None = None, smoke: bool
     books = find_notebooks(folder, only)
     declared = check_parameters(books, params)
     out.mkdir(parents=True, exist_ok=True)
-    engine = _register_progress_engine()
+    engine = register_progress_engine()
     say = log or (lambda msg: None)
     runs = []
     headless = os.environ.get(HEADLESS_ENV)
@@ -298,7 +292,7 @@ def _run_books(books, declared, params, smoke, out, kernel, engine, say, log, he
         target = out / nb.name
         total = sum(c.cell_type == "code" for c in nbformat.read(nb, as_version=4).cells)
         say(f"[dhm notebooks] {nb.name}: {total} code cells{f', parameters {given}' if given else ''}")
-        progress = _CellProgress(nb.stem, total + (1 if given else 0), say, heartbeat if log else None)
+        progress = CellProgress(nb.stem, total + (1 if given else 0), say, heartbeat if log else None)
         t = time.perf_counter()
         try:
             relay = LineRelay(say, f"[dhm notebooks] {nb.stem}")     # the kernel's progress lines (ETA)
@@ -316,55 +310,3 @@ def _run_books(books, declared, params, smoke, out, kernel, engine, say, log, he
             break
         finally:
             progress.close()
-
-
-# ----------------------------------------------------------------- recorded results
-#: metadata key of the outputs :func:`record` displays; :func:`read_recorded` finds them by it
-RECORD_KEY = "dhmlib_record"
-
-
-def record(name: str, data, path=None) -> dict:
-    """Record JSON-able ``data`` under ``name`` in the running notebook (what scrapbook's ``glue`` does):
-    displayed as an ``application/json`` output with metadata ``{"dhmlib_record": name}``, and also
-    written to ``path`` (a JSON file) when given. :func:`read_recorded` reads it back from the
-    executed notebook. Returns ``data`` round-tripped through JSON (NaN → None)."""
-    import json
-    import math
-
-    def clean(x):
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-
-    data = json.loads(json.dumps(clean(data)))
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
-    try:
-        from IPython.display import display
-        display({"application/json": data, "text/plain": f"{name}: {json.dumps(data)[:300]}"},
-                raw=True, metadata={RECORD_KEY: name})
-    except ImportError:
-        pass
-    return data
-
-
-def read_recorded(executed_notebook) -> dict:
-    """name → data of every :func:`record` output in an executed notebook (the last one per name)."""
-    import nbformat
-
-    nb = nbformat.read(str(executed_notebook), as_version=4)
-    out = {}
-    for cell in nb.cells:
-        for o in cell.get("outputs", []):
-            name = o.get("metadata", {}).get(RECORD_KEY)
-            if name is not None and "application/json" in o.get("data", {}):
-                out[name] = o["data"]["application/json"]
-    return out

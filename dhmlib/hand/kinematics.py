@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .skeleton import tree_levels
+from dhmlib.hand.skeleton import tree_levels
 
 
 def euler_to_matrix(euler: torch.Tensor) -> torch.Tensor:
@@ -123,7 +123,7 @@ def linear_blend_skinning(vertices: torch.Tensor, weights: torch.Tensor, transfo
     ``W (V, J) @ A (J, 12·B)``, and applied once with fused multiply-adds, so
     no (B, V, 4, 4) tensor is formed.  The work is laid out batch-last
     ((V, 3, B)); rest vertices that are a ``permute`` of a (V, 3, B) buffer
-    (as :meth:`~dhmlib.model.SkinRefineNet.pose_plus` returns) are read without a copy.
+    (as :meth:`~dhmlib.network.model.SkinRefineNet.pose_plus` returns) are read without a copy.
 
     Args:
         vertices: (B, V, 3) or (V, 3) rest-pose vertices (mm).

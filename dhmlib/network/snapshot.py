@@ -10,10 +10,10 @@ Layout (from the public release)::
      "optimizer": optimizer state dict}
 
 Snapshots written by dhmlib add keys beside these: ``"model_config"``, the
-model's :class:`~dhmlib.model.ModelConfig` as a plain dict, from which
+model's :class:`~dhmlib.network.model.ModelConfig` as a plain dict, from which
 :func:`model_from_snapshot` rebuilds the model, and ``"hand_model"`` / ``"code_version"``:
 which hand model (path, content hash) and which code (version, git commit) made it
-(:mod:`dhmlib.provenance`); the original code ignores them.
+(:mod:`dhmlib.network.provenance`); the original code ignores them.
 A model with ``pose_corrective_kind="linear_rotmat"`` (MANO-style pose blend
 shapes) has ``module.skin_refine_net.pose_blend_rotmat.weight`` (V·3, J_b·9)
 instead of the ``fc_pose`` tensors (:data:`ROTMAT_KEY`); the original code
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from .backbone import infer_resnet_depth
-from .handmodel import HandModel
+from dhmlib.network.backbone import infer_resnet_depth
+from dhmlib.hand.handmodel import HandModel
 
 NETWORK_PREFIXES = ("backbone_net.", "pose_net.", "skeleton_refine_net.", "skin_refine_net.", "id_code")
 OFFICIAL_KEYS = ("epoch", "network", "optimizer")
@@ -136,7 +136,7 @@ def _dof_rows(model) -> torch.Tensor:
 
 
 def load_snapshot(model, path, map_location="cpu") -> SnapshotInfo:
-    """Load an official-layout snapshot into a :class:`~dhmlib.model.DeepHandMesh`.
+    """Load an official-layout snapshot into a :class:`~dhmlib.network.model.DeepHandMesh`.
 
     Keys outside the network (loss buffers) are ignored and listed in the
     result.  A PoseNet output layer of J·3 rows (all axes) is reduced to the
@@ -186,14 +186,14 @@ def save_snapshot(path, model, epoch: int, optimizer=None, *, writer=None, **ext
     """Write ``model`` in the official layout (``module.`` keys), loadable by the original code.
 
     The model's config is stored as ``model_config`` (a plain dict), the hand model it was built on as
-    ``hand_model`` (path, content hash, sizes) and the code as ``code_version`` (:mod:`dhmlib.provenance`;
+    ``hand_model`` (path, content hash, sizes) and the code as ``code_version`` (:mod:`dhmlib.network.provenance`;
     the original code ignores both).  ``extra`` entries are
     stored beside ``epoch``/``network``/``optimizer``/``model_config`` (which they may not
     replace); they must be plain containers and tensors to stay weights-only loadable. ``writer``: an
     object with ``submit(ckpt, path)`` (e.g. :class:`dhmlib.train.checkpoint.BackgroundSnapshotWriter`)
     that writes the file instead of this call.
     """
-    from .model import ModelConfig
+    from dhmlib.network.model import ModelConfig
 
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
@@ -209,7 +209,7 @@ def save_snapshot(path, model, epoch: int, optimizer=None, *, writer=None, **ext
             CONFIG_KEY: config.to_dict()}
     hand = getattr(getattr(model, "hand", None), "hand_model", None)
     if isinstance(hand, HandModel):
-        from .provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record
+        from dhmlib.network.provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record
 
         ckpt[HAND_KEY] = hand_model_record(hand)
         ckpt[CODE_KEY] = dict(code_version())
@@ -230,14 +230,14 @@ def write_snapshot_file(ckpt: dict, path) -> Path:
 
 
 def snapshot_config(ckpt: dict, path="snapshot"):
-    """The :class:`~dhmlib.model.ModelConfig` of a loaded snapshot, checked against its tensors.
+    """The :class:`~dhmlib.network.model.ModelConfig` of a loaded snapshot, checked against its tensors.
 
     From ``model_config`` when the snapshot has it (dhmlib's), else guessed from the tensor
     shapes (official snapshots): ResNet depth from the backbone's keys, identity-code length
     from ``id_code``; the corrective switches then take their defaults.  Raises
     :class:`SnapshotError` naming the file and field when the stored config contradicts the tensors.
     """
-    from .model import ModelConfig
+    from dhmlib.network.model import ModelConfig
 
     state = network_state(ckpt)
     if "id_code" not in state:
@@ -263,14 +263,14 @@ def _check_shapes(config, depth: int, id_dim: int, where: str) -> None:
 
 
 def model_from_snapshot(path, hand_model: HandModel, map_location="cpu", *, ckpt: dict | None = None, **overrides):
-    """Build a :class:`~dhmlib.model.DeepHandMesh` from a snapshot and load its weights.
+    """Build a :class:`~dhmlib.network.model.DeepHandMesh` from a snapshot and load its weights.
 
     The config comes from the snapshot (see :func:`snapshot_config`); ``overrides`` replace its
     fields (``ModelConfig.replace``), e.g. ``pose_corrective=False``.  An override of
     ``backbone`` or ``id_dim`` must agree with the tensors. ``ckpt``: the snapshot already read
     (:func:`read_snapshot`), so that it is not read twice.
     """
-    from .model import DeepHandMesh
+    from dhmlib.network.model import DeepHandMesh
 
     if ckpt is None:
         ckpt = read_snapshot(path, map_location)

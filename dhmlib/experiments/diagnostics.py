@@ -12,7 +12,7 @@ distance to the true mesh):
   joint + depth fit, the pose corrective's input detached as in training);
 - ``full_fit``: a fit through the pose corrective (not detached) with ``depth_steps`` depth steps.
 
-:func:`~dhmlib.ablation_study.paired_interval` gives the mean paired per-frame difference of two runs
+:func:`~dhmlib.experiments.ablation.paired_interval` gives the mean paired per-frame difference of two runs
 with a 95 % interval over blocks of consecutive frames (frames of one take are correlated; a block is the unit).
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .ablation_study import TRAINING_NOTEBOOK, TRAINING_RECORD, ablation_parameters
-from .evaluate import ground_truth_meshes
-from .fit import fit_pose
-from .model import DeepHandMesh, ModelConfig
+from dhmlib.experiments.ablation import TRAINING_NOTEBOOK, TRAINING_RECORD, ablation_parameters
+from dhmlib.data.ground_truth import ground_truth_meshes
+from dhmlib.network.fit import fit_pose
+from dhmlib.network.model import DeepHandMesh, ModelConfig
 
 def per_frame_vertex_error(model: DeepHandMesh, euler, root, true_vertices, correctives=None) -> np.ndarray:
     """(B,) mean per-vertex distance (mm) of ``model.decode(euler, root)`` to ``true_vertices`` (B, V, 3)."""
@@ -49,9 +49,9 @@ class FrameSet:
 
     @classmethod
     def load(cls, data_root, subject: int, frames, skeleton) -> "FrameSet":
-        from .data.keypoints import keypoints_to_joints, read_keypoints
-        from .data.layout import Layout
-        from .train.evaluation import true_poses
+        from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
+        from dhmlib.data.layout import Layout
+        from dhmlib.data.ground_truth import true_poses
 
         frames = tuple(int(f) for f in frames)
         true = true_poses(data_root, subject, frames, "cpu")
@@ -69,7 +69,7 @@ class FrameSet:
 def fit_through_pose_corrective(model: DeepHandMesh, held, joint_steps: int = 300, depth_steps: int = 120):
     """Held-out poses fitted with the pose corrective's input NOT detached (its dependence on the angles is
     part of the fit), ``depth_steps`` joint + depth steps after the joint fit. Returns (euler, root)."""
-    from .train.evaluation import DEPTH_FIT_LR, JOINT_FIT_LR
+    from dhmlib.evaluation.held_out import DEPTH_FIT_LR, JOINT_FIT_LR
 
     config = model.config
     model._config = config.replace(detach_pose_corrective_input=False)
@@ -103,11 +103,12 @@ def score_snapshot(snapshot, data_root, *, held_out=None, train_every: int = 4, 
         ``{"frames", "true_held_out", "true_train", "protocol", "shared_fit", "full_fit"}`` per-frame lists,
         ``"mean"`` of each, and ``train_pose_error_deg`` (the embedding's distance to the true angles).
     """
-    from .data.split import split_frames
-    from .handmodel import read_hand_model
-    from .snapshot import model_from_snapshot, read_snapshot
-    from .train.config import TrainConfig
-    from .train.evaluation import fit_held_out, load_held_out, true_poses
+    from dhmlib.data.split import split_frames
+    from dhmlib.hand.handmodel import read_hand_model
+    from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
+    from dhmlib.train.config import TrainConfig
+    from dhmlib.evaluation.held_out import fit_held_out, load_held_out
+    from dhmlib.data.ground_truth import true_poses
 
     ckpt = read_snapshot(snapshot)
     tc = TrainConfig.from_dict(ckpt["train_config"])
@@ -151,7 +152,7 @@ def score_snapshot(snapshot, data_root, *, held_out=None, train_every: int = 4, 
 
 def shared_lbs_poses(data_root, held_out, train_config, hand_model, *, num_views: int = 4, fit_steps: int = 300):
     """One set of held-out poses for every model: fitted (notebook 02's protocol) with plain LBS of the template."""
-    from .train.evaluation import fit_held_out, load_held_out
+    from dhmlib.evaluation.held_out import fit_held_out, load_held_out
 
     lbs = DeepHandMesh(hand_model, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
                                                skeleton_corrective=False))
@@ -190,10 +191,10 @@ DIAGNOSTIC_RUNS: dict[str, tuple[str, str, str]] = {
 def run_diagnostics(names, *, batch: str = "ablation_diagnostics", output_root=None, rerun: bool = False,
                     on_progress=print, **parameters):
     """Notebook 02 once per diagnostic run (``names`` from :data:`DIAGNOSTIC_RUNS`) as a batch with the
-    ablation's shared parameters (:func:`dhmlib.ablation_study.ablation_parameters`); returns the
-    :class:`~dhmlib.batch.BatchResult` (its runs named after the diagnostic runs)."""
-    from .batch import run_batch
-    from .paths import notebooks_dir
+    ablation's shared parameters (:func:`dhmlib.experiments.ablation.ablation_parameters`); returns the
+    :class:`~dhmlib.lab.batch.BatchResult` (its runs named after the diagnostic runs)."""
+    from dhmlib.lab.batch import run_batch
+    from dhmlib.paths import notebooks_dir
 
     unknown = [n for n in names if n not in DIAGNOSTIC_RUNS]
     if unknown:
@@ -224,14 +225,14 @@ def penetration_at_encoder_poses(snapshot, data_root, frames, hand_model=None) -
 
     The encoder reads each frame's input crop (the first camera, as training's first view); the mesh is
     decoded in the model frame (penetration does not depend on the root). Returns
-    :func:`dhmlib.metrics_mesh.penetration`'s ``penetration_fraction`` and ``penetration_depth_mean`` (mm) and
+    :func:`dhmlib.metrics.mesh.penetration`'s ``penetration_fraction`` and ``penetration_depth_mean`` (mm) and
     ``frames``; raises ``ValueError`` for an embedding-source snapshot (its poses are the embedding's).
     """
-    from .handmodel import read_hand_model
-    from .metrics_mesh import hand_parts, penetration
-    from .snapshot import model_from_snapshot, read_snapshot
-    from .train.config import TrainConfig
-    from .train.evaluation import encoder_poses, load_held_out
+    from dhmlib.hand.handmodel import read_hand_model
+    from dhmlib.metrics.mesh import hand_parts, penetration
+    from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
+    from dhmlib.train.config import TrainConfig
+    from dhmlib.evaluation.held_out import encoder_poses, load_held_out
 
     tc = TrainConfig.from_dict(read_snapshot(snapshot)["train_config"])
     if tc.pose_source != "image":

@@ -1,6 +1,6 @@
 """Mesh metrics of the evaluation: error near flexed joints, interpenetration of parts, smoothness.
 
-All lengths mm, angles degrees unless said otherwise. Used by :func:`dhmlib.evaluate.evaluate` (flat
+All lengths mm, angles degrees unless said otherwise. Used by :func:`dhmlib.metrics.errors.evaluate` (flat
 summary keys) and on their own for poses without observations (:func:`penetration_at_poses`).
 
 **Near flexed joints** (:func:`near_joint_regions`, :func:`near_flexed_mask`). A joint ``j``'s flexion
@@ -15,7 +15,7 @@ frame when it lies in the region of at least one joint flexed in that frame. The
 virtual capture's true ones.
 
 **Penetration between non-adjacent parts** (:func:`penetration`). The mesh is cut into parts by
-dominant skinning joint (:attr:`~dhmlib.handmodel.HandModel.segmentation`). Two parts are adjacent
+dominant skinning joint (:attr:`~dhmlib.hand.handmodel.HandModel.segmentation`). Two parts are adjacent
 when a mesh edge joins them or their joints are parent and child (and a part is adjacent to itself);
 ``N(A)`` are the parts not adjacent to ``A`` and ``S(A)`` the faces whose three vertices all lie in
 ``N(A)``: the closed hand surface with a hole where ``A`` and its neighbours are. A vertex ``x`` of part
@@ -68,7 +68,7 @@ def joint_flexion_deg(euler) -> np.ndarray:
 
     ``euler`` (B, J, 3) radians (``R = Rz·Ry·Rx``); the angle is ``arccos((tr R − 1)/2)``.
     """
-    from .kinematics import euler_to_matrix
+    from dhmlib.hand.kinematics import euler_to_matrix
 
     e = torch.as_tensor(_np(euler))
     if e.ndim != 3 or e.shape[-1] != 3:
@@ -81,7 +81,7 @@ def joint_flexion_deg(euler) -> np.ndarray:
 def near_joint_regions(hand, weight: float = NEAR_WEIGHT, radius_mm: float = NEAR_JOINT_MM) -> np.ndarray:
     """(J, V) bool: the template vertices around each joint (see the module docstring); the root's row is empty.
 
-    ``hand``: a :class:`~dhmlib.handmodel.HandModel` (skinning weights, skeleton, bind joints).
+    ``hand``: a :class:`~dhmlib.hand.handmodel.HandModel` (skinning weights, skeleton, bind joints).
     """
     w = np.asarray(hand.skinning_weights)
     v = np.asarray(hand.vertices)
@@ -229,7 +229,7 @@ def signed_to_surface(points, vertices, faces, k: int = SIGN_K, rim=None) -> tup
         distance (N,) mm, inside (N,) bool, at_rim (N,) bool (the nearest face touches the open surface's
         boundary, where the side is not defined).  ``rim``: (F,) precomputed :func:`_rim` of ``faces``.
     """
-    from .trigeom import point_triangle_distance
+    from dhmlib.mesh.distance import point_triangle_distance
 
     p = _np(points).reshape(-1, 3)
     tri = _np(vertices)[faces]                                             # (F, 3, 3)
@@ -308,7 +308,7 @@ def penetration(vertices, parts: Parts) -> dict:
 # --------------------------------------------------------------------------- smoothness
 def laplacian_norm(vertices, faces) -> np.ndarray:
     """(B,) mean over vertices of ‖(L x)_i‖, mm (uniform Laplacian of :mod:`dhmlib.losses.laplacian`)."""
-    from .losses.laplacian import MeshLaplacian
+    from dhmlib.losses.laplacian import MeshLaplacian
 
     v = torch.as_tensor(_np(vertices))
     v = v[None] if v.ndim == 2 else v
@@ -335,13 +335,13 @@ def smoothness(pred, faces, gt=None, gt_faces=None) -> dict:
 def fist_like_poses(n: int = 16, seed: int = 0, skeleton=None) -> np.ndarray:
     """(n, J, 3) radians: the fist-type gestures, then strongly flexed random plausible poses.
 
-    The gestures of :data:`dhmlib.anatomy.GESTURES` whose four fingers are all flexed ≥ 60° at the MCP
+    The gestures of :data:`dhmlib.hand.anatomy.GESTURES` whose four fingers are all flexed ≥ 60° at the MCP
     (``fist``, ``point`` has the index straight so it is not, ``thumbs_up``) come first; the rest are
-    :func:`~dhmlib.anatomy.random_plausible_pose` draws (``seed``) with every finger's and the thumb's flexion
+    :func:`~dhmlib.hand.anatomy.random_plausible_pose` draws (``seed``) with every finger's and the thumb's flexion
     (z) redrawn in the upper 60–100 % of its natural range (DIP following PIP as in the capture).
     """
-    from .anatomy import GESTURES, gesture_euler, natural_range
-    from .skeleton import FINGERS, official_skeleton
+    from dhmlib.hand.anatomy import GESTURES, gesture_euler, natural_range
+    from dhmlib.hand.skeleton import FINGERS, official_skeleton
 
     sk = skeleton or official_skeleton()
     fingers = FINGERS[1:]
@@ -356,7 +356,7 @@ def fist_like_poses(n: int = 16, seed: int = 0, skeleton=None) -> np.ndarray:
            [sk.index(t) for t in ("thumb1", "thumb2", "thumb3")]
     out = fist[:n]
     while len(out) < n:
-        from .anatomy import random_plausible_pose
+        from dhmlib.hand.anatomy import random_plausible_pose
 
         e = random_plausible_pose(sk, rng)
         u = rng.uniform(0.6, 1.0, size=len(flex))
@@ -369,7 +369,7 @@ def penetration_at_poses(model, euler, root=None, parts: Parts | None = None, co
     """Penetration statistics of a model's meshes at given poses (no observations needed).
 
     Args:
-        model: a :class:`~dhmlib.model.DeepHandMesh` (decoded with its configured correctives, or ``correctives``).
+        model: a :class:`~dhmlib.network.model.DeepHandMesh` (decoded with its configured correctives, or ``correctives``).
         euler: (P, J, 3) radians (e.g. :func:`fist_like_poses`).  root: (P, 4, 4) or (4, 4) mm, or None.
         parts: default :func:`hand_parts` of the model's hand model.
     Returns:

@@ -48,8 +48,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .model import ModelConfig
-from .train.config import TrainConfig, corrective_fields
+from dhmlib.network.model import ModelConfig
+from dhmlib.train.config import TrainConfig, corrective_fields
 
 #: the ModelConfig fields the variants set (each variant sets all of them)
 MODEL_FIELDS = ("pose_corrective", "id_corrective", "skeleton_corrective", "pose_corrective_kind", "corrective_basis")
@@ -69,7 +69,7 @@ class Variant:
             ``"no_penetration"``, ``"mano_linear"``, ``"posed_laplacian"``, ``"normal_basis"``).
         label: short human label for tables and figures, e.g. ``"(d) full model"``.
         description: one sentence: what the variant is and what it changes.
-        model_overrides: :class:`~dhmlib.model.ModelConfig` fields (all of :data:`MODEL_FIELDS`).
+        model_overrides: :class:`~dhmlib.network.model.ModelConfig` fields (all of :data:`MODEL_FIELDS`).
         train_overrides: :class:`~dhmlib.train.TrainConfig` fields (all of :data:`TRAIN_FIELDS`).
     """
 

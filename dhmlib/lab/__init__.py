@@ -1,0 +1,1 @@
+"""The notebook lab: the notebook series, papermill batch runs, recorded metrics."""

@@ -1,0 +1,1 @@
+"""Triangle meshes: OBJ/PLY files, checks, point–triangle distance, vertex normals."""

@@ -1,0 +1,1 @@
+"""Metrics in mm: joint, depth, per-vertex and surface errors; mesh metrics."""
