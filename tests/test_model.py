@@ -188,16 +188,49 @@ def test_forward_from_image(hand):
     assert (out.euler[:, ~m.hand.dof_mask] == 0).all()
 
 
-def test_identity_corrective_cache_invalidates_on_weight_change(hand):
+@pytest.mark.parametrize("change", ["optimizer_step", "fused_adam_step", "load_state_dict", "mode_switch", "to_dtype",
+                                    "clear_cache"])
+def test_inference_cache_is_dropped_by_every_weight_change(hand, change):
+    """The identity-dependent correctives are cached in eval mode without grad; every operation that changes
+    weights drops them (an edit by hand in place needs clear_cache()), so decode always sees current weights."""
     m = random_model(hand).eval()
     e = torch.zeros(1, hand.num_joints, 3)
+    fresh = random_model(hand).eval()
+    with torch.no_grad():
+        fresh.skin_refine_net.fc_id[2].bias.add_(1.0)
+    params = list(m.skin_refine_net.fc_id.parameters()) + list(m.skeleton_refine_net.parameters())
     with torch.no_grad():
         a = m.decode(e).vertices.clone()
-        b = m.decode(e).vertices.clone()
-        m.skin_refine_net.fc_id[2].bias.add_(1.0)
-        c = m.decode(e).vertices
-    assert torch.equal(a, b)
-    assert (c - a).abs().max() > 0.5
+        assert torch.equal(a, m.decode(e).vertices)              # served from the cache
+    if change in ("optimizer_step", "fused_adam_step"):
+        opt = torch.optim.Adam(params, lr=0.05, fused=change == "fused_adam_step")   # fused: no version bump
+        for q in params:
+            q.grad = torch.ones_like(q)
+        opt.step()
+    elif change == "load_state_dict":
+        m.load_state_dict(fresh.state_dict())
+    elif change == "mode_switch":
+        with torch.no_grad():
+            m.skin_refine_net.fc_id[2].bias.add_(1.0)
+        m.train().eval()
+    elif change == "to_dtype":
+        m.double()
+        e = e.double()
+    else:
+        with torch.no_grad():
+            m.skin_refine_net.fc_id[2].bias.add_(1.0)
+            assert torch.equal(a, m.decode(e).vertices)          # in place by hand: still the cached value
+        m.clear_cache()
+    with torch.no_grad():
+        after = m.decode(e).vertices
+        copy = random_model(hand).eval().to(after.dtype)
+        copy.load_state_dict(m.state_dict())
+        expected = copy.decode(e).vertices
+    if change == "to_dtype":
+        assert after.dtype == torch.float64 and (after - a.double()).abs().max() < 1e-3
+    else:
+        assert (after - a).abs().max() > 1e-3
+    assert torch.equal(after, expected)
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50])

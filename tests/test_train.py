@@ -15,7 +15,7 @@ from dhmlib.hand.kinematics import euler_to_matrix
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
 from dhmlib.train import PoseEmbedding, TrainConfig, TrainStep, parse_set, preset
-from dhmlib.cli._train_module import main as train_main
+from dhmlib.cli import main as dhm
 
 SMALL = dict(batch_size=2, num_views=2, render_size=(48, 48), input_size=(64, 64), log_every=1)
 
@@ -154,7 +154,7 @@ def test_two_epochs_without_images_lower_the_loss_and_write_snapshots_and_logs(s
     args = ["--preset", "cpu-small", "--data", str(data), "--output", str(out), "--epochs", "2", "--no-progress",
             "--set", "batch_size=5", "--set", "render_size=[64,64]", "--set", "num_views=3",
             "--set", "log_every=1", "--set", "held_out=null", "--set", "lr_milestones=[1]", "--set", "lr_schedule=multistep", "--set", "keep_snapshots=1"]
-    assert train_main(args) == 0
+    assert dhm(["train", *args]) == 0
     recs = [json.loads(line) for line in (out / "log" / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in recs if r["kind"] == "epoch"]
     steps = [r for r in recs if r["kind"] == "step"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dhmlib.cli import build_parser, main
-from dhmlib.cli.train import launch_command, module_parser
+from dhmlib.cli.train import launch_command
 from dhmlib.network.snapshot import read_snapshot
 from dhmlib.train.checkpoint import list_snapshots
 
@@ -64,9 +64,10 @@ def test_gpu_launches_torchrun_with_one_process_per_gpu(gpus, monkeypatch):
     argv, env = launch(["--gpu", gpus, "--set", "lr=1e-3", "model.backbone=34", "--continue", "--epochs", "3"])
     assert argv[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
-    child = argv[argv.index("dhmlib.train") + 1:]
-    assert argv[argv.index("dhmlib.train") - 1] == "-m" and "--gpu" not in child
-    args = module_parser().parse_args(child)           # the child's parser reads what the launcher wrote
+    child = argv[argv.index("dhmlib.cli") + 1:]
+    assert argv[argv.index("dhmlib.cli") - 1] == "-m" and child[0] == "train" and "--gpu" not in child
+    args = build_parser().parse_args(child)            # the child (dhm train, one rank) reads what the launcher wrote
+    assert args.gpu is None and args.nproc is None
     assert (args.data, args.output, args.epochs, args.resume, args.device) == ("/d", "/o", 3, True, "cuda")
     assert [kv for g in args.sets for kv in g] == ["lr=1e-3", "model.backbone=34"]
 
@@ -75,7 +76,7 @@ def test_nproc_passes_multi_node_flags_to_torchrun():
     argv, env = launch(["--nproc", "2", "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "host:29400",
                         "--master-port", "29500"])
     assert env["CUDA_VISIBLE_DEVICES"] == ""
-    head = argv[:argv.index("dhmlib.train")]
+    head = argv[:argv.index("dhmlib.cli")]
     assert "--standalone" not in head and head[head.index("--nproc_per_node") + 1] == "2"
     assert {"--nnodes=2", "--node_rank=1", "--rdzv_endpoint=host:29400", "--master_port=29500"} <= set(head)
     assert argv[argv.index("--device") + 1] == "cpu"
@@ -136,7 +137,7 @@ def test_kill_9_mid_epoch_then_continue_is_bit_identical(capture, tmp_path):
     sets = ("snapshot_every_steps=1",)              # keep_snapshots stays 2 (cpu-small)
     ref, out = tmp_path / "ref", tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.Popen([sys.executable, "-m", "dhmlib.train", *train_args(capture, out, *sets)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "dhmlib.cli", "train", *train_args(capture, out, *sets)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = out / "model_dump" / "snapshot_0_step3.pth.tar"
     try:
@@ -182,7 +183,7 @@ def test_two_gloo_processes_agree_and_match_one_process_with_the_same_global_bat
                         *train_args(capture, two, *probe, batch=2)], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "torch.distributed.run --standalone --nproc_per_node 2 -m dhmlib.train" in r.stdout.splitlines()[0]
+    assert "torch.distributed.run --standalone --nproc_per_node 2 -m dhmlib.cli train" in r.stdout.splitlines()[0]
     log = (two / "log" / "train.log").read_text()
     assert "(2 processes, gloo process group)" in log
     assert "parameters on the 2 ranks: max |difference| 0 (identical)" in log    # rank 1 holds rank 0's model

@@ -285,7 +285,7 @@ def test_parse_gpus_errors_name_the_token(text, token):
 
 
 def test_torchrun_command():
-    mod = ["-m", "dhmlib.train", "--preset", "cpu-small"]
+    mod = ["-m", "dhmlib.cli", "train", "--preset", "cpu-small"]
     argv, env = torchrun_command(mod, gpus=[0, 1, 3])
     assert argv == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3", *mod]
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1,3" and env.get("PATH") == os.environ.get("PATH")

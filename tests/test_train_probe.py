@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dhmlib.cli import build_parser
-from dhmlib.cli.train import configs, module_args
+from dhmlib.cli.train import configs, worker_args
 from dhmlib.hand.handmodel import HandModel
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.hand.layer import HandLayer
@@ -191,7 +191,7 @@ def test_dhm_train_max_steps_and_probe_every_flags():
     args = build_parser().parse_args(["train", "--max-steps", "12", "--probe-every", "4", "--set", "max_steps=99"])
     tc, _ = configs(args)
     assert (tc.max_steps, tc.probe_every) == (12, 4)          # the flag wins over --set
-    argv = module_args(args, "/d", "/o", "cpu")
+    argv = worker_args(args, "/d", "/o", "cpu")
     assert argv[argv.index("--max-steps") + 1] == "12" and argv[argv.index("--probe-every") + 1] == "4"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--max-steps", "0"])

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dhmlib.cli._train_module import main as train_main
+from dhmlib.cli import main as dhm
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
                                         reason="TensorBoard is not installed (it is in the dev extra)")
@@ -16,7 +16,7 @@ def test_tensorboard_scalars_equal_the_metrics_lines(small_capture, tmp_path):
     args = ["--preset", "cpu-small", "--data", str(small_capture), "--output", str(out), "--epochs", "1",
             "--no-progress", "--set", "batch_size=2", "--set", "render_size=[32,32]", "--set", "num_views=2",
             "--set", "log_every=1", "--set", "held_out=null", "--set", "keep_snapshots=1"]
-    assert train_main(args) == 0
+    assert dhm(["train", *args]) == 0
     recs = [json.loads(line) for line in (out / "log" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if r["kind"] == "step"]
     epochs = [r for r in recs if r["kind"] == "epoch"]

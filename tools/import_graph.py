@@ -29,21 +29,21 @@ PACKAGE = "dhmlib"
 #: The floors of the data flow, ground first: a unit may import units on its own floor or below.
 #: A unit is a top-level module or package of dhmlib (``dhmlib.paths``, ``dhmlib.train``).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("paths", "configs", "memory", "progress"),
-    ("mesh",),
-    ("hand",),
-    ("render",),
-    ("network",),
-    ("data",),
-    ("synth",),
-    ("losses",),
-    ("metrics",),
-    ("viz",),
-    ("train",),
-    ("evaluation",),
-    ("experiments",),
-    ("lab",),
-    ("cli",),
+    ("paths", "configs", "memory", "progress"),   # basics: folders, frozen configs, allocator, progress lines
+    ("lab",),           # notebooks run headless (papermill), batches, recorded metrics: knows nothing of hands
+    ("mesh",),          # triangle meshes: files, checks, distances, normals
+    ("hand",),          # skeleton, anatomy, hand-model files, kinematics, the FK + LBS layer
+    ("render",),        # cameras, crops, rasterizer, depth and shaded renders
+    ("data",),          # the official layout, dataset, split, the virtual capture's truth
+    ("synth",),         # the procedural hand and the virtual capture that writes the layout
+    ("losses",),        # training losses
+    ("network",),       # DeepHandMesh, snapshots, the pose fit through the frozen decoder
+    ("metrics",),       # errors and mesh metrics
+    ("viz",),           # figures and the posing widget
+    ("train",),         # config, step, loop, checkpoints, torchrun
+    ("evaluation",),    # a snapshot on held-out frames (dhm test)
+    ("experiments",),   # recipes, ablation variants, the ablation and its diagnostics
+    ("cli",),           # the dhm command
 )
 
 LONG_FILE = 500

@@ -1,4 +1,4 @@
-"""``dhm train`` (and ``python -m dhmlib.train``, what torchrun starts on every rank).
+"""``dhm train`` (also what torchrun starts on every rank: ``python -m dhmlib.cli train …``).
 
 ::
 
@@ -10,8 +10,8 @@
 Without ``--gpu``/``--nproc`` it trains in this process (:func:`dhmlib.train.train`).  ``--gpu 0-3``
 (the original's syntax; also ``0,1,2,3``) starts ``torchrun`` with one process per GPU (nccl),
 ``--nproc N`` N CPU processes (gloo); the command line is printed first, each process runs
-``python -m dhmlib.train`` with the same training arguments, torchrun's multi-node flags pass
-through.  ``--set`` takes TrainConfig fields (``lr=1e-3``, ``lr_milestones=[30,32]``,
+``python -m dhmlib.cli train`` (this command, in its process) with the same training arguments
+(:func:`dhmlib.train.launch.train_args`), torchrun's multi-node flags pass through.  ``--set`` takes TrainConfig fields (``lr=1e-3``, ``lr_milestones=[30,32]``,
 ``held_out=null``) and ``model.FIELD`` for the ModelConfig (a name only the ModelConfig has may go
 bare); values are JSON where they parse.  ``--max-steps N`` and ``--probe-every N`` set the
 TrainConfig fields ``max_steps`` (stop after N optimizer steps, with a snapshot) and
@@ -24,13 +24,11 @@ input error (one line); 130 interrupted (Ctrl-C, SIGTERM).  Under torchrun the s
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
 
-from dhmlib.cli._common import INTERRUPTED, PROBLEMS, USAGE, CLIError, HelpFormatter, device, int_at_least, note, run_command, \
-    writable_folder
+from dhmlib.cli._common import INTERRUPTED, PROBLEMS, CLIError, device, int_at_least, note, writable_folder
 
 HELP = ("train DeepHandMesh: in this process, or under torchrun on GPUs (--gpu 0-3) or CPU processes (--nproc N); "
         "snapshots in OUTPUT/model_dump, logs in OUTPUT/log")
@@ -41,8 +39,8 @@ TORCHRUN_FLAGS = {"--nnodes": "--nnodes", "--node-rank": "--node_rank", "--rdzv-
                   "--master-port": "--master_port"}
 
 
-def add(p, launcher: bool = True) -> None:
-    """The training arguments; ``launcher``: also ``--gpu``, ``--nproc`` and torchrun's flags (``dhm train``)."""
+def add(p) -> None:
+    """The training arguments, then ``--gpu``, ``--nproc`` and torchrun's flags (the launcher; a rank has none)."""
     from dhmlib.train.config import PRESETS
 
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -67,8 +65,6 @@ def add(p, launcher: bool = True) -> None:
                         "sets probe_every")
     p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:N (default: CUDA if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    if not launcher:
-        return
     g = p.add_argument_group("several processes (torchrun)")
     g.add_argument("--gpu", metavar="IDS", default=None,
                    help="GPU ids, '0-3' or '0,1,2,3': one process per GPU under torchrun (nccl)")
@@ -114,27 +110,13 @@ def configs(args, resumed: dict | None = None):
     return tc, mc
 
 
-def module_args(args, data, output, device: str | None) -> list[str]:
-    """``-m dhmlib.train …``: what torchrun starts on every rank, with the same training arguments."""
-    out = ["-m", "dhmlib.train", *(["--preset", args.preset] if args.preset else []),
-           "--data", str(data), "--output", str(output)]
-    if args.epochs is not None:
-        out += ["--epochs", str(args.epochs)]
-    for kv in _sets(args):
-        out += ["--set", kv]
-    if args.resume:
-        out.append("--continue")
-    if args.time_limit is not None:
-        out += ["--time-limit", repr(args.time_limit)]
-    if args.max_steps is not None:
-        out += ["--max-steps", str(args.max_steps)]
-    if args.probe_every is not None:
-        out += ["--probe-every", str(args.probe_every)]
-    if device is not None:
-        out += ["--device", device]
-    if args.no_progress:
-        out.append("--no-progress")
-    return out
+def worker_args(args, data, output, device: str) -> list[str]:
+    """``-m dhmlib.cli train …``: what torchrun starts on every rank, with the same training arguments."""
+    from dhmlib.train.launch import DHM_TRAIN, train_args
+
+    return [*DHM_TRAIN, *train_args(data, output, preset=args.preset, sets=_sets(args), epochs=args.epochs,
+                                    resume=args.resume, time_limit_s=args.time_limit, max_steps=args.max_steps,
+                                    probe_every=args.probe_every, device=device, progress=not args.no_progress)]
 
 
 def _gpus(text: str) -> list[int]:
@@ -160,11 +142,11 @@ def launch_command(args, data, output) -> tuple[list[str], dict]:
         gpus = _gpus(args.gpu)
         if args.device is not None and not args.device.startswith("cuda"):
             raise CLIError(f"--gpu {args.gpu} with --device {args.device}: GPU processes train on cuda")
-        return torchrun_command(module_args(args, data, output, "cuda"), gpus=gpus, extra=extra)
+        return torchrun_command(worker_args(args, data, output, "cuda"), gpus=gpus, extra=extra)
     if args.device is not None and args.device != "cpu":
         raise CLIError(f"--nproc {args.nproc} with --device {args.device}: --nproc starts CPU processes "
                        "(use --gpu IDS for GPUs)")
-    return torchrun_command(module_args(args, data, output, "cpu"), nproc=args.nproc, extra=extra)
+    return torchrun_command(worker_args(args, data, output, "cpu"), nproc=args.nproc, extra=extra)
 
 
 def one_line(e: BaseException) -> str:
@@ -266,28 +248,3 @@ def run(args) -> int:
                   f"(resume with --continue)", file=sys.stderr)
         return INTERRUPTED
     return 0
-
-
-# ------------------------------------------------------------------ python -m dhmlib.train
-def module_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m dhmlib.train`` (the training arguments of ``dhm train``, no launcher)."""
-    p = argparse.ArgumentParser(prog="python -m dhmlib.train", formatter_class=HelpFormatter,
-                                description="Train DeepHandMesh in this process (one rank under torchrun); "
-                                            "'dhm train' also launches torchrun.")
-    add(p, launcher=False)
-    p.set_defaults(command="train")
-    return p
-
-
-def module_main(argv=None) -> int:
-    """``python -m dhmlib.train`` with ``argv``; returns the exit code (as ``dhm train``)."""
-    try:
-        args = module_parser().parse_args(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else USAGE
-    return run_command("train", run, args)
-
-
-def module_run() -> None:
-    """``python -m dhmlib.train``: :func:`module_main` with the process's arguments, its status as exit code."""
-    sys.exit(module_main())

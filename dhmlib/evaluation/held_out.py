@@ -59,7 +59,7 @@ from dhmlib.network.provenance import CODE_KEY, HAND_KEY, code_version, hand_mod
 from dhmlib.render import render_depth
 from dhmlib.render.cameras import Cameras
 from dhmlib.render.crop import Crop
-from dhmlib.network.snapshot import SnapshotError, _load_network, read_snapshot, snapshot_config
+from dhmlib.network.snapshot import SnapshotError, load_network_state, read_snapshot, snapshot_config
 from dhmlib.train.checkpoint import MODEL_DUMP, find_resumable, list_snapshots, parse_snapshot_name, snapshot_path
 from dhmlib.train.config import TrainConfig
 from dhmlib.data.dataset import capture_image_size
@@ -155,7 +155,7 @@ def resolve_snapshot(snapshot=None, output_root=None, epoch: int | None = None,
 def model_and_config(ckpt: dict, path, hand: HandModel) -> tuple[DeepHandMesh, TrainConfig | None]:
     """The snapshot's network (weights loaded) and its TrainConfig (None for a snapshot without one)."""
     model = DeepHandMesh(hand, snapshot_config(ckpt, path))
-    _load_network(model, ckpt, path)
+    load_network_state(model, ckpt, path)
     tc = ckpt.get("train_config")
     if tc is None:
         return model, None

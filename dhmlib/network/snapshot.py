@@ -143,10 +143,16 @@ def load_snapshot(model, path, map_location="cpu") -> SnapshotInfo:
     skeleton's DoF rows.  Raises :class:`SnapshotError` naming the tensor and
     both shapes on a mismatch, or the missing tensor.
     """
-    return _load_network(model, read_snapshot(path, map_location), path)
+    return load_network_state(model, read_snapshot(path, map_location), path)
 
 
-def _load_network(model, ckpt: dict, path) -> SnapshotInfo:
+def load_network_state(model, ckpt: dict, path) -> SnapshotInfo:
+    """Load the network tensors of a read snapshot ``ckpt`` into ``model`` (a DeepHandMesh, not wrapped).
+
+    Official snapshots' ``module.`` keys and 3·J-row pose heads are adapted, loss buffers ignored (both
+    listed in the returned :class:`SnapshotInfo`); ``path`` names the file in errors. Raises
+    :class:`SnapshotError` for a tensor of another shape or one the model needs and the snapshot lacks.
+    """
     state = network_state(ckpt)
     own = model.state_dict()
     info = SnapshotInfo(str(path), ckpt.get("epoch"))
@@ -280,5 +286,5 @@ def model_from_snapshot(path, hand_model: HandModel, map_location="cpu", *, ckpt
         config = config.replace(**overrides)
         _check_shapes(config, *guessed, f"{path}: override")
     model = DeepHandMesh(hand_model, config)
-    _load_network(model, ckpt, path)
+    load_network_state(model, ckpt, path)
     return model

@@ -1,7 +1,7 @@
 """Training DeepHandMesh: configs, pose embeddings, the per-batch step and the loop.
 
-``python -m dhmlib.train --preset cpu-small`` (also under ``torchrun``) trains from the shell;
-:func:`train` does the same from Python or a notebook.
+``dhm train --preset cpu-small`` (:mod:`dhmlib.cli.train`; under torchrun every rank runs
+``python -m dhmlib.cli train``) trains from the shell; :func:`train` does the same from Python or a notebook.
 """
 from dhmlib.train.config import PRESETS, TrainConfig, parse_set, preset
 from dhmlib.train.embedding import PoseEmbedding

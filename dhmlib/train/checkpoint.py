@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dhmlib.network.snapshot import SnapshotError, _load_network, read_snapshot, save_snapshot, write_snapshot_file
+from dhmlib.network.snapshot import SnapshotError, load_network_state, read_snapshot, save_snapshot, write_snapshot_file
 
 TRAIN_STATE_KEYS = ("train_config", "scheduler", "rng", "sampler", "pose_embedding", "step")
 MID_EPOCH_KEY = "mid_epoch"
@@ -264,7 +264,7 @@ def restore_training_state(ckpt: dict, model, optimizer, scheduler=None, pose_em
     mid-epoch snapshot, ``epoch + 1`` otherwise).  Raises SnapshotError naming ``path`` and the part
     that does not fit.
     """
-    _load_network(_unwrap(model), ckpt, path)
+    load_network_state(_unwrap(model), ckpt, path)
     opt_state = ckpt.get("optimizer") or {}
     if optimizer is not None and opt_state:
         try:

@@ -276,7 +276,7 @@ def torchrun_command(module_args: list[str], gpus: list[int] | None = None, npro
     """``[python, -m, torch.distributed.run, --nproc_per_node, N, *extra, *module_args]`` and its environment.
 
     Args:
-        module_args: what torchrun starts, e.g. ``["-m", "dhmlib.train", "--preset", "cpu-small"]``.
+        module_args: what torchrun starts, e.g. ``["-m", "dhmlib.cli", "train", "--preset", "cpu-small"]``.
         gpus: GPU ids: one process per GPU, ``CUDA_VISIBLE_DEVICES`` set to them.
         nproc: process count without ``gpus`` (CPU processes: ``CUDA_VISIBLE_DEVICES=""``); with
             ``gpus`` it must equal ``len(gpus)``.

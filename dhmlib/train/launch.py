@@ -1,12 +1,12 @@
-"""Training in a subprocess (several GPUs or CPU processes under torchrun), followed from Python.
+"""Training command lines: the one builder of ``dhm train``'s arguments, and training in a followed subprocess.
 
-A notebook cannot host torchrun's workers itself, so for several devices it starts
-``dhm train --gpu 0-3`` (or ``--nproc N``; that command runs torchrun) in a subprocess and follows it:
-:func:`train_command` turns the configs into that command line (every field that differs from the
-``paper`` preset as a ``--set``, so the workers build exactly these configs), and
-:func:`run_training` runs it, passes each new record of ``output/log/metrics.jsonl`` to
-``on_record`` (the same hook as :func:`dhmlib.train.train`) and the workers' output lines to
-``log``, and returns when it ends.
+:func:`train_args` writes the arguments of ``dhm train`` for given settings. ``dhm train --gpu/--nproc``
+starts ``torchrun … -m dhmlib.cli train ARGS`` with them (every rank runs ``dhm train`` in its process), and
+a notebook, which cannot host torchrun's workers itself, starts ``dhm train --gpu 0-3`` (or ``--nproc N``) in
+a subprocess and follows it: :func:`train_command` turns the configs into that command line (every field that
+differs from the ``paper`` preset as a ``--set``, so the workers build exactly these configs), and
+:func:`run_training` runs it, passes each new record of ``output/log/metrics.jsonl`` to ``on_record`` (the
+same hook as :func:`dhmlib.train.train`) and the workers' output lines to ``log``, and returns when it ends.
 """
 from __future__ import annotations
 
@@ -26,6 +26,37 @@ from dhmlib.train.config import PRESETS, TrainConfig
 from dhmlib.train.distributed import command_line, parse_gpus
 
 BASE_PRESET = "paper"
+
+#: what a training command runs: ``python -m dhmlib.cli train …`` is ``dhm train …``
+DHM_TRAIN = ("-m", "dhmlib.cli", "train")
+
+
+def train_args(data_root, output_root, *, preset: str | None = None, sets=(), epochs: int | None = None,
+               resume: bool = False, time_limit_s: float | None = None, max_steps: int | None = None,
+               probe_every: int | None = None, device: str | None = None, progress: bool = True) -> list[str]:
+    """The arguments of ``dhm train`` (after ``train``) for these settings, launcher flags left out.
+
+    ``sets``: ``key=value`` strings (``--set``, in order). The one place a training command line is written:
+    ``dhm train --gpu/--nproc`` passes these to every torchrun rank, :func:`train_command` to ``dhm train``.
+    """
+    out = [*(["--preset", preset] if preset else []), "--data", str(data_root), "--output", str(output_root)]
+    if epochs is not None:
+        out += ["--epochs", str(epochs)]
+    for kv in sets:
+        out += ["--set", kv]
+    if resume:
+        out.append("--continue")
+    if time_limit_s is not None:
+        out += ["--time-limit", repr(float(time_limit_s))]
+    if max_steps is not None:
+        out += ["--max-steps", str(max_steps)]
+    if probe_every is not None:
+        out += ["--probe-every", str(probe_every)]
+    if device is not None:
+        out += ["--device", device]
+    if not progress:
+        out.append("--no-progress")
+    return out
 
 
 def config_sets(train_config: TrainConfig, model_config: ModelConfig, base: str = BASE_PRESET) -> list[str]:
@@ -51,12 +82,9 @@ def train_command(train_config: TrainConfig, model_config: ModelConfig, data_roo
     ids = parse_gpus(gpus) if isinstance(gpus, str) else (list(gpus) if gpus else None)
     if ids is None and (nproc is None or int(nproc) < 1):
         raise ValueError(f"train_command: give gpus or nproc >= 1, got gpus={gpus!r}, nproc={nproc!r}")
-    argv = [sys.executable, "-m", "dhmlib.cli", "train", "--preset", BASE_PRESET, "--data", str(data_root),
-            "--output", str(output_root), "--no-progress"]
-    for s in config_sets(train_config, model_config):
-        argv += ["--set", s]
-    if time_limit_s is not None:
-        argv += ["--time-limit", f"{float(time_limit_s):g}"]
+    argv = [sys.executable, *DHM_TRAIN, *train_args(data_root, output_root, preset=BASE_PRESET,
+                                                    sets=config_sets(train_config, model_config),
+                                                    time_limit_s=time_limit_s, progress=False)]
     argv += ["--gpu", ",".join(str(i) for i in ids)] if ids else ["--nproc", str(int(nproc))]
     return argv, dict(os.environ)
 
