@@ -35,9 +35,9 @@ import torch
 
 from dhmlib.hand.anatomy import random_plausible_pose
 from dhmlib.hand.layer import HandLayer
+from dhmlib.memory import keep_freed_memory  # noqa: E402
 from dhmlib.render import RasterSettings, crop_from_joints, render_depth, ring_cameras
 from dhmlib.synth import build_procedural_hand
-from dhmlib.memory import keep_freed_memory  # noqa: E402
 
 TORCH = RasterSettings(backend="torch")
 

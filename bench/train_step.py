@@ -142,7 +142,8 @@ def measure_steps(root: str, preset_name: str, device: str, steps: int, threads:
     from dhmlib.network.model import DeepHandMesh
     from dhmlib.train.config import preset
     from dhmlib.train.embedding import PoseEmbedding
-    from dhmlib.train.loop import parameter_groups, seed_everything
+    from dhmlib.train.loop import seed_everything
+    from dhmlib.train.optim import parameter_groups
     from dhmlib.train.inputs import make_dataset, split_training_frames
     from dhmlib.train.step import TrainStep
 

@@ -1,6 +1,8 @@
 """Process-wide memory behaviour."""
 from __future__ import annotations
 
+import ctypes
+
 
 def keep_freed_memory() -> bool:
     """Ask glibc malloc to reuse freed large blocks instead of unmapping them (this process only).
@@ -12,8 +14,6 @@ def keep_freed_memory() -> bool:
     before exit, so commands (``dhm synth``, benchmarks, training) call this; the library
     does not. Returns False where it does not apply (not glibc).
     """
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3

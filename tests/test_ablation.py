@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from dhmlib.experiments.variants import (MODEL_FIELDS, TRAIN_FIELDS, VARIANTS, Variant, apply_variant, changes_from_full,
-                             get_variant, variants_markdown)
+from dhmlib.experiments.variants import (MODEL_FIELDS, TRAIN_FIELDS, VARIANTS, Variant, apply_variant,
+                                         changes_from_full, get_variant, variants_markdown)
 from dhmlib.network.model import ModelConfig
 from dhmlib.train import PRESETS, TrainConfig, preset
 

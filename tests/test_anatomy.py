@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from dhmlib.hand.anatomy import (AXES, AXIS_LABELS, JOINT_LIMITS_DEG, NATURAL_RANGE_DEG, clamp_to_limits,
-                            describe_joints, gesture_degrees, gesture_euler, gesture_names, joint_limits_deg,
-                            natural_range, natural_range_deg, pose_degrees, random_plausible_pose, within_limits)
+                                 describe_joints, gesture_degrees, gesture_euler, gesture_names, joint_limits_deg,
+                                 natural_range, natural_range_deg, pose_degrees, random_plausible_pose, within_limits)
 from dhmlib.hand.skeleton import FINGERS, Skeleton, official_skeleton
 from dhmlib.synth.capture import CaptureConfig
 from dhmlib.synth.poses import SEQUENCE_KINDS, plan_sequences, subject_sequences

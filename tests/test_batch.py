@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from dhmlib.lab.batch import (BatchResult, BatchSpec, BatchSpecError, RunResult, expand_grid, flatten, parse_run,
-                          plan_runs, run_batch, split_top_level)
+                              plan_runs, run_batch, split_top_level)
 from dhmlib.lab.series import parse_value
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
+from toyhand import toy_hand
 
 from dhmlib.cli import CLIError, main, parse_euler
 from dhmlib.hand.handmodel import FILES, HandModel
-from dhmlib.mesh.io import read_obj, read_obj_uvs, read_ply, write_obj
 from dhmlib.hand.layer import HandLayer
-from toyhand import toy_hand
+from dhmlib.mesh.io import read_obj, read_obj_uvs, read_ply, write_obj
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.hand.anatomy import random_plausible_pose
 from dhmlib.cli import main
 from dhmlib.data.keypoints import joints_to_keypoints, write_keypoints
+from dhmlib.hand.anatomy import random_plausible_pose
 from dhmlib.hand.handmodel import HandModel
-from dhmlib.mesh.io import read_obj, read_obj_uvs
 from dhmlib.hand.layer import HandLayer
+from dhmlib.mesh.io import read_obj, read_obj_uvs
 from dhmlib.synth import build_procedural_hand
 
 

@@ -7,9 +7,9 @@ import torch
 
 from dhmlib.data import ground_truth
 from dhmlib.evaluation import result
-from dhmlib.metrics import errors as ev
-from dhmlib.mesh.io import read_obj, read_obj_uvs
 from dhmlib.mesh.distance import point_triangle_distance
+from dhmlib.mesh.io import read_obj, read_obj_uvs
+from dhmlib.metrics import errors as ev
 
 
 def grid(n=9, size=40.0):

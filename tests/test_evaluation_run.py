@@ -10,14 +10,14 @@ import torch
 from dhmlib.cli import main
 from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
 from dhmlib.data.layout import Layout
+from dhmlib.evaluation.held_out import lbs_baseline, test_snapshot
 from dhmlib.hand.handmodel import HandModel
+from dhmlib.hand.layer import HandLayer
 from dhmlib.mesh.io import read_obj, read_obj_uvs
 from dhmlib.network.model import DeepHandMesh
-from dhmlib.hand.layer import HandLayer
 from dhmlib.network.snapshot import model_from_snapshot
 from dhmlib.train import PoseEmbedding, preset
 from dhmlib.train.checkpoint import save_training_snapshot, snapshot_path
-from dhmlib.evaluation.held_out import lbs_baseline, test_snapshot
 
 TINY = dict(batch_size=2, num_views=2, render_size=(48, 48), input_size=(64, 64), held_out="frames:4")
 

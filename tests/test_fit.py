@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from dhmlib.hand.anatomy import joint_limits_deg, random_plausible_pose
+from dhmlib.hand.kinematics import euler_to_matrix, rigid_transform_matrix
 from dhmlib.metrics.errors import depth_error
 from dhmlib.network.fit import axis_angle_to_matrix, fit_pose, limit_prior
-from dhmlib.hand.kinematics import euler_to_matrix, rigid_transform_matrix
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.render import render_depth, ring_cameras
 from dhmlib.synth import build_procedural_hand

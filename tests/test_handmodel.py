@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from toyhand import toy_hand
 
 from dhmlib.hand.handmodel import HandModel, HandModelError
-from toyhand import toy_hand
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_hand_model"
 

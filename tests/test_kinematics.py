@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
+from toyhand import toy_hand
 
 from dhmlib.hand.kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
-                               matrix_to_euler, rigid_align, skinning_transforms)
-from toyhand import toy_hand
+                                    matrix_to_euler, rigid_align, skinning_transforms)
 
 
 def test_euler_convention_matches_scipy():

@@ -4,9 +4,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from tests.toyhand import toy_hand
 
 from dhmlib.losses import MeshLaplacian, apply_laplacian, depth_loss, joint_loss, laplacian_loss, uniform_laplacian
-from tests.toyhand import toy_hand
 
 
 # ---------------------------------------------------------------- joint

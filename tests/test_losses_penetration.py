@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from dhmlib.losses.penetration import PenetrationLoss, PenetrationTerms, penetration_loss
-from dhmlib.hand.layer import HandLayer
 from toyhand import toy_hand
+
+from dhmlib.hand.layer import HandLayer
+from dhmlib.losses.penetration import PenetrationLoss, PenetrationTerms, penetration_loss
 
 D = torch.float64
 

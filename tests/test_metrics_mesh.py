@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.metrics import mesh as mm
 from dhmlib.hand.anatomy import gesture_euler
 from dhmlib.hand.skeleton import official_skeleton
+from dhmlib.metrics import mesh as mm
 
 
 def uv_sphere(center, r, n=32):

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import torch
-
-from dhmlib.network.model import CORRECTIVES, DeepHandMesh, ModelConfig
-from dhmlib.hand.layer import HandLayer
 from toyhand import toy_hand
+
+from dhmlib.hand.layer import HandLayer
+from dhmlib.network.model import CORRECTIVES, DeepHandMesh, ModelConfig
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@ HandPose.offsets, rest_pose and root_from_joints, against explicit formulas writ
 import numpy as np
 import pytest
 import torch
+from toyhand import toy_hand
 
 from dhmlib.hand.kinematics import rigid_transform_matrix
-from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.hand.layer import HandLayer
 from dhmlib.mesh.normals import vertex_normals
+from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.network.snapshot import SnapshotError, model_from_snapshot, save_snapshot
-from toyhand import toy_hand
 
 
 @pytest.fixture(scope="module")

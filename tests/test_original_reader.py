@@ -9,9 +9,9 @@ lines (cm), ``vt`` and ``f v/vt`` triples.
 """
 import numpy as np
 import pytest
+from toyhand import toy_hand
 
 from dhmlib.hand.handmodel import HandModel
-from toyhand import toy_hand
 
 
 def _data_lines(path):

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from toyhand import toy_hand
 
-from dhmlib.mesh import io as meshio
 from dhmlib.hand.anatomy import GESTURES, gesture_degrees, gesture_names, joint_limits_deg, within_limits
+from dhmlib.mesh import io as meshio
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.viz import PosingWidget, model_pose_fn
 from dhmlib.viz.geometry import SKIN_RGB, NormalSolver
-from toyhand import toy_hand
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.mesh import check as mc
 from dhmlib.hand.handmodel import HandModel, validate_poses
 from dhmlib.hand.kinematics import (KinematicTree, euler_to_matrix, forward_kinematics, linear_blend_skinning,
-                               skinning_transforms)
+                                    skinning_transforms)
 from dhmlib.hand.skeleton import OFFICIAL_JOINT_NAMES
+from dhmlib.mesh import check as mc
 from dhmlib.synth import HandIdentity, build_procedural_hand
 from dhmlib.synth.meshops import unique_edges
 

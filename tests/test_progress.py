@@ -7,8 +7,8 @@ import io
 import pytest
 import torch
 
-import dhmlib.progress as progress
 from dhmlib.progress import PREFIX, LineRelay, Progress, Stages, eta_seconds, format_seconds
+import dhmlib.progress as progress
 
 
 class FakeClock:

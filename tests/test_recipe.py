@@ -182,7 +182,7 @@ def test_oracle_poses_are_the_true_angles_and_stay_frozen(small_capture, tmp_pat
 
 # --------------------------------------------------------------------------- schedule
 def test_cosine_schedule_with_warmup_of_the_correctives():
-    from dhmlib.train.loop import step_schedule
+    from dhmlib.train.optim import step_schedule
 
     a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([{"name": "correctives", "params": [a], "lr": 1e-3},
@@ -204,7 +204,7 @@ def test_cosine_schedule_with_warmup_of_the_correctives():
 
 
 def test_multistep_in_steps_matches_the_epoch_milestones():
-    from dhmlib.train.loop import step_schedule
+    from dhmlib.train.optim import step_schedule
 
     a = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([{"name": "network", "params": [a], "lr": 1.0}])

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from dhmlib.render import (Cameras, KRTError, Light, RasterSettings, bbox_from_joints, crop_from_bbox,
-                           crop_from_joints, identity_crop, is_closed_mesh, kaolin_available, KAOLIN_UNAVAILABLE_REASON,
+from dhmlib.mesh.normals import vertex_normals
+from dhmlib.render import (KAOLIN_UNAVAILABLE_REASON, Cameras, KRTError, Light, RasterSettings, bbox_from_joints,
+                           crop_from_bbox, crop_from_joints, identity_crop, is_closed_mesh, kaolin_available,
                            project_mesh, rasterize, read_krt, render_depth, render_face_index, render_shaded,
                            render_silhouette, ring_cameras, write_krt)
-from dhmlib.mesh.normals import vertex_normals
 from dhmlib.render.reference import rasterize_reference
 
 TORCH = RasterSettings(backend="torch")

@@ -3,12 +3,12 @@ import pickle
 
 import numpy as np
 import pytest
+from toyhand import toy_hand
 
 from dhmlib.data.keypoints import (KEYPOINT_NAMES, KeypointFileError, joints_to_keypoints, keypoints_to_joints,
                                    read_keypoints, write_keypoints)
 from dhmlib.data.safe_pickle import UnsafePickleError, load_array_pickle, save_array_pickle
 from dhmlib.hand.skeleton import OFFICIAL_JOINT_NAMES, Skeleton
-from toyhand import toy_hand
 
 
 class RunsCommand:

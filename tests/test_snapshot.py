@@ -3,10 +3,10 @@ import pickle
 
 import pytest
 import torch
+from toyhand import toy_hand
 
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.network.snapshot import SnapshotError, load_snapshot, model_from_snapshot, save_snapshot
-from toyhand import toy_hand
 
 
 @pytest.fixture(scope="module")

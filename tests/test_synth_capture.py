@@ -14,6 +14,7 @@ import torch
 
 from dhmlib.data.keypoints import KEYPOINT_NAMES, read_keypoints
 from dhmlib.data.safe_pickle import load_array_pickle
+from dhmlib.hand.anatomy import natural_range
 from dhmlib.hand.handmodel import HandModel
 from dhmlib.hand.kinematics import euler_to_matrix
 from dhmlib.render.cameras import Cameras, read_krt
@@ -21,7 +22,6 @@ from dhmlib.synth import build_procedural_hand
 from dhmlib.synth.capture import CaptureConfig, write_capture
 from dhmlib.synth.deform import (DeformParams, GroundTruthDeformer, dual_quaternion_skinning, fit_lbs,
                                  matrix_to_quaternion)
-from dhmlib.hand.anatomy import natural_range
 from dhmlib.synth.poses import SEQUENCE_KINDS, generate_sequences, plan_sequences
 from dhmlib.synth.rig import dome_rig
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dhmlib.hand.anatomy import GESTURES, gesture_euler, pose_degrees
-from dhmlib.mesh.check import self_intersections
 from dhmlib.hand.layer import HandLayer
+from dhmlib.mesh.check import self_intersections
 from dhmlib.synth import build_procedural_hand
 from dhmlib.synth.decompose import decompose_lbs_residual
 from dhmlib.synth.deform import POSE_EFFECTS, DeformParams, GroundTruthDeformer

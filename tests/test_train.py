@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from dhmlib.cli import main as dhm
 from dhmlib.data.dataset import DeepHandMeshDataset
 from dhmlib.data.sample import collate_samples
 from dhmlib.hand.handmodel import HandModel
@@ -15,7 +16,6 @@ from dhmlib.hand.kinematics import euler_to_matrix
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
 from dhmlib.train import PoseEmbedding, TrainConfig, TrainStep, parse_set, preset
-from dhmlib.cli import main as dhm
 
 SMALL = dict(batch_size=2, num_views=2, render_size=(48, 48), input_size=(64, 64), log_every=1)
 

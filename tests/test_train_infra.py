@@ -12,17 +12,15 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
-
 from toyhand import toy_hand
 
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.network.snapshot import read_snapshot
 from dhmlib.train.checkpoint import (TRAIN_STATE_KEYS, BackgroundSnapshotWriter, NonFiniteLoss, check_finite,
-                                     find_resumable,
-                                     list_snapshots, parse_snapshot_name, restore_training_state,
+                                     find_resumable, list_snapshots, parse_snapshot_name, restore_training_state,
                                      save_training_snapshot, snapshot_path)
-from dhmlib.train.distributed import (DistInfo, ResumableSampler, command_line, init_distributed, is_main,
-                                      make_sampler, parse_gpus, torchrun_command, wrap_model)
+from dhmlib.train.distributed import (DistInfo, ResumableSampler, command_line, init_distributed, is_main, make_sampler,
+                                      parse_gpus, torchrun_command, wrap_model)
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).parent / "ddp_worker.py"

@@ -12,15 +12,15 @@ import torch
 
 from dhmlib.cli import build_parser
 from dhmlib.cli.train import configs, worker_args
+from dhmlib.data.ground_truth import Poses, true_poses
+from dhmlib.evaluation.held_out import PLAIN_LBS, lbs_baseline, load_held_out, measure
+from dhmlib.experiments.recipe import SMOKE, build_recipe
 from dhmlib.hand.handmodel import HandModel
-from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.hand.layer import HandLayer
+from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.train import TrainConfig, parse_set, preset, train
 from dhmlib.train.config import split_assignments
-from dhmlib.evaluation.held_out import PLAIN_LBS, lbs_baseline, load_held_out, measure
-from dhmlib.data.ground_truth import Poses, true_poses
 from dhmlib.train.probe import HeldOutProbe, probe_frames
-from dhmlib.experiments.recipe import SMOKE, build_recipe
 
 #: frames 3 and 4 of the 5-frame small capture held out; 3 training frames, 2 per step: 2 steps an epoch
 TINY = dict(batch_size=2, num_views=2, render_size=(32, 32), input_size=(64, 64), held_out="frames:3-4",

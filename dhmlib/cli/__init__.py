@@ -13,15 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dhmlib.cli import batch
-from dhmlib.cli import check_data
-from dhmlib.cli import demo
-from dhmlib.cli import fit
-from dhmlib.cli import hand_model
-from dhmlib.cli import notebooks
-from dhmlib.cli import synth
-from dhmlib.cli import test
-from dhmlib.cli import train
+from dhmlib.cli import batch, check_data, demo, fit, hand_model, notebooks, synth, test, train
 from dhmlib.cli._common import USAGE, CLIError, HelpFormatter, run_command
 from dhmlib.cli.demo import parse_euler, parse_rotation
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dhmlib.cli._common import CLIError, snapshot_and_hand_model, device, warn, writable_file
+from dhmlib.cli._common import CLIError, device, snapshot_and_hand_model, warn, writable_file
 
 HELP = "pose a hand model (and snapshot) with a preset, Euler angles or a pose file and write meshes"
 SUFFIXES = (".obj", ".ply")

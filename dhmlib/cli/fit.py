@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dhmlib.cli._common import CLIError, snapshot_and_hand_model, device, int_at_least, warn, writable_folder
+from dhmlib.cli._common import CLIError, device, int_at_least, snapshot_and_hand_model, warn, writable_folder
 
 HELP = "fit hand poses (Euler angles + root) to 3D joints with a frozen decoder; write poses.npz and meshes"
 

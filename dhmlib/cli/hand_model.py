@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dhmlib.cli._common import CLIError, int_at_least, SEED, writable_folder
+from dhmlib.cli._common import SEED, CLIError, int_at_least, writable_folder
 
 HELP = "build the procedural hand model in the official format"
 #: the vertex targets the procedural mesher accepts here (more takes minutes and gigabytes)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from dhmlib.cli._common import CLIError, OK, PROBLEMS, writable_folder
+from dhmlib.cli._common import OK, PROBLEMS, CLIError, writable_folder
 
 
 def _seconds(text: str) -> float:

@@ -5,7 +5,7 @@ import signal
 import sys
 import threading
 
-from dhmlib.cli._common import CLIError, SEED, int_at_least, note, writable_folder
+from dhmlib.cli._common import SEED, CLIError, int_at_least, note, writable_folder
 
 HELP = "write the virtual multi-camera capture in the official dataset layout"
 DESCRIPTION = HELP + """

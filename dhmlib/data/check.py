@@ -6,8 +6,10 @@ that training would hit.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,8 @@ from pathlib import Path
 from dhmlib.data.dataset import IMAGE_SIZE, read_depth
 from dhmlib.data.keypoints import read_keypoints
 from dhmlib.data.layout import DEPTH_RE, IMAGE_RE, KEYPOINT_RE, Layout, is_color_camera
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.render.cameras import read_krt
 
 SUBJECT_RE = re.compile(r"^subject_(\d+)$")
 
@@ -53,8 +57,6 @@ def _image_size(path: Path):
 def capture_size(root) -> tuple[int, int]:
     """(H, W) of a dataset's images and depth maps: a virtual capture's own (its ``params.json``), else the
     official 512 × 334."""
-    import json
-
     try:
         params = json.loads((Layout(root, 1).synthetic_dir / "params.json").read_text())
         h, w = params["image_size"]
@@ -70,9 +72,6 @@ def check_dataset(root, image_size=None, progress: bool = True, max_problems: in
     ``image_size``: (H, W) expected of images and depth maps (None: :func:`capture_size`).
     """
     from tqdm.auto import tqdm
-
-    from dhmlib.hand.handmodel import HandModel
-    from dhmlib.render.cameras import read_krt
 
     root = Path(root)
     rep = _Tally(Counter(), [])
@@ -209,8 +208,6 @@ def preflight(root, subject: int = 1, *, images: bool = True, max_problems: int 
         PreflightError: naming the first files (up to ``max_problems``) and what was expected; run
             ``dhm check-data ROOT`` for the full read.
     """
-    import time
-
     t0 = time.perf_counter()
     lay = Layout(root, subject)
     problems: list[str] = []

@@ -21,15 +21,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dhmlib.hand.handmodel import HandModel
-from dhmlib.render.cameras import Cameras, read_krt
-from dhmlib.render.crop import Crop, crop_depth, crop_from_joints, crop_image
-from dhmlib.hand.skeleton import Skeleton
 from dhmlib.data.crop_cache import default_cache_root, open_or_build
 from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
 from dhmlib.data.layout import Layout, is_color_camera
 from dhmlib.data.safe_pickle import load_array_pickle
 from dhmlib.data.sample import HandBatch, HandSample, collate_samples
+from dhmlib.data.split import FrameSplit, split_frames
+from dhmlib.hand.handmodel import HandModel
+from dhmlib.hand.skeleton import Skeleton
+from dhmlib.render.cameras import Cameras, read_krt
+from dhmlib.render.crop import Crop, crop_depth, crop_from_joints, crop_image
 
 __all__ = ["DeepHandMeshDataset", "DatasetError", "HandBatch", "HandSample", "Sample", "collate_samples",
            "read_depth", "read_image", "IMAGE_SIZE"]
@@ -181,8 +182,6 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
     def from_split(cls, root, split, part: str = "train", **kwargs) -> "DeepHandMeshDataset":
         """The ``"train"`` or ``"test"`` frames of ``split`` (a :class:`~dhmlib.data.split.FrameSplit`, or a
         ``held_out`` rule string / ``None`` for :func:`~dhmlib.data.split.split_frames` on ``root``)."""
-        from dhmlib.data.split import FrameSplit, split_frames
-
         if not isinstance(split, FrameSplit):
             split = split_frames(root, kwargs.get("subject", 1), split)
         return cls(root, frames=split.part(part), **kwargs)

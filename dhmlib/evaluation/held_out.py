@@ -42,28 +42,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dhmlib.data.dataset import DeepHandMeshDataset
+from dhmlib.data.dataset import DeepHandMeshDataset, capture_image_size
 from dhmlib.data.ground_truth import Poses, ground_truth_faces, ground_truth_meshes, true_poses
 from dhmlib.data.layout import Layout
 from dhmlib.data.sample import collate_samples
+from dhmlib.data.scans import read_scan
 from dhmlib.data.split import split_frames
-from dhmlib.metrics.errors import vertex_error_maps
 from dhmlib.evaluation.result import EvalResult, evaluate, write_results
-from dhmlib.data.ground_truth import ground_truth_faces, ground_truth_meshes
-from dhmlib.network.fit import fit_pose
-from dhmlib.metrics import mesh as mm
 from dhmlib.hand.handmodel import HandModel
+from dhmlib.metrics import mesh as mm
+from dhmlib.metrics.errors import vertex_error_maps
+from dhmlib.network.fit import fit_pose
 from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.network.provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record, pick_hand_model
+from dhmlib.network.snapshot import SnapshotError, load_network_state, read_snapshot, snapshot_config
 from dhmlib.paths import data_dir, output_dir
-from dhmlib.network.provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record
+from dhmlib.progress import Stages
 from dhmlib.render import render_depth
 from dhmlib.render.cameras import Cameras
 from dhmlib.render.crop import Crop
-from dhmlib.network.snapshot import SnapshotError, load_network_state, read_snapshot, snapshot_config
 from dhmlib.train.checkpoint import MODEL_DUMP, find_resumable, list_snapshots, parse_snapshot_name, snapshot_path
-from dhmlib.train.config import TrainConfig
-from dhmlib.data.dataset import capture_image_size
-from dhmlib.progress import Stages
+from dhmlib.train.config import TrainConfig, preset
+from dhmlib.viz.result_figures import test_frame_figure
 
 #: fit settings of the embedding source (and of the baseline's fitted angles)
 JOINT_FIT_LR = (0.05, 0.001)
@@ -292,8 +292,6 @@ def _ground_truth(data_root, subject, frames):
 
 def _scans(data_root, subject, frames, every: int = 1):
     """(indices into ``frames``, scans) of the frames that have a scan (every ``every``-th frame only)."""
-    from dhmlib.data.scans import read_scan
-
     lay = Layout(data_root, subject)
     have = set(lay.scan_frames())
     keep = [i for i, f in enumerate(frames) if f in have and i % every == 0]
@@ -404,8 +402,6 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
         ``{"true_angles": …}`` (only with the virtual capture's ``poses.npz``: true angles and root) and
         ``{"fitted_angles": …}`` (with ``fit``), each a :class:`Measured` (``.result`` an EvalResult).
     """
-    from dhmlib.train.config import preset
-
     data_root = data_dir(data_root)
     dev = torch.device(device or "cpu")
     hand = hand_model or HandModel.read(Layout(data_root, subject).hand_model_dir)
@@ -486,7 +482,6 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     stored = ckpt.get("train_config")
     subject = int((stored or {}).get("subject", 1))
     if hand_model is None:    # the data's hand model, or the one the snapshot was trained on (said so)
-        from dhmlib.network.provenance import pick_hand_model
 
         hand_model = pick_hand_model(ckpt, path, None, default_dir=Layout(data_root, subject).hand_model_dir,
                                      log=log, warn=log)
@@ -549,8 +544,6 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     files.close()
     figures = []
     if render if render is not None else render_figures:
-        from dhmlib.viz.result_figures import test_frame_figure
-
         vmax = float(np.percentile(m.vertex_error, 99)) if m.vertex_error is not None else None
         with stages.stage(f"figures in {out_root / 'vis'}", len(data.frames), "frames") as bar:
             for i, f in enumerate(data.frames):

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import t as student
 
+from dhmlib.data.ground_truth import ground_truth_faces, ground_truth_meshes
 from dhmlib.experiments.variants import VARIANTS, Variant, get_variant
+from dhmlib.hand.handmodel import read_hand_model
+from dhmlib.lab.batch import run_batch
+from dhmlib.mesh.io import read_obj
+from dhmlib.metrics.mesh import fist_like_poses, hand_parts, penetration, penetration_at_poses
+from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
+from dhmlib.paths import data_dir, notebooks_dir
 
 #: The notebook each variant runs and the name of its record (:func:`dhmlib.lab.record.record`).
 TRAINING_NOTEBOOK = "02_training.ipynb"
@@ -111,9 +118,6 @@ def run_ablation(variants: str | Sequence[str] = "abcdefghi", *, batch: str = "a
     Returns:
         :class:`AblationResult`, also when some runs failed (see ``failed``).
     """
-    from dhmlib.lab.batch import run_batch
-    from dhmlib.paths import notebooks_dir
-
     keys = variant_keys(variants)
     common = ablation_parameters(**parameters)
     result = run_batch(notebook or notebooks_dir() / TRAINING_NOTEBOOK, runs=[{"variant": k} for k in keys],
@@ -383,12 +387,6 @@ class AblationResult:
         """
         import torch
 
-        from dhmlib.hand.handmodel import read_hand_model
-        from dhmlib.mesh.io import read_obj
-        from dhmlib.metrics.mesh import hand_parts, penetration
-        from dhmlib.paths import data_dir
-        from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
-
         root = data_dir(self.data_root)
         hand = hand_model or read_hand_model(root / "hand_model")
         parts = hand_parts(hand)
@@ -445,8 +443,6 @@ class AblationResult:
 
     def frame_meshes(self, frames: Sequence[int]) -> dict[str, np.ndarray]:
         """Label → (P, V, 3) world mm meshes of ``frames`` as each finished variant predicted them."""
-        from dhmlib.mesh.io import read_obj
-
         out = {}
         for r in self.done:
             out[r.variant.label] = np.stack([read_obj(r.meshes / f"{int(f):06d}.obj")[0] for f in frames])
@@ -455,9 +451,6 @@ class AblationResult:
     def true_meshes(self, frames: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
         """((P, V, 3) world mm, faces (F, 3)) of the virtual capture's true meshes of ``frames``, or None
         on data without them (the real release: the error figure is skipped there)."""
-        from dhmlib.data.ground_truth import ground_truth_faces, ground_truth_meshes
-        from dhmlib.paths import data_dir
-
         root = data_dir(self.data_root)
         try:
             return ground_truth_meshes(root, 1, frames), ground_truth_faces(root, 1)
@@ -470,11 +463,6 @@ class AblationResult:
         Decodes :func:`dhmlib.metrics.mesh.fist_like_poses` with each snapshot (its own correctives) and
         measures :func:`dhmlib.metrics.mesh.penetration_at_poses`; stored in ``fist`` (and the table).
         """
-        from dhmlib.hand.handmodel import read_hand_model
-        from dhmlib.metrics.mesh import fist_like_poses, penetration_at_poses
-        from dhmlib.paths import data_dir
-        from dhmlib.network.snapshot import model_from_snapshot
-
         hand = hand_model or read_hand_model(data_dir(self.data_root) / "hand_model")
         poses = fist_like_poses(num_poses, seed)
         for r in self.done:

@@ -23,10 +23,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dhmlib.data.ground_truth import ground_truth_meshes, true_poses
+from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
+from dhmlib.data.layout import Layout
+from dhmlib.data.split import split_frames
+from dhmlib.evaluation.held_out import DEPTH_FIT_LR, JOINT_FIT_LR, encoder_poses, fit_held_out, load_held_out
 from dhmlib.experiments.ablation import TRAINING_NOTEBOOK, TRAINING_RECORD, ablation_parameters
-from dhmlib.data.ground_truth import ground_truth_meshes
+from dhmlib.hand.handmodel import read_hand_model
+from dhmlib.lab.batch import run_batch
+from dhmlib.metrics.mesh import hand_parts, penetration
 from dhmlib.network.fit import fit_pose
 from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
+from dhmlib.paths import notebooks_dir
+from dhmlib.train.config import TrainConfig
+
 
 def per_frame_vertex_error(model: DeepHandMesh, euler, root, true_vertices, correctives=None) -> np.ndarray:
     """(B,) mean per-vertex distance (mm) of ``model.decode(euler, root)`` to ``true_vertices`` (B, V, 3)."""
@@ -49,10 +60,6 @@ class FrameSet:
 
     @classmethod
     def load(cls, data_root, subject: int, frames, skeleton) -> "FrameSet":
-        from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
-        from dhmlib.data.layout import Layout
-        from dhmlib.data.ground_truth import true_poses
-
         frames = tuple(int(f) for f in frames)
         true = true_poses(data_root, subject, frames, "cpu")
         lay = Layout(data_root, subject)
@@ -69,8 +76,6 @@ class FrameSet:
 def fit_through_pose_corrective(model: DeepHandMesh, held, joint_steps: int = 300, depth_steps: int = 120):
     """Held-out poses fitted with the pose corrective's input NOT detached (its dependence on the angles is
     part of the fit), ``depth_steps`` joint + depth steps after the joint fit. Returns (euler, root)."""
-    from dhmlib.evaluation.held_out import DEPTH_FIT_LR, JOINT_FIT_LR
-
     config = model.config
     model._config = config.replace(detach_pose_corrective_input=False)
     try:
@@ -103,13 +108,6 @@ def score_snapshot(snapshot, data_root, *, held_out=None, train_every: int = 4, 
         ``{"frames", "true_held_out", "true_train", "protocol", "shared_fit", "full_fit"}`` per-frame lists,
         ``"mean"`` of each, and ``train_pose_error_deg`` (the embedding's distance to the true angles).
     """
-    from dhmlib.data.split import split_frames
-    from dhmlib.hand.handmodel import read_hand_model
-    from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
-    from dhmlib.train.config import TrainConfig
-    from dhmlib.evaluation.held_out import fit_held_out, load_held_out
-    from dhmlib.data.ground_truth import true_poses
-
     ckpt = read_snapshot(snapshot)
     tc = TrainConfig.from_dict(ckpt["train_config"])
     hand = hand_model or read_hand_model(f"{data_root}/hand_model")
@@ -152,8 +150,6 @@ def score_snapshot(snapshot, data_root, *, held_out=None, train_every: int = 4, 
 
 def shared_lbs_poses(data_root, held_out, train_config, hand_model, *, num_views: int = 4, fit_steps: int = 300):
     """One set of held-out poses for every model: fitted (notebook 02's protocol) with plain LBS of the template."""
-    from dhmlib.evaluation.held_out import fit_held_out, load_held_out
-
     lbs = DeepHandMesh(hand_model, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
                                                skeleton_corrective=False))
     data = load_held_out(data_root, list(held_out), train_config, hand_model.skeleton, "cpu", images=False,
@@ -193,9 +189,6 @@ def run_diagnostics(names, *, batch: str = "ablation_diagnostics", output_root=N
     """Notebook 02 once per diagnostic run (``names`` from :data:`DIAGNOSTIC_RUNS`) as a batch with the
     ablation's shared parameters (:func:`dhmlib.experiments.ablation.ablation_parameters`); returns the
     :class:`~dhmlib.lab.batch.BatchResult` (its runs named after the diagnostic runs)."""
-    from dhmlib.lab.batch import run_batch
-    from dhmlib.paths import notebooks_dir
-
     unknown = [n for n in names if n not in DIAGNOSTIC_RUNS]
     if unknown:
         raise ValueError(f"diagnostic runs: unknown {unknown}; choices: {', '.join(DIAGNOSTIC_RUNS)}")
@@ -228,12 +221,6 @@ def penetration_at_encoder_poses(snapshot, data_root, frames, hand_model=None) -
     :func:`dhmlib.metrics.mesh.penetration`'s ``penetration_fraction`` and ``penetration_depth_mean`` (mm) and
     ``frames``; raises ``ValueError`` for an embedding-source snapshot (its poses are the embedding's).
     """
-    from dhmlib.hand.handmodel import read_hand_model
-    from dhmlib.metrics.mesh import hand_parts, penetration
-    from dhmlib.network.snapshot import model_from_snapshot, read_snapshot
-    from dhmlib.train.config import TrainConfig
-    from dhmlib.evaluation.held_out import encoder_poses, load_held_out
-
     tc = TrainConfig.from_dict(read_snapshot(snapshot)["train_config"])
     if tc.pose_source != "image":
         raise ValueError(f"{snapshot}: pose_source is {tc.pose_source!r}, expected 'image' (an encoder to ask)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dhmlib.experiments.variants import apply_variant, get_variant
 from dhmlib.network.model import ModelConfig
 from dhmlib.train.config import TrainConfig, parse_set, preset
 
@@ -94,8 +95,6 @@ def build_recipe(preset_name: str, *, smoke: bool = False, variant: str = "", tr
         tc = tc.replace(**SMOKE)
     chosen = None
     if variant:
-        from dhmlib.experiments.variants import apply_variant, get_variant
-
         chosen = get_variant(variant)
         tc, mc = apply_variant(chosen, tc, mc)
     given = {k: v for k, v in (train_fields or {}).items() if v is not None}

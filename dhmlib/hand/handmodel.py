@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dhmlib.hand.skeleton import Skeleton
+from dhmlib.paths import data_dir
 
 FILES = ("hand.obj", "skeleton.txt", "skinning_weight.txt",
          "local_pose.txt", "global_pose.txt", "global_pose_inv.txt")
@@ -517,6 +518,4 @@ def is_generated_hand_model(folder) -> bool:
 
 def default_hand_model_dir() -> Path:
     """``$DHM_DATA/hand_model``, or the project's ``data/hand_model`` (see :mod:`dhmlib.paths`)."""
-    from dhmlib.paths import data_dir
-
     return data_dir() / "hand_model"

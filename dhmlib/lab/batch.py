@@ -43,8 +43,8 @@ from dhmlib.configs import split_top_level
 from dhmlib.lab.record import HEADLESS_ENV, read_recorded
 from dhmlib.lab.series import (KERNEL_ARGUMENTS, CellProgress, NotebookParameterError, declared_parameters,
                                parameter_type_errors, register_progress_engine)
-from dhmlib.progress import PREFIX, LineRelay, format_seconds
 from dhmlib.paths import notebooks_dir, output_dir, process_alive
+from dhmlib.progress import PREFIX, LineRelay, format_seconds
 
 DEFAULT_NOTEBOOK = "02_training.ipynb"
 #: a run or batch name: letters, digits and ``._+-``; starts with a letter or digit

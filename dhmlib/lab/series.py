@@ -12,6 +12,8 @@ live plots such as :class:`dhmlib.viz.training.LivePlot` only collect and draw o
 """
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import threading
@@ -23,6 +25,7 @@ from typing import Callable
 import yaml
 
 from dhmlib.lab.record import HEADLESS_ENV
+from dhmlib.paths import notebooks_dir, output_dir
 from dhmlib.progress import LineRelay, format_seconds
 
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
@@ -74,8 +77,6 @@ _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), 
 
 def _declared_type(entry: dict) -> str | None:
     """The type of a parameters-cell entry: its annotation, else its default literal's, else None (any)."""
-    import ast
-
     name = (entry.get("inferred_type_name") or "None").strip()
     if name in _TYPES:
         return name
@@ -203,8 +204,6 @@ def quiet_lab_build_check(config_dir) -> Path:
     start; nothing in dhmlib's notebooks needs it. Sets ``buildCheck`` and ``buildAvailable`` to false in
     ``config_dir/labconfig/page_config.json`` (other keys kept). ``make lab`` calls it on ``.venv/etc/jupyter``.
     """
-    import json
-
     path = Path(config_dir) / "labconfig" / "page_config.json"
     try:
         data = json.loads(path.read_text()) if path.is_file() and path.stat().st_size else {}
@@ -257,8 +256,6 @@ def run_notebooks(folder=None, out=None, params: dict | None = None, smoke: bool
             (nothing has run then).
         FileNotFoundError: no such folder, or no notebook matches ``only``.
     """
-    from dhmlib.paths import notebooks_dir, output_dir
-
     params = dict(params or {})
     out = Path(out) if out else output_dir("notebooks")
     folder = Path(folder) if folder else notebooks_dir()

@@ -19,8 +19,8 @@ import math
 import numpy as np
 import torch
 
-from dhmlib.mesh.normals import vertex_normals
 from dhmlib.mesh.distance import point_to_triangles
+from dhmlib.mesh.normals import vertex_normals
 
 #: the percentile reported next to each mean
 PERCENTILE = 95.0

@@ -40,6 +40,12 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from dhmlib.hand.anatomy import GESTURES, gesture_euler, natural_range, random_plausible_pose
+from dhmlib.hand.kinematics import euler_to_matrix
+from dhmlib.hand.skeleton import FINGERS, official_skeleton
+from dhmlib.losses.laplacian import MeshLaplacian
+from dhmlib.mesh.distance import point_triangle_distance
+
 #: a joint is flexed above this angle from the bind pose, degrees
 FLEXED_DEG = 30.0
 #: skinning weight (to the joint or its parent) that puts a vertex in a joint's region
@@ -68,8 +74,6 @@ def joint_flexion_deg(euler) -> np.ndarray:
 
     ``euler`` (B, J, 3) radians (``R = Rz·Ry·Rx``); the angle is ``arccos((tr R − 1)/2)``.
     """
-    from dhmlib.hand.kinematics import euler_to_matrix
-
     e = torch.as_tensor(_np(euler))
     if e.ndim != 3 or e.shape[-1] != 3:
         raise ValueError(f"joint_flexion_deg: euler must be (B, J, 3) radians, got {tuple(e.shape)}")
@@ -229,8 +233,6 @@ def signed_to_surface(points, vertices, faces, k: int = SIGN_K, rim=None) -> tup
         distance (N,) mm, inside (N,) bool, at_rim (N,) bool (the nearest face touches the open surface's
         boundary, where the side is not defined).  ``rim``: (F,) precomputed :func:`_rim` of ``faces``.
     """
-    from dhmlib.mesh.distance import point_triangle_distance
-
     p = _np(points).reshape(-1, 3)
     tri = _np(vertices)[faces]                                             # (F, 3, 3)
     k = min(k, len(tri))
@@ -308,8 +310,6 @@ def penetration(vertices, parts: Parts) -> dict:
 # --------------------------------------------------------------------------- smoothness
 def laplacian_norm(vertices, faces) -> np.ndarray:
     """(B,) mean over vertices of ‖(L x)_i‖, mm (uniform Laplacian of :mod:`dhmlib.losses.laplacian`)."""
-    from dhmlib.losses.laplacian import MeshLaplacian
-
     v = torch.as_tensor(_np(vertices))
     v = v[None] if v.ndim == 2 else v
     L = MeshLaplacian(torch.as_tensor(np.asarray(faces, dtype=np.int64)), v.shape[1], torch.float64)
@@ -340,9 +340,6 @@ def fist_like_poses(n: int = 16, seed: int = 0, skeleton=None) -> np.ndarray:
     :func:`~dhmlib.hand.anatomy.random_plausible_pose` draws (``seed``) with every finger's and the thumb's flexion
     (z) redrawn in the upper 60–100 % of its natural range (DIP following PIP as in the capture).
     """
-    from dhmlib.hand.anatomy import GESTURES, gesture_euler, natural_range
-    from dhmlib.hand.skeleton import FINGERS, official_skeleton
-
     sk = skeleton or official_skeleton()
     fingers = FINGERS[1:]
     fist = []
@@ -356,8 +353,6 @@ def fist_like_poses(n: int = 16, seed: int = 0, skeleton=None) -> np.ndarray:
            [sk.index(t) for t in ("thumb1", "thumb2", "thumb3")]
     out = fist[:n]
     while len(out) < n:
-        from dhmlib.hand.anatomy import random_plausible_pose
-
         e = random_plausible_pose(sk, rng)
         u = rng.uniform(0.6, 1.0, size=len(flex))
         e[flex, 2] = lo[flex, 2] + u * (hi[flex, 2] - lo[flex, 2])

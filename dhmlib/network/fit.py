@@ -28,9 +28,9 @@ import torch
 
 from dhmlib.hand.anatomy import joint_limits_deg
 from dhmlib.hand.kinematics import euler_to_matrix, forward_kinematics, rigid_align, rigid_transform_matrix
+from dhmlib.hand.layer import HandPose
 from dhmlib.losses import depth_loss, joint_loss
 from dhmlib.network.model import check_correctives
-from dhmlib.hand.layer import HandPose
 from dhmlib.render.depth import render_depth
 from dhmlib.render.settings import DEFAULT_RASTER_SETTINGS, RasterSettings
 

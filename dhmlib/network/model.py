@@ -27,11 +27,11 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from dhmlib.configs import ConfigMixin
-from dhmlib.network.backbone import ResNet
 from dhmlib.hand.handmodel import HandModel
 from dhmlib.hand.kinematics import euler_to_matrix, rigid_align, rigid_transform_matrix
 from dhmlib.hand.layer import HandLayer, HandPose
 from dhmlib.mesh.normals import vertex_normals
+from dhmlib.network.backbone import ResNet
 
 #: Names of the decoder's correctives, as ``decode(..., correctives=...)`` takes them.
 CORRECTIVES = ("pose", "identity", "skeleton")

@@ -23,8 +23,9 @@ from typing import Callable
 
 import numpy as np
 
+from dhmlib import __version__
 from dhmlib.data.layout import Layout
-from dhmlib.hand.handmodel import HandModel, hand_model_origin
+from dhmlib.hand.handmodel import HandModel, default_hand_model_dir, hand_model_origin
 
 HAND_KEY = "hand_model"
 CODE_KEY = "code_version"
@@ -53,8 +54,6 @@ def hand_model_record(hand: HandModel) -> dict:
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
     """The ``code_version`` entry: dhmlib's version, and the git commit of the checkout it runs from."""
-    from dhmlib import __version__
-
     commit = dirty = None
     root = Path(__file__).resolve().parents[1]
     if (root / ".git").exists():
@@ -106,8 +105,6 @@ def pick_hand_model(ckpt: dict | None, snapshot_name, named=None, default_dir=No
         FileNotFoundError: none of them is the hand model the snapshot needs (the message names the
             recorded path, hash and vertex count, and what was found).
     """
-    from dhmlib.hand.handmodel import default_hand_model_dir
-
     rec = (ckpt or {}).get(HAND_KEY) if isinstance((ckpt or {}).get(HAND_KEY), dict) else None
     want_v = (rec or {}).get("vertices") or (snapshot_vertex_count(ckpt) if ckpt is not None else None)
     if named:

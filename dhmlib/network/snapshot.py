@@ -25,14 +25,17 @@ the DataParallel ``module.`` prefix is removed.  Loading uses
 """
 from __future__ import annotations
 
+import pickletools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from dhmlib.network.backbone import infer_resnet_depth
 from dhmlib.hand.handmodel import HandModel
+from dhmlib.network.backbone import infer_resnet_depth
+from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.network.provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record
 
 NETWORK_PREFIXES = ("backbone_net.", "pose_net.", "skeleton_refine_net.", "skin_refine_net.", "id_code")
 OFFICIAL_KEYS = ("epoch", "network", "optimizer")
@@ -96,8 +99,6 @@ def _foreign_global(path: Path) -> str | None:
     globals itself for zip snapshots; a bare pickle can fail earlier, on an opcode it does not
     support, without naming them.
     """
-    import pickletools
-
     try:
         data = path.read_bytes()
         strings, memo = [], {}
@@ -199,8 +200,6 @@ def save_snapshot(path, model, epoch: int, optimizer=None, *, writer=None, **ext
     object with ``submit(ckpt, path)`` (e.g. :class:`dhmlib.train.checkpoint.BackgroundSnapshotWriter`)
     that writes the file instead of this call.
     """
-    from dhmlib.network.model import ModelConfig
-
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
         raise TypeError(f"save_snapshot: expected a DeepHandMesh (with a ModelConfig), got {type(model).__name__}")
@@ -215,8 +214,6 @@ def save_snapshot(path, model, epoch: int, optimizer=None, *, writer=None, **ext
             CONFIG_KEY: config.to_dict()}
     hand = getattr(getattr(model, "hand", None), "hand_model", None)
     if isinstance(hand, HandModel):
-        from dhmlib.network.provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record
-
         ckpt[HAND_KEY] = hand_model_record(hand)
         ckpt[CODE_KEY] = dict(code_version())
     ckpt.update(extra)
@@ -243,8 +240,6 @@ def snapshot_config(ckpt: dict, path="snapshot"):
     from ``id_code``; the corrective switches then take their defaults.  Raises
     :class:`SnapshotError` naming the file and field when the stored config contradicts the tensors.
     """
-    from dhmlib.network.model import ModelConfig
-
     state = network_state(ckpt)
     if "id_code" not in state:
         raise SnapshotError(f"{path}: missing tensor 'id_code' (expected shape (32,))")
@@ -276,8 +271,6 @@ def model_from_snapshot(path, hand_model: HandModel, map_location="cpu", *, ckpt
     ``backbone`` or ``id_dim`` must agree with the tensors. ``ckpt``: the snapshot already read
     (:func:`read_snapshot`), so that it is not read twice.
     """
-    from dhmlib.network.model import DeepHandMesh
-
     if ckpt is None:
         ckpt = read_snapshot(path, map_location)
     config = snapshot_config(ckpt, path)

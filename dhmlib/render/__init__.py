@@ -14,9 +14,10 @@ Conventions in one place:
   (``near``, ``cull_backfaces``, ``backend``) as ``settings=``.
 """
 from dhmlib.render.cameras import OFFICIAL_IMAGE_SIZE, CameraRecord, Cameras, KRTError, read_krt, write_krt
-from dhmlib.render.crop import (Crop, bbox_from_joints, compose_affine, crop_depth, crop_from_bbox, crop_from_joints, crop_image,
-                   identity_crop, invert_affine)
-from dhmlib.render.depth import ProjectedMesh, is_closed_mesh, project_mesh, render_depth, render_face_index, render_silhouette
+from dhmlib.render.crop import (Crop, bbox_from_joints, compose_affine, crop_depth, crop_from_bbox, crop_from_joints,
+                                crop_image, identity_crop, invert_affine)
+from dhmlib.render.depth import (ProjectedMesh, is_closed_mesh, project_mesh, render_depth, render_face_index,
+                                 render_silhouette)
 from dhmlib.render.rasterize import KAOLIN_UNAVAILABLE_REASON, RasterOutput, kaolin_available, rasterize
 from dhmlib.render.scene import ring_cameras
 from dhmlib.render.settings import RasterSettings

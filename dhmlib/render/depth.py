@@ -23,10 +23,10 @@ import torch
 
 from dhmlib.render.cameras import OFFICIAL_IMAGE_SIZE, Cameras
 from dhmlib.render.crop import Crop
-from dhmlib.render.rasterize import interpolate_vertex_features, rasterize, resolve_backend, visible_faces
 from dhmlib.render.interpolate_cpu import interpolate_vertex_features_cpu
-from dhmlib.render.zbuffer_cpu import visible_faces_of_vertices, zbuffer_available
+from dhmlib.render.rasterize import interpolate_vertex_features, rasterize, resolve_backend, visible_faces
 from dhmlib.render.settings import DEFAULT_RASTER_SETTINGS, RasterSettings
+from dhmlib.render.zbuffer_cpu import visible_faces_of_vertices, zbuffer_available
 
 
 @dataclass(frozen=True, eq=False)

@@ -48,11 +48,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dhmlib.data.layout import Layout
 from dhmlib.data.keypoints import KEYPOINT_NAMES, joints_to_keypoints, write_keypoints
+from dhmlib.data.layout import Layout
 from dhmlib.data.safe_pickle import save_array_pickle
 from dhmlib.data.scans import write_scan
-from dhmlib.hand.handmodel import PROCEDURAL_ORIGIN
+from dhmlib.hand.handmodel import PROCEDURAL_ORIGIN, hand_model_origin, is_generated_hand_model
+from dhmlib.progress import Progress
 from dhmlib.render.cameras import OFFICIAL_IMAGE_SIZE, Cameras, write_krt
 from dhmlib.render.settings import RasterSettings
 from dhmlib.render.shade import Light, render_shaded
@@ -216,8 +217,6 @@ def _check_free(root: Path, overwrite: bool, log: Callable[[str], None] | None =
     with its own subject 1 hand, since its meshes, depth maps and keypoints are made from that hand, and says
     so through ``log``. Anything else (the official release, a user's own hand model, a capture) raises.
     """
-    from dhmlib.hand.handmodel import hand_model_origin, is_generated_hand_model
-
     present = [root / p for p in OWNED if (root / p).exists()]
     if not present or overwrite:
         return present
@@ -260,8 +259,6 @@ def write_capture(out, config: CaptureConfig = CaptureConfig(), overwrite: bool 
             and ``overwrite`` is False,
             or another capture is being written into ``out`` right now (:class:`StagingBusyError`).
     """
-    from dhmlib.progress import Progress
-
     root = Path(out)
     replace = _check_free(root, overwrite, log)
     root.mkdir(parents=True, exist_ok=True)

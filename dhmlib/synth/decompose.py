@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +30,11 @@ import torch
 from dhmlib.data.layout import Layout
 from dhmlib.data.split import split_frames
 from dhmlib.hand.handmodel import HandModel
+from dhmlib.synth.capture import CaptureConfig, subject_identity_seed
 from dhmlib.synth.deform import DeformParams, GroundTruthDeformer
+from dhmlib.synth.identity import HandIdentity
+from dhmlib.synth.poses import subject_sequences
+from dhmlib.synth.procedural_hand import build_procedural_hand
 
 __all__ = ["ResidualTerm", "LBSResidualDecomposition", "decompose_lbs_residual", "capture_case",
            "decompose_capture"]
@@ -158,11 +161,6 @@ def capture_case(config=None, subject: int = 1, takes: tuple[str, ...] | None = 
     Returns:
         ``(hand, identity_seed, euler (T, J, 3), root (T, 4, 4), params)``.
     """
-    from dhmlib.synth.capture import CaptureConfig, subject_identity_seed
-    from dhmlib.synth.identity import HandIdentity
-    from dhmlib.synth.poses import subject_sequences
-    from dhmlib.synth.procedural_hand import build_procedural_hand
-
     config = config or CaptureConfig()
     seed = subject_identity_seed(config.seed, subject)
     hand = build_procedural_hand(config.vertices, seed=seed, identity=HandIdentity.sample(seed))

@@ -114,7 +114,7 @@ import numpy as np
 import torch
 
 from dhmlib.hand.handmodel import HandModel
-from dhmlib.hand.kinematics import linear_blend_skinning
+from dhmlib.hand.kinematics import euler_to_matrix, linear_blend_skinning
 from dhmlib.hand.layer import HandLayer
 from dhmlib.hand.skeleton import FINGERS
 from dhmlib.mesh.normals import vertex_normals
@@ -547,8 +547,6 @@ def fit_lbs(hand: HandModel, target: np.ndarray, euler0: np.ndarray, root0: np.n
     Returns:
         euler (T, J, 3) rad, root (T, 4, 4), error (T, V) per-vertex distance after the fit, mm.
     """
-    from dhmlib.hand.kinematics import euler_to_matrix
-
     layer = HandLayer(hand, dtype=torch.float64)
     tgt = torch.as_tensor(np.asarray(target, dtype=np.float64))
     r0 = torch.as_tensor(np.asarray(root0, dtype=np.float64))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dhmlib.data.layout import Layout
 from dhmlib.synth.capture import CaptureConfig, CaptureSummary, write_capture
 
 #: The tiny capture of the notebooks' smoke runs (CI): 8 frames × 4 cameras, 1500 vertices.
@@ -24,8 +25,6 @@ def ensure_capture(data_root, config: CaptureConfig | None = None, *, smoke: boo
     Returns:
         the :class:`CaptureSummary` of what was written, or None when a dataset was already there.
     """
-    from dhmlib.data.layout import Layout
-
     if Layout(data_root, subject).krt.exists():
         return None
     config = config or (SMOKE_CAPTURE if smoke else CaptureConfig())

@@ -32,11 +32,11 @@ import numpy as np
 from skimage.measure import marching_cubes
 
 from dhmlib.hand.handmodel import HandModel
-from dhmlib.mesh.check import signed_volume
 from dhmlib.hand.skeleton import FINGERS, Skeleton, finger_chain, official_skeleton, short_name
+from dhmlib.mesh.check import signed_volume
+from dhmlib.mesh.normals import vertex_normals
 from dhmlib.synth.identity import HandIdentity
 from dhmlib.synth.meshops import averaging_operator, largest_component, taubin_smooth, unique_edges
-from dhmlib.mesh.normals import vertex_normals
 from dhmlib.synth.sdf import Ellipsoid, Part, RoundBox, RoundCone, evaluate_grid, scene_bounds
 
 # ----------------------------------------------------------------------------- anatomy (default hand, mm)

@@ -24,11 +24,12 @@ Presets (:data:`PRESETS`, :func:`preset`):
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dhmlib.configs import ConfigMixin, split_top_level
-from dhmlib.network.model import ModelConfig
+from dhmlib.network.model import CORRECTIVES, ModelConfig
 
 POSE_SOURCES = ("image", "embedding")
 EMBEDDING_INITS = ("zero", "joint_fit", "true_angles")
@@ -243,8 +244,6 @@ def parse_set(items, train_config: TrainConfig, model_config: ModelConfig) -> tu
     taken as a string.  ``items`` may also be one string of comma-separated pairs
     (:func:`split_assignments`).
     """
-    import json
-
     if isinstance(items, str):
         items = split_assignments(items)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -282,8 +281,6 @@ def corrective_fields(correctives) -> dict:
     """ModelConfig overrides that switch on exactly ``correctives``: ``"all"``, or names from
     :data:`dhmlib.network.model.CORRECTIVES` (``"pose"``, ``"identity"``, ``"skeleton"``) as a list or a
     comma-separated string; ``[]``/``"none"``: LBS only."""
-    from dhmlib.network.model import CORRECTIVES
-
     if isinstance(correctives, str):
         correctives = [] if correctives.strip() in ("none", "") else [n.strip() for n in correctives.split(",")]
     names = list(CORRECTIVES) if list(correctives or []) == ["all"] else list(correctives or [])

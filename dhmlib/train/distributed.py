@@ -22,6 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from dhmlib.train.checkpoint import check_finite
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -240,6 +242,52 @@ def make_sampler(dataset, info: DistInfo, shuffle: bool, seed: int) -> Resumable
     that draw after restoring the RNG state, the uninterrupted run before saving it.
     """
     return ResumableSampler(len(dataset), info.world_size, info.rank, shuffle=shuffle, seed=seed)
+
+
+# ----------------------------------------------------------------- agreement between ranks
+def all_finite(terms: dict, dist_info, step: int) -> None:
+    """Raise NonFiniteLoss on every rank when any rank's loss is not finite."""
+    if dist_info.world_size > 1:
+        flag = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()]).all().to(torch.float32)
+        flag = flag.to(dist_info.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        if flag.item() < 1:
+            bad = {k: v for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())}
+            if not bad:   # another rank's term: name it generically
+                bad = {"total (another rank)": torch.tensor(float("nan"))}
+            check_finite(bad, step)
+    check_finite(terms, step)
+
+
+def mean_over_ranks(sums: dict[str, float], dist_info) -> dict[str, float]:
+    """The ranks' mean of each logged sum (every rank calls this at the same step)."""
+    if dist_info.world_size == 1:
+        return sums
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=dist_info.device)
+    torch.distributed.all_reduce(t)
+    return dict(zip(keys, (t / dist_info.world_size).tolist()))
+
+
+def any_rank(flag: bool, dist_info) -> bool:
+    """``flag`` of any rank (so that every rank stops at the same step)."""
+    if dist_info.world_size == 1:
+        return bool(flag)
+    t = torch.tensor(float(flag), device=dist_info.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def rank_spread(module: torch.nn.Module, dist_info) -> float:
+    """max over parameters and buffers of (max over ranks − min over ranks): 0 when every rank holds the
+    same model (what DDP guarantees; checked once at the end). Every rank must call it."""
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in
+                      (*module.parameters(), *module.buffers())
+                      if t.is_floating_point() and t.layout == torch.strided]).to(dist_info.device)
+    hi, lo = flat.clone(), flat.clone()
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    return float((hi - lo).max()) if flat.numel() else 0.0
 
 
 # ----------------------------------------------------------------- launcher

@@ -1,6 +1,7 @@
 """The training loop: one code path for one process and torchrun DDP.
 
-``train(train_config, model_config, data_root, output_root)``:
+``train(train_config, model_config, data_root, output_root)`` runs five phases, each a function below:
+:func:`_load_data`, :func:`_build_model`, :meth:`_Run.resume`, :meth:`_Run.start_probe`, :meth:`_Run.loop`.
 
 1. processes: :func:`~dhmlib.train.distributed.init_distributed` (torchrun's environment, or one
    process); rank 0 alone logs and writes snapshots;
@@ -37,7 +38,6 @@ and ``keep_snapshots`` counts the snapshots already in ``model_dump/``.
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import threading
@@ -48,17 +48,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from dhmlib.data.layout import Layout
 from dhmlib.data.sample import collate_samples
 from dhmlib.hand.handmodel import HandModel
+from dhmlib.losses import PenetrationLoss
 from dhmlib.network.model import DeepHandMesh, ModelConfig
-from dhmlib.train.checkpoint import (BackgroundSnapshotWriter, check_finite, find_resumable, list_snapshots, restore_training_state,
-                         save_training_snapshot, snapshot_path)
+from dhmlib.train.checkpoint import (BackgroundSnapshotWriter, find_resumable, list_snapshots, restore_training_state,
+                                     save_training_snapshot, snapshot_path)
 from dhmlib.train.config import TrainConfig
-from dhmlib.train.inputs import make_dataset, split_training_frames
-from dhmlib.train.distributed import cleanup_distributed, init_distributed, is_main, make_sampler, wrap_model
+from dhmlib.train.distributed import (DistInfo, all_finite, any_rank, cleanup_distributed, init_distributed, is_main,
+                                      make_sampler, mean_over_ranks, rank_spread, wrap_model)
 from dhmlib.train.embedding import PoseEmbedding
+from dhmlib.train.inputs import make_dataset, split_training_frames
+from dhmlib.train.log import RunLog, StepClock
+from dhmlib.train.optim import parameter_groups, step_schedule
+from dhmlib.train.pose_init import initial_poses
+from dhmlib.train.probe import HeldOutProbe
 from dhmlib.train.step import TERMS, TrainStep
 
 
@@ -111,145 +118,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
             torch.backends.cudnn.benchmark = False
 
 
-def parameter_groups(model: DeepHandMesh, config: TrainConfig, embedding: PoseEmbedding | None) -> list[dict]:
-    """Adam parameter groups; parts the configuration does not use are frozen (``requires_grad=False``),
-    so that every trainable parameter gets a gradient each step (DDP without unused-parameter search).
-
-    Groups (by ``name``): ``network`` (backbone and pose net; image source only, ``lr``),
-    ``correctives`` (skin and skeleton refine nets that are on, ``corrective_lr``), ``embedding``
-    (``embedding_lr``).
-    """
-    on = model.config.correctives
-    image = config.pose_source == "image"
-    parts = {
-        "network": [(model.backbone_net, image), (model.pose_net, image)],
-        "correctives": [(model.skeleton_refine_net, "skeleton" in on),
-                        (model.skin_refine_net.pose_module, "pose" in on),
-                        (model.skin_refine_net.fc_id, "identity" in on)],
-    }
-    lrs = {"network": config.lr, "correctives": config.corrective_lr or config.lr}
-    for mod, used in (m for mods in parts.values() for m in mods):
-        mod.requires_grad_(used)
-    for p in model.gauge_fixed_parameters():   # no gradient ever (DDP would stop at the second step)
-        p.requires_grad_(False)
-    groups = []
-    for name, mods in parts.items():
-        params = [p for mod, used in mods if used for p in mod.parameters() if p.requires_grad]
-        if params:
-            groups.append({"name": name, "params": params, "lr": lrs[name]})
-    if embedding is not None and not config.train_embedding:
-        embedding.requires_grad_(False)
-    elif embedding is not None:
-        groups.append({"name": "embedding", "params": list(embedding.parameters()), "lr": config.embedding_lr})
-    return groups
-
-
-def step_schedule(optimizer, config: TrainConfig, total_steps: int, steps_per_epoch: int):
-    """A per-step ``LambdaLR``: cosine from 1 to ``lr_end_ratio`` over ``total_steps`` (``lr_schedule="cosine"``)
-    or the epoch milestones counted in steps (``"multistep"``), times a linear warm-up of the
-    ``correctives`` group over ``warmup_steps`` (at most an eighth of the run)."""
-    total = max(int(total_steps), 1)
-
-    def base(step: int) -> float:
-        if config.lr_schedule == "cosine":
-            t = min(step / total, 1.0)
-            return config.lr_end_ratio + (1 - config.lr_end_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-        passed = sum(step >= m * steps_per_epoch for m in config.lr_milestones)
-        return config.lr_gamma ** passed
-
-    warmup = min(config.warmup_steps, total // 8)      # a short run is not all warm-up
-
-    def warm(step: int) -> float:
-        return min(1.0, (step + 1) / warmup) if warmup else 1.0
-
-    lambdas = [(lambda s: base(s) * warm(s)) if g.get("name") == "correctives" else base
-               for g in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-
-
-class _Log:
-    """Rank-0 text log (train.log), metrics (metrics.jsonl), TensorBoard; no-ops elsewhere."""
-
-    def __init__(self, output_root: Path, active: bool, echo: bool, tensorboard: bool = True):
-        self.active, self.echo = active, echo
-        self.tb = None
-        self.records: list[dict] = []
-        if not active:
-            return
-        self.dir = output_root / "log"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.text = open(self.dir / "train.log", "a", encoding="utf-8")
-        self.metrics = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(self.dir / "tensorboard"))
-            except Exception:   # TensorBoard not installed: scalars stay in metrics.jsonl
-                self.tb = None
-
-    def __call__(self, msg: str) -> None:
-        if not self.active:
-            return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        self.text.write(line + "\n")
-        self.text.flush()
-        if self.echo:
-            try:
-                from tqdm.auto import tqdm
-                tqdm.write(line)
-            except ImportError:
-                print(line, flush=True)
-
-    def drop_after(self, step: int) -> int:
-        """Remove the metrics records after ``step`` (those of a run interrupted after its last snapshot, which a
-        resumed run writes again) from metrics.jsonl and TensorBoard; returns how many were removed."""
-        if not self.active:
-            return 0
-        self.metrics.close()
-        path = self.dir / "metrics.jsonl"
-        kept, dropped = [], 0
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:        # a line cut short by a kill
-                dropped += 1
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > step:
-                dropped += 1
-            else:
-                kept.append(line)
-        if dropped:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
-            tmp.replace(path)
-        self.metrics = open(path, "a", encoding="utf-8")
-        if self.tb is not None:                 # TensorBoard drops its events from step + 1 on
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb.close()
-            self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=step + 1)
-        return dropped
-
-    def record(self, rec: dict) -> None:
-        if not self.active:
-            return
-        self.records.append(rec)
-        self.metrics.write(json.dumps(rec) + "\n")
-        self.metrics.flush()
-        if self.tb is not None:
-            prefix = {"epoch": "epoch/", "probe": "probe/"}.get(rec.get("kind"), "train/")
-            x = rec["epoch"] if rec.get("kind") == "epoch" else rec["step"]
-            for k, v in rec.items():
-                if k not in ("kind", "step", "epoch") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(prefix + k, v, x)
-
-    def close(self) -> None:
-        if self.active:
-            self.text.close()
-            self.metrics.close()
-            if self.tb is not None:
-                self.tb.close()
-
-
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by SIGINT (Ctrl-C) or SIGTERM after a snapshot of the last finished step was written
     (``snapshot``; ``--continue`` / ``train(resume=True)`` resumes from it). A ``KeyboardInterrupt``."""
@@ -259,7 +127,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"{signal_name} at step {step}; snapshot {snapshot}")
 
 
-class _StopSignals:
+class StopSignals:
     """While active (main thread only): SIGINT and SIGTERM set ``received`` (the signal's name) instead of
     stopping the process at once, so that the loop ends after the step it is in and writes a snapshot; a
     second signal raises KeyboardInterrupt at once. The previous handlers come back on exit."""
@@ -290,71 +158,6 @@ class _StopSignals:
         return False
 
 
-def _all_finite(terms: dict, dist_info, step: int) -> None:
-    """Raise NonFiniteLoss on every rank when any rank's loss is not finite."""
-    if dist_info.world_size > 1:
-        flag = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()]).all().to(torch.float32)
-        flag = flag.to(dist_info.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        if flag.item() < 1:
-            bad = {k: v for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())}
-            if not bad:   # another rank's term: name it generically
-                bad = {"total (another rank)": torch.tensor(float("nan"))}
-            check_finite(bad, step)
-    check_finite(terms, step)
-
-
-class _Clock:
-    """Wall time of the parts of a step (ms), synchronising CUDA so that each part is its own."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.t = time.perf_counter()
-        self.parts: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.parts[name] = self.parts.get(name, 0.0) + (now - self.t) * 1000
-        self.t = now
-
-    def take(self) -> dict[str, float]:
-        parts, self.parts = self.parts, {}
-        return parts
-
-
-def _mean_over_ranks(sums: dict[str, float], dist_info) -> dict[str, float]:
-    """The ranks' mean of each logged sum (every rank calls this at the same step)."""
-    if dist_info.world_size == 1:
-        return sums
-    keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=dist_info.device)
-    torch.distributed.all_reduce(t)
-    return dict(zip(keys, (t / dist_info.world_size).tolist()))
-
-
-def _any_rank(flag: bool, dist_info) -> bool:
-    """``flag`` of any rank (so that every rank stops at the same step)."""
-    if dist_info.world_size == 1:
-        return bool(flag)
-    t = torch.tensor(float(flag), device=dist_info.device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def _rank_spread(module: torch.nn.Module, dist_info) -> float:
-    """max over parameters and buffers of (max over ranks − min over ranks): 0 when every rank holds the
-    same model (what DDP guarantees; checked once at the end). Every rank must call it."""
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in
-                      (*module.parameters(), *module.buffers())
-                      if t.is_floating_point() and t.layout == torch.strided]).to(dist_info.device)
-    hi, lo = flat.clone(), flat.clone()
-    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-    return float((hi - lo).max()) if flat.numel() else 0.0
-
-
 # ----------------------------------------------------------------- train
 def train(train_config: TrainConfig, model_config: ModelConfig, data_root, output_root, *,
           resume: bool = False, hand_model: HandModel | None = None, device: str | None = None,
@@ -383,260 +186,337 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
     cfg = train_config
     data_root, output_root = Path(data_root), Path(output_root)
     info = init_distributed(device)
-    main = is_main(info)
-    log = _Log(output_root, main, echo)
+    log = RunLog(output_root, is_main(info), echo)
     previous_det = torch.are_deterministic_algorithms_enabled()
+    run = None
     try:
         seed_everything(cfg.seed, cfg.deterministic)
-        group = ("no process group: one process, not distributed" if info.backend in (None, "", "none")
-                 else f"{info.backend} process group")
-        log(f"training on {info.device} ({info.world_size} process{'es' if info.world_size > 1 else ''}, "
-            f"{group}); data {data_root}; output {output_root}")
-        log(f"train_config {json.dumps(cfg.to_dict())}")
-        log(f"model_config {json.dumps(model_config.to_dict())}")
-
-        # ---- data
-        train_frames, test_frames, rule = split_training_frames(data_root, cfg, log)
-        log(f"split: {rule}; {len(train_frames)} training frames, {len(test_frames)} held out")
-        if hand_model is None:
-            hand_model = HandModel.read(Layout(data_root, cfg.subject).hand_model_dir)
-        dataset = make_dataset(data_root, cfg, train_frames, hand_model.skeleton, progress=progress and main, log=log)
-        sampler = make_sampler(dataset, info, shuffle=True, seed=cfg.seed)
-        # the loader's own generator, reseeded per epoch: iter(loader) then draws its base seed from it,
-        # not from torch's global RNG, so a run resumed mid-epoch sees the same global RNG stream
-        loader_rng = torch.Generator()
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                                             collate_fn=collate_samples, num_workers=cfg.num_workers,
-                                             pin_memory=info.device.type == "cuda",
-                                             persistent_workers=False, generator=loader_rng)
-
-        # ---- model
-        torch.manual_seed(cfg.seed)
-        model = DeepHandMesh(hand_model, model_config)
-        init = None
-        if cfg.pose_source == "embedding" and cfg.embedding_init != "zero":
-            from dhmlib.train.pose_init import initial_poses
-            init = initial_poses(cfg.embedding_init, data_root, cfg.subject, train_frames, hand_model,
-                                 cache_dir=output_root / "cache", log=log)
-        embedding = (PoseEmbedding(train_frames, model.hand.dof_mask, init=init)
-                     if cfg.pose_source == "embedding" else None)
-        penetration = None
-        if cfg.uses_penetration:
-            try:
-                from dhmlib.losses import PenetrationLoss
-                penetration = PenetrationLoss.from_hand(hand_model)
-            except ImportError:
-                log("penetration loss not available in this dhmlib: training without it")
-        step_module = TrainStep(model, cfg, embedding, penetration).to(info.device)
-        groups = parameter_groups(model, cfg, embedding)
-        try:    # the fused kernel: ~5x faster than the default loop on CPU for the 12M corrective weights
-            optimizer = torch.optim.Adam(groups, fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            optimizer = torch.optim.Adam(groups)
-        per_step = cfg.lr_schedule == "cosine" or cfg.warmup_steps > 0
-        if per_step:
-            scheduler = step_schedule(optimizer, cfg, cfg.max_steps or cfg.epochs * len(loader), len(loader))
-        else:
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.lr_milestones), cfg.lr_gamma)
-        net = wrap_model(step_module, info)
-        log("parameters: " + ", ".join(f"{g['name']} {sum(p.numel() for p in g['params']):,} (lr {g['lr']:g})"
-                                       for g in groups))
-
-        # ---- resume
-        start_epoch, step, snapshot = 0, 0, None
-        dump = output_root / "model_dump"
+        _log_setup(log, info, cfg, model_config, data_root, output_root)
+        data = _load_data(cfg, data_root, hand_model, info, log, progress=progress and is_main(info))
+        parts = _build_model(cfg, model_config, data, data_root, output_root, info, log)
+        run = _Run(cfg, info, log, data, parts, output_root, on_record)
         if resume:
-            found = find_resumable(dump, log=log) if dump.is_dir() else None
-            if found is None:
-                log(f"--continue: no loadable snapshot in {dump}; starting from scratch")
-            else:
-                path, ckpt = found
-                saved = ckpt.get("train_config") or {}
-                diff = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v)
-                if diff:
-                    log(f"{path}: train_config differs from the snapshot's in {', '.join(diff)} (using the new values)")
-                state = restore_training_state(ckpt, model, optimizer, scheduler, embedding, path=path)
-                start_epoch, step, snapshot = state["start_epoch"], state["step"], path
-                if state["mid_epoch"] and state["sampler"] is not None:
-                    sampler.load_state_dict(state["sampler"])
-                log(f"resumed from {path}: epoch {start_epoch}"
-                    f"{' (mid-epoch)' if state['mid_epoch'] else ''}, step {step}")
-                dropped = log.drop_after(step)
-                if dropped:
-                    log(f"metrics.jsonl: removed {dropped} record(s) after step {step} (written again from here)")
-
-        # snapshots of this run, oldest first (keep_snapshots); a resumed run counts those it continues
-        written: list[Path] = list(reversed(list_snapshots(dump))) if resume and snapshot is not None else []
-        writer = BackgroundSnapshotWriter()
-
-        def save(epoch: int, mid_epoch: bool, consumed: int = 0) -> Path | None:
-            """``consumed``: batches of this pass over the epoch used so far (mid-epoch snapshots)."""
-            if not main:
-                return None
-            p = snapshot_path(output_root, epoch, step if mid_epoch else None)
-            sampler_state = sampler.state_dict(consumed=consumed * cfg.batch_size) if mid_epoch else None
-            save_training_snapshot(p, model, epoch, optimizer, train_config=cfg.to_dict(), scheduler=scheduler,
-                                   sampler_state=sampler_state,
-                                   pose_embedding=embedding, step=step, mid_epoch=mid_epoch, writer=writer)
-            log(f"snapshot {p}")
-            if p in written:            # the same file again (e.g. a stop at a snapshot_every_steps step)
-                written.remove(p)
-            written.append(p)
-            while cfg.keep_snapshots is not None and len(written) > cfg.keep_snapshots:
-                written.pop(0).unlink(missing_ok=True)
-            return p
-
-        def emit(rec: dict) -> None:
-            log.record(rec)
-            if main and on_record is not None:
-                on_record(rec)
-
-        # ---- held-out probe (rank 0 measures; every rank leaves the time out of its training time)
-        probe, probed = None, {"s": 0.0, "step": None}
-        if cfg.probe_every and main:
-            from dhmlib.train.probe import HeldOutProbe
-            probe = HeldOutProbe.create(data_root, cfg.subject, test_frames, model, info.device, log=log)
-
-        def run_probe() -> float:
-            """Probe at this step (rank 0); returns the seconds it took (on every rank)."""
-            t0 = time.perf_counter()
-            if probe is not None:
-                rec = {"kind": "probe", "step": step, "seconds": training_s(t0), **probe(model)}
-                emit(rec)
-                log(f"probe step {step}: held-out vertex error {rec['vertex_mean_mm']:.3f} mm mean, "
-                    f"{rec['vertex_p95_mm']:.3f} mm p95 ({rec['frames']} frames)")
-            if info.world_size > 1:
-                torch.distributed.barrier()
-            dt = time.perf_counter() - t0
-            probed["s"] += dt
-            probed["step"] = step
-            return dt
-
-        def training_s(now: float | None = None) -> float:
-            """Seconds of training so far (probing left out)."""
-            return (time.perf_counter() if now is None else now) - t_start - probed["s"]
-
-        # ---- loop
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            tqdm = None
-        t_start = time.perf_counter()
-        stopped = None
-        epochs_done = start_epoch
-        signals = _StopSignals().__enter__()    # Ctrl-C / SIGTERM: end after the step, with a snapshot
-        if cfg.probe_every and step == 0:
-            run_probe()
-        elif cfg.probe_every:       # resumed: its first step was the last step (and probe) of the run before
-            probed["step"] = step
-        for epoch in range(start_epoch, cfg.epochs):
-            if cfg.max_steps is not None and step >= cfg.max_steps:      # a resumed run already there
-                stopped = f"max_steps {cfg.max_steps} reached (step {step})"
-                log(stopped)
-                break
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            loader_rng.manual_seed(cfg.seed + epoch)
-            net.train()
-            sums: dict[str, float] = {}
-            epoch_sums: dict[str, float] = {}
-            n_int = n_epoch = 0
-            t_int = time.perf_counter()
-            batches, num_batches = loader, len(loader)
-            if tqdm is not None and progress and main:
-                batches = tqdm(loader, desc=f"epoch {epoch} (0..{cfg.epochs - 1})", leave=False, dynamic_ncols=True)
-            clock = _Clock(info.device)
-            for batch in batches:
-                clock.lap("data_ms")
-                batch = batch.to(info.device, non_blocking=True)
-                out = net(batch)
-                terms = dict(out.terms, total=out.total)
-                _all_finite(terms, info, step)
-                clock.lap("forward_ms")
-                optimizer.zero_grad(set_to_none=True)
-                out.total.backward()
-                clock.lap("backward_ms")
-                optimizer.step()
-                if per_step:
-                    scheduler.step()
-                step += 1
-                vals = {k: float(v.detach()) for k, v in terms.items()}
-                clock.lap("optimizer_ms")
-                for k, v in {**vals, **clock.take()}.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                    epoch_sums[k] = epoch_sums.get(k, 0.0) + v
-                n_int += 1
-                n_epoch += 1
-                if tqdm is not None and hasattr(batches, "set_postfix"):
-                    batches.set_postfix(loss=f"{vals['total']:.3f}")
-                if step % cfg.log_every == 0:
-                    sums = _mean_over_ranks(sums, info)
-                    dt = time.perf_counter() - t_int
-                    rec = {"kind": "step", "step": step, "epoch": epoch,
-                           **{k: v / n_int for k, v in sums.items()},
-                           "lr": optimizer.param_groups[0]["lr"], "steps_per_s": n_int / max(dt, 1e-9),
-                           "time_s": training_s()}
-                    emit(rec)
-                    log(f"epoch {epoch} step {step}: " + " ".join(
-                        f"{k} {rec[k]:.4g}" for k in (*TERMS, "total") if k in rec)
-                        + f" lr {rec['lr']:.2g} {rec['steps_per_s']:.2f} steps/s")
-                    sums, n_int, t_int = {}, 0, time.perf_counter()
-                if cfg.probe_every and step % cfg.probe_every == 0:
-                    t_int += run_probe()        # the logged steps/s leave the probe out
-                if cfg.snapshot_every_steps and step % cfg.snapshot_every_steps == 0:
-                    snapshot = save(epoch, mid_epoch=True, consumed=n_epoch) or snapshot
-                if cfg.max_steps is not None and step >= cfg.max_steps:     # the same step on every rank
-                    stopped = f"max_steps {cfg.max_steps} reached at epoch {epoch}, step {step}"
-                    break
-                if time_limit_s is not None and _any_rank(training_s() > time_limit_s, info):
-                    stopped = f"time limit {time_limit_s:g} s reached at epoch {epoch}, step {step}"
-                    break
-                if _any_rank(signals.received is not None, info):
-                    stopped = (f"interrupted by {signals.received or 'a signal to another rank'} at epoch {epoch}, "
-                               f"step {step} (resume with --continue)")
-                    break
-            if stopped is not None and n_epoch < num_batches:
-                snapshot = save(epoch, mid_epoch=True, consumed=n_epoch) or snapshot
-                log(stopped)
-                break
-            if not per_step:
-                scheduler.step()
-            epochs_done = epoch + 1
-            if n_epoch:
-                emit({"kind": "epoch", "step": step, "epoch": epoch,
-                      **{k: v / n_epoch for k, v in epoch_sums.items()},
-                      "lr": optimizer.param_groups[0]["lr"], "time_s": training_s()})
-            snapshot = save(epoch, mid_epoch=False) or snapshot
-            if stopped is not None:
-                log(stopped)
-                break
-        signals.__exit__()
-        writer.wait()                   # the last snapshot is on disk before anyone is told of it
-        if signals.received is not None or (stopped or "").startswith("interrupted"):
-            if not (stopped or "").startswith("interrupted"):     # after the last step: its snapshot is written
-                log(f"interrupted by {signals.received} after the last step ({step})")
-            raise TrainingInterrupted(signals.received or "signal", step, snapshot)
-        if cfg.probe_every and probed["step"] != step:
-            run_probe()
-        wall = training_s()
-        if info.world_size > 1:
-            spread = _rank_spread(step_module, info)
-            log(f"parameters on the {info.world_size} ranks: max |difference| {spread:.3g}"
-                + (" (identical)" if spread == 0 else " (ranks diverged)"))
-        log(f"done: {epochs_done} epochs, {step} steps, {wall:.1f} s"
-            + (f" (+ {probed['s']:.1f} s probing)" if cfg.probe_every else ""))
-        return TrainResult(model=model, embedding=embedding, train_frames=train_frames, test_frames=test_frames,
-                           split_rule=rule, snapshot=snapshot, epochs=epochs_done, steps=step, wall_s=wall,
-                           history=list(log.records), stopped_early=stopped, probe_s=probed["s"])
+            run.resume()
+        run.start_probe(data_root)
+        return run.loop(progress=progress and is_main(info), time_limit_s=time_limit_s)
     except Exception as e:      # the log says why training stopped (NaN/inf: step and term)
         log(f"ERROR {type(e).__name__}: {e}")
         raise
     finally:
-        if "writer" in locals():
-            writer.wait(raise_error=False)
-        if "signals" in locals():
-            signals.__exit__()
+        if run is not None:
+            run.close()
         log.close()
         torch.use_deterministic_algorithms(previous_det)
         cleanup_distributed()
 
+
+def _log_setup(log: RunLog, info: DistInfo, cfg: TrainConfig, model_config: ModelConfig, data_root, output_root):
+    group = ("no process group: one process, not distributed" if info.backend in (None, "", "none")
+             else f"{info.backend} process group")
+    log(f"training on {info.device} ({info.world_size} process{'es' if info.world_size > 1 else ''}, "
+        f"{group}); data {data_root}; output {output_root}")
+    log(f"train_config {json.dumps(cfg.to_dict())}")
+    log(f"model_config {json.dumps(model_config.to_dict())}")
+
+
+# ----------------------------------------------------------------- phase 1: data
+@dataclass
+class _Data:
+    """The training frames and how they are read: dataset, sharded resumable sampler, loader."""
+
+    train_frames: tuple[int, ...]
+    test_frames: tuple[int, ...]
+    rule: str
+    hand_model: HandModel
+    dataset: torch.utils.data.Dataset
+    sampler: torch.utils.data.Sampler
+    loader: torch.utils.data.DataLoader
+    loader_rng: torch.Generator
+
+
+def _load_data(cfg: TrainConfig, data_root: Path, hand_model: HandModel | None, info: DistInfo, log: RunLog, *,
+               progress: bool) -> _Data:
+    train_frames, test_frames, rule = split_training_frames(data_root, cfg, log)
+    log(f"split: {rule}; {len(train_frames)} training frames, {len(test_frames)} held out")
+    if hand_model is None:
+        hand_model = HandModel.read(Layout(data_root, cfg.subject).hand_model_dir)
+    dataset = make_dataset(data_root, cfg, train_frames, hand_model.skeleton, progress=progress, log=log)
+    sampler = make_sampler(dataset, info, shuffle=True, seed=cfg.seed)
+    # the loader's own generator, reseeded per epoch: iter(loader) then draws its base seed from it,
+    # not from torch's global RNG, so a run resumed mid-epoch sees the same global RNG stream
+    loader_rng = torch.Generator()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                                         collate_fn=collate_samples, num_workers=cfg.num_workers,
+                                         pin_memory=info.device.type == "cuda",
+                                         persistent_workers=False, generator=loader_rng)
+    return _Data(train_frames, test_frames, rule, hand_model, dataset, sampler, loader, loader_rng)
+
+
+# ----------------------------------------------------------------- phase 2: model
+@dataclass
+class _Parts:
+    """What trains: the network, the pose embedding, the step (losses) and its DDP wrapper, Adam, the schedule."""
+
+    model: DeepHandMesh
+    embedding: PoseEmbedding | None
+    step_module: TrainStep
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    per_step: bool          # the schedule steps per optimizer step (else per epoch)
+
+
+def _build_model(cfg: TrainConfig, model_config: ModelConfig, data: _Data, data_root: Path, output_root: Path,
+                 info: DistInfo, log: RunLog) -> _Parts:
+    torch.manual_seed(cfg.seed)
+    model = DeepHandMesh(data.hand_model, model_config)
+    init = None
+    if cfg.pose_source == "embedding" and cfg.embedding_init != "zero":
+        init = initial_poses(cfg.embedding_init, data_root, cfg.subject, data.train_frames, data.hand_model,
+                             cache_dir=output_root / "cache", log=log)
+    embedding = (PoseEmbedding(data.train_frames, model.hand.dof_mask, init=init)
+                 if cfg.pose_source == "embedding" else None)
+    penetration = PenetrationLoss.from_hand(data.hand_model) if cfg.uses_penetration else None
+    step_module = TrainStep(model, cfg, embedding, penetration).to(info.device)
+    groups = parameter_groups(model, cfg, embedding)
+    try:    # the fused kernel: ~5x faster than the default loop on CPU for the 12M corrective weights
+        optimizer = torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        optimizer = torch.optim.Adam(groups)
+    per_step = cfg.lr_schedule == "cosine" or cfg.warmup_steps > 0
+    if per_step:
+        scheduler = step_schedule(optimizer, cfg, cfg.max_steps or cfg.epochs * len(data.loader), len(data.loader))
+    else:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.lr_milestones), cfg.lr_gamma)
+    net = wrap_model(step_module, info)
+    log("parameters: " + ", ".join(f"{g['name']} {sum(p.numel() for p in g['params']):,} (lr {g['lr']:g})"
+                                   for g in groups))
+    return _Parts(model, embedding, step_module, net, optimizer, scheduler, per_step)
+
+
+# ----------------------------------------------------------------- phases 3-5: resume, probe, loop
+class _Run:
+    """One training run's state between the phases: the step, the snapshots written, probing time."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, log: RunLog, data: _Data, parts: _Parts, output_root: Path,
+                 on_record: Callable[[dict], None] | None):
+        self.cfg, self.info, self.log, self.data, self.parts = cfg, info, log, data, parts
+        self.output_root, self.on_record = output_root, on_record
+        self.main = is_main(info)
+        self.start_epoch, self.step, self.snapshot = 0, 0, None
+        self.dump = output_root / "model_dump"
+        self.written: list[Path] = []     # snapshots of this run, oldest first (keep_snapshots)
+        self.writer = BackgroundSnapshotWriter()
+        self.probe: HeldOutProbe | None = None
+        self.probe_s, self.probed_step = 0.0, None
+        self.t_start = time.perf_counter()
+        self.signals: StopSignals | None = None
+
+    # ---- phase 3: resume
+    def resume(self) -> None:
+        """Continue from the newest loadable snapshot in ``model_dump/`` (none: from scratch, saying so)."""
+        cfg, log, parts = self.cfg, self.log, self.parts
+        found = find_resumable(self.dump, log=log) if self.dump.is_dir() else None
+        if found is None:
+            log(f"--continue: no loadable snapshot in {self.dump}; starting from scratch")
+            return
+        path, ckpt = found
+        saved = ckpt.get("train_config") or {}
+        diff = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v)
+        if diff:
+            log(f"{path}: train_config differs from the snapshot's in {', '.join(diff)} (using the new values)")
+        state = restore_training_state(ckpt, parts.model, parts.optimizer, parts.scheduler, parts.embedding, path=path)
+        self.start_epoch, self.step, self.snapshot = state["start_epoch"], state["step"], path
+        if state["mid_epoch"] and state["sampler"] is not None:
+            self.data.sampler.load_state_dict(state["sampler"])
+        log(f"resumed from {path}: epoch {self.start_epoch}"
+            f"{' (mid-epoch)' if state['mid_epoch'] else ''}, step {self.step}")
+        dropped = log.drop_after(self.step)
+        if dropped:
+            log(f"metrics.jsonl: removed {dropped} record(s) after step {self.step} (written again from here)")
+        self.written = list(reversed(list_snapshots(self.dump)))   # a resumed run counts those it continues
+
+    # ---- phase 4: the held-out probe (rank 0 measures; every rank leaves the time out of its training time)
+    def start_probe(self, data_root: Path) -> None:
+        if self.cfg.probe_every and self.main:
+            self.probe = HeldOutProbe.create(data_root, self.cfg.subject, self.data.test_frames, self.parts.model,
+                                             self.info.device, log=self.log)
+
+    def run_probe(self) -> float:
+        """Probe at this step (rank 0); returns the seconds it took (on every rank)."""
+        t0 = time.perf_counter()
+        if self.probe is not None:
+            rec = {"kind": "probe", "step": self.step, "seconds": self.training_s(t0), **self.probe(self.parts.model)}
+            self.emit(rec)
+            self.log(f"probe step {self.step}: held-out vertex error {rec['vertex_mean_mm']:.3f} mm mean, "
+                     f"{rec['vertex_p95_mm']:.3f} mm p95 ({rec['frames']} frames)")
+        if self.info.world_size > 1:
+            torch.distributed.barrier()
+        dt = time.perf_counter() - t0
+        self.probe_s += dt
+        self.probed_step = self.step
+        return dt
+
+    def training_s(self, now: float | None = None) -> float:
+        """Seconds of training so far (probing left out)."""
+        return (time.perf_counter() if now is None else now) - self.t_start - self.probe_s
+
+    def emit(self, rec: dict) -> None:
+        self.log.record(rec)
+        if self.main and self.on_record is not None:
+            self.on_record(rec)
+
+    def save(self, epoch: int, mid_epoch: bool, consumed: int = 0) -> Path | None:
+        """A snapshot (rank 0); ``consumed``: batches of this pass over the epoch used so far (mid-epoch)."""
+        if not self.main:
+            return None
+        cfg, parts, step = self.cfg, self.parts, self.step
+        p = snapshot_path(self.output_root, epoch, step if mid_epoch else None)
+        sampler_state = self.data.sampler.state_dict(consumed=consumed * cfg.batch_size) if mid_epoch else None
+        save_training_snapshot(p, parts.model, epoch, parts.optimizer, train_config=cfg.to_dict(),
+                               scheduler=parts.scheduler, sampler_state=sampler_state,
+                               pose_embedding=parts.embedding, step=step, mid_epoch=mid_epoch, writer=self.writer)
+        self.log(f"snapshot {p}")
+        if p in self.written:            # the same file again (e.g. a stop at a snapshot_every_steps step)
+            self.written.remove(p)
+        self.written.append(p)
+        while cfg.keep_snapshots is not None and len(self.written) > cfg.keep_snapshots:
+            self.written.pop(0).unlink(missing_ok=True)
+        return p
+
+    # ---- phase 5: the loop
+    def loop(self, *, progress: bool, time_limit_s: float | None) -> TrainResult:
+        """Epochs of steps until ``epochs``, ``max_steps``, the time limit or a signal; then the result."""
+        cfg, log = self.cfg, self.log
+        self.t_start = time.perf_counter()
+        stopped = None
+        epochs_done = self.start_epoch
+        self.signals = StopSignals().__enter__()    # Ctrl-C / SIGTERM: end after the step, with a snapshot
+        if cfg.probe_every and self.step == 0:
+            self.run_probe()
+        elif cfg.probe_every:       # resumed: its first step was the last step (and probe) of the run before
+            self.probed_step = self.step
+        for epoch in range(self.start_epoch, cfg.epochs):
+            if cfg.max_steps is not None and self.step >= cfg.max_steps:      # a resumed run already there
+                stopped = f"max_steps {cfg.max_steps} reached (step {self.step})"
+                log(stopped)
+                break
+            stopped, finished = self.epoch(epoch, progress=progress, time_limit_s=time_limit_s)
+            if not finished:
+                log(stopped)
+                break
+            epochs_done = epoch + 1
+            if stopped is not None:
+                log(stopped)
+                break
+        return self.finish(stopped, epochs_done)
+
+    def epoch(self, epoch: int, *, progress: bool, time_limit_s: float | None) -> tuple[str | None, bool]:
+        """One pass over the training frames (or part of it): (why it stopped early or None, whether the epoch
+        ended: scheduler stepped, epoch record and snapshot written)."""
+        cfg, info, log, data, parts = self.cfg, self.info, self.log, self.data, self.parts
+        stopped = None
+        data.sampler.set_epoch(epoch)
+        data.dataset.set_epoch(epoch)
+        data.loader_rng.manual_seed(cfg.seed + epoch)
+        parts.net.train()
+        sums: dict[str, float] = {}
+        epoch_sums: dict[str, float] = {}
+        n_int = n_epoch = 0
+        t_int = time.perf_counter()
+        batches, num_batches = data.loader, len(data.loader)
+        if progress:
+            batches = tqdm(data.loader, desc=f"epoch {epoch} (0..{cfg.epochs - 1})", leave=False, dynamic_ncols=True)
+        clock = StepClock(info.device)
+        for batch in batches:
+            clock.lap("data_ms")
+            batch = batch.to(info.device, non_blocking=True)
+            out = parts.net(batch)
+            terms = dict(out.terms, total=out.total)
+            all_finite(terms, info, self.step)
+            clock.lap("forward_ms")
+            parts.optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            clock.lap("backward_ms")
+            parts.optimizer.step()
+            if parts.per_step:
+                parts.scheduler.step()
+            self.step += 1
+            step = self.step
+            vals = {k: float(v.detach()) for k, v in terms.items()}
+            clock.lap("optimizer_ms")
+            for k, v in {**vals, **clock.take()}.items():
+                sums[k] = sums.get(k, 0.0) + v
+                epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+            n_int += 1
+            n_epoch += 1
+            if hasattr(batches, "set_postfix"):
+                batches.set_postfix(loss=f"{vals['total']:.3f}")
+            if step % cfg.log_every == 0:
+                sums = mean_over_ranks(sums, info)
+                dt = time.perf_counter() - t_int
+                rec = {"kind": "step", "step": step, "epoch": epoch,
+                       **{k: v / n_int for k, v in sums.items()},
+                       "lr": parts.optimizer.param_groups[0]["lr"], "steps_per_s": n_int / max(dt, 1e-9),
+                       "time_s": self.training_s()}
+                self.emit(rec)
+                log(f"epoch {epoch} step {step}: " + " ".join(
+                    f"{k} {rec[k]:.4g}" for k in (*TERMS, "total") if k in rec)
+                    + f" lr {rec['lr']:.2g} {rec['steps_per_s']:.2f} steps/s")
+                sums, n_int, t_int = {}, 0, time.perf_counter()
+            if cfg.probe_every and step % cfg.probe_every == 0:
+                t_int += self.run_probe()        # the logged steps/s leave the probe out
+            if cfg.snapshot_every_steps and step % cfg.snapshot_every_steps == 0:
+                self.snapshot = self.save(epoch, mid_epoch=True, consumed=n_epoch) or self.snapshot
+            if cfg.max_steps is not None and step >= cfg.max_steps:     # the same step on every rank
+                stopped = f"max_steps {cfg.max_steps} reached at epoch {epoch}, step {step}"
+                break
+            if time_limit_s is not None and any_rank(self.training_s() > time_limit_s, info):
+                stopped = f"time limit {time_limit_s:g} s reached at epoch {epoch}, step {step}"
+                break
+            if any_rank(self.signals.received is not None, info):
+                stopped = (f"interrupted by {self.signals.received or 'a signal to another rank'} at epoch {epoch}, "
+                           f"step {step} (resume with --continue)")
+                break
+        if stopped is not None and n_epoch < num_batches:
+            self.snapshot = self.save(epoch, mid_epoch=True, consumed=n_epoch) or self.snapshot
+            return stopped, False
+        if not parts.per_step:
+            parts.scheduler.step()
+        if n_epoch:
+            self.emit({"kind": "epoch", "step": self.step, "epoch": epoch,
+                       **{k: v / n_epoch for k, v in epoch_sums.items()},
+                       "lr": parts.optimizer.param_groups[0]["lr"], "time_s": self.training_s()})
+        self.snapshot = self.save(epoch, mid_epoch=False) or self.snapshot
+        return stopped, True
+
+    def finish(self, stopped: str | None, epochs_done: int) -> TrainResult:
+        """After the last step: the last snapshot on disk, a last probe, the ranks compared, the result."""
+        cfg, info, log, step = self.cfg, self.info, self.log, self.step
+        self.signals.__exit__()
+        self.writer.wait()                   # the last snapshot is on disk before anyone is told of it
+        received = self.signals.received
+        if received is not None or (stopped or "").startswith("interrupted"):
+            if not (stopped or "").startswith("interrupted"):     # after the last step: its snapshot is written
+                log(f"interrupted by {received} after the last step ({step})")
+            raise TrainingInterrupted(received or "signal", step, self.snapshot)
+        if cfg.probe_every and self.probed_step != step:
+            self.run_probe()
+        wall = self.training_s()
+        if info.world_size > 1:
+            spread = rank_spread(self.parts.step_module, info)
+            log(f"parameters on the {info.world_size} ranks: max |difference| {spread:.3g}"
+                + (" (identical)" if spread == 0 else " (ranks diverged)"))
+        log(f"done: {epochs_done} epochs, {step} steps, {wall:.1f} s"
+            + (f" (+ {self.probe_s:.1f} s probing)" if cfg.probe_every else ""))
+        d = self.data
+        return TrainResult(model=self.parts.model, embedding=self.parts.embedding, train_frames=d.train_frames,
+                           test_frames=d.test_frames, split_rule=d.rule, snapshot=self.snapshot, epochs=epochs_done,
+                           steps=step, wall_s=wall, history=list(log.records), stopped_early=stopped,
+                           probe_s=self.probe_s)
+
+    def close(self) -> None:
+        """Wait for the snapshot writer and give the signal handlers back (also after an error)."""
+        self.writer.wait(raise_error=False)
+        if self.signals is not None:
+            self.signals.__exit__()

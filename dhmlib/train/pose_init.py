@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dhmlib.data.ground_truth import true_poses
 from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
 from dhmlib.data.layout import Layout
 from dhmlib.hand.handmodel import HandModel
+from dhmlib.network.fit import fit_pose
+from dhmlib.network.model import DeepHandMesh, ModelConfig
 
 #: fit settings (joints only, from the zero pose): the defaults of ``fit_pose``
 INIT_FIT_STEPS = 600
@@ -53,11 +57,6 @@ def joint_fit_init(data_root, subject: int, frames: Sequence[int], hand: HandMod
         ``(euler, info)``: float32 angles (DoF-masked) and ``{"joint_error_mm": mean L1 per frame after
         the fit, "cached": bool, "seconds": float}``.
     """
-    import time
-
-    from dhmlib.network.fit import fit_pose
-    from dhmlib.network.model import DeepHandMesh, ModelConfig
-
     layout = Layout(data_root, subject)
     frames = [int(f) for f in frames]
     path = None
@@ -102,8 +101,6 @@ def initial_poses(kind: str, data_root, subject: int, frames: Sequence[int], han
     if kind == "joint_fit":
         return joint_fit_init(data_root, subject, frames, hand, cache_dir=cache_dir, log=log)[0]
     if kind == "true_angles":
-        from dhmlib.data.ground_truth import true_poses
-
         true = true_poses(data_root, subject, [int(f) for f in frames], "cpu")
         if true is None:
             raise ValueError(f"embedding_init='true_angles': {data_root} has no true angles "

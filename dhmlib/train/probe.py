@@ -32,13 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dhmlib.data.ground_truth import ground_truth_meshes, true_poses
 from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
 from dhmlib.data.layout import Layout
-from dhmlib.metrics.errors import summarize_vertex_errors, vertex_error_maps
-from dhmlib.data.ground_truth import ground_truth_meshes
-from dhmlib.network.model import DeepHandMesh
 from dhmlib.mesh.normals import vertex_normals
-from dhmlib.data.ground_truth import true_poses
+from dhmlib.metrics.errors import summarize_vertex_errors, vertex_error_maps
+from dhmlib.network.model import DeepHandMesh
 
 #: at most this many held-out frames per probe (the default capture holds out 28: all of them, ~0.3 s per probe
 #: with the cpu-small model on 2 loaded cores)

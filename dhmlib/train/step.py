@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from dhmlib.data.sample import HandBatch
-from dhmlib.losses import MeshLaplacian, depth_loss, joint_loss, laplacian_loss
-from dhmlib.network.fit import joint_limits_rad, limit_prior
-from dhmlib.mesh.normals import vertex_normals
-from dhmlib.network.model import DeepHandMesh
 from dhmlib.hand.layer import HandPose
+from dhmlib.losses import MeshLaplacian, depth_loss, joint_loss, laplacian_loss
+from dhmlib.mesh.normals import vertex_normals
+from dhmlib.network.fit import joint_limits_rad, limit_prior
+from dhmlib.network.model import DeepHandMesh
 from dhmlib.render import render_depth
 from dhmlib.train.config import TrainConfig
 from dhmlib.train.embedding import PoseEmbedding

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dhmlib.render import render_shaded
+from dhmlib.viz.geometry import colorbar_extend, error_colors
 from dhmlib.viz.geometry import ERROR_CMAP  # the one error colour map of dhmlib's figures
 from dhmlib.viz.meshimage import view_camera
 
@@ -31,9 +33,6 @@ def render_error_grid(meshes: Mapping[str, np.ndarray], truth: np.ndarray, faces
         (images (P, N + 1, size, size, 3) in [0, 1], column labels): N variants in ``meshes``' order,
         then ``"ground truth"`` in skin tone. Background white.
     """
-    from dhmlib.render import render_shaded
-    from dhmlib.viz.geometry import error_colors
-
     truth = np.asarray(truth, dtype=np.float64)
     labels = list(meshes)
     P, V = truth.shape[:2]
@@ -94,7 +93,6 @@ def error_grid_figure(meshes: Mapping[str, np.ndarray], truth: np.ndarray, faces
                 ax.set_xlabel(f"{errs[labels[n]][p].mean():.2f} mm", fontsize=8)
             if n == 0:
                 ax.set_ylabel(f"frame {frames[p]}", fontsize=8)
-    from dhmlib.viz.geometry import colorbar_extend
 
     sm = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, max_mm), ERROR_CMAP)
     fig.colorbar(sm, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="per-vertex error, mm",

@@ -1,6 +1,7 @@
 """Static matplotlib figures of hand meshes (for papermill outputs and reports)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,6 @@ def hand_figure(meshes, faces, *, path=None, size=4.0, dpi=100, **plot_kwargs):
     Returns:
         the matplotlib ``Figure``.
     """
-    import textwrap
-
     import matplotlib.pyplot as plt
 
     # panels placed by hand with room above for the titles, wrapped to the panel's width: tight_layout

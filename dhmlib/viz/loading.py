@@ -7,8 +7,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from dhmlib.hand.handmodel import HandModel, default_hand_model_dir
+from dhmlib.hand.handmodel import PROCEDURAL_ORIGIN, HandModel, default_hand_model_dir
+from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.network.provenance import pick_hand_model
+from dhmlib.network.snapshot import SnapshotError, model_from_snapshot, read_snapshot
 from dhmlib.paths import output_dir
+from dhmlib.synth import build_procedural_hand
+from dhmlib.synth.deform import DeformParams, GroundTruthDeformer
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,6 @@ def capture_ground_truth(hand_model: HandModel, identity_seed: int, params=None)
     """
     import numpy as np
 
-    from dhmlib.synth.deform import DeformParams, GroundTruthDeformer
-
     if isinstance(params, dict):
         params = DeformParams.from_dict(params)
     deformer = GroundTruthDeformer(hand_model, int(identity_seed), params)
@@ -93,17 +96,10 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
         vertices: target vertex count of a procedural hand built here.
         backbone: ResNet depth of the untrained model (a snapshot brings its own).
     """
-    from dhmlib.network.model import DeepHandMesh, ModelConfig
-    from dhmlib.network.snapshot import SnapshotError, model_from_snapshot
-
     built = False
     if str(hand_model_dir) == "":
         folder = default_hand_model_dir()
         if not (folder / "hand.obj").is_file():
-            from dhmlib.synth import build_procedural_hand
-
-            from dhmlib.hand.handmodel import PROCEDURAL_ORIGIN
-
             build_procedural_hand(target_vertices=int(vertices)).write(
                 folder, origin=f"{PROCEDURAL_ORIGIN} (load_posing_model, notebook 04: seed 0, {int(vertices)} vertices)")
             built = True
@@ -115,8 +111,6 @@ def load_posing_model(hand_model_dir: str | os.PathLike = "", snapshot: str | os
         """With no hand model named: the one ``path`` was trained on when it is found (said so), else ours."""
         if str(hand_model_dir) != "":
             return hand, folder
-        from dhmlib.network.provenance import pick_hand_model
-        from dhmlib.network.snapshot import read_snapshot
 
         try:
             picked = pick_hand_model(read_snapshot(path), path, None, default_dir=folder, log=print)

@@ -38,6 +38,9 @@ from dhmlib.hand.anatomy import AXES, AXIS_LABELS, GESTURES, clamp_to_limits, ge
 from dhmlib.hand.skeleton import FINGERS, Skeleton
 from dhmlib.viz.geometry import ERROR_CMAP, SKIN_RGB, NormalSolver, error_colors, look_at_quaternion
 from dhmlib.viz.loading import default_output_dir
+from dhmlib.hand.layer import HandLayer
+from dhmlib.network.model import DeepHandMesh
+from dhmlib.viz.figures import hand_figure
 
 log = logging.getLogger(__name__)
 
@@ -555,8 +558,6 @@ class PosingWidget:
     def snapshot_figure(self, **kwargs):
         """A static matplotlib figure of the current pose: the main view, the plain view in compare
         mode, and the ground truth when there is one.  ``kwargs`` go to :func:`~dhmlib.viz.figures.hand_figure`."""
-        from dhmlib.viz.figures import hand_figure
-
         meshes = [("with correctives" if self.compare else "current pose", self.vertices)]
         if self.compare:
             meshes.append(("without correctives", self.plain_view.vertices))
@@ -577,9 +578,6 @@ def model_pose_fn(model, threads: int | None = 1):
     3x faster than torch's default pool (bench/posing_latency.py).
     """
     import torch
-
-    from dhmlib.network.model import DeepHandMesh
-    from dhmlib.hand.layer import HandLayer
 
     if isinstance(model, DeepHandMesh):
         layer = model.hand

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dhmlib.viz.geometry import ERROR_CMAP, colorbar_extend, error_colors as colors
 from dhmlib.viz.meshimage import mesh_image
 
 
@@ -15,8 +16,6 @@ DIFF_MAX_MM = 5.0
 def error_colors(error, vmax: float | None = None, cmap: str | None = None) -> np.ndarray:
     """(V,) errors, mm → (V, 3) RGB in [0, 1] (0 dark … ``vmax`` bright; default ``vmax``: the maximum;
     ``cmap`` default :data:`dhmlib.viz.geometry.ERROR_CMAP`)."""
-    from dhmlib.viz.geometry import ERROR_CMAP, error_colors as colors
-
     e = np.asarray(error, dtype=np.float64)
     return colors(e, float(vmax) if vmax else max(float(e.max()), 1e-9), cmap or ERROR_CMAP).astype(np.float64)
 
@@ -40,8 +39,6 @@ def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_e
     """
     import matplotlib
     import matplotlib.pyplot as plt
-
-    from dhmlib.viz.geometry import ERROR_CMAP, colorbar_extend
 
     target, rendered = np.asarray(target), np.asarray(rendered)
     k = min(num_views, len(target))

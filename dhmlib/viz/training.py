@@ -15,7 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+from dhmlib import progress as prog
+from dhmlib.data.dataset import DeepHandMeshDataset, capture_image_size
+from dhmlib.data.ground_truth import ground_truth_meshes
+from dhmlib.data.layout import Layout
+from dhmlib.data.sample import collate_samples
 from dhmlib.lab.record import HEADLESS_ENV
+from dhmlib.mesh.io import read_obj
+from dhmlib.progress import format_seconds
+from dhmlib.render import render_depth
+from dhmlib.viz.figures import plot_hand
+from dhmlib.viz.geometry import ERROR_CMAP, colorbar_extend, error_colors
 
 #: the loss terms drawn, in this order (the keys of ``metrics.jsonl`` step records)
 CURVE_TERMS = ("total", "joint", "depth", "laplacian", "penetration_rigid", "penetration_nonrigid")
@@ -111,8 +121,6 @@ class LivePlot:
         if self.live and time.monotonic() - self._last >= self.every_s:
             self._draw()
         if self.progress and record.get("kind") == "step":
-            from dhmlib import progress as prog
-
             now = time.monotonic()
             if self._said is None or now - self._said >= prog.EVERY_S:
                 self._said = now
@@ -121,8 +129,6 @@ class LivePlot:
     def progress_line(self, record: dict) -> str:
         """``training: step 120/400, epoch 3/60, 31 s, total 2.15, ETA 1 min 12 s`` for a step record: the ETA
         from the steps per second so far toward ``total_steps``, or the time limit, whichever comes first."""
-        from dhmlib.progress import format_seconds
-
         step, t = int(record["step"]), float(record.get("time_s", 0.0))
         lefts = []
         if self.total_steps and step > 0 and t > 0:
@@ -227,9 +233,6 @@ def error_figure(pred_vertices, true_vertices, faces, *, max_mm: float | None = 
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
 
-    from dhmlib.viz.figures import plot_hand
-    from dhmlib.viz.geometry import ERROR_CMAP, colorbar_extend, error_colors
-
     p = np.asarray(pred_vertices, dtype=np.float64)
     t = np.asarray(true_vertices, dtype=np.float64)
     err = np.linalg.norm(p - t, axis=1)
@@ -260,8 +263,6 @@ def depth_comparison_figure(rendered, target, *, titles=None, path=None, size: f
         the matplotlib ``Figure`` (3 rows: prediction, target, |difference| where both have a surface).
     """
     import matplotlib.pyplot as plt
-
-    from dhmlib.viz.geometry import ERROR_CMAP, colorbar_extend
 
     r = np.asarray(rendered, dtype=np.float64)
     t = np.asarray(target, dtype=np.float64)
@@ -310,14 +311,6 @@ def frame_comparison(data_root, meshes_dir, frame: int, *, subject: int = 1, num
         "target": (K, h, w), "views": names}``, mm.
     """
     import torch
-
-    from dhmlib.data.dataset import DeepHandMeshDataset
-    from dhmlib.data.layout import Layout
-    from dhmlib.data.sample import collate_samples
-    from dhmlib.data.ground_truth import ground_truth_meshes
-    from dhmlib.mesh.io import read_obj
-    from dhmlib.render import render_depth
-    from dhmlib.data.dataset import capture_image_size
 
     path = Path(meshes_dir) / f"{int(frame):06d}.obj"
     if not path.is_file():
