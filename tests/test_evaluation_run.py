@@ -1,4 +1,4 @@
-"""dhmlib.evaluation.held_out (test_snapshot, lbs_baseline) and `dhm test` on a tiny virtual capture."""
+"""dhmlib.evaluation.held_out (evaluate_snapshot, lbs_baseline) and `dhm test` on a tiny virtual capture."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import torch
 from dhmlib.cli import main
 from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
 from dhmlib.data.layout import Layout
-from dhmlib.evaluation.held_out import lbs_baseline, test_snapshot
+from dhmlib.evaluation.held_out import lbs_baseline, evaluate_snapshot
 from dhmlib.hand.handmodel import HandModel
 from dhmlib.hand.layer import HandLayer
 from dhmlib.mesh.io import read_obj, read_obj_uvs
@@ -42,9 +42,9 @@ def trained(small_capture, hand, tmp_path_factory):
 
 
 @pytest.mark.slow   # ~7 s: 40 joint-fit steps, 8 joint+depth steps rendering 6 views, a figure
-def test_test_snapshot_writes_metrics_meshes_poses_and_figures(small_capture, hand, trained):
+def test_evaluate_snapshot_writes_metrics_meshes_poses_and_figures(small_capture, hand, trained):
     out, path = trained
-    res = test_snapshot(None, small_capture, out, epoch=1, fit_steps=40, device="cpu", baseline=False,
+    res = evaluate_snapshot(None, small_capture, out, epoch=1, fit_steps=40, device="cpu", baseline=False,
                         log=lambda s: None)
     assert res.frames == (4,)
     doc = json.loads((out / "result" / "metrics.json").read_text())
@@ -126,7 +126,7 @@ def test_image_source_snapshot_takes_its_poses_from_the_encoder(small_capture, h
     torch.manual_seed(1)
     model = DeepHandMesh(hand, mc)
     path = save_training_snapshot(tmp_path / "snap.pth.tar", model, 0, None, train_config=tc)
-    res = test_snapshot(path, small_capture, tmp_path, device="cpu", render=False, baseline=False,
+    res = evaluate_snapshot(path, small_capture, tmp_path, device="cpu", render=False, baseline=False,
                         log=lambda s: None)
     assert res.info["pose_source"] == "encoder" and res.frames == (4,)
     z = np.load(tmp_path / "result" / "poses.npz")
@@ -151,8 +151,8 @@ def test_spread_views():
 def test_fast_mode_gives_the_full_mode_numbers_with_the_same_views(small_capture, hand, trained, tmp_path):
     """num_views = every camera, no baseline fit, no figures: the metrics equal the full evaluation's."""
     out, path = trained
-    full = test_snapshot(path, small_capture, tmp_path / "full", fit_steps=8, device="cpu", log=lambda s: None)
-    fast = test_snapshot(path, small_capture, tmp_path / "fast", fit_steps=8, device="cpu", baseline=False,
+    full = evaluate_snapshot(path, small_capture, tmp_path / "full", fit_steps=8, device="cpu", log=lambda s: None)
+    fast = evaluate_snapshot(path, small_capture, tmp_path / "fast", fit_steps=8, device="cpu", baseline=False,
                          num_views=6, render_figures=False, log=lambda s: None)
     a, b = full.summary(), fast.summary()
     assert set(a) == set(b)

@@ -1,5 +1,4 @@
 """Joint, depth and Laplacian losses against slow, straightforward references."""
-import time
 
 import numpy as np
 import pytest
@@ -220,20 +219,3 @@ def test_mesh_laplacian_moves_to_meta_and_float64():
     assert out.device.type == "meta" and out.shape == ()
     with pytest.raises(ValueError, match="vertices"):
         laplacian_loss(torch.randn(1, V + 1, 3), M)
-
-
-def test_laplacian_timing_print():
-    n = 60
-    i = torch.arange(n - 1)
-    I, J = torch.meshgrid(i, i, indexing="ij")
-    a = (I * n + J).reshape(-1)
-    faces = torch.cat([torch.stack([a, a + 1, a + n], 1), torch.stack([a + 1, a + n + 1, a + n], 1)])
-    V = n * n
-    x = torch.randn(8, V, 3, requires_grad=True)
-    for name, op in (("csr", uniform_laplacian(faces, V)), ("coo", uniform_laplacian(faces, V, layout=torch.sparse_coo)),
-                     ("index_add", MeshLaplacian(faces, V))):
-        laplacian_loss(x, op).backward()
-        t = time.perf_counter()
-        for _ in range(10):
-            laplacian_loss(x, op).backward()
-        print(f"laplacian_loss fwd+bwd B=8 V={V} {name}: {(time.perf_counter() - t) / 10 * 1e3:.2f} ms")

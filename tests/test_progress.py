@@ -64,7 +64,7 @@ def test_evaluation_reports_each_stage_with_an_eta(small_capture, tmp_path, monk
     from dhmlib.network.model import DeepHandMesh
     from dhmlib.train import PoseEmbedding, preset
     from dhmlib.train.checkpoint import save_training_snapshot, snapshot_path
-    from dhmlib.evaluation.held_out import test_snapshot
+    from dhmlib.evaluation.held_out import evaluate_snapshot
 
     hand = HandModel.read(small_capture / "hand_model")
     tc, mc = preset("cpu-small", batch_size=2, num_views=2, render_size=(48, 48), held_out="frames:3-4")
@@ -74,7 +74,7 @@ def test_evaluation_reports_each_stage_with_an_eta(small_capture, tmp_path, monk
                            pose_embedding=PoseEmbedding([0, 1, 2], model.hand.dof_mask), step=3)
     monkeypatch.setattr(progress, "EVERY_S", 0.0)           # a line at every update
     lines = []
-    test_snapshot(None, small_capture, tmp_path, fit_steps=16, device="cpu", log=lines.append)
+    evaluate_snapshot(None, small_capture, tmp_path, fit_steps=16, device="cpu", log=lines.append)
     ours = [ln for ln in lines if ln.startswith(PREFIX)]
     titles = [ln[len(PREFIX):].split(":")[0].removesuffix(" ...") for ln in ours]
     for stage in ("evaluation · loading 2 held-out frame(s)",

@@ -229,7 +229,7 @@ def facts(root: Path) -> Facts:
     f.back_arrows = sorted(set(f.back_arrows))
     f.unit_cycles = cycles(unit_edges)
     f.module_cycles = cycles(module_edges)
-    f.deferred_imports = sum(i.deferred for i in imports)
+    f.deferred_imports = len({(i.source, i.line) for i in imports if i.deferred})   # statements
     f.long_files = [f"{files[m].relative_to(root)} {n}" for m, n in sorted(lines.items(), key=lambda kv: -kv[1])
                     if n > LONG_FILE]
     f.long_functions = [f"{files[m].relative_to(root)}:{line} {name} {n}"

@@ -17,6 +17,8 @@ from dhmlib.cli import batch, check_data, demo, fit, hand_model, notebooks, synt
 from dhmlib.cli._common import USAGE, CLIError, HelpFormatter, run_command
 from dhmlib.cli.demo import parse_euler, parse_rotation
 
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
+
 __all__ = ["CLIError", "main", "build_parser", "parse_euler", "parse_rotation", "COMMANDS", "register"]
 
 #: name → (add arguments, run, one-line help)

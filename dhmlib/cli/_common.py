@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
+
 #: exit codes of ``dhm``
 OK = 0
 PROBLEMS = 1   # the command ran and found problems (check-data) or a notebook failed

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from dhmlib.cli._common import OK, PROBLEMS, CLIError, writable_folder
 
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
+
 HELP = "run a notebook (default 02_training) once per parameter set: a grid or a list, resumable"
 DESCRIPTION = HELP + """
 

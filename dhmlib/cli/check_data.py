@@ -5,6 +5,8 @@ from pathlib import Path
 
 from dhmlib.cli._common import OK, PROBLEMS, CLIError
 
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
+
 HELP = "check a dataset in the official layout; exit status 1 when it has problems, 2 when ROOT is not a folder"
 
 

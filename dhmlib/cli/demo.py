@@ -15,6 +15,8 @@ import numpy as np
 
 from dhmlib.cli._common import CLIError, device, snapshot_and_hand_model, warn, writable_file
 
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
+
 HELP = "pose a hand model (and snapshot) with a preset, Euler angles or a pose file and write meshes"
 SUFFIXES = (".obj", ".ply")
 AXES = "xyz"

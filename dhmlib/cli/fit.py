@@ -14,6 +14,8 @@ import numpy as np
 
 from dhmlib.cli._common import CLIError, device, int_at_least, snapshot_and_hand_model, warn, writable_folder
 
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
+
 HELP = "fit hand poses (Euler angles + root) to 3D joints with a frozen decoder; write poses.npz and meshes"
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from dhmlib.cli._common import SEED, CLIError, int_at_least, writable_folder
 
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
+
 HELP = "build the procedural hand model in the official format"
 #: the vertex targets the procedural mesher accepts here (more takes minutes and gigabytes)
 MIN_VERTICES, MAX_VERTICES = 200, 100_000

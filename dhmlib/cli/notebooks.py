@@ -5,6 +5,8 @@ import argparse
 
 from dhmlib.cli._common import OK, PROBLEMS, CLIError, writable_folder
 
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
+
 
 def _seconds(text: str) -> float:
     try:

@@ -7,6 +7,8 @@ import threading
 
 from dhmlib.cli._common import SEED, CLIError, int_at_least, note, writable_folder
 
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
+
 HELP = "write the virtual multi-camera capture in the official dataset layout"
 DESCRIPTION = HELP + """
 

@@ -2,12 +2,14 @@
 
 Reads ``OUTPUT/model_dump/snapshot_<N>.pth.tar`` (default: the newest) or ``--snapshot``; writes
 ``OUTPUT/result/metrics.json``, ``OUTPUT/result/meshes/<frame:06d>.obj`` and ``OUTPUT/vis/test_<frame>.png``
-(:func:`dhmlib.evaluation.held_out.test_snapshot`), and prints a table of the means next to the
+(:func:`dhmlib.evaluation.held_out.evaluate_snapshot`), and prints a table of the means next to the
 template + LBS baseline.
 """
 from __future__ import annotations
 
 from dhmlib.cli._common import CLIError, device, int_at_least, writable_folder
+
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
 
 HELP = "test a snapshot on the held-out frames: metrics.json, meshes and figures (--test_epoch N)"
 
@@ -57,7 +59,7 @@ def run(args) -> int:
     from dhmlib.data.scans import ScanError
     from dhmlib.data.split import SplitError
     from dhmlib.paths import output_dir
-    from dhmlib.evaluation.held_out import test_snapshot
+    from dhmlib.evaluation.held_out import evaluate_snapshot
 
     from dhmlib.paths import data_dir
 
@@ -67,7 +69,7 @@ def run(args) -> int:
                        + "; expected a folder with hand_model/ and annotations/")
     out = writable_folder(output_dir(None, args.output), "--output")
     try:
-        res = test_snapshot(args.snapshot, args.data, out, epoch=args.epoch, split=args.held_out,
+        res = evaluate_snapshot(args.snapshot, args.data, out, epoch=args.epoch, split=args.held_out,
                             fit_steps=args.fit_steps, device=args.device, render=not args.no_render,
                             baseline=not args.no_baseline, num_views=args.views)
     except (SplitError, DatasetError, ScanError) as e:

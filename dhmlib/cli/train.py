@@ -30,6 +30,8 @@ import sys
 
 from dhmlib.cli._common import INTERRUPTED, PROBLEMS, CLIError, device, int_at_least, note, writable_folder
 
+# the library is imported inside the functions below: `dhm --help` and every command start without loading torch
+
 HELP = ("train DeepHandMesh: in this process, or under torchrun on GPUs (--gpu 0-3) or CPU processes (--nproc N); "
         "snapshots in OUTPUT/model_dump, logs in OUTPUT/log")
 

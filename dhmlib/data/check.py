@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from dhmlib.data.dataset import IMAGE_SIZE, read_depth
 from dhmlib.data.keypoints import read_keypoints
 from dhmlib.data.layout import DEPTH_RE, IMAGE_RE, KEYPOINT_RE, Layout, is_color_camera
@@ -48,8 +50,6 @@ class CheckReport:
 
 
 def _image_size(path: Path):
-    from PIL import Image
-
     with Image.open(path) as im:
         return im.size[1], im.size[0]
 

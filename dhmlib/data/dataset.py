@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import torch
 import torch.nn.functional as F
 
@@ -62,8 +63,6 @@ class Sample:
 
 def read_image(path, expected_size=IMAGE_SIZE) -> np.ndarray:
     """JPEG → (H, W, 3) uint8; a wrong size or unreadable file raises :class:`DatasetError`."""
-    from PIL import Image
-
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: image file not found")

@@ -1,6 +1,6 @@
 """Testing a training snapshot on the held-out frames (``dhm test --test_epoch N``).
 
-:func:`test_snapshot`::
+:func:`evaluate_snapshot`::
 
     output/model_dump/snapshot_<epoch>.pth.tar ─► model (+ train_config, model_config)
     split_frames(data_root, held_out=train_config.held_out) ─► held-out frames
@@ -9,7 +9,7 @@
             embedding source  no pose for unseen frames: fit_pose with the decoder frozen,
                               (1) joints only, ``fit_steps`` Adam steps from the zero pose (lr 0.05 → 0.001),
                               (2) joints + depth, ``fit_steps // 5`` steps (lr 0.03 → 0.001) from (1)
-    decode ─► render every view ─► dhmlib.metrics.errors.evaluate(...)
+    decode ─► render every view ─► dhmlib.evaluation.result.evaluate(...)
     output/result/metrics.json, output/result/meshes/<frame:06d>.obj, output/result/poses.npz,
     output/vis/test_<frame:06d>.png
 
@@ -24,7 +24,7 @@ Laplacian smoothness and its ratio to the true mesh's. Fast mode (``baseline=Fal
 render_figures=False``): 4 cameras per frame spread over the rig instead of every one, the fit of all
 frames in one batch, no figures.
 
-``metrics.json`` = :meth:`~dhmlib.metrics.errors.EvalResult.to_dict` (``summary`` means, ``per_frame``,
+``metrics.json`` = :meth:`~dhmlib.evaluation.result.EvalResult.to_dict` (``summary`` means, ``per_frame``,
 ``info`` = the run's identity: snapshot, epoch, step, split, pose source, fit settings, configs)
 plus ``scans`` (surface distances to ``annotations/3D_scans_decimated`` when present) and
 ``baseline`` (the :func:`lbs_baseline` summaries, when computed). All distances mm.
@@ -434,7 +434,7 @@ def lbs_baseline(data_root=None, *, subject: int = 1, split: str | None = None, 
 _MESH_RE = re.compile(r"^\d{6}\.obj$")
 
 
-def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int | None = None,
+def evaluate_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int | None = None,
                   split: str | None = None, fit_steps: int = 300, device=None, render: bool | None = None,
                   baseline: bool = True, num_views: int | None = None, render_figures: bool = True,
                   baseline_fit: bool = True, hand_model: HandModel | None = None, surface_every: int = 1,
@@ -470,7 +470,7 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
             figures) with an ETA in a terminal, a line per stage (and every 15 s inside one) elsewhere
             (:mod:`dhmlib.progress`; the lines go to ``log``).
     Returns:
-        the :class:`~dhmlib.metrics.errors.EvalResult`; ``info`` holds the run's identity, the paths written
+        the :class:`~dhmlib.evaluation.result.EvalResult`; ``info`` holds the run's identity, the paths written
         (``metrics``, ``meshes``, ``poses``, ``figures``), the scan distances and the baseline summaries.
     Raises:
         SnapshotError: no such snapshot (message: the file and the epochs that exist).
@@ -560,6 +560,3 @@ def test_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch: int
     return EvalResult(frames=m.result.frames, joint_error=m.result.joint_error, depth_error=m.result.depth_error,
                       vertex=m.result.vertex, vertex_per_frame=m.result.vertex_per_frame, surface=m.result.surface,
                       mesh=m.result.mesh, mesh_per_frame=m.result.mesh_per_frame, info=info)
-
-
-test_snapshot.__test__ = False   # a library function, not a pytest test, wherever it is imported

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import t as student
+import torch
 
 from dhmlib.data.ground_truth import ground_truth_faces, ground_truth_meshes
 from dhmlib.experiments.variants import VARIANTS, Variant, get_variant
@@ -385,8 +386,6 @@ class AblationResult:
         virtual capture's true meshes of the same frames (skipped on data without them). Stored in ``acts``
         and in the claims (``penetration_loss.training_poses_fraction`` …).
         """
-        import torch
-
         root = data_dir(self.data_root)
         hand = hand_model or read_hand_model(root / "hand_model")
         parts = hand_parts(hand)

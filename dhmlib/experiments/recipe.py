@@ -30,7 +30,7 @@ SMOKE_EVAL = dict(num_frames=4, num_views=3, fit_steps=40)
 def evaluation_options(*, smoke: bool = False, fit_steps: int = 300, eval_views: int | None = None,
                        baseline: bool = True, eval_figures: bool = True, eval_frames: int | None = None,
                        eval_surface_every: int = 1) -> dict:
-    """Keyword arguments of :func:`dhmlib.evaluation.held_out.test_snapshot` from notebook 02's parameters;
+    """Keyword arguments of :func:`dhmlib.evaluation.held_out.evaluate_snapshot` from notebook 02's parameters;
     ``smoke`` caps frames, views and fit steps at :data:`SMOKE_EVAL` (smaller explicit values stay)."""
     def cap(value, limit):
         return limit if value is None else min(int(value), limit)

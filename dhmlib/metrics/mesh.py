@@ -1,6 +1,6 @@
 """Mesh metrics of the evaluation: error near flexed joints, interpenetration of parts, smoothness.
 
-All lengths mm, angles degrees unless said otherwise. Used by :func:`dhmlib.metrics.errors.evaluate` (flat
+All lengths mm, angles degrees unless said otherwise. Used by :func:`dhmlib.evaluation.result.evaluate` (flat
 summary keys) and on their own for poses without observations (:func:`penetration_at_poses`).
 
 **Near flexed joints** (:func:`near_joint_regions`, :func:`near_flexed_mask`). A joint ``j``'s flexion
@@ -37,8 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy.spatial import cKDTree
+import torch
 
 from dhmlib.hand.anatomy import GESTURES, gesture_euler, natural_range, random_plausible_pose
 from dhmlib.hand.kinematics import euler_to_matrix

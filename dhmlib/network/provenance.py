@@ -55,7 +55,7 @@ def hand_model_record(hand: HandModel) -> dict:
 def code_version() -> dict:
     """The ``code_version`` entry: dhmlib's version, and the git commit of the checkout it runs from."""
     commit = dirty = None
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]        # the checkout: dhmlib/network/provenance.py
     if (root / ".git").exists():
         try:
             commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,

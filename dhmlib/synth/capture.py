@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 import torch
 
 from dhmlib.data.keypoints import KEYPOINT_NAMES, joints_to_keypoints, write_keypoints
@@ -239,8 +240,6 @@ def _check_free(root: Path, overwrite: bool, log: Callable[[str], None] | None =
 
 
 def _save_jpeg(path: Path, rgb: np.ndarray, quality: int):
-    from PIL import Image
-
     Image.fromarray(rgb).save(path, format="JPEG", quality=quality)
 
 

@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from dhmlib.train.checkpoint import check_finite

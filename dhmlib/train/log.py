@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 
@@ -63,7 +64,6 @@ class RunLog:
             tmp.replace(path)
         self.metrics = open(path, "a", encoding="utf-8")
         if self.tb is not None:                 # TensorBoard drops its events from step + 1 on
-            from torch.utils.tensorboard import SummaryWriter      # optional, as in __init__
             self.tb.close()
             self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=step + 1)
         return dropped

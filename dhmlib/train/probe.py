@@ -11,10 +11,10 @@ the first step (a fresh run), every N steps and at the last step, and write its 
 
 What is measured: the current model, with its configured correctives, posed with the TRUE Euler
 angles of the held-out frames (the virtual capture's ``annotations/synthetic/subject_N/poses.npz``,
-read by :func:`dhmlib.evaluation.held_out.true_poses`) and the root placed as the trainer does (Kabsch
+read by :func:`dhmlib.data.ground_truth.true_poses`) and the root placed as the trainer does (Kabsch
 of the rest-pose refined alignment joints onto the frame's ground-truth joints,
 :meth:`~dhmlib.network.model.DeepHandMesh.root_from_joints`), against the capture's ground-truth meshes
-(:func:`dhmlib.metrics.errors.ground_truth_meshes`) with :func:`dhmlib.metrics.errors.vertex_error_maps`.
+(:func:`dhmlib.data.ground_truth.ground_truth_meshes`) with :func:`dhmlib.metrics.errors.vertex_error_maps`.
 No pose fit: the probe isolates what the decoder (correctives, skeleton) has learned from how
 well a pose can be recovered. Real data has no true angles or meshes: then there is no probe (one
 log line says so).

@@ -10,6 +10,8 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -70,9 +72,6 @@ def error_grid_figure(meshes: Mapping[str, np.ndarray], truth: np.ndarray, faces
     Returns:
         the matplotlib Figure.
     """
-    import matplotlib
-    import matplotlib.pyplot as plt
-
     truth = np.asarray(truth, dtype=np.float64)
     errs = {k: np.linalg.norm(np.asarray(v, dtype=np.float64) - truth, axis=-1) for k, v in meshes.items()}
     if max_mm is None:

@@ -1,6 +1,7 @@
 """Matplotlib figures for inspecting a capture (used by ``01_data_inspection``)."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 
@@ -15,8 +16,6 @@ def plot_camera_dome(cameras, points=None, ax=None, axis_mm: float = 60.0, label
         cameras: :class:`~dhmlib.render.Cameras` of batch shape (C,).
         points: optional (N, 3) world points (joints or vertices), mm.
     """
-    import matplotlib.pyplot as plt
-
     if ax is None:
         fig = plt.figure(figsize=(7, 6))
         ax = fig.add_subplot(projection="3d")
@@ -40,8 +39,6 @@ def plot_camera_dome(cameras, points=None, ax=None, axis_mm: float = 60.0, label
 
 def plot_keypoints_on_image(image, pixels, valid, skeleton, ax=None, title: str = ""):
     """An image (H, W, 3) with projected joints (J, 2) and the skeleton's bones."""
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=(3.5, 5))
     ax.imshow(image)
@@ -58,8 +55,6 @@ def plot_keypoints_on_image(image, pixels, valid, skeleton, ax=None, title: str 
 
 def plot_depth(depth, ax=None, title: str = "", colorbar: bool = True):
     """A depth map (H, W) in mm with a colour bar; background (0) left white."""
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=(3.5, 5))
     d = np.asarray(depth, dtype=float)
@@ -75,8 +70,6 @@ def plot_depth(depth, ax=None, title: str = "", colorbar: bool = True):
 def plot_sample(sample):
     """The input crop and the K depth crops of one dataset item (a :class:`~dhmlib.data.sample.HandSample`);
     the depth crops alone when the dataset has no images."""
-    import matplotlib.pyplot as plt
-
     K = sample.num_views
     first = 1 if sample.has_image else 0
     fig, axes = plt.subplots(1, K + first, figsize=(2.4 * (K + first), 2.8), squeeze=False)
@@ -94,8 +87,6 @@ def plot_sample(sample):
 
 def plot_angle_histograms(angles, skeleton, bins: int = 30):
     """Histograms of per-joint bend angles (N, J) in degrees, one panel per finger."""
-    import matplotlib.pyplot as plt
-
     fingers = ("thumb", "index", "middle", "ring", "pinky")
     fig, axes = plt.subplots(1, 5, figsize=(15, 2.6), sharey=True)
     for ax, f in zip(axes, fingers):

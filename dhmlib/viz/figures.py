@@ -4,6 +4,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 import numpy as np
 
 from dhmlib.viz.geometry import SKIN_RGB
@@ -34,8 +36,6 @@ def plot_hand(ax, vertices, faces, *, joints=None, parents=None, colors=None, ti
         title: axis title.
         view: ``{"elev": deg, "azim": deg}``; the x axis (fingers) points up.
     """
-    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
-
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
     base = np.asarray(SKIN_RGB) if colors is None else np.asarray(colors, dtype=np.float64)[f].mean(1)
@@ -72,8 +72,6 @@ def hand_figure(meshes, faces, *, path=None, size=4.0, dpi=100, **plot_kwargs):
     Returns:
         the matplotlib ``Figure``.
     """
-    import matplotlib.pyplot as plt
-
     # panels placed by hand with room above for the titles, wrapped to the panel's width: tight_layout
     # cropped the 3D axes' titles (04_posing_snapshot.png showed "with correcti")
     n = len(meshes)

@@ -1,8 +1,10 @@
 """Small vectorised mesh helpers for the viewers: vertex normals, error colours, camera pose."""
 from __future__ import annotations
 
+from matplotlib import colormaps
 import numpy as np
 from scipy import sparse
+from scipy.spatial.transform import Rotation
 
 SKIN_RGB = (0.88, 0.71, 0.60)
 #: the colour map of every per-vertex and depth error in dhmlib's figures and widgets (0 mm dark blue … top
@@ -46,16 +48,12 @@ class NormalSolver:
 
 def error_colors(error_mm: np.ndarray, max_mm: float, cmap: str = ERROR_CMAP) -> np.ndarray:
     """(..., V) per-vertex error in mm → (..., V, 3) float32 RGB in [0, 1]; ``max_mm`` maps to the top colour."""
-    from matplotlib import colormaps
-
     t = np.clip(np.asarray(error_mm, dtype=np.float64) / max(float(max_mm), 1e-9), 0.0, 1.0)
     return colormaps[cmap](t)[..., :3].astype(np.float32)
 
 
 def look_at_quaternion(position, target, up) -> tuple[float, float, float, float]:
     """Quaternion ``(x, y, z, w)`` of a camera at ``position`` looking at ``target`` (three.js: view along −z, up +y)."""
-    from scipy.spatial.transform import Rotation
-
     p, t, u = (np.asarray(a, dtype=np.float64) for a in (position, target, up))
     z = p - t
     z /= np.linalg.norm(z)

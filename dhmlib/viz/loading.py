@@ -7,6 +7,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from dhmlib.hand.handmodel import PROCEDURAL_ORIGIN, HandModel, default_hand_model_dir
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.network.provenance import pick_hand_model
@@ -67,8 +69,6 @@ def capture_ground_truth(hand_model: HandModel, identity_seed: int, params=None)
     read with ``DeformParams.from_dict``, so a capture written before an effect existed keeps it off);
     default: today's defaults.
     """
-    import numpy as np
-
     if isinstance(params, dict):
         params = DeformParams.from_dict(params)
     deformer = GroundTruthDeformer(hand_model, int(identity_seed), params)

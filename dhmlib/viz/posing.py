@@ -41,6 +41,8 @@ from dhmlib.viz.loading import default_output_dir
 from dhmlib.hand.layer import HandLayer
 from dhmlib.network.model import DeepHandMesh
 from dhmlib.viz.figures import hand_figure
+from matplotlib import colormaps
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,6 @@ def _unpack(result, faces_fallback):
 def error_legend_html(max_mm: float, error_mm=None, cmap: str = ERROR_CMAP, width: int = 300) -> str:
     """The error map's colour bar as HTML: a gradient of ``cmap`` from 0 to ``max_mm`` with ticks, and, when
     some of ``error_mm`` lie above ``max_mm``, an arrow at the top end and the share of vertices saturated."""
-    from matplotlib import colormaps
-
     cm = colormaps[cmap]
     stops = ", ".join(f"rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f}) {100 * t:.0f}%"
                       for t in np.linspace(0, 1, 11) for r, g, b, _ in [cm(t)])
@@ -577,8 +577,6 @@ def model_pose_fn(model, threads: int | None = 1):
     setting).  One pose is a small problem: on a busy few-core machine a single thread is about
     3x faster than torch's default pool (bench/posing_latency.py).
     """
-    import torch
-
     if isinstance(model, DeepHandMesh):
         layer = model.hand
     elif isinstance(model, HandLayer):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from dhmlib.viz.geometry import ERROR_CMAP, colorbar_extend, error_colors as colors
@@ -37,9 +39,6 @@ def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_e
     Returns:
         the matplotlib Figure (closed after saving when ``path`` is given).
     """
-    import matplotlib
-    import matplotlib.pyplot as plt
-
     target, rendered = np.asarray(target), np.asarray(rendered)
     k = min(num_views, len(target))
     mesh = vertex_error is not None

@@ -13,7 +13,10 @@ import os
 import time
 from pathlib import Path
 
+from matplotlib import cm, colors
+import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from dhmlib import progress as prog
 from dhmlib.data.dataset import DeepHandMeshDataset, capture_image_size
@@ -55,8 +58,6 @@ def loss_figure(records: list[dict], terms=CURVE_TERMS, fig=None, title: str = "
     Returns:
         the matplotlib ``Figure``.
     """
-    import matplotlib.pyplot as plt
-
     if fig is None:
         fig = plt.figure(figsize=(8.6, 3.6), layout="constrained")
     fig.clf()
@@ -146,7 +147,6 @@ class LivePlot:
         return f"training{f' ({self.title})' if self.title else ''}: " + ", ".join(parts)
 
     def _draw(self):
-        import matplotlib.pyplot as plt
         from IPython.display import display
 
         self._fig = loss_figure(self.records, fig=self._fig, title=self.title)
@@ -164,8 +164,6 @@ class LivePlot:
     def finish(self, path=None):
         """Draw the final figure (in place of the live one, or once when headless); save it to
         ``path`` (PNG) when given. Returns the ``Figure``."""
-        import matplotlib.pyplot as plt
-
         if self.live:
             self._draw()
         else:
@@ -204,7 +202,7 @@ def config_markdown(train_config, model_config, base=None) -> str:
 
 def metrics_markdown(rows: dict[str, dict], keys=None) -> str:
     """A Markdown table, one column per named summary (e.g. ``{"trained": {...}, "LBS only": {...}}``,
-    :meth:`dhmlib.metrics.errors.EvalResult.summary` dicts); ``keys`` (default: all, in first-seen order)."""
+    :meth:`dhmlib.evaluation.result.EvalResult.summary` dicts); ``keys`` (default: all, in first-seen order)."""
     names = list(rows)
     if keys is None:
         keys = []
@@ -230,9 +228,6 @@ def error_figure(pred_vertices, true_vertices, faces, *, max_mm: float | None = 
     Returns:
         the matplotlib ``Figure`` (with a colour bar in mm).
     """
-    import matplotlib.pyplot as plt
-    from matplotlib import cm, colors
-
     p = np.asarray(pred_vertices, dtype=np.float64)
     t = np.asarray(true_vertices, dtype=np.float64)
     err = np.linalg.norm(p - t, axis=1)
@@ -262,8 +257,6 @@ def depth_comparison_figure(rendered, target, *, titles=None, path=None, size: f
     Returns:
         the matplotlib ``Figure`` (3 rows: prediction, target, |difference| where both have a surface).
     """
-    import matplotlib.pyplot as plt
-
     r = np.asarray(rendered, dtype=np.float64)
     t = np.asarray(target, dtype=np.float64)
     k = r.shape[0]
@@ -298,7 +291,7 @@ def depth_comparison_figure(rendered, target, *, titles=None, path=None, size: f
 
 def frame_comparison(data_root, meshes_dir, frame: int, *, subject: int = 1, num_views: int = 4,
                      render_size=(128, 128), seed: int = 0) -> dict:
-    """One held-out frame's predicted mesh (an OBJ written by :func:`dhmlib.metrics.errors.write_results`),
+    """One held-out frame's predicted mesh (an OBJ written by :func:`dhmlib.evaluation.result.write_results`),
     its true mesh (virtual capture only) and depth renders of the prediction in K capture views.
 
     Args:
@@ -310,8 +303,6 @@ def frame_comparison(data_root, meshes_dir, frame: int, *, subject: int = 1, num
         ``{"pred": (V, 3), "true": (V, 3) or None, "faces": (F, 3), "rendered": (K, h, w),
         "target": (K, h, w), "views": names}``, mm.
     """
-    import torch
-
     path = Path(meshes_dir) / f"{int(frame):06d}.obj"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no predicted mesh for frame {frame} (written by the evaluation)")
@@ -360,8 +351,6 @@ def probe_figure(curves: dict, *, x: str = "step", reference: dict | None = None
     Returns:
         the matplotlib ``Figure``.
     """
-    import matplotlib.pyplot as plt
-
     if x not in ("step", "seconds"):
         raise ValueError(f"probe_figure: x must be 'step' or 'seconds', got {x!r}")
     if ax is None:
