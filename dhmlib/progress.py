@@ -75,7 +75,7 @@ class Progress:
             return
         if bar:
             try:
-                from tqdm import tqdm
+                from tqdm import tqdm  # a bar only when asked for
                 self._bar = tqdm(total=total, desc=title, unit=f" {unit}", file=self.stream, leave=False,
                                  dynamic_ncols=True)
             except ImportError:

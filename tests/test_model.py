@@ -267,7 +267,7 @@ def test_rest_pose_reproduces_the_procedural_template():
 
 @pytest.mark.parametrize("B", [1, 3])
 def test_pose_corrective_layer_gradcheck(hand, B):
-    from dhmlib.network.model import _BatchLastLinear
+    from dhmlib.network.correctives import _BatchLastLinear
 
     g = torch.Generator().manual_seed(B)
     x = torch.randn(B, 5, dtype=torch.float64, generator=g, requires_grad=True)

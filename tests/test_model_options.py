@@ -445,7 +445,7 @@ def test_linear_rotmat_snapshot_round_trip(hand, tmp_path):
 
 def pre_option_pose_plus(fc_pose, euler, base, zero_at_rest, normals):
     """SkinRefineNet.pose_plus as it was before pose_corrective_kind existed (same ops, same order)."""
-    from dhmlib.network.model import _BatchLastLinear
+    from dhmlib.network.correctives import _BatchLastLinear
 
     first, relu, last = fc_pose
     hidden = relu(first(euler.reshape(euler.shape[0], -1)))

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from dhmlib.hand.handmodel import HandModel
-from dhmlib.network.model import DeepHandMesh, ModelConfig, local_corrective_support
+from dhmlib.network.model import DeepHandMesh, ModelConfig
+from dhmlib.network.correctives import local_corrective_support
 from dhmlib.train.config import TrainConfig, preset
 
 

@@ -71,7 +71,7 @@ def check_dataset(root, image_size=None, progress: bool = True, max_problems: in
     Without ``images/`` (the public release) the keypoint files and depth maps are still read in full.
     ``image_size``: (H, W) expected of images and depth maps (None: :func:`capture_size`).
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # a bar only when asked for
 
     root = Path(root)
     rep = _Tally(Counter(), [])

@@ -160,7 +160,7 @@ def build_store(dataset, folder: Path, *, progress: bool = True, log: Callable[[
     bar = None
     if progress:
         try:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # a bar only when asked for
             bar = tqdm(total=len(frames), desc="preparing depth crops", unit="frame", leave=False)
         except ImportError:
             bar = None

@@ -85,7 +85,7 @@ class BatchSpec:
         path = Path(path)
         text = path.read_text(encoding="utf-8")
         try:
-            import yaml
+            import yaml  # YAML optional: JSON otherwise
         except ImportError:       # JSON only then
             yaml = None
         try:
@@ -450,7 +450,7 @@ def _now() -> str:
 def _source_index(executed: Path, index: int) -> int:
     """Papermill's cell index (its executed notebook before the error banners) → the source notebook's:
     the injected-parameters cell before it is not counted."""
-    import nbformat
+    import nbformat  # papermill/nbformat: the lab extra, imported when a notebook runs
 
     try:
         cells = nbformat.read(str(executed), as_version=4).cells

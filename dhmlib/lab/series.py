@@ -66,7 +66,7 @@ def find_notebooks(folder, only: list[str] | None = None) -> list[Path]:
 
 def declared_parameters(path) -> dict:
     """Names → defaults declared in the notebook's ``parameters`` cell."""
-    import papermill
+    import papermill  # papermill/nbformat: the lab extra, imported when a notebook runs
 
     return papermill.inspect_notebook(str(path))
 
@@ -121,7 +121,7 @@ def parse_value(text: str):
 
 def _cell_error(nb_path: Path) -> str:
     """The error output of the failing cell of an executed notebook."""
-    import nbformat
+    import nbformat  # papermill/nbformat: the lab extra, imported when a notebook runs
 
     nb = nbformat.read(nb_path, as_version=4)
     for i, cell in enumerate(nb.cells):
@@ -218,7 +218,7 @@ def quiet_lab_build_check(config_dir) -> Path:
 def register_progress_engine() -> str:
     """Register (once) a papermill engine that calls ``dhm_progress.cell_start`` as each cell starts."""
     global _registered
-    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.engines import NBClientEngine, papermill_engines  # papermill: the lab extra
 
     if not _registered:
         class ProgressEngine(NBClientEngine):
@@ -278,7 +278,7 @@ def run_notebooks(folder=None, out=None, params: dict | None = None, smoke: bool
 
 
 def _run_books(books, declared, params, smoke, out, kernel, engine, say, log, heartbeat, runs) -> None:
-    import nbformat
+    import nbformat  # papermill/nbformat: the lab extra, imported when a notebook runs
     import papermill
     from papermill.exceptions import PapermillExecutionError
 

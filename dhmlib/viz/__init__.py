@@ -12,9 +12,9 @@ __all__ = ["PosingWidget", "MeshView", "model_pose_fn", "load_posing_model", "de
 
 def __getattr__(name):
     if name in ("PosingWidget", "MeshView", "model_pose_fn"):
-        from dhmlib.viz import posing
+        from dhmlib.viz import posing  # deferred: the posing widget needs the lab extra (pythreejs)
         return getattr(posing, name)
     if name in ("load_posing_model", "default_output_dir", "latest_snapshot", "capture_ground_truth"):
-        from dhmlib.viz import loading
+        from dhmlib.viz import loading  # deferred: `import dhmlib.viz` (figures) loads neither torch nor the model
         return getattr(loading, name)
     raise AttributeError(f"module 'dhmlib.viz' has no attribute {name!r}")

@@ -36,7 +36,7 @@ CURVE_TERMS = ("total", "joint", "depth", "laplacian", "penetration_rigid", "pen
 
 def _in_kernel() -> bool:
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # IPython: the lab extra, present only in a kernel
     except ImportError:
         return False
     ip = get_ipython()
@@ -147,7 +147,7 @@ class LivePlot:
         return f"training{f' ({self.title})' if self.title else ''}: " + ", ".join(parts)
 
     def _draw(self):
-        from IPython.display import display
+        from IPython.display import display  # IPython: the lab extra, present only in a kernel
 
         self._fig = loss_figure(self.records, fig=self._fig, title=self.title)
         plt.close(self._fig)      # shown through the handle only (no second copy at the cell's end)
@@ -169,7 +169,7 @@ class LivePlot:
         else:
             self._fig = loss_figure(self.records, fig=self._fig, title=self.title)
             if _in_kernel():
-                from IPython.display import display
+                from IPython.display import display  # IPython: the lab extra, present only in a kernel
                 plt.close(self._fig)
                 display(self._fig)
         if path is not None:
