@@ -11,8 +11,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dhmlib.lab.batch import (BatchResult, BatchSpec, BatchSpecError, RunResult, expand_grid, flatten, parse_run,
-                              plan_runs, run_batch, split_top_level)
+from dhmlib.configs import split_top_level
+from dhmlib.lab.batch import BatchSpec, BatchSpecError, expand_grid, parse_run, plan_runs, run_batch
+from dhmlib.lab.results import BatchResult, RunResult, flatten
 from dhmlib.lab.series import parse_value
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,7 +70,8 @@ def test_sigint_writes_a_snapshot_that_resume_continues_bit_identically(capture,
     """SIGINT arrives during step 3 (sent from the metrics hook): training ends after that step with
     ``snapshot_0_step3``, train.log records it, and ``resume=True`` ends bit-identical to an uninterrupted run,
     with each step once in metrics.jsonl."""
-    from dhmlib.train.loop import TrainingInterrupted, train
+    from dhmlib.train.loop import train
+    from dhmlib.train.signals import TrainingInterrupted
 
     tc, mc = configs()
     ref, out = tmp_path / "ref", tmp_path / "out"

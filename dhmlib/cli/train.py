@@ -224,7 +224,8 @@ def run(args) -> int:
     from dhmlib.data.safe_pickle import DepthFileError
     from dhmlib.data.split import SplitError
     from dhmlib.train.checkpoint import NonFiniteLoss
-    from dhmlib.train.loop import TrainingInterrupted, train
+    from dhmlib.train.loop import train
+    from dhmlib.train.signals import TrainingInterrupted
 
     # SIGINT/SIGTERM (run_command turns SIGTERM into Ctrl-C): the loop ends after its step with a snapshot
     try:     # sizes and headers of what the run reads, before it starts (check-data reads them in full)

@@ -188,7 +188,7 @@ def run_diagnostics(names, *, batch: str = "ablation_diagnostics", output_root=N
                     on_progress=print, **parameters):
     """Notebook 02 once per diagnostic run (``names`` from :data:`DIAGNOSTIC_RUNS`) as a batch with the
     ablation's shared parameters (:func:`dhmlib.experiments.ablation.ablation_parameters`); returns the
-    :class:`~dhmlib.lab.batch.BatchResult` (its runs named after the diagnostic runs)."""
+    :class:`~dhmlib.lab.results.BatchResult` (its runs named after the diagnostic runs)."""
     unknown = [n for n in names if n not in DIAGNOSTIC_RUNS]
     if unknown:
         raise ValueError(f"diagnostic runs: unknown {unknown}; choices: {', '.join(DIAGNOSTIC_RUNS)}")
