@@ -46,6 +46,29 @@ SURFACE_EVERY = 4
 RATIO_METRICS = ("vertex_mean_mm", "vertex_p95_mm", "vertex_near_flexed_mean_mm")
 
 
+def penetration_at_training_poses(snapshot, hand, parts=None, every: int = 3) -> tuple[list[int], dict]:
+    """Interpenetration of an embedding-source snapshot's decoder at its own training poses.
+
+    The poses are the snapshot's pose embedding (every ``every``-th training frame), decoded in the model
+    frame (penetration does not depend on the root). Returns (frames, :func:`dhmlib.metrics_mesh.penetration`
+    of those meshes); raises ``ValueError`` when the snapshot has no pose embedding.
+    """
+    import torch
+
+    from .metrics_mesh import hand_parts, penetration
+    from .snapshot import model_from_snapshot, read_snapshot
+
+    emb = read_snapshot(snapshot).get("pose_embedding") or {}
+    if "euler" not in emb:
+        raise ValueError(f"{snapshot}: no pose embedding (pose_source 'image'?): no training poses to decode")
+    model = model_from_snapshot(snapshot, hand).eval()
+    frames = [int(f) for f in emb["frames"].tolist()[::every]]
+    euler = emb["euler"][::every].to(model.hand.template.dtype) * model.hand.dof_mask
+    with torch.no_grad():
+        v = model.decode(euler).vertices
+    return frames, penetration(v, parts if parts is not None else hand_parts(hand))
+
+
 #: frames per block of the paired interval (the free take has a new pose every 5 frames)
 BLOCK = 5
 
@@ -381,13 +404,11 @@ class AblationResult:
         virtual capture's true meshes of the same frames (skipped on data without them). Stored in ``acts``
         and in the claims (``penetration_loss.training_poses_fraction`` …).
         """
-        import torch
-
         from .handmodel import read_hand_model
         from .meshio import read_obj
         from .metrics_mesh import hand_parts, penetration
         from .paths import data_dir
-        from .snapshot import model_from_snapshot, read_snapshot
+        from .snapshot import read_snapshot
 
         root = data_dir(self.data_root)
         hand = hand_model or read_hand_model(root / "hand_model")
@@ -398,16 +419,9 @@ class AblationResult:
             if k not in done:
                 continue
             run = self[k]
-            ckpt = read_snapshot(run.snapshot)
-            emb = (ckpt.get("pose_embedding") or {})
-            if "euler" not in emb:
+            if "euler" not in (read_snapshot(run.snapshot).get("pose_embedding") or {}):
                 continue
-            model = model_from_snapshot(run.snapshot, hand).eval()
-            frames = emb["frames"].tolist()[::every]
-            euler = emb["euler"][::every].to(model.hand.template.dtype) * model.hand.dof_mask
-            with torch.no_grad():
-                v = model.decode(euler).vertices
-            train = penetration(v, parts)
+            frames, train = penetration_at_training_poses(run.snapshot, hand, parts, every)
             held = sorted(int(p.stem) for p in run.meshes.glob("*.obj"))
             hv = np.stack([read_obj(run.meshes / f"{f:06d}.obj")[0] for f in held])
             test = penetration(hv, parts)
