@@ -255,6 +255,8 @@ def test_ablation_notebook_smoke_runs_the_batch_collects_and_resumes(tmp_path):
         assert 0 < row["vertex_mean_mm"] < 20 and row["fist_penetration_fraction"] is not None
     claim = rec["claims"]["full_vs_lbs"]
     assert claim["ratio"] == pytest.approx(table["d"]["vertex_mean_mm"] / table["a"]["vertex_mean_mm"])
+    best = rec["claims"]["best_vs_lbs"]
+    assert best["variant"] == "d" and best["ratio"] == claim["ratio"] and best["goal"] == 0.35
     saved = json.loads((out / "result" / "ablation.json").read_text())
     assert saved["table"] == rec["table"] and [v["key"] for v in saved["variants"]] == ["a", "d"]
     for v in saved["variants"]:     # each variant's own executed notebook holds its record
