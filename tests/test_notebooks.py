@@ -255,6 +255,8 @@ def test_ablation_notebook_smoke_runs_the_batch_collects_and_resumes(tmp_path):
         assert 0 < row["vertex_mean_mm"] < 20 and row["fist_penetration_fraction"] is not None
     claim = rec["claims"]["full_vs_lbs"]
     assert claim["ratio"] == pytest.approx(table["d"]["vertex_mean_mm"] / table["a"]["vertex_mean_mm"])
+    best = rec["claims"]["best_vs_lbs"]
+    assert best["variant"] == "d" and best["ratio"] == claim["ratio"] and best["goal"] == 0.35
     saved = json.loads((out / "result" / "ablation.json").read_text())
     assert saved["table"] == rec["table"] and [v["key"] for v in saved["variants"]] == ["a", "d"]
     for v in saved["variants"]:     # each variant's own executed notebook holds its record
@@ -291,7 +293,7 @@ def test_diagnostics_notebook_smoke_scores_every_way_and_records(tmp_path):
     r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     rec = read_recorded(tmp_path / "nb" / book.name)["03b_diagnostics"]
-    assert rec["runs"] == ["old_d", "oracle_d", "image_d"]
+    assert rec["runs"] == ["old_d", "oracle_d", "image_d", "pen16_d"]
     saved = json.loads((tmp_path / "output" / "result" / "ablation_diagnostics.json").read_text())
     for name in ("old_d", "oracle_d"):
         means = saved["scores"][name]["mean"]
@@ -307,6 +309,25 @@ def test_diagnostics_notebook_smoke_scores_every_way_and_records(tmp_path):
     assert "train_pose_error_deg" not in saved["scores"]["image_d"]
     pen = saved["penetration"]
     assert set(pen) == {"image_d", "truth"} and rec["penetration"] == pen
+    # the penetration-weight sweep: the run trained with 16× the paper's weights, its interpenetration at its
+    # own training poses beside the true meshes' at the same frames
+    from dhmlib.data.ground_truth import ground_truth_meshes
+    from dhmlib.hand.handmodel import read_hand_model
+    from dhmlib.metrics.mesh import hand_parts, penetration
+    from dhmlib.network.snapshot import read_snapshot
+
+    sweep = saved["penetration_tradeoff"]
+    assert rec["penetration_tradeoff"] == sweep and sweep["reference"] == "pen16_d" and list(sweep["rows"]) == ["pen16_d"]
+    snap = next((tmp_path / "output" / "batch" / "ablation_diagnostics" / "pen16_d" / "model_dump").glob("snapshot_*"))
+    tc = read_snapshot(snap)["train_config"]
+    assert (tc["penetration_rigid_weight"], tc["penetration_nonrigid_weight"]) == (16.0, 80.0)
+    row = sweep["rows"]["pen16_d"]
+    assert row["factor"] == 16 and 0 <= row["training_poses"]["penetration_fraction"] < 1
+    assert row["held_out_mm"] == pytest.approx(np.mean(saved["scores"]["pen16_d"]["protocol"]))
+    data = tmp_path / "data"
+    truth = penetration(ground_truth_meshes(data, tc["subject"], sweep["frames"]),
+                        hand_parts(read_hand_model(data / "hand_model")))
+    assert sweep["truth"]["penetration_fraction"] == pytest.approx(truth["penetration_fraction"])
     for where in ("training_poses", "held_out_predicted"):
         assert 0 <= pen["image_d"][where]["penetration_fraction"] < 0.5 and pen["image_d"][where]["frames"] >= 1
     from dhmlib.data.ground_truth import ground_truth_meshes

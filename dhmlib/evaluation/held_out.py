@@ -8,7 +8,7 @@
     poses:  image source      the encoder on the input crop; root by Kabsch on the joints (as training)
             embedding source  no pose for unseen frames: fit_pose with the decoder frozen,
                               (1) joints only, ``fit_steps`` Adam steps from the zero pose (lr 0.05 → 0.001),
-                              (2) joints + depth, ``fit_steps // 5`` steps (lr 0.03 → 0.001) from (1)
+                              (2) joints + depth, ``2 × fit_steps // 5`` steps (lr 0.03 → 0.001) from (1)
     decode ─► render every view ─► dhmlib.evaluation.result.evaluate(...)
     output/result/metrics.json, output/result/meshes/<frame:06d>.obj, output/result/poses.npz,
     output/vis/test_<frame:06d>.png
@@ -67,10 +67,11 @@ from dhmlib.viz.result_figures import test_frame_figure
 
 #: fit settings of the embedding source (and of the baseline's fitted angles)
 JOINT_FIT_LR = (0.05, 0.001)
-#: the depth stage as issue 14 measured it converging (the earlier 37 steps at 0.01 → 0.001 stopped
-#: 0.09 mm of per-vertex error short for the full model, 0.08 mm for LBS alone: README, "The ablation")
+#: the depth stage as issue 14 measured it converging (README, "The held-out pose fit"): on notebook 03's
+#: models, 60 / 120 / 240 depth steps gave 0.601 / 0.577 / 0.565 mm for variant (e) (true angles 0.540) and
+#: 1.671 / 1.675 / 1.675 mm for LBS alone (true angles 1.561): LBS has nothing left to gain, the better decoder does
 DEPTH_FIT_LR = (0.03, 0.001)
-DEPTH_FIT_FRACTION = 5          # depth steps = fit_steps // 5
+DEPTH_FIT_SHARE = (2, 5)        # depth steps = fit_steps × 2 // 5 (120 for the default 300)
 #: views per frame in the depth stage of the fit (spread over the rig; the metrics use every view loaded): on
 #: the default capture the fit with 4 views and with all 24 gave the same held-out error (0.696 / 0.695 mm),
 #: and a step of 64 frames × 24 views cost 4.4 s on the 2-core CPU
@@ -223,10 +224,10 @@ def fit_held_out(model: DeepHandMesh, data: HeldOut, steps: int, correctives=Non
 
     Stage 1: joints only, ``steps`` Adam steps from the zero pose (root by Kabsch), lr 0.05 → 0.001.
     Stage 2: joints + depth of up to :data:`DEPTH_FIT_VIEWS` views per frame (spread over the rig),
-    ``steps // 5`` steps from stage 1, lr 0.03 → 0.001 (the
+    ``steps × 2 // 5`` steps from stage 1, lr 0.03 → 0.001 (the
     depth term has no silhouette gradient, so it only refines a pose that is already close).
     """
-    depth_steps = steps // DEPTH_FIT_FRACTION
+    depth_steps = steps * DEPTH_FIT_SHARE[0] // DEPTH_FIT_SHARE[1]
     euler, root, j1, j2, d2 = [], [], [], [], []
     chunks = list(_chunks(len(data.frames), FIT_BATCH))
     stages = stages or Stages("evaluation", enabled=False)

@@ -28,7 +28,9 @@ from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
 from dhmlib.data.layout import Layout
 from dhmlib.data.split import split_frames
 from dhmlib.evaluation.held_out import DEPTH_FIT_LR, JOINT_FIT_LR, encoder_poses, fit_held_out, load_held_out
-from dhmlib.experiments.ablation import TRAINING_NOTEBOOK, TRAINING_RECORD, ablation_parameters
+from dhmlib.experiments.ablation import (TRAINING_NOTEBOOK, TRAINING_RECORD, ablation_parameters, paired_interval,
+                                         penetration_at_training_poses)
+from dhmlib.experiments.variants import PENETRATION_WEIGHTS
 from dhmlib.hand.handmodel import read_hand_model
 from dhmlib.lab.batch import run_batch
 from dhmlib.metrics.mesh import hand_parts, penetration
@@ -168,6 +170,14 @@ ORACLE = "embedding_init=true_angles, train_embedding=false"
 #: the pose source of the paper (encoder on the input crop) on top of the cpu-small preset
 IMAGE_SOURCE = "pose_source=image"
 
+
+
+def penetration_weights(factor: float) -> str:
+    """Notebook-02 overrides: the penetration loss at ``factor`` × the paper's weights (rigid 1, non-rigid 5)."""
+    rigid, nonrigid = PENETRATION_WEIGHTS
+    return f"penetration_rigid_weight={factor * rigid:g}, penetration_nonrigid_weight={factor * nonrigid:g}"
+
+
 #: name → (variant key, notebook-02 overrides, what the run separates)
 DIAGNOSTIC_RUNS: dict[str, tuple[str, str, str]] = {
     "old_c": ("c", OLD_RECIPE, "the recipe before issue 14 (rest-pose embedding, no prior, no decay, no tangential "
@@ -181,6 +191,9 @@ DIAGNOSTIC_RUNS: dict[str, tuple[str, str, str]] = {
     "image_d": ("d", IMAGE_SOURCE, "the image encoder as the pose source, full model: poses come from the images, "
                                    "so the penetration loss cannot simply move free per-frame poses (cause 6)"),
     "image_e": ("e", IMAGE_SOURCE, "the same without the penetration loss: the control of image_d"),
+    "pen4_d": ("d", penetration_weights(4), "the full model with the penetration loss 4× the paper's weights: how "
+                                            "far can the loss lower interpenetration, at what cost in error?"),
+    "pen16_d": ("d", penetration_weights(16), "the same at 16× the paper's weights"),
 }
 
 
@@ -234,3 +247,64 @@ def penetration_at_encoder_poses(snapshot, data_root, frames, hand_model=None) -
     pen = penetration(torch.cat(verts).numpy(), hand_parts(hand))
     return {"penetration_fraction": pen["penetration_fraction"], "penetration_depth_mean": pen["penetration_depth_mean"],
             "frames": len(frames)}
+
+
+#: the penetration-weight sweep of notebook 03b: run name → factor on the paper's weights (notebook 03's (e)
+#: and (d) are the sweep's 0× and 1×)
+PENETRATION_SWEEP = {"new_e": 0.0, "new_d": 1.0, "pen4_d": 4.0, "pen16_d": 16.0}
+
+
+def penetration_tradeoff(snapshots: dict, scores: dict, data_root, hand, *, sweep=PENETRATION_SWEEP,
+                         every: int = 3) -> dict:
+    """The penetration loss's trade-off: interpenetration at each run's own training poses against its
+    held-out error, for the runs of ``sweep`` found in ``snapshots`` (name → snapshot path).
+
+    Each row: ``factor`` (× the paper's weights), ``training_poses`` (:func:`~dhmlib.metrics.mesh.penetration`'s
+    fraction and mean depth at every ``every``-th training frame, decoded from the snapshot's pose
+    embedding), ``held_out_mm`` (mean of ``scores[name]["protocol"]``); against the run with the smallest
+    factor (the reference): ``penetration_change`` (relative) and ``error_change`` (the paired per-frame
+    interval of the held-out errors, :func:`~dhmlib.experiments.ablation.paired_interval`). ``"truth"``: the true
+    meshes' penetration at the reference's training frames (``"frames"``). Returns ``{"rows": {name: row},
+    "truth": …, "reference": name, "frames": […]}`` (empty rows when no sweep run is there).
+    """
+    parts = hand_parts(hand)
+    names = sorted((n for n in sweep if n in snapshots and n in scores), key=lambda n: sweep[n])
+    rows, frames = {}, None
+    for n in names:
+        fr, pen = penetration_at_training_poses(snapshots[n], hand, parts, every)
+        frames = frames or fr
+        rows[n] = {"factor": sweep[n], "training_poses": {k: pen[k] for k in ("penetration_fraction",
+                                                                               "penetration_depth_mean")},
+                   "held_out_mm": float(np.mean(scores[n]["protocol"]))}
+    out = {"rows": rows, "reference": names[0] if names else None, "truth": None, "frames": frames}
+    if not names:
+        return out
+    ref = rows[names[0]]
+    for n in names[1:]:
+        f0 = ref["training_poses"]["penetration_fraction"]
+        rows[n]["penetration_change"] = (rows[n]["training_poses"]["penetration_fraction"] / f0 - 1) if f0 else None
+        rows[n]["error_change"] = paired_interval(scores[names[0]]["protocol"], scores[n]["protocol"])
+    tc = TrainConfig.from_dict(read_snapshot(snapshots[names[0]])["train_config"])
+    truth = penetration(ground_truth_meshes(data_root, tc.subject, frames), parts)
+    out["truth"] = {k: truth[k] for k in ("penetration_fraction", "penetration_depth_mean")}
+    out["frames"] = frames
+    return out
+
+
+def tradeoff_table(tradeoff: dict) -> str:
+    """:func:`penetration_tradeoff` as markdown: one row per weight, the truth last."""
+    rows = ["| run | × paper's weights | training poses: penetrating | mean depth, mm | vs reference | "
+            "held-out error, mm | Δ error vs reference (95 % interval) |", "| --- | --: | --: | --: | --: | --: | --- |"]
+    for n, r in tradeoff["rows"].items():
+        t = r["training_poses"]
+        pc = r.get("penetration_change")
+        ec = r.get("error_change")
+        rows.append(f"| {n} | {r['factor']:g} | {100 * t['penetration_fraction']:.2f} % | "
+                    f"{t['penetration_depth_mean']:.2f} | {'—' if pc is None else f'{100 * pc:+.0f} %'} | "
+                    f"{r['held_out_mm']:.3f} | " + ("reference" if ec is None else
+                    f"{ec['mean']:+.3f} [{ec['low']:+.3f}, {ec['high']:+.3f}] ({100 * ec['relative']:+.1f} %)") + " |")
+    if tradeoff.get("truth"):
+        t = tradeoff["truth"]
+        rows.append(f"| ground truth (same frames) | | {100 * t['penetration_fraction']:.2f} % | "
+                    f"{t['penetration_depth_mean']:.2f} | | | |")
+    return "\n".join(rows)
