@@ -68,3 +68,26 @@ def test_no_arrow_runs_back_up_the_data_flow(facts):
 
 def test_only_the_basics_are_flat_modules(facts):
     assert [m.split(".")[-1] for m in facts.top_level_modules] == ["configs", "memory", "paths", "progress"]
+
+
+#: the extras' packages (dev, lab, photo): none may be needed to import a dhmlib module (`pip install -e .` alone
+#: runs `dhm train`); each module that uses one defers the import to where it is used
+OPTIONAL = ("tensorboard", "papermill", "nbformat", "nbclient", "ipywidgets", "pythreejs", "IPython", "ipykernel",
+            "jupyterlab", "trimesh", "smplx", "playwright", "kaolin", "mediapipe", "cv2")
+#: modules that are the optional part themselves (they fail with a message naming the extra)
+NEEDS_AN_EXTRA = {"dhmlib.viz.posing": "pythreejs"}
+
+
+def test_every_module_imports_without_the_optional_extras():
+    import subprocess
+
+    modules = sorted(m for m in graph.read_graph(ROOT)[0] if not m.endswith("__main__") and m not in NEEDS_AN_EXTRA)
+    code = ("import importlib, sys\n"
+            f"for name in {OPTIONAL!r}:\n    sys.modules[name] = None      # import of it raises ImportError\n"
+            "failed = []\n"
+            f"for m in {modules!r}:\n"
+            "    try:\n        importlib.import_module(m)\n"
+            "    except ImportError as e:\n        failed.append(f'{m}: {e}')\n"
+            "print('\\n'.join(failed)); sys.exit(1 if failed else 0)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]

@@ -7,8 +7,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
+
+
+def _summary_writer(folder: Path, **kwargs):
+    """A TensorBoard ``SummaryWriter`` on ``folder``; deferred: TensorBoard is optional (the dev extra)."""
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(folder), **kwargs)
 
 
 class RunLog:
@@ -25,9 +30,8 @@ class RunLog:
         self.text = open(self.dir / "train.log", "a", encoding="utf-8")
         self.metrics = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
-            try:     # TensorBoard: an optional dependency, imported only when a run logs
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+            try:
+                self.tb = _summary_writer(self.dir / "tensorboard")
             except Exception:   # TensorBoard not installed: scalars stay in metrics.jsonl
                 self.tb = None
 
@@ -65,7 +69,7 @@ class RunLog:
         self.metrics = open(path, "a", encoding="utf-8")
         if self.tb is not None:                 # TensorBoard drops its events from step + 1 on
             self.tb.close()
-            self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=step + 1)
+            self.tb = _summary_writer(self.dir / "tensorboard", purge_step=step + 1)
         return dropped
 
     def record(self, rec: dict) -> None:
