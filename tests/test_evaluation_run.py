@@ -41,7 +41,7 @@ def trained(small_capture, hand, tmp_path_factory):
     return out, path
 
 
-@pytest.mark.slow   # ~7 s: 40 joint-fit steps, 8 joint+depth steps rendering 6 views, a figure
+@pytest.mark.slow   # ~7 s: 40 joint-fit steps, 16 joint+depth steps rendering 6 views, a figure
 def test_evaluate_snapshot_writes_metrics_meshes_poses_and_figures(small_capture, hand, trained):
     out, path = trained
     res = evaluate_snapshot(None, small_capture, out, epoch=1, fit_steps=40, device="cpu", baseline=False,
