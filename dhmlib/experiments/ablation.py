@@ -418,9 +418,10 @@ class AblationResult:
             if k not in done:
                 continue
             run = self[k]
-            if "euler" not in (read_snapshot(run.snapshot).get("pose_embedding") or {}):
+            try:
+                frames, train = penetration_at_training_poses(run.snapshot, hand, parts, every)
+            except ValueError:          # image source: no training poses of its own
                 continue
-            frames, train = penetration_at_training_poses(run.snapshot, hand, parts, every)
             held = sorted(int(p.stem) for p in run.meshes.glob("*.obj"))
             hv = np.stack([read_obj(run.meshes / f"{f:06d}.obj")[0] for f in held])
             test = penetration(hv, parts)
