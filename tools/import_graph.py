@@ -238,25 +238,21 @@ def facts(root: Path) -> Facts:
 
 
 def _print(f: Facts):
-    print(f"top-level modules              {len(f.top_level_modules):4d}  {' '.join(m.split('.')[-1] for m in f.top_level_modules)}")
-    print(f"arrows that run back up        {len(f.back_arrows):4d}")
-    for a in f.back_arrows:
-        print(f"    {a}")
+    def section(title: str, items, show=str, extra: str = ""):
+        print(f"{title:<31}{len(items):4d}{extra}")
+        for x in items:
+            print(f"    {show(x)}")
+
+    print(f"top-level modules              {len(f.top_level_modules):4d}  "
+          + " ".join(m.split(".")[-1] for m in f.top_level_modules))
+    section("arrows that run back up", f.back_arrows)
     if f.unplaced_units:
         print(f"units on no floor of LAYERS    {len(f.unplaced_units):4d}  {' '.join(f.unplaced_units)}")
-    print(f"cycles between units           {len(f.unit_cycles):4d}")
-    for c in f.unit_cycles:
-        print(f"    {' <-> '.join(c)}")
-    print(f"cycles between modules         {len(f.module_cycles):4d}")
-    for c in f.module_cycles:
-        print(f"    {' <-> '.join(c)}")
+    section("cycles between units", f.unit_cycles, " <-> ".join)
+    section("cycles between modules", f.module_cycles, " <-> ".join)
     print(f"imports inside functions       {f.deferred_imports:4d}")
-    print(f"files over {LONG_FILE} lines           {len(f.long_files):4d}")
-    for x in f.long_files:
-        print(f"    {x}")
-    print(f"functions over {LONG_FUNCTION} lines        {len(f.long_functions):4d}")
-    for x in f.long_functions:
-        print(f"    {x}")
+    section(f"files over {LONG_FILE} lines", f.long_files)
+    section(f"functions over {LONG_FUNCTION} lines", f.long_functions)
 
 
 def main(argv=None) -> int:
