@@ -57,6 +57,41 @@ def test_prepared_crops_equal_the_full_size_path_and_follow_the_files(small_capt
     assert _key(_dataset(small_capture)) != key
 
 
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_loader_batch_is_one_gather_equal_to_the_samples_collated(small_capture, tmp_path, monkeypatch, resident):
+    from dhmlib.data import crop_cache
+    from dhmlib.data.sample import GatheredSamples, HandBatch, collate_samples
+
+    monkeypatch.setattr(crop_cache, "RESIDENT_MAX_BYTES", 1 << 40 if resident else 0)
+    ref = _dataset(small_capture)                       # full-size files, sample by sample
+    ds = _dataset(small_capture).use_prepared_crops(tmp_path, progress=False)
+    assert ds.crop_store.resident is resident
+    assert isinstance(ds.crop_store.depth, np.memmap) is not resident
+    ds.set_epoch(2)
+    ref.set_epoch(2)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, sampler=order, collate_fn=collate_samples)
+    seen = []
+    for k, got in enumerate(loader):
+        idx = order[5 * k: 5 * k + 5]
+        want = collate_samples([ref[i] for i in idx])
+        for f in ("joints", "joint_valid", "depth", "view_index", "frame", "index"):
+            a, b = getattr(got, f), getattr(want, f)
+            assert a.dtype == b.dtype and torch.equal(a, b), f
+        assert torch.equal(got.view_crops.matrix, want.view_crops.matrix) and got.view_crops.size == want.view_crops.size
+        for a in ("R", "t", "focal", "principal"):
+            assert torch.equal(getattr(got.view_cameras, a), getattr(want.view_cameras, a)), a
+        assert (got.view_names, got.subject, got.sequence, got.camera) == \
+               (want.view_names, want.subject, want.sequence, want.camera)
+        assert got.view_cameras.names == want.view_cameras.names
+        seen += got.index.tolist()
+    assert seen == order
+    # another collate_fn sees the samples themselves
+    items = ds.__getitems__([0, 3])
+    assert isinstance(items, GatheredSamples) and isinstance(items.batch, HandBatch)
+    assert [s.index for s in items] == [0, 3] and torch.equal(items[1].depth, ref[3].depth)
+
+
 def test_a_killed_build_leaves_nothing_that_is_taken_for_a_store(small_capture, tmp_path):
     from dhmlib.data.crop_cache import _key, open_or_build
 

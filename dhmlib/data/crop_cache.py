@@ -39,6 +39,10 @@ from dhmlib.render.crop import crop_depth
 #: bump when the stored content changes meaning
 CACHE_VERSION = 1
 LOCK_TIMEOUT_S = 3600.0
+#: a store's depth array up to this size is read into memory when opened (the default capture's 96²
+#: store: 177 MB); a larger one (256² crops: 1.2 GB) stays memory-mapped, shared by DDP ranks through
+#: the page cache. Resident, a batch is an array gather whatever else went through the page cache.
+RESIDENT_MAX_BYTES = 512 << 20
 
 
 def default_cache_root(data_root, output_root=None) -> Path:
@@ -111,6 +115,9 @@ class DepthCropStore:
                                  f"at {h}×{w}, found {a.dtype.name} {a.shape}")
             arrays[name] = a
         self.depth, self.matrix, self.present = arrays["depth.npy"], arrays["matrix.npy"], arrays["present.npy"]
+        self.resident = self.depth.nbytes <= RESIDENT_MAX_BYTES
+        if self.resident:
+            self.depth = np.array(self.depth)
 
     def crops(self, frame: int, cameras) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The K cameras' depth crops (mm) and crop matrices of ``frame``; None when any is missing."""
@@ -120,6 +127,18 @@ class DepthCropStore:
             return None
         return (torch.from_numpy(np.ascontiguousarray(self.depth[row, cols])),
                 torch.from_numpy(self.matrix[row, cols].copy()))
+
+    def gather(self, frames, cameras) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """B frames' depth crops (B, K, h, w) mm and crop matrices (B, K, 2, 3), ``cameras`` B lists of K
+        names, in one indexing; None when any pair is missing. Equal to B calls of :meth:`crops`."""
+        rows = [self._row.get(int(f)) for f in frames]
+        cols = [[self._col.get(c) for c in cams] for cams in cameras]
+        if None in rows or any(None in c for c in cols):
+            return None
+        r, c = np.asarray(rows)[:, None], np.asarray(cols)
+        if not self.present[r, c].all():
+            return None
+        return torch.from_numpy(self.depth[r, c]), torch.from_numpy(self.matrix[r, c])
 
 
 def _compute_frame(dataset, frame: int, cameras: list[str]):

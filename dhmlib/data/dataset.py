@@ -26,7 +26,7 @@ from dhmlib.data.crop_cache import default_cache_root, open_or_build
 from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
 from dhmlib.data.layout import Layout, is_color_camera
 from dhmlib.data.safe_pickle import load_array_pickle
-from dhmlib.data.sample import HandBatch, HandSample, collate_samples
+from dhmlib.data.sample import GatheredSamples, HandBatch, HandSample, collate_samples
 from dhmlib.data.split import FrameSplit, split_frames
 from dhmlib.hand.handmodel import HandModel
 from dhmlib.hand.skeleton import Skeleton
@@ -285,6 +285,36 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
                           depth=depth_crops, view_cameras=cams, view_crops=crop_d, view_index=vidx,
                           view_names=tuple(views), subject=self.layout.subject, sequence=s.sequence, frame=s.frame,
                           camera=s.camera, index=int(index))
+
+    def __getitems__(self, indices):
+        """The samples at ``indices``, for a ``DataLoader``'s batched fetch: with prepared crops and no
+        images a :class:`~dhmlib.data.sample.GatheredSamples` whose batch is one gather from the store
+        (equal to collating the samples one by one, tested); otherwise the samples one by one."""
+        batch = self._gather_batch(list(indices)) if self.crop_store is not None and not self.has_images else None
+        if batch is None:
+            return [self[i] for i in indices]
+        return GatheredSamples(self, indices, batch)
+
+    def _gather_batch(self, indices: list[int]) -> HandBatch | None:
+        samples = [self.samples[i] for i in indices]
+        views = [self.choose_views(i, s.frame) for i, s in zip(indices, samples)]
+        got = self.crop_store.gather([s.frame for s in samples], views)
+        if got is None:
+            return None
+        joints, valid = (torch.stack(x) for x in zip(*(self.joints(s.frame) for s in samples)))
+        if not (valid > 0).any(1).all():      # the per-sample path names the file
+            return None
+        vidx = torch.tensor([[self._cam_index[c] for c in v] for v in views])
+        names = tuple(views[0]) if all(v == views[0] for v in views) else None
+        cams = Cameras(*(getattr(self.rig, a)[vidx] for a in ("R", "t", "focal", "principal")), names=names)
+        return HandBatch(image=None, input_camera=None, input_crop=None, joints=joints, joint_valid=valid,
+                         depth=got[0], view_cameras=cams, view_crops=Crop(got[1], self.render_size),
+                         view_index=vidx, view_names=tuple(tuple(v) for v in views),
+                         subject=(self.layout.subject,) * len(samples),
+                         sequence=tuple(s.sequence for s in samples),
+                         frame=torch.tensor([s.frame for s in samples], dtype=torch.long),
+                         camera=tuple(s.camera for s in samples),
+                         index=torch.tensor(indices, dtype=torch.long))
 
     def use_prepared_crops(self, cache_root=None, *, progress: bool = True, log=None) -> "DeepHandMeshDataset":
         """Read depth crops from a prepared store (:mod:`dhmlib.data.crop_cache`) under ``cache_root``

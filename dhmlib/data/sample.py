@@ -178,13 +178,33 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return default_collate(tensors)
 
 
+class GatheredSamples(Sequence):
+    """B samples fetched together (a dataset's ``__getitems__``): ``batch`` is their :class:`HandBatch`,
+    already gathered in one indexing of the prepared crops; the items are the samples themselves,
+    built on access (``dataset[index]``), for a ``collate_fn`` other than :func:`collate_samples`."""
+
+    def __init__(self, dataset, indices: Sequence[int], batch: HandBatch):
+        self.dataset, self.indices, self.batch = dataset, list(indices), batch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self.dataset[i] for i in self.indices[k]]
+        return self.dataset[self.indices[k]]
+
+
 def collate_samples(samples: Sequence[HandSample]) -> HandBatch:
-    """Stack samples into a :class:`HandBatch` (a ``DataLoader`` ``collate_fn``).
+    """Stack samples into a :class:`HandBatch` (a ``DataLoader`` ``collate_fn``); a
+    :class:`GatheredSamples` gives its ready batch.
 
     Raises:
         ValueError: on an empty list, samples with and without images mixed, or
             differing numbers of views or crop sizes.
     """
+    if isinstance(samples, GatheredSamples):
+        return samples.batch
     if not samples:
         raise ValueError("collate_samples: expected at least one sample, got none")
     with_image = {s.has_image for s in samples}
