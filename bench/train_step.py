@@ -148,7 +148,7 @@ def measure_steps(root: str, preset_name: str, device: str, steps: int, threads:
     from dhmlib.train.step import TrainStep
 
     torch.set_num_threads(threads)
-    kept = keep_freed_memory()            # as the training command does
+    kept = keep_freed_memory()            # as dhm train and train() do
     dev = torch.device(device)
     cfg, mcfg = preset(preset_name)
     seed_everything(cfg.seed)

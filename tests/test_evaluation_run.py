@@ -167,3 +167,52 @@ def test_fast_mode_gives_the_full_mode_numbers_with_the_same_views(small_capture
     # the baseline's mesh metrics: plain LBS with the true angles, near-flexed error included
     lbs = full.info["baseline"]["true_angles"]
     assert lbs["vertex_near_flexed_count"] == b["vertex_near_flexed_count"] and "penetration_fraction" in lbs
+
+
+@pytest.mark.slow   # ~12 s: three evaluations of one frame with 8 joint-fit steps, two with the baseline fit
+def test_the_lbs_baseline_is_kept_per_capture_and_recomputed_when_a_file_changes(small_capture, hand, trained,
+                                                                                 tmp_path):
+    """The snapshot-independent baseline is computed once: a second test of the same capture reads it back
+    (the same numbers in metrics.json); a touched depth map or another fit length is another key."""
+    import os
+
+    from dhmlib.evaluation.baseline_cache import baseline_key
+
+    out, path = trained
+    cache = tmp_path / "cache"
+    kw = dict(fit_steps=8, device="cpu", render_figures=False, baseline_cache=cache, log=lambda s: None)
+    first = evaluate_snapshot(path, small_capture, tmp_path / "a", **kw)
+    assert first.info["baseline_from_cache"] is False
+    files = sorted(cache.glob("lbs_baseline_*.json"))
+    assert len(files) == 1
+    again = evaluate_snapshot(path, small_capture, tmp_path / "b", **kw)
+    assert again.info["baseline_from_cache"] is True and sorted(cache.glob("lbs_baseline_*.json")) == files
+    doc_a = json.loads((tmp_path / "a" / "result" / "metrics.json").read_text())
+    doc_b = json.loads((tmp_path / "b" / "result" / "metrics.json").read_text())
+    assert doc_a["baseline"] == doc_b["baseline"] and set(doc_b["baseline"]) == {"true_angles", "fitted_angles"}
+    assert again.info["baseline"] == first.info["baseline"]
+    # what the key covers
+    lay = Layout(small_capture, 1)
+    views = [["400001", "400002"]]
+    args = dict(hand_sha256="h", render_size=(48, 48), crop_mode="seed", fit_steps=8, fit=True, device_type="cpu",
+                depth_share=(2, 5))
+    key = baseline_key(small_capture, 1, [4], views, **args)
+    assert baseline_key(small_capture, 1, [4], views, **{**args, "fit_steps": 9}) != key
+    assert baseline_key(small_capture, 1, [4], views, **{**args, "hand_sha256": "g"}) != key
+    p = next((lay.depth_dir / "000004").iterdir())
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        assert baseline_key(small_capture, 1, [4], views, **args) != key
+        third = evaluate_snapshot(path, small_capture, tmp_path / "c", **kw)
+        assert third.info["baseline_from_cache"] is False and len(list(cache.glob("lbs_baseline_*.json"))) == 2
+    finally:
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # a damaged file is said and computed again
+    files[0].write_text("{not json")
+    msgs = []
+    again = evaluate_snapshot(path, small_capture, tmp_path / "d", **{**kw, "log": msgs.append})
+    assert again.info["baseline_from_cache"] is False and any("unreadable" in m for m in msgs)
+    rewritten = json.loads(files[0].read_text())["baseline"]
+    assert {k: v["summary"]["vertex_mean_mm"] for k, v in rewritten.items()} == \
+           pytest.approx({k: v["vertex_mean_mm"] for k, v in doc_a["baseline"].items()}, rel=1e-5)

@@ -186,3 +186,45 @@ def test_dhm_demo_png_writes_a_picture_of_the_mesh(tmp_path):
     assert main(["demo", "--hand-model", str(hand_dir), "--out", str(tmp_path / "h.ply"), "--png", str(named)]) == 0
     assert plt.imread(named).shape == img.shape
     assert main(["demo", "--hand-model", str(hand_dir), "--out", str(out), "--png", str(tmp_path / "x.jpg")]) == 2
+
+
+def test_test_frame_figures_after_the_first_take_its_layout_and_stay_readable(depth_pair, tmp_path):
+    """A test run's figures after the first reuse the first one's solved layout: the same axes boxes, every
+    title and colour-bar label inside the figure, equal panels, the clipped scale still marked."""
+    from dhmlib.viz import result_figures as rf
+
+    hand = toy_hand(300)
+    target, rendered = depth_pair
+    err = np.linspace(0, 3, hand.num_vertices)
+    rf._SAVED_LAYOUTS.clear()
+    rf.test_frame_figure(7, target, rendered, hand.vertices, hand.faces, vertex_error=err, vmax=2.0,
+                         views=["400001", "400002"], path=tmp_path / "a.png")
+    assert len(rf._SAVED_LAYOUTS) == 1
+    first = [p.bounds for p in next(iter(rf._SAVED_LAYOUTS.values()))]
+    seen = {}
+    orig_close = plt.close
+    try:   # keep the second figure open to inspect it
+        plt.close = lambda fig=None: seen.setdefault("fig", fig)
+        rf.test_frame_figure(8, target * 1.7, rendered * 1.7, hand.vertices, hand.faces, vertex_error=2 * err,
+                             vmax=4.0, views=["400003", "400004"], path=tmp_path / "b.png")
+    finally:
+        plt.close = orig_close
+    fig = seen["fig"]
+    assert fig.get_layout_engine() is None                       # not solved again
+    assert np.allclose([ax.get_position(original=True).bounds for ax in fig.axes], first)
+    renderer = boxes(fig)
+    outer = fig.bbox
+    for ax in fig.axes:
+        lo, hi = sorted(ax.get_ylim())    # ticks outside the bar are not drawn; image axes are off
+        ticks = [t for t, y in zip(ax.get_yticklabels(), ax.get_yticks()) if lo <= y <= hi] \
+            if getattr(ax, "_colorbar", None) is not None else []
+        for text in [ax.title, ax.yaxis.label] + ticks:
+            if text.get_text() and text.get_visible():
+                assert inside(text.get_window_extent(renderer), outer), text.get_text()
+    images = [ax for ax in fig.axes if ax.images and getattr(ax, "_colorbar", None) is None
+              and not ax.get_title().startswith("frame")]
+    widths = {round(ax.get_window_extent(renderer).width) for ax in images}
+    assert len(images) == 6 and max(widths) - min(widths) <= 2
+    assert [b.extend for b in colorbars(fig) if b.ax.get_ylabel() == "|diff|, mm"] == ["max"] * 2
+    plt.close(fig)
+    assert (tmp_path / "b.png").stat().st_size > 10_000

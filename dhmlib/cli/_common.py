@@ -47,9 +47,14 @@ def _terminate(signum, frame):
 
 
 def run_command(command: str, run, args) -> int:
-    """``run(args)`` with dhm's error handling: user errors → one line and 2, Ctrl-C and SIGTERM → 130."""
+    """``run(args)`` with dhm's error handling: user errors → one line and 2, Ctrl-C and SIGTERM → 130.
+    Freed memory is kept for reuse first (:func:`dhmlib.memory.keep_freed_memory`)."""
     import signal
     import threading
+
+    from dhmlib.memory import keep_freed_memory
+
+    keep_freed_memory()
 
     previous = None
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):

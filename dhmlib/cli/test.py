@@ -32,10 +32,13 @@ def add(p):
     p.add_argument("--held-out", dest="held_out", metavar="RULE",
                    help="held-out rule (seq:NAME, frames:A-B, last:P%%, last:N; default: the snapshot's)")
     p.add_argument("--fit-steps", type=int_at_least(0), default=300,
-                   help="joint-fit steps for embedding models (+ steps/5 with depth)")
+                   help="joint-fit steps for embedding models (+ 2/5 as many with depth)")
     p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:N or mps (default: automatic)")
     p.add_argument("--no-render", action="store_true", help="no figures in OUTPUT/vis/")
     p.add_argument("--no-baseline", action="store_true", help="skip the template + LBS baseline")
+    p.add_argument("--recompute-baseline", action="store_true",
+                   help="compute the baseline even when OUTPUT/cache holds it for the same capture, hand model, "
+                        "settings and code (and keep nothing)")
     p.add_argument("--views", type=int_at_least(1), default=None, metavar="N",
                    help="N cameras per held-out frame (spread over the rig) for the depth fit and depth error "
                         "(default: every camera); --views 4 --no-baseline --no-render is the fast mode")
@@ -71,7 +74,8 @@ def run(args) -> int:
     try:
         res = evaluate_snapshot(args.snapshot, args.data, out, epoch=args.epoch, split=args.held_out,
                             fit_steps=args.fit_steps, device=args.device, render=not args.no_render,
-                            baseline=not args.no_baseline, num_views=args.views)
+                            baseline=not args.no_baseline, num_views=args.views,
+                            **({"baseline_cache": None} if args.recompute_baseline else {}))
     except (SplitError, DatasetError, ScanError) as e:
         raise CLIError(str(e)) from None
     info = res.info

@@ -48,6 +48,7 @@ from dhmlib.data.layout import Layout
 from dhmlib.data.sample import collate_samples
 from dhmlib.data.scans import read_scan
 from dhmlib.data.split import split_frames
+from dhmlib.evaluation.baseline_cache import baseline_key, cached_baseline
 from dhmlib.evaluation.result import EvalResult, evaluate, write_results
 from dhmlib.hand.handmodel import HandModel
 from dhmlib.metrics import mesh as mm
@@ -56,6 +57,7 @@ from dhmlib.network.fit import fit_pose
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.network.provenance import CODE_KEY, HAND_KEY, code_version, hand_model_record, pick_hand_model
 from dhmlib.network.snapshot import SnapshotError, load_network_state, read_snapshot, snapshot_config
+from dhmlib.memory import keep_freed_memory
 from dhmlib.paths import data_dir, output_dir
 from dhmlib.progress import Stages
 from dhmlib.render import render_depth
@@ -440,7 +442,7 @@ def evaluate_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch:
                   baseline: bool = True, num_views: int | None = None, render_figures: bool = True,
                   baseline_fit: bool = True, hand_model: HandModel | None = None, surface_every: int = 1,
                   log: Callable[[str], None] = print, progress: bool = True,
-                  num_frames: int | None = None) -> EvalResult:
+                  num_frames: int | None = None, baseline_cache="default") -> EvalResult:
     """Evaluate a training snapshot on the held-out frames and write the results.
 
     Args:
@@ -467,6 +469,8 @@ def evaluate_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch:
             measured; ``info["surface_every"]`` says so). 1: every frame.
         num_frames: evaluate only this many of the held-out frames, spread evenly over them (quick runs:
             notebook 02's smoke settings); None: all.
+        baseline_cache: folder of the baseline's cached summaries (:mod:`dhmlib.evaluation.baseline_cache`;
+            ``"default"``: ``output_root/cache``; None: computed every time, nothing kept).
         progress: a progress bar per stage (loading, pose fit, decode and render, metrics, baseline, files,
             figures) with an ETA in a terminal, a line per stage (and every 15 s inside one) elsewhere
             (:mod:`dhmlib.progress`; the lines go to ``log``).
@@ -478,6 +482,9 @@ def evaluate_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch:
     """
     data_root = data_dir(data_root)
     out_root = output_dir(None, output_root)
+    keep_freed_memory()
+    if baseline_cache == "default":
+        baseline_cache = out_root / "cache"
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path, ckpt = resolve_snapshot(snapshot, out_root, epoch, log)
     stored = ckpt.get("train_config")
@@ -519,10 +526,19 @@ def evaluate_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch:
         identity["surface_every"] = int(surface_every)
     m = measure(model, data, poses, data_root, subject, info=identity, mesh_inputs=mesh_inputs, stages=stages,
                 surface_every=surface_every)
-    base = None
-    if baseline:
-        base = lbs_baseline(data_root, subject=subject, fit_steps=fit_steps, device=dev, hand_model=hand, config=tc,
-                            data=data, fit=baseline_fit, mesh_inputs=mesh_inputs, log=log, stages=stages)
+    base, reused = None, None
+    if baseline:    # snapshot-independent: computed once per capture, hand model, settings and code
+        def compute():
+            got = lbs_baseline(data_root, subject=subject, fit_steps=fit_steps, device=dev, hand_model=hand,
+                               config=tc, data=data, fit=baseline_fit, mesh_inputs=mesh_inputs, log=log,
+                               stages=stages)
+            return {k: {"summary": summary(v), "info": v.result.info} for k, v in got.items()}
+
+        key = baseline_key(data_root, subject, data.frames, data.views, hand_sha256=identity["hand_model"]["sha256"],
+                           render_size=tc.render_size, crop_mode=tc.crop_mode, fit_steps=fit_steps,
+                           fit=baseline_fit, device_type=dev.type, depth_share=DEPTH_FIT_SHARE)
+        base, reused = cached_baseline(None if baseline_cache is None else Path(baseline_cache), key, compute,
+                                       log=log)
     files = stages.stage(f"writing metrics.json and {len(data.frames)} mesh(es)")
     result_dir = out_root / "result"
     mesh_dir = result_dir / "meshes"
@@ -538,7 +554,8 @@ def evaluate_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch:
              root=poses.root.detach().cpu().numpy(), source=np.array(poses.source))
     doc = m.result.to_dict()
     doc["scans"] = _scan_dict(m.scans)
-    doc["baseline"] = None if base is None else {k: {**summary(v), "info": v.result.info} for k, v in base.items()}
+    doc["baseline"] = None if base is None else {k: {**v["summary"], "info": v["info"]} for k, v in base.items()}
+    doc["baseline_from_cache"] = reused
     tmp = metrics_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(metrics_path)
@@ -557,7 +574,8 @@ def evaluate_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch:
     info = {**m.result.info, "metrics": str(metrics_path), "meshes": str(mesh_dir), "poses": str(poses_path),
             "figures": figures,
             "scans": doc["scans"]["summary"] if doc["scans"] else None,
-            "baseline": {k: summary(v) for k, v in base.items()} if base else None}
+            "baseline": {k: v["summary"] for k, v in base.items()} if base else None,
+            "baseline_from_cache": reused}
     return EvalResult(frames=m.result.frames, joint_error=m.result.joint_error, depth_error=m.result.depth_error,
                       vertex=m.result.vertex, vertex_per_frame=m.result.vertex_per_frame, surface=m.result.surface,
                       mesh=m.result.mesh, mesh_per_frame=m.result.mesh_per_frame, info=info)

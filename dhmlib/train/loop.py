@@ -52,6 +52,7 @@ from dhmlib.data.layout import Layout
 from dhmlib.data.sample import collate_samples
 from dhmlib.hand.handmodel import HandModel
 from dhmlib.losses import PenetrationLoss
+from dhmlib.memory import keep_freed_memory
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.train.checkpoint import (BackgroundSnapshotWriter, find_resumable, list_snapshots, restore_training_state,
                                      save_training_snapshot, snapshot_path)
@@ -144,6 +145,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_root, outpu
     """
     cfg = train_config
     data_root, output_root = Path(data_root), Path(output_root)
+    keep_freed_memory()
     info = init_distributed(device)
     log = RunLog(output_root, is_main(info), echo)
     previous_det = torch.are_deterministic_algorithms_enabled()

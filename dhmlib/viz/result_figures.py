@@ -14,6 +14,11 @@ from dhmlib.viz.meshimage import mesh_image
 #: the top of the |difference| scale of the depth panels, mm (larger differences saturate: an arrow on its bar)
 DIFF_MAX_MM = 5.0
 
+#: axes positions (figure fractions, creation order) that constrained layout gave the first saved figure of each
+#: (views shown, mesh panel, dpi): later figures of a test run take them instead of solving the layout again,
+#: which was most of a figure's time (the panels are the same, only numbers and titles change)
+_SAVED_LAYOUTS: dict[tuple, list] = {}
+
 
 def error_colors(error, vmax: float | None = None, cmap: str | None = None) -> np.ndarray:
     """(V,) errors, mm → (V, 3) RGB in [0, 1] (0 dark … ``vmax`` bright; default ``vmax``: the maximum;
@@ -44,7 +49,10 @@ def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_e
     mesh = vertex_error is not None
     cols = 3 + mesh
     # equal image panels; constrained layout takes each colour bar's room from its own panels
-    fig = plt.figure(figsize=(3.2 * 3 + (4.6 if mesh else 0), 2.9 * k), dpi=dpi, layout="constrained")
+    layout_key = (k, mesh, dpi)
+    reuse = _SAVED_LAYOUTS.get(layout_key) if path is not None else None
+    fig = plt.figure(figsize=(3.2 * 3 + (4.6 if mesh else 0), 2.9 * k), dpi=dpi,
+                     layout=None if reuse else "constrained")
     grid = fig.add_gridspec(k, cols, width_ratios=[1, 1, 1] + ([1.6] if mesh else []))
     for i in range(k):
         t, r = target[i], rendered[i]
@@ -83,6 +91,11 @@ def test_frame_figure(frame: int, target, rendered, vertices, faces, *, vertex_e
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if reuse and len(reuse) == len(fig.axes):
+            for ax, pos in zip(fig.axes, reuse):
+                ax.set_position(pos)
         fig.savefig(path, dpi=dpi)
+        if not reuse:
+            _SAVED_LAYOUTS[layout_key] = [ax.get_position(original=True) for ax in fig.axes]
         plt.close(fig)
     return fig
