@@ -64,8 +64,7 @@ class Detection:
         depth: (21,) MediaPipe's relative depth, pixels (its ``z`` × image width): 0 at the wrist,
             negative towards the camera.
         label: MediaPipe's handedness label ("Left"/"Right", for a mirrored image).
-        handedness_score: its confidence in ``label``; score: the landmark model's hand presence, when reported
-            (else the handedness score).
+        handedness_score: its confidence in ``label``.
         attempt: which try found it (:data:`ATTEMPTS`).
         mirrored: whether the photo is a selfie (mirrored) image.
     """
@@ -88,11 +87,12 @@ class Detection:
         return float(np.max(self.pixels.max(0) - self.pixels.min(0)))
 
 
-#: the tries of :class:`HandDetector`, in order, until one finds a hand: the image as it is; then padded by a
-#: quarter of its longer side on every side (palm detection is trained on hands with room around them — the
-#: virtual capture's hands end at a cut wrist near the border); then the padded image at a lower detection
-#: threshold
-ATTEMPTS = ("plain", "padded", "padded-low")
+#: the tries of :class:`HandDetector`, in order, until one finds a hand (of the expected side, when one is
+#: expected): the image as it is; then padded by a quarter of its longer side on every side (palm detection is
+#: trained on hands with room around them: the virtual capture's hands end at a cut wrist near the border);
+#: then the padded image mirrored (landmarks and handedness mirrored back); then the padded image at a lower
+#: detection threshold. Measured on the capture's held-out images (bench/photo_fit.py): see the README.
+ATTEMPTS = ("plain", "padded", "padded-mirrored", "padded-low")
 
 
 def _pad(rgb: np.ndarray, frac: float) -> tuple[np.ndarray, int]:
@@ -111,9 +111,9 @@ class HandDetector:
 
     Args:
         max_hands: hands per photo.
-        min_confidence: palm detection threshold of the first two tries; ``low_confidence`` of the third.
+        min_confidence: palm detection threshold of the tries; ``low_confidence`` of ``padded-low``.
         model_complexity: 0 (lite) or 1 (full, ``hand_landmark_full.tflite``).
-        attempts: which of :data:`ATTEMPTS` to try.
+        attempts: which of :data:`ATTEMPTS` to try, in that order.
         pad: padding of the padded tries, a fraction of the longer side.
     """
 
@@ -128,7 +128,9 @@ class HandDetector:
             c: hands.Hands(static_image_mode=True, max_num_hands=max_hands, model_complexity=model_complexity,
                            min_detection_confidence=c, min_tracking_confidence=0.5)
             for c in {min_confidence, low_confidence}}
-        self._conf = {"plain": min_confidence, "padded": min_confidence, "padded-low": low_confidence}
+        self._conf = {a: min_confidence for a in ATTEMPTS} | {"padded-low": low_confidence}
+        #: hands of the other side that the last :meth:`detect` with ``right=`` passed over
+        self.rejected: list[Detection] = []
 
     def __enter__(self):
         return self
@@ -141,22 +143,38 @@ class HandDetector:
             m.close()
         self._models = {}
 
-    def detect(self, photo: Photo | np.ndarray, mirrored: bool = False) -> list[Detection]:
-        """The hands in ``photo`` (a :class:`Photo` or an (H, W, 3) uint8 RGB array), highest score first."""
+    def _run(self, rgb: np.ndarray, attempt: str, mirrored: bool) -> list[Detection]:
+        img, p = (rgb, 0) if attempt == "plain" else _pad(rgb, self.pad)
+        flip = attempt == "padded-mirrored"
+        res = self._models[self._conf[attempt]].process(np.ascontiguousarray(img[:, ::-1]) if flip else img)
+        if not res.multi_hand_landmarks:
+            return []
+        H, W = img.shape[:2]
+        out = []
+        for lms, hd in zip(res.multi_hand_landmarks, res.multi_handedness):
+            a = np.array([[lm.x, lm.y, lm.z] for lm in lms.landmark], dtype=np.float64)   # normalized
+            u = (1.0 - a[:, 0]) * W if flip else a[:, 0] * W
+            c = hd.classification[0]
+            label = {"Left": "Right", "Right": "Left"}[c.label] if flip else c.label
+            out.append(Detection(np.stack([u - p, a[:, 1] * H - p], -1), a[:, 2] * W, label, float(c.score),
+                                 attempt, mirrored))
+        return sorted(out, key=lambda d: -d.handedness_score)
+
+    def detect(self, photo: Photo | np.ndarray, mirrored: bool = False, right: bool | None = None) -> list[Detection]:
+        """The hands in ``photo`` (a :class:`Photo` or an (H, W, 3) uint8 RGB array), highest score first.
+
+        ``right``: only hands of that side count (True: right hands, as in the capture); the tries go on
+        past a hand of the other side, which ends up in :attr:`rejected`.
+        """
         rgb = photo.rgb if isinstance(photo, Photo) else np.ascontiguousarray(photo, dtype=np.uint8)
+        self.rejected = []
         for attempt in self.attempts:
-            img, p = (rgb, 0) if attempt == "plain" else _pad(rgb, self.pad)
-            res = self._models[self._conf[attempt]].process(img)
-            if not res.multi_hand_landmarks:
-                continue
-            H, W = img.shape[:2]
-            out = []
-            for lms, hd in zip(res.multi_hand_landmarks, res.multi_handedness):
-                a = np.array([[lm.x, lm.y, lm.z] for lm in lms.landmark], dtype=np.float64)   # normalized
-                px = np.stack([a[:, 0] * W - p, a[:, 1] * H - p], -1)
-                c = hd.classification[0]
-                out.append(Detection(px, a[:, 2] * W, c.label, float(c.score), attempt, mirrored))
-            return sorted(out, key=lambda d: -d.handedness_score)
+            found = self._run(rgb, attempt, mirrored)
+            if right is not None:
+                self.rejected += [d for d in found if d.is_right != right]
+                found = [d for d in found if d.is_right == right]
+            if found:
+                return found
         return []
 
 

@@ -98,24 +98,47 @@ def _fit_rows(fits: Sequence[PhotoFit], frames, truth) -> list[dict]:
     return rows
 
 
-def evaluate_photo_fit(model, data_root, frames: Sequence[int], *, views: int = 4, subject: int = 1,
-                       detector: HandDetector | None = None, steps: int = FIT_STEPS, start_steps: int = START_STEPS,
-                       modes=("1 view", "multi-view"), log: Callable[[str], None] = print) -> PhotoEvaluation:
-    """Detection, landmark error and fitted-pose errors on ``frames`` × ``views`` capture images (module doc)."""
-    from dhmlib.photo.camera import capture_camera
+@dataclass(frozen=True)
+class CaptureDetections:
+    """The detections of :func:`detect_capture`: image paths, views with a hand, seconds per image."""
 
+    frames: tuple[int, ...]
+    paths: tuple
+    found: tuple
+    seconds_per_image: float
+
+
+def detect_capture(data_root, frames: Sequence[int], views: int = 4, subject: int = 1,
+                   detector: HandDetector | None = None, log: Callable[[str], None] = print) -> CaptureDetections:
+    """Detect the hand in ``views`` images of each frame (:func:`frame_images`); right hands only (the capture's)."""
     imgs = frame_images(data_root, frames, views, subject)
     paths = [p for f in frames for p in imgs[f]]
     own = detector is None
     det = HandDetector() if own else detector
     try:
         t0 = time.perf_counter()
-        found, failures = detect_photos(paths, det)
+        found, _ = detect_photos(paths, det)
         t_det = (time.perf_counter() - t0) / max(len(paths), 1)
     finally:
         if own:
             det.close()
-    log(f"detected a hand in {len(found)}/{len(paths)} images ({t_det * 1000:.0f} ms per image)")
+    log(f"detected a right hand in {len(found)}/{len(paths)} images ({t_det * 1000:.0f} ms per image)")
+    return CaptureDetections(tuple(frames), tuple(paths), tuple(found), t_det)
+
+
+def evaluate_photo_fit(model, data_root, frames: Sequence[int], *, views: int = 4, subject: int = 1,
+                       detections: CaptureDetections | None = None, steps: int = FIT_STEPS,
+                       start_steps: int = START_STEPS, modes=("1 view", "multi-view"),
+                       log: Callable[[str], None] = print, **fit_kwargs) -> PhotoEvaluation:
+    """Detection, landmark error and fitted-pose errors on ``frames`` × ``views`` capture images (module doc).
+
+    ``detections``: from :func:`detect_capture` for the same frames and views (None: detected here);
+    ``fit_kwargs`` go to :func:`~dhmlib.photo.fit2d.fit_pose_2d`."""
+    from dhmlib.photo.camera import capture_camera
+
+    if detections is None:
+        detections = detect_capture(data_root, frames, views, subject, log=log)
+    found, paths, t_det = detections.found, detections.paths, detections.seconds_per_image
     sk = model.hand.skeleton
     truth = _truth(data_root, subject, frames, sk)
     index = {f: i for i, f in enumerate(frames)}
@@ -136,7 +159,7 @@ def evaluate_photo_fit(model, data_root, frames: Sequence[int], *, views: int = 
         groups = [(v,) for v in found] if mode == "1 view" else group_views(found)
         name = "1 view" if mode == "1 view" else f"{views} views"
         t0 = time.perf_counter()
-        fitted = fit_detections(model, groups, steps=steps, start_steps=start_steps)
+        fitted = fit_detections(model, groups, steps=steps, start_steps=start_steps, **fit_kwargs)
         seconds[f"fit_per_pose[{name}]"] = (time.perf_counter() - t0) / max(len(groups), 1)
         fits[name] = _fit_rows(fitted, frames, truth)
         log(f"{name}: fitted {len(groups)} pose(s)")

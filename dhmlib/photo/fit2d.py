@@ -29,10 +29,16 @@ from dataclasses import dataclass
 
 import torch
 
+from dhmlib.hand.anatomy import natural_range
 from dhmlib.hand.kinematics import rigid_align
+from dhmlib.hand.skeleton import FINGERS
 from dhmlib.network.fit import _pose_skeleton, axis_angle_to_matrix, joint_limits_rad, limit_prior
 from dhmlib.network.model import check_correctives
 from dhmlib.render.cameras import Cameras
+
+
+#: DIP flexion ≈ this × PIP flexion in real fingers (the coupling term)
+DIP_FOLLOWS_PIP = 0.65
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,8 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
                 scale_init=None, fit_scale: bool = True, steps: int = 300, lr: float = 0.03, lr_end: float = 0.001,
                 correctives: Collection[str] | None = None, reprojection_weight: float = 1.0,
                 depth_weight: float = 0.1, prior_weight: float = 1.0, scale_weight: float = 0.1,
-                beta: float = 0.01, on_step: Callable[[int], None] | None = None) -> Fit2DResult:
+                beta: float = 0.01, robust: float | None = None, limits: str = "motion",
+                coupling_weight: float = 0.0, on_step: Callable[[int], None] | None = None) -> Fit2DResult:
     """Fit Euler angles, root and a global scale of B hands to 2D landmarks in C views (decoder frozen).
 
     Args:
@@ -89,6 +96,13 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
         steps, lr, lr_end: Adam steps and the geometric learning-rate decay (radians; cm for the root shift).
         correctives: as :meth:`~dhmlib.network.model.DeepHandMesh.decode`.
         beta: smooth-L1 threshold, in hand sizes.
+        robust: None, or the scale (hand sizes) of a Cauchy loss ``σ·log(1 + d²/σ²)`` instead of smooth-L1 for
+            the reprojection: landmarks far off (a detector's mistakes in one view) weigh little when other
+            views disagree with them.
+        limits: the prior's range: "motion" (the range of motion, as :func:`~dhmlib.network.fit.fit_pose`) or
+            "natural" (the natural range inside it, :func:`dhmlib.hand.anatomy.natural_range`: relaxed poses).
+        coupling_weight: weight of ``(DIP − 0.65·PIP)²`` (radians², mean over the four fingers): a finger's
+            distal joint follows its middle one (:func:`dhmlib.hand.anatomy.random_plausible_pose`).
         on_step: called with the number of steps done.
     Returns:
         :class:`Fit2DResult`.
@@ -132,7 +146,15 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
             root0 = torch.as_tensor(root_init, dtype=dtype, device=device).expand(B, 4, 4).clone()
             s0 = torch.ones(B, dtype=dtype, device=device) if scale_init is None else \
                 torch.as_tensor(scale_init, dtype=dtype, device=device).expand(B).clone()
-        lo, hi = joint_limits_rad(model, euler)
+        if limits == "motion":
+            lo, hi = joint_limits_rad(model, euler)
+        elif limits == "natural":
+            lo, hi = (torch.as_tensor(x, dtype=dtype, device=device) for x in natural_range(hand.skeleton))
+        else:
+            raise ValueError(f"fit_pose_2d: limits must be 'motion' or 'natural', got {limits!r}")
+        sk = hand.skeleton
+        pip = [sk.index(f + "2") for f in FINGERS[1:]]
+        dip = [sk.index(f + "3") for f in FINGERS[1:]]
         euler.requires_grad_(True)
         omega = torch.zeros(B, 3, dtype=dtype, device=device, requires_grad=True)
         shift = torch.zeros(B, 3, dtype=dtype, device=device, requires_grad=True)
@@ -152,7 +174,11 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
             z = cam_pts[..., 2:3].clamp_min(1.0)
             proj = cam_pts[..., :2] / z * cams.focal[:, :, None] + cams.principal[:, :, None]
             d = (proj - pixels) / size[..., None, None]
-            out = {"reprojection": (_smooth_l1(d, beta).sum(-1) * valid).flatten(1).sum(1) / n_valid}
+            if robust is None:
+                rep = _smooth_l1(d, beta).sum(-1)
+            else:                                   # Cauchy: landmarks off by ≫ robust hand sizes count little
+                rep = robust * torch.log1p((d * d).sum(-1) / (robust * robust))
+            out = {"reprojection": (rep * valid).flatten(1).sum(1) / n_valid}
             if rel_depth is not None:
                 zc = cam_pts[..., 2]
                 zw = zc[..., wrist:wrist + 1].clamp_min(1.0)
@@ -161,10 +187,12 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
                 out["depth"] = (_smooth_l1(dz, beta) * valid).flatten(1).sum(1) / n_valid
             out["prior"] = limit_prior(euler, lo, hi, hand.dof_mask)
             out["scale"] = log_s ** 2
+            if coupling_weight:
+                out["coupling"] = ((euler[:, dip, 2] - DIP_FOLLOWS_PIP * euler[:, pip, 2]) ** 2).mean(1)
             return out, proj
 
         weights = {"reprojection": reprojection_weight, "depth": depth_weight, "prior": prior_weight,
-                   "scale": scale_weight}
+                   "scale": scale_weight, "coupling": coupling_weight}
         opt = torch.optim.Adam([euler, omega, shift] + ([log_s] if fit_scale else []), lr=lr)
         gamma = (lr_end / lr) ** (1.0 / max(steps - 1, 1)) if steps > 1 else 1.0
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)

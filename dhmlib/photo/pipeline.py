@@ -33,6 +33,11 @@ from dhmlib.render.cameras import Cameras
 #: the settings measured in bench/photo_fit.py and tests/test_photo_chain.py
 START_STEPS = 150
 FIT_STEPS = 250
+#: fit_pose_2d's settings for photos: the natural range as the prior's limits and DIP following PIP. On 16
+#: held-out frames × 4 views (template) they moved PA-MPJPE from 14.48 to 14.16 mm (1 view) and 11.34 to
+#: 11.18 mm (4 views); Cauchy reprojection, a stronger prior or no depth term changed < 0.4 mm either way:
+#: MediaPipe's landmark noise on the renders is the limit (README, "Your own hand")
+PHOTO_FIT = {"limits": "natural", "prior_weight": 10.0, "coupling_weight": 1.0}
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class PhotoView:
 
     @property
     def is_right(self) -> bool:
-        return True if self.capture is not None else self.detection.is_right
+        return self.detection.is_right
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,15 @@ class PhotoFit:
 
 
 def detect_photos(paths: Sequence, detector: HandDetector, *, focal_mm: float | None = None,
-                  fov_deg: float | None = None, use_capture_cameras: bool = True,
+                  fov_deg: float | None = None, hand: str = "auto", use_capture_cameras: bool = True,
                   on_photo: Callable[[int, int], None] | None = None) -> tuple[list[PhotoView], list[PhotoFailure]]:
-    """Read and detect each file; (the views with a hand, the failures), each in the given order."""
+    """Read and detect each file; (the views with a hand, the failures), each in the given order.
+
+    ``hand``: "auto" (MediaPipe's handedness; a capture image: right, as its takes are), "right" or "left"
+    (only a hand of that side counts).
+    """
+    if hand not in ("auto", "right", "left"):
+        raise ValueError(f"hand: expected auto, right or left, got {hand!r}")
     views, failures = [], []
     for i, p in enumerate(paths):
         try:
@@ -115,13 +126,17 @@ def detect_photos(paths: Sequence, detector: HandDetector, *, focal_mm: float | 
         except PhotoError as e:
             failures.append(PhotoFailure(Path(p), str(e)))
             continue
-        found = detector.detect(photo)
+        cap = capture_view(photo.path) if use_capture_cameras else None
+        right = None if hand == "auto" and cap is None else hand != "left"
+        found = detector.detect(photo, right=right)
         if on_photo is not None:
             on_photo(i + 1, len(paths))
         if not found:
-            failures.append(PhotoFailure(photo.path, f"{photo.path}: no hand found"))
+            side = "right" if right else "left"
+            why = (f"only a {'left' if right else 'right'} hand found, expected a {side} hand"
+                   if detector.rejected else "no hand found")
+            failures.append(PhotoFailure(photo.path, f"{photo.path}: {why}"))
             continue
-        cap = capture_view(photo.path) if use_capture_cameras else None
         H, W = photo.size
         if cap is not None:
             cam, note = capture_camera(cap, photo.scale), f"KRT_512 camera {cap.camera}"
@@ -204,7 +219,7 @@ def fit_detections(model, groups: Sequence[tuple[PhotoView, ...]], *, steps: int
     res: Fit2DResult = fit_pose_2d(
         model, pix_t, valid_t, cameras, rel_depth=dep_t, init=first.euler, root_init=first.root,
         fit_scale=fit_scale, steps=steps, correctives=correctives,
-        on_step=None if on_step is None else (lambda k: on_step(start_steps + k, total)), **fit_kwargs)
+        on_step=None if on_step is None else (lambda k: on_step(start_steps + k, total)), **{**PHOTO_FIT, **fit_kwargs})
     seconds = (time.perf_counter() - t0) / B
     out = []
     for b, g in enumerate(groups):
