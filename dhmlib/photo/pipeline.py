@@ -30,9 +30,12 @@ from dhmlib.photo.fit2d import Fit2DResult, fit_pose_2d, lift_landmarks, triangu
 from dhmlib.photo.image import Photo, PhotoError, load_photo
 from dhmlib.render.cameras import Cameras
 
-#: the settings measured in bench/photo_fit.py and tests/test_photo_chain.py
-START_STEPS = 150
-FIT_STEPS = 250
+#: steps of the 3D start and of the 2D fit. A step costs about 6 ms for one photo on the loaded 2-core CPU
+#: (overhead-bound: 64 photos in one batch cost little more), so these set the time per photo; on 16 held-out
+#: frames × 4 views (template) 150 + 250, 80 + 150 and 60 + 100 steps gave PA-MPJPE 14.2 / 14.2 / 13.9 mm from
+#: one view and 11.2 / 11.3 / 11.1 mm from four: the landmarks' noise, not the steps, sets the error
+START_STEPS = 80
+FIT_STEPS = 150
 #: fit_pose_2d's settings for photos: the natural range as the prior's limits and DIP following PIP. On 16
 #: held-out frames × 4 views (template) they moved PA-MPJPE from 14.48 to 14.16 mm (1 view) and 11.34 to
 #: 11.18 mm (4 views); Cauchy reprojection, a stronger prior or no depth term changed < 0.4 mm either way:
