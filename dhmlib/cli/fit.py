@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dhmlib.cli._common import CLIError, device, int_at_least, snapshot_and_hand_model, warn, writable_folder
+from dhmlib.cli._common import CLIError, device, fitting_model, int_at_least, snapshot_and_hand_model, warn, writable_folder
 
 # the library is imported inside the functions below: `dhm --help` and every command start without loading torch
 
@@ -111,20 +111,6 @@ def unit_warning(joints: np.ndarray, valid: np.ndarray, hand) -> str | None:
     return None
 
 
-def load_model(args, ckpt, hand, dev):
-    """The snapshot's DeepHandMesh, or the template with linear blend skinning (no correctives), in eval mode."""
-    from dhmlib.network.model import DeepHandMesh, ModelConfig
-
-    if args.snapshot:
-        from dhmlib.network.snapshot import model_from_snapshot
-
-        model = model_from_snapshot(args.snapshot, hand, map_location="cpu", ckpt=ckpt)
-    else:
-        model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
-                                               skeleton_corrective=False))
-    return model.to(dev).eval()
-
-
 def run(args) -> int:
     import torch
 
@@ -156,7 +142,7 @@ def run(args) -> int:
     if len(few):
         raise CLIError(f"{source[few[0]]}: fewer than 3 valid joints; cannot place the hand")
     dev = torch.device(args.device)
-    model = load_model(args, ckpt, hand, dev)
+    model = fitting_model(args, ckpt, hand, dev)
     res = fit_pose(model, joints=torch.as_tensor(joints, dtype=torch.float32, device=dev),
                    joint_valid=torch.as_tensor(valid, dtype=torch.float32, device=dev), steps=steps, lr=args.lr,
                    lr_end=min(args.lr, 0.001))

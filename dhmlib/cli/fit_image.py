@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from dhmlib.cli._common import PROBLEMS, CLIError, note, snapshot_and_hand_model, warn, writable_folder
+from dhmlib.cli._common import PROBLEMS, CLIError, fitting_model, note, snapshot_and_hand_model, warn, writable_folder
 
 
 def run_images(args) -> int:
@@ -17,7 +17,6 @@ def run_images(args) -> int:
 
     import torch
 
-    from dhmlib.cli.fit import load_model
     from dhmlib.photo.detect import HandDetector, MissingExtra, mediapipe_licence
     from dhmlib.photo.image import PhotoError, find_images
     from dhmlib.photo.outputs import fit_record, write_fit
@@ -41,7 +40,7 @@ def run_images(args) -> int:
         raise CLIError(str(e)) from None
     ckpt, hand = snapshot_and_hand_model(args)
     dev = torch.device(args.device)
-    model = load_model(args, ckpt, hand, dev)
+    model = fitting_model(args, ckpt, hand, dev)
     t0 = time.perf_counter()
     with detector:
         views, failures = detect_photos(paths, detector, focal_mm=args.focal_mm, fov_deg=args.fov, hand=args.hand)
