@@ -138,7 +138,7 @@ def detect_photos(paths: Sequence, detector: HandDetector, *, focal_mm: float | 
             side = "right" if right else "left"
             why = (f"only a {'left' if right else 'right'} hand found, expected a {side} hand"
                    if detector.rejected else "no hand found")
-            failures.append(PhotoFailure(photo.path, f"{photo.path}: {why}"))
+            failures.append(PhotoFailure(photo.path, f"{photo.path}: {why}" + (f" ({photo.note})" if photo.note else "")))
             continue
         H, W = photo.size
         if cap is not None:
