@@ -90,9 +90,11 @@ class Detection:
 #: the tries of :class:`HandDetector`, in order, until one finds a hand (of the expected side, when one is
 #: expected): the image as it is; then padded by a quarter of its longer side on every side (palm detection is
 #: trained on hands with room around them: the virtual capture's hands end at a cut wrist near the border);
-#: then the padded image mirrored (landmarks and handedness mirrored back); then the padded image at a lower
-#: detection threshold. Measured on the capture's held-out images (bench/photo_fit.py): see the README.
-ATTEMPTS = ("plain", "padded", "padded-mirrored", "padded-low")
+#: then the padded image mirrored (landmarks and handedness mirrored back); then the padded image turned by
+#: ±30° (landmarks turned back); then the padded image at a lower detection threshold. Measured on the
+#: capture's held-out images (bench/photo_fit.py): see the README.
+ATTEMPTS = ("plain", "padded", "padded-mirrored", "padded-rot+30", "padded-rot-30", "padded-low")
+_TURN = {"padded-rot+30": 30.0, "padded-rot-30": -30.0}
 
 
 def _pad(rgb: np.ndarray, frac: float) -> tuple[np.ndarray, int]:
@@ -146,18 +148,28 @@ class HandDetector:
     def _run(self, rgb: np.ndarray, attempt: str, mirrored: bool) -> list[Detection]:
         img, p = (rgb, 0) if attempt == "plain" else _pad(rgb, self.pad)
         flip = attempt == "padded-mirrored"
+        H, W = img.shape[:2]
+        centre = np.array([W / 2.0, H / 2.0])
+        turn = _TURN.get(attempt)
+        if turn is not None:        # counter-clockwise on screen by `turn` degrees about the centre
+            from PIL import Image
+
+            img = np.asarray(Image.fromarray(img).rotate(turn, resample=Image.BILINEAR, center=tuple(centre),
+                                                         fillcolor=tuple(int(x) for x in img[0, 0])))
         res = self._models[self._conf[attempt]].process(np.ascontiguousarray(img[:, ::-1]) if flip else img)
         if not res.multi_hand_landmarks:
             return []
-        H, W = img.shape[:2]
         out = []
         for lms, hd in zip(res.multi_hand_landmarks, res.multi_handedness):
             a = np.array([[lm.x, lm.y, lm.z] for lm in lms.landmark], dtype=np.float64)   # normalized
-            u = (1.0 - a[:, 0]) * W if flip else a[:, 0] * W
+            uv = np.stack([(1.0 - a[:, 0]) * W if flip else a[:, 0] * W, a[:, 1] * H], -1)
+            if turn is not None:    # turn the landmarks back (y down: the screen's ccw turn is q = c + A (p − c))
+                th = np.deg2rad(turn)
+                A = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
+                uv = (uv - centre) @ A + centre                 # p = c + Aᵀ (q − c)
             c = hd.classification[0]
             label = {"Left": "Right", "Right": "Left"}[c.label] if flip else c.label
-            out.append(Detection(np.stack([u - p, a[:, 1] * H - p], -1), a[:, 2] * W, label, float(c.score),
-                                 attempt, mirrored))
+            out.append(Detection(uv - p, a[:, 2] * W, label, float(c.score), attempt, mirrored))
         return sorted(out, key=lambda d: -d.handedness_score)
 
     def detect(self, photo: Photo | np.ndarray, mirrored: bool = False, right: bool | None = None) -> list[Detection]:

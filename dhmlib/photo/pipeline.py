@@ -34,8 +34,9 @@ from dhmlib.render.cameras import Cameras
 #: (overhead-bound: 64 photos in one batch cost little more), so these set the time per photo; on 16 held-out
 #: frames × 4 views (template) 150 + 250, 80 + 150 and 60 + 100 steps gave PA-MPJPE 14.2 / 14.2 / 13.9 mm from
 #: one view and 11.2 / 11.3 / 11.1 mm from four: the landmarks' noise, not the steps, sets the error
-START_STEPS = 80
-FIT_STEPS = 150
+#: (exact landmarks: 0.1-0.2 mm, tests/test_photo_fit.py)
+START_STEPS = 60
+FIT_STEPS = 120
 #: fit_pose_2d's settings for photos: the natural range as the prior's limits and DIP following PIP. On 16
 #: held-out frames × 4 views (template) they moved PA-MPJPE from 14.48 to 14.16 mm (1 view) and 11.34 to
 #: 11.18 mm (4 views); Cauchy reprojection, a stronger prior or no depth term changed < 0.4 mm either way:
