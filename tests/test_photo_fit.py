@@ -133,10 +133,17 @@ def test_photo_reading_errors_and_downscale(tmp_path):
     Image.new("RGB", (3000, 1000), (40, 40, 50)).save(tmp_path / "wide.png")
     p = load_photo(tmp_path / "wide.png")
     assert p.size == (683, 2048) and "downscaled 3000x1000" in p.note and p.scale == pytest.approx(2048 / 3000)
+    ex = Image.Exif()
+    ex.get_ifd(0x8769)[0xA405] = 28            # FocalLengthIn35mmFilm
+    ex.get_ifd(0x8769)[0x920A] = 4.2           # FocalLength (the lens's own: not used)
+    Image.new("RGB", (40, 30)).save(tmp_path / "phone.jpg", exif=ex)
+    p = load_photo(tmp_path / "phone.jpg")
+    assert (p.focal_35mm, p.focal_mm) == (28.0, 4.2)
+    assert photo_focal(*p.size, p.focal_35mm)[1] == "EXIF FocalLengthIn35mmFilm 28 mm"
     (tmp_path / "empty").mkdir()
     with pytest.raises(PhotoError, match="holds no image"):
         find_images([tmp_path / "empty"])
-    assert find_images([tmp_path]) == [tmp_path / "notes.jpg", tmp_path / "wide.png"]
+    assert find_images([tmp_path]) == [tmp_path / "notes.jpg", tmp_path / "phone.jpg", tmp_path / "wide.png"]
 
 
 def test_missing_extra_says_how_to_install(tmp_path, monkeypatch, capsys):

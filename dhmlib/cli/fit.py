@@ -45,7 +45,8 @@ def add(p):
     p.add_argument("--hand-model", help="official-format hand_model folder (default: with --snapshot the hand model "
                                         "it was trained on, found by its hash; else $DHM_DATA/hand_model)")
     p.add_argument("--snapshot", help="snapshot_N.pth.tar whose decoder is used (default: no correctives)")
-    p.add_argument("--out", required=True, help="output folder (poses.npz, meshes/)")
+    p.add_argument("--out", required=True, help="output folder (joints: poses.npz, meshes/; photos: the files of each "
+                                                "pose and summary.json)")
     p.add_argument("--steps", type=int_at_least(0), help="Adam steps (default: 600 for joints; for photos "
                                                           "dhmlib.photo.pipeline.FIT_STEPS after the 3D start)")
     p.add_argument("--lr", type=float, default=0.05, help="initial learning rate of the joint fit (radians per step)")

@@ -20,7 +20,7 @@ def run_images(args) -> int:
     from dhmlib.photo.detect import HandDetector, MissingExtra, mediapipe_licence
     from dhmlib.photo.image import PhotoError, find_images
     from dhmlib.photo.outputs import fit_record, write_fit
-    from dhmlib.photo.pipeline import FIT_STEPS, detect_photos, fit_detections, group_views
+    from dhmlib.photo.pipeline import FIT_STEPS, START_STEPS, detect_photos, fit_detections, group_views
     from dhmlib.progress import Progress
 
     if args.focal_mm is not None and args.fov is not None:
@@ -56,8 +56,6 @@ def run_images(args) -> int:
     steps = FIT_STEPS if args.steps is None else args.steps
     fits = []
     if groups:
-        from dhmlib.photo.pipeline import START_STEPS
-
         bar = Progress(f"photo fit of {len(groups)} pose(s)", START_STEPS + steps)
         try:
             fits = fit_detections(model, groups, steps=steps, on_step=lambda k, n: bar.update(1))

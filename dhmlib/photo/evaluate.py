@@ -26,7 +26,8 @@ from dhmlib.data.keypoints import keypoints_to_joints, read_keypoints
 from dhmlib.data.layout import Layout
 from dhmlib.data.split import split_frames
 from dhmlib.evaluation.held_out import encoder_poses, load_held_out, spread_views
-from dhmlib.photo.detect import HandDetector
+from dhmlib.photo.detect import HandDetector, landmarks_to_joints
+from dhmlib.photo.camera import capture_camera
 from dhmlib.photo.metrics import pose_metrics
 from dhmlib.photo.pipeline import FIT_STEPS, START_STEPS, PhotoFit, detect_photos, fit_detections, group_views
 
@@ -134,8 +135,6 @@ def evaluate_photo_fit(model, data_root, frames: Sequence[int], *, views: int = 
 
     ``detections``: from :func:`detect_capture` for the same frames and views (None: detected here);
     ``fit_kwargs`` go to :func:`~dhmlib.photo.fit2d.fit_pose_2d`."""
-    from dhmlib.photo.camera import capture_camera
-
     if detections is None:
         detections = detect_capture(data_root, frames, views, subject, log=log)
     found, paths, t_det = detections.found, detections.paths, detections.seconds_per_image
@@ -143,7 +142,6 @@ def evaluate_photo_fit(model, data_root, frames: Sequence[int], *, views: int = 
     truth = _truth(data_root, subject, frames, sk)
     index = {f: i for i, f in enumerate(frames)}
     lm_px, lm_frac = [], []
-    from dhmlib.photo.detect import landmarks_to_joints
     for v in found:
         i = index[v.capture.frame]
         cam = capture_camera(v.capture, v.photo.scale)
