@@ -26,12 +26,13 @@ $(VENV)/.stamp-lab: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dhmlib)" >/dev/null
 	touch $@
 
+# the photo extra (MediaPipe) too, so that the photo tests run: it holds numpy < 2 for the whole dev venv
 $(VENV)/.stamp-dev: $(VENV)/.stamp-lab
-	$(PIP) install -q -e '.[dev,lab]'
+	$(PIP) install -q -e '.[dev,lab,photo]'
 	touch $@
 
 setup: $(VENV)/.stamp-lab  ## install dhmlib and the notebook stack into .venv
-setup-dev: $(VENV)/.stamp-dev chromium  ## setup + test extras + Chromium for the browser test
+setup-dev: $(VENV)/.stamp-dev chromium  ## setup + test extras + the photo extra (MediaPipe) + Chromium for the browser test
 
 # Debian's Chromium for the browser tests (Playwright cannot download browsers here)
 chromium:  ## Debian's Chromium for the browser test (if missing)
@@ -57,6 +58,7 @@ bench: setup-dev  ## benchmarks against named peers (see bench/README.md)
 	$(PY) bench/loader.py
 	$(PY) bench/posing_latency.py
 	$(PY) bench/train_step.py
+	$(PY) bench/photo_fit.py
 	@if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then $(PY) bench/cuda_paths.py; \
 	  else echo "bench/cuda_paths.py: skipped (no CUDA device)"; fi
 

@@ -24,7 +24,7 @@ def _env(tmp_path):
 def test_series_is_ordered_and_present():
     names = [p.name for p in NOTEBOOKS]
     assert names[0] == "01_data_inspection.ipynb" and names[1:] == ["02_training.ipynb", "03_ablation_correctives.ipynb",
-                                                                "04_posing_widget.ipynb"]
+                                                                "04_posing_widget.ipynb", "05_fit_your_hand.ipynb"]
 
 
 @pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=[p.name for p in ALL_NOTEBOOKS])
@@ -111,6 +111,44 @@ def test_posing_notebook_started_in_notebooks_folder_writes_the_projects_folders
     kinds = {k for o in outputs for k in o.get("data", {})}
     assert "application/vnd.jupyter.widget-view+json" in kinds      # the widgets were built
     assert "image/png" in kinds                                     # the static snapshot
+
+
+@pytest.mark.slow
+def test_fit_your_hand_notebook_smoke_fits_a_capture_image(tmp_path, small_capture):
+    """Notebook 05 under the series runner with a capture image as the smoke input: detection, fit, overlay,
+    widget, files, the record."""
+    pytest.importorskip("mediapipe", reason="the photo extra is not installed (pip install -e '.[photo]')")
+    env = {**_env(tmp_path), "DHM_DATA": str(small_capture)}
+    r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "notebooks", "--smoke", "--only", "05",
+                        "--folder", str(NOTEBOOKS[0].parent), "--out", str(tmp_path / "nb"), "--kernel", "python3"],
+                       env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    from dhmlib.lab.record import read_recorded
+
+    rec = read_recorded(tmp_path / "nb" / "05_fit_your_hand.ipynb")["05_fit_your_hand"]
+    assert rec["photos"] == 1 and rec["fitted"] + rec["failed"] == 1
+    nb = nbformat.read(tmp_path / "nb" / "05_fit_your_hand.ipynb", as_version=4)
+    kinds = {k for c in nb.cells if c.cell_type == "code" for o in c.outputs for k in o.get("data", {})}
+    if rec["fitted"]:
+        assert "image/png" in kinds and "application/vnd.jupyter.widget-view+json" in kinds
+        files = sorted(p.name for p in (tmp_path / "output" / "photo_fit").iterdir())
+        assert any(f.endswith("_pose.npz") for f in files) and any(f.endswith("_overlay.png") for f in files)
+
+
+def test_a_notebook_whose_extra_is_missing_is_skipped_with_the_install_hint(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _tiny_notebook(folder / "01_needs.ipynb", ["open('ran_01', 'w').close()"])
+    nb = nbformat.read(folder / "01_needs.ipynb", as_version=4)
+    nb.metadata["dhmlib"] = {"requires": [{"module": "no_such_module_dhm", "install": "pip install -e '.[x]'"}]}
+    nbformat.write(nb, folder / "01_needs.ipynb")
+    _tiny_notebook(folder / "02_runs.ipynb", ["open('ran_02', 'w').close()"])
+    r = subprocess.run([sys.executable, "-m", "dhmlib.cli", "notebooks", "--folder", str(folder), "--out",
+                        str(tmp_path / "out"), "--kernel", "python3"],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "01_needs.ipynb: skipped (needs no_such_module_dhm (pip install -e '.[x]'))" in r.stdout + r.stderr
+    assert not (tmp_path / "ran_01").exists() and (tmp_path / "ran_02").exists()
 
 
 def test_unknown_parameter_is_an_error_naming_the_declared_ones(tmp_path, capsys):

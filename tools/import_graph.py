@@ -42,6 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("viz",),           # figures and the posing widget
     ("train",),         # config, step, loop, checkpoints, torchrun
     ("evaluation",),    # a snapshot on held-out frames (dhm test)
+    ("photo",),         # your own hand: photo landmarks (MediaPipe) → a fitted hand, measured on the capture
     ("experiments",),   # recipes, ablation variants, the ablation and its diagnostics
     ("cli",),           # the dhm command
 )

@@ -179,3 +179,17 @@ def snapshot_and_hand_model(args):
     ckpt = read_snapshot(args.snapshot)
     return ckpt, pick_hand_model(ckpt, args.snapshot, args.hand_model, log=lambda m: note(args.command, m),
                                  warn=lambda m: warn(args.command, m))
+
+
+def fitting_model(args, ckpt, hand, dev):
+    """The snapshot's DeepHandMesh, or the template with linear blend skinning (no correctives), in eval mode."""
+    from dhmlib.network.model import DeepHandMesh, ModelConfig
+
+    if args.snapshot:
+        from dhmlib.network.snapshot import model_from_snapshot
+
+        model = model_from_snapshot(args.snapshot, hand, map_location="cpu", ckpt=ckpt)
+    else:
+        model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
+                                               skeleton_corrective=False))
+    return model.to(dev).eval()

@@ -1,4 +1,6 @@
-"""``dhm fit``: fit Euler angles and root placement to 3D joints with a frozen decoder.
+"""``dhm fit``: fit Euler angles and root placement to 3D joints, or to photos (``--image``), with a frozen decoder.
+
+Photos: see :mod:`dhmlib.cli.fit_image` (the ``photo`` extra, MediaPipe Hands).
 
 Inputs: a hand model, optionally a snapshot (its correctives), and joints: ``.npy`` arrays
 (B, J, 3) or (J, 3) mm in skeleton.txt's joint order (NaN rows: not annotated), or official
@@ -12,22 +14,42 @@ from pathlib import Path
 
 import numpy as np
 
-from dhmlib.cli._common import CLIError, device, int_at_least, snapshot_and_hand_model, warn, writable_folder
+from dhmlib.cli._common import CLIError, device, fitting_model, int_at_least, snapshot_and_hand_model, warn, writable_folder
 
 # the library is imported inside the functions below: `dhm --help` and every command start without loading torch
 
-HELP = "fit hand poses (Euler angles + root) to 3D joints with a frozen decoder; write poses.npz and meshes"
+HELP = ("fit hand poses (Euler angles + root) to 3D joints or to photos (--image) with a frozen decoder; "
+        "write poses and meshes")
+
+EPILOG = """photos (--image PATH…, files or folders; needs the photo extra: pip install -e '.[photo]'):
+MediaPipe Hands finds 21 landmarks per photo; Euler angles, root and one global scale are fitted to them by
+perspective reprojection. Intrinsics: --focal-mm (35-mm equivalent) or --fov (horizontal degrees), else the
+photo's EXIF FocalLengthIn35mmFilm, else a 26 mm guess; images of a capture in the official layout use their
+KRT_512 cameras, and the cameras of one frame are fitted jointly. Per pose in --out: NAME_world.obj/.ply,
+NAME_camera.obj/.ply, NAME_pose.npz (for dhm demo --pose-file), NAME_overlay.png, NAME_fit.json (residuals,
+px); summary.json for the run. A photo without a hand is named on stderr and makes the exit status 1 (the
+others are still fitted)."""
 
 
 def add(p):
-    p.add_argument("joints", nargs="+", help=".npy joints (B, J, 3) or (J, 3) mm in skeleton order, or .pts "
+    p.epilog = EPILOG
+    p.add_argument("joints", nargs="*", help=".npy joints (B, J, 3) or (J, 3) mm in skeleton order, or .pts "
                                              "keypoint files (official layout)")
+    p.add_argument("--image", nargs="+", metavar="PATH", help="photos (files or folders of images) to fit instead "
+                                                              "of joints (the photo extra)")
+    p.add_argument("--focal-mm", type=float, help="with --image: 35-mm-equivalent focal length of the photos")
+    p.add_argument("--fov", type=float, help="with --image: horizontal field of view of the photos, degrees")
+    p.add_argument("--hand", choices=("auto", "right", "left"), default="auto",
+                   help="with --image: which hand to fit (auto: MediaPipe's handedness; capture images: right)")
+    p.add_argument("--no-figures", action="store_true", help="with --image: no overlay figures")
     p.add_argument("--hand-model", help="official-format hand_model folder (default: with --snapshot the hand model "
                                         "it was trained on, found by its hash; else $DHM_DATA/hand_model)")
     p.add_argument("--snapshot", help="snapshot_N.pth.tar whose decoder is used (default: no correctives)")
-    p.add_argument("--out", required=True, help="output folder (poses.npz, meshes/)")
-    p.add_argument("--steps", type=int_at_least(0), default=600, help="Adam steps")
-    p.add_argument("--lr", type=float, default=0.05, help="initial learning rate (radians per step)")
+    p.add_argument("--out", required=True, help="output folder (joints: poses.npz, meshes/; photos: the files of each "
+                                                "pose and summary.json)")
+    p.add_argument("--steps", type=int_at_least(0), help="Adam steps (default: 600 for joints; for photos "
+                                                          "dhmlib.photo.pipeline.FIT_STEPS after the 3D start)")
+    p.add_argument("--lr", type=float, default=0.05, help="initial learning rate of the joint fit (radians per step)")
     p.add_argument("--no-meshes", action="store_true", help="write poses.npz only")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps")
 
@@ -96,10 +118,21 @@ def run(args) -> int:
     from dhmlib.metrics.errors import joint_error
     from dhmlib.network.fit import fit_pose
     from dhmlib.mesh.io import write_obj
-    from dhmlib.network.model import DeepHandMesh, ModelConfig
 
+    if args.image:
+        if args.joints:
+            raise CLIError("give joint files or --image photos, not both")
+        from dhmlib.cli.fit_image import run_images
+
+        return run_images(args)
+    if not args.joints:
+        raise CLIError("expected joint files (.npy, .pts) or --image PATH…")
+    for flag in ("focal_mm", "fov"):
+        if getattr(args, flag) is not None:
+            raise CLIError(f"--{flag.replace('_', '-')} goes with --image")
     if not args.lr > 0:
         raise CLIError(f"--lr: expected a positive learning rate, got {args.lr}")
+    steps = 600 if args.steps is None else args.steps
     out = writable_folder(args.out)
     ckpt, hand = snapshot_and_hand_model(args)
     joints, valid, source = read_joints(args.joints, hand.skeleton, warn_nan=lambda m: warn(args.command, m))
@@ -110,16 +143,9 @@ def run(args) -> int:
     if len(few):
         raise CLIError(f"{source[few[0]]}: fewer than 3 valid joints; cannot place the hand")
     dev = torch.device(args.device)
-    if args.snapshot:
-        from dhmlib.network.snapshot import model_from_snapshot
-
-        model = model_from_snapshot(args.snapshot, hand, map_location="cpu", ckpt=ckpt)
-    else:
-        model = DeepHandMesh(hand, ModelConfig(backbone=18, pose_corrective=False, id_corrective=False,
-                                               skeleton_corrective=False))
-    model = model.to(dev).eval()
+    model = fitting_model(args, ckpt, hand, dev)
     res = fit_pose(model, joints=torch.as_tensor(joints, dtype=torch.float32, device=dev),
-                   joint_valid=torch.as_tensor(valid, dtype=torch.float32, device=dev), steps=args.steps, lr=args.lr,
+                   joint_valid=torch.as_tensor(valid, dtype=torch.float32, device=dev), steps=steps, lr=args.lr,
                    lr_end=min(args.lr, 0.001))
     err = joint_error(res.joints.cpu(), joints, valid).numpy()
     out.mkdir(parents=True, exist_ok=True)

@@ -277,6 +277,26 @@ def run_notebooks(folder=None, out=None, params: dict | None = None, smoke: bool
     return runs
 
 
+def missing_requirements(metadata) -> list[str]:
+    """What a notebook needs and this environment lacks: its metadata ``dhmlib.requires`` lists
+    ``{"module": name, "install": hint}``; each module that cannot be found gives ``"name (hint)"``.
+
+    A notebook of an optional extra (``05_fit_your_hand`` needs MediaPipe, the photo extra, which ``make run``
+    does not install) is then skipped by the series with that line instead of failing."""
+    import importlib.util
+
+    out = []
+    for req in (metadata.get("dhmlib", {}) or {}).get("requires", []):
+        name = req["module"]
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            out.append(f"{name} ({req.get('install', 'not installed')})")
+    return out
+
+
 def _run_books(books, declared, params, smoke, out, kernel, engine, say, log, heartbeat, runs) -> None:
     import nbformat  # papermill/nbformat: the lab extra, imported when a notebook runs
     import papermill
@@ -287,7 +307,14 @@ def _run_books(books, declared, params, smoke, out, kernel, engine, say, log, he
         if smoke and "smoke" in declared[nb]:
             given["smoke"] = True
         target = out / nb.name
-        total = sum(c.cell_type == "code" for c in nbformat.read(nb, as_version=4).cells)
+        book = nbformat.read(nb, as_version=4)
+        missing = missing_requirements(book.metadata)
+        if missing:
+            why = "; ".join(f"needs {m}" for m in missing)
+            runs.append(NotebookRun(nb, target, 0.0, True, f"skipped: {why}"))
+            say(f"[dhm notebooks] {nb.name}: skipped ({why})")
+            continue
+        total = sum(c.cell_type == "code" for c in book.cells)
         say(f"[dhm notebooks] {nb.name}: {total} code cells{f', parameters {given}' if given else ''}")
         progress = CellProgress(nb.stem, total + (1 if given else 0), say, heartbeat if log else None)
         t = time.perf_counter()
