@@ -171,7 +171,8 @@ def test_bad_input_names_the_file_and_fits_the_others(small_capture, tmp_path, c
     assert sorted(r["name"] for r in summary["fitted"]) == ["big", "image0001"]
     assert len(summary["failed"]) == 2
     # usage errors: exit 2 with one line
-    assert main(["fit", "--image", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 1
+    hand_model = ["--hand-model", str(small_capture / "hand_model")]   # not the project's data/: a fresh clone has none
+    assert main(["fit", "--image", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2"), *hand_model]) == 1
     assert "file not found" in capsys.readouterr().err
-    assert main(["fit", "--image", str(good), "--fov", "0", "--out", str(tmp_path / "o3")]) == 2
+    assert main(["fit", "--image", str(good), "--fov", "0", "--out", str(tmp_path / "o3"), *hand_model]) == 2
     assert "--fov" in capsys.readouterr().err
