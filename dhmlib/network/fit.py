@@ -209,23 +209,8 @@ def fit_pose(model, joints=None, joint_valid=None, depth=None, cameras=None, cro
             return pose, out
 
         weights = {"joint": joint_weight, "depth": depth_weight, "prior": prior_weight}
-        opt = torch.optim.Adam([euler, omega, shift], lr=lr)
-        gamma = (lr_end / lr) ** (1.0 / max(steps - 1, 1)) if steps > 1 else 1.0
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
-        history: dict[str, list[float]] = {"total": []}
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            _, t = terms()
-            total = sum(weights[k] * (v.sum() if v.ndim else v) for k, v in t.items())
-            total.backward()
-            euler.grad.mul_(hand.dof_mask)
-            opt.step()
-            sched.step()
-            history["total"].append(float(total.detach()) / B)
-            for k, v in t.items():
-                history.setdefault(k, []).append(float(v.detach().sum()) / B)
-            if on_step is not None:
-                on_step(len(history["total"]))
+        history = adam_steps([euler, omega, shift], lambda: terms()[1], weights, steps=steps, lr=lr, lr_end=lr_end,
+                             euler=euler, dof_mask=hand.dof_mask, batch=B, on_step=on_step)
         with torch.no_grad():
             pose, _ = terms(True)
             final = _per_frame_terms(pose, euler, joints, valid if joints is not None else None, depth, cameras,
@@ -237,6 +222,33 @@ def fit_pose(model, joints=None, joint_valid=None, depth=None, cameras=None, cro
     return FitResult(euler=pose.euler.detach(), root=R.detach(), joints=pose.joints.detach(),
                      vertices=pose.vertices.detach(), history={k: tuple(v) for k, v in history.items()},
                      final=final)
+
+
+def adam_steps(params, loss_terms: Callable[[], dict], weights: dict, *, steps: int, lr: float, lr_end: float,
+               euler: torch.Tensor, dof_mask: torch.Tensor, batch: int,
+               on_step: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """The fits' optimisation: ``steps`` Adam steps on ``params``, the learning rate decaying geometrically from
+    ``lr`` to ``lr_end``, the weighted sum of ``loss_terms()`` (name → per-frame (B,) or scalar term) minimised,
+    ``euler``'s gradient masked to its degrees of freedom. Returns the per-step batch means of the total and
+    of each term (``history``)."""
+    opt = torch.optim.Adam(params, lr=lr)
+    gamma = (lr_end / lr) ** (1.0 / max(steps - 1, 1)) if steps > 1 else 1.0
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+    history: dict[str, list[float]] = {"total": []}
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        t = loss_terms()
+        total = sum(weights[k] * (v.sum() if v.ndim else v) for k, v in t.items())
+        total.backward()
+        euler.grad.mul_(dof_mask)
+        opt.step()
+        sched.step()
+        history["total"].append(float(total.detach()) / batch)
+        for k, v in t.items():
+            history.setdefault(k, []).append(float(v.detach().sum()) / batch)
+        if on_step is not None:
+            on_step(len(history["total"]))
+    return history
 
 
 def _pose_skeleton(model, euler: torch.Tensor, root: torch.Tensor, skeleton_corrective: bool) -> HandPose:

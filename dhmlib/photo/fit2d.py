@@ -32,7 +32,7 @@ import torch
 from dhmlib.hand.anatomy import natural_range
 from dhmlib.hand.kinematics import rigid_align
 from dhmlib.hand.skeleton import FINGERS
-from dhmlib.network.fit import _pose_skeleton, axis_angle_to_matrix, joint_limits_rad, limit_prior
+from dhmlib.network.fit import _pose_skeleton, adam_steps, axis_angle_to_matrix, joint_limits_rad, limit_prior
 from dhmlib.network.model import check_correctives
 from dhmlib.render.cameras import Cameras
 
@@ -193,23 +193,9 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
 
         weights = {"reprojection": reprojection_weight, "depth": depth_weight, "prior": prior_weight,
                    "scale": scale_weight, "coupling": coupling_weight}
-        opt = torch.optim.Adam([euler, omega, shift] + ([log_s] if fit_scale else []), lr=lr)
-        gamma = (lr_end / lr) ** (1.0 / max(steps - 1, 1)) if steps > 1 else 1.0
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
-        history: dict[str, list[float]] = {"total": []}
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            t, _ = terms()
-            total = sum(weights[k] * v.sum() for k, v in t.items())
-            total.backward()
-            euler.grad.mul_(hand.dof_mask)
-            opt.step()
-            sched.step()
-            history["total"].append(float(total.detach()) / B)
-            for k, v in t.items():
-                history.setdefault(k, []).append(float(v.detach().sum()) / B)
-            if on_step is not None:
-                on_step(len(history["total"]))
+        history = adam_steps([euler, omega, shift] + ([log_s] if fit_scale else []), lambda: terms()[0], weights,
+                             steps=steps, lr=lr, lr_end=lr_end, euler=euler, dof_mask=hand.dof_mask, batch=B,
+                             on_step=on_step)
         with torch.no_grad():
             r = root()
             s = torch.exp(log_s)
