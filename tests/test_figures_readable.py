@@ -188,30 +188,29 @@ def test_dhm_demo_png_writes_a_picture_of_the_mesh(tmp_path):
     assert main(["demo", "--hand-model", str(hand_dir), "--out", str(out), "--png", str(tmp_path / "x.jpg")]) == 2
 
 
-def test_test_frame_figures_after_the_first_take_its_layout_and_stay_readable(depth_pair, tmp_path):
-    """A test run's figures after the first reuse the first one's solved layout: the same axes boxes, every
-    title and colour-bar label inside the figure, equal panels, the clipped scale still marked."""
+def test_test_frame_figures_after_the_first_reuse_its_figure_and_show_only_their_own_frame(depth_pair, tmp_path):
+    """A test run's figures after the first reuse the first one's figure and solved layout: the same axes boxes,
+    every title and colour-bar label inside the figure, equal panels, the clipped scale still marked; and a
+    frame drawn again after another one gives the same PNG pixel for pixel (nothing of the other frame stays)."""
     from dhmlib.viz import result_figures as rf
 
     hand = toy_hand(300)
     target, rendered = depth_pair
     err = np.linspace(0, 3, hand.num_vertices)
-    rf._SAVED_LAYOUTS.clear()
-    rf.test_frame_figure(7, target, rendered, hand.vertices, hand.faces, vertex_error=err, vmax=2.0,
-                         views=["400001", "400002"], path=tmp_path / "a.png")
-    assert len(rf._SAVED_LAYOUTS) == 1
-    first = [p.bounds for p in next(iter(rf._SAVED_LAYOUTS.values()))]
-    seen = {}
-    orig_close = plt.close
-    try:   # keep the second figure open to inspect it
-        plt.close = lambda fig=None: seen.setdefault("fig", fig)
-        rf.test_frame_figure(8, target * 1.7, rendered * 1.7, hand.vertices, hand.faces, vertex_error=2 * err,
-                             vmax=4.0, views=["400003", "400004"], path=tmp_path / "b.png")
-    finally:
-        plt.close = orig_close
-    fig = seen["fig"]
-    assert fig.get_layout_engine() is None                       # not solved again
+    rf._REUSED.clear()
+    frame_a = dict(frame=7, target=target, rendered=rendered, vertices=hand.vertices, faces=hand.faces,
+                   vertex_error=err, vmax=2.0, views=["400001", "400002"])
+    frame_b = dict(frame=8, target=target * 1.7, rendered=rendered * 1.7, vertices=hand.vertices * 1.1,
+                   faces=hand.faces, vertex_error=2 * err, vmax=4.0, views=["400003", "400004"])
+    fig = rf.test_frame_figure(**frame_a, path=tmp_path / "a.png")
+    first = [ax.get_position(original=True).bounds for ax in fig.axes]
+    assert len(rf._REUSED) == 1
+    assert rf.test_frame_figure(**frame_b, path=tmp_path / "b.png") is fig        # reused, not made again
+    assert fig.get_layout_engine() is None                                      # not solved again
     assert np.allclose([ax.get_position(original=True).bounds for ax in fig.axes], first)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert any("cam 400003" in t for t in titles) and not any("400001" in t for t in titles)
+    assert any(t.startswith("frame 8:") and "0–4.0 mm" in t for t in titles)
     renderer = boxes(fig)
     outer = fig.bbox
     for ax in fig.axes:
@@ -225,6 +224,16 @@ def test_test_frame_figures_after_the_first_take_its_layout_and_stay_readable(de
               and not ax.get_title().startswith("frame")]
     widths = {round(ax.get_window_extent(renderer).width) for ax in images}
     assert len(images) == 6 and max(widths) - min(widths) <= 2
-    assert [b.extend for b in colorbars(fig) if b.ax.get_ylabel() == "|diff|, mm"] == ["max"] * 2
-    plt.close(fig)
-    assert (tmp_path / "b.png").stat().st_size > 10_000
+    bars = colorbars(fig)
+    assert [b.extend for b in bars if b.ax.get_ylabel() == "|diff|, mm"] == ["max"] * 2
+    depth_bar = next(b for b in bars if b.ax.get_ylabel() == "depth, mm")
+    assert depth_bar.norm.vmin == pytest.approx(float(target[0][target[0] > 0].min()) * 1.7)   # frame b's scale
+    assert bars[-1].norm.vmax == 4.0
+    a, b = plt.imread(tmp_path / "a.png"), plt.imread(tmp_path / "b.png")
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    rf.test_frame_figure(**frame_a, path=tmp_path / "a_again.png")
+    assert np.array_equal(plt.imread(tmp_path / "a_again.png"), a)
+    # another shape (an unclipped |diff| scale) gets a figure of its own
+    rf.test_frame_figure(**{**frame_a, "rendered": np.where(target > 0, target + 1.0, 0.0)}, path=tmp_path / "c.png")
+    assert len(rf._REUSED) == 2
+    rf._REUSED.clear()

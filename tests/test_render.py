@@ -248,6 +248,44 @@ def test_compiled_interpolation_equals_the_vectorised_one(dtype):
         torch.testing.assert_close(b, a, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_projection_equals_the_vectorised_one(dtype, monkeypatch):
+    """The compiled projection of every vertex into every view (Numba, CPU) gives the vectorised path's NDC and
+    depth bit for bit, vertices nearer than ``near`` (clamped) included, and the same vertex gradient (up to
+    summation order); a gradient through the cameras takes the vectorised path."""
+    import dhmlib.render.depth as depth_mod
+    from dhmlib.render.zbuffer_cpu import zbuffer_available
+    if not zbuffer_available():
+        pytest.skip("numba does not import: the vectorised path is the only one")
+    g = torch.Generator().manual_seed(5)
+    B, C, V = 3, 4, 500
+    cams = ring_cameras(torch.zeros(3), C, distance=450.0, dtype=dtype)
+    crop = crop_from_bbox(torch.tensor([[100.0, 120.0, 170.0, 175.0]], dtype=dtype).expand(C, 4), (96, 96))
+    x = torch.randn(B, V, 3, generator=g, dtype=dtype) * 60
+    x[0, :7] = -cams.R[0].T @ cams.t[0]          # at camera 0's centre: depth 0, below near (clamped)
+
+    def project(fast):
+        monkeypatch.setattr(depth_mod, "zbuffer_available", lambda: fast)
+        xs = x.clone().requires_grad_()
+        ndc, z = depth_mod._project_vertices(xs, cams, crop, 96, 96, 1.0)
+        gn = torch.randn(ndc.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        gz = torch.randn(z.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+        ((ndc * gn).sum() + (z * gz).sum()).backward()
+        return ndc.detach(), z.detach(), xs.grad
+
+    fast, slow = project(True), project(False)
+    assert bool((slow[1] < 1.0).any())                                  # the clamp is exercised
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(fast[2], slow[2], rtol=tol, atol=tol * float(slow[2].abs().max()))
+    # cameras that need a gradient: the vectorised path, which differentiates them
+    monkeypatch.setattr(depth_mod, "zbuffer_available", lambda: True)
+    moving = Cameras(cams.R, cams.t.clone().requires_grad_(), cams.focal, cams.principal)
+    ndc, _ = depth_mod._project_vertices(x, moving, crop, 96, 96, 1.0)
+    ndc.sum().backward()
+    assert moving.t.grad is not None and moving.t.grad.abs().max() > 0
+
+
 @pytest.mark.parametrize("cull", [False, True])
 def test_render_depth_at_pixels_equals_the_face_tensor_path(cull):
     """render_depth's pixel-priced path (z-buffer read through the faces, graph from the covered

@@ -24,6 +24,7 @@ import torch
 from dhmlib.render.cameras import OFFICIAL_IMAGE_SIZE, Cameras
 from dhmlib.render.crop import Crop
 from dhmlib.render.interpolate_cpu import interpolate_vertex_features_cpu
+from dhmlib.render.project_cpu import project_vertices_cpu
 from dhmlib.render.rasterize import interpolate_vertex_features, rasterize, resolve_backend, visible_faces
 from dhmlib.render.settings import DEFAULT_RASTER_SETTINGS, RasterSettings
 from dhmlib.render.zbuffer_cpu import visible_faces_of_vertices, zbuffer_available
@@ -165,6 +166,11 @@ def _project_vertices(vertices, cameras, crop, H: int, W: int, near: float):
     G = torch.stack([K[..., 0, :] * (2.0 / W) - e3, e3 - K[..., 1, :] * (2.0 / H)], -2)   # (B, C, 2, 3)
     P = torch.cat([G @ R, R[..., 2:, :]], -2).reshape(B, 3 * C, 3)
     q = torch.cat([(G @ t.unsqueeze(-1)).squeeze(-1), t[..., 2:]], -1).reshape(B, 3 * C, 1)
+    N = B * C
+    if vertices.device.type == "cpu" and zbuffer_available() and vertices.dtype in (torch.float32, torch.float64) \
+            and not (P.requires_grad or q.requires_grad):   # the same numbers in one compiled pass
+        ndc, depth = project_vertices_cpu(vertices, P, q.reshape(B, 3 * C), near)
+        return ndc.reshape(N, V, 2), depth.reshape(N, V)
     # the products as three broadcast multiply-adds over (B, 3C, V) rows rather than a batched matmul: a
     # matmul's blocking (and so its rounding) depends on the batch size, and training must give the same
     # numbers for a batch split over processes (DDP) as for the whole batch in one
@@ -174,7 +180,6 @@ def _project_vertices(vertices, cameras, crop, H: int, W: int, near: float):
     hx, hy, depth = h.view(B, C, 3, V).unbind(2)
     safe = depth.clamp_min(near)                                 # avoid inf for dropped faces
     ndc = torch.stack([hx / safe, hy / safe], -1)                # (B, C, V, 2)
-    N = B * C
     return ndc.reshape(N, V, 2), depth.reshape(N, V)
 
 

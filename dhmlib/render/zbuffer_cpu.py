@@ -76,11 +76,20 @@ if numba is not None:
             floor = np.int64(ibits[0])
             if floor < 0:
                 floor = floor ^ np.int64(0x7FFFFFFF)
+        V = z.shape[1]
         for n in prange(N):
             fb = np.empty(1, dtype=np.float32)
             ib32 = fb.view(np.int32)
             best_v = np.full((H, W), np.iinfo(np.int64).min, dtype=np.int64)
             best_f = np.full((H, W), -1, dtype=np.int64)
+            # per-vertex terms once per view (a vertex is shared by ~6 faces): the same operations as per face
+            pxv = np.empty(V, dtype=xy.dtype)
+            pyv = np.empty(V, dtype=xy.dtype)
+            vv = np.empty(V, dtype=z.dtype)
+            for q in range(V):
+                pxv[q] = xy[n, q, 0] * hw + ow
+                pyv[q] = xy[n, q, 1] * hh + oh
+                vv[q] = -one / z[n, q] if perspective else z[n, q]
             for f in range(F):
                 r = n * F + f
                 if use_valid and not valid[n, f]:
@@ -95,20 +104,21 @@ if numba is not None:
                     continue
                 if perspective and not (z0 < zero and z1 < zero and z2 < zero):
                     continue
-                nx0 = xy[n, q0, 0]
-                ny0 = xy[n, q0, 1]
-                nx1 = xy[n, q1, 0]
-                ny1 = xy[n, q1, 1]
-                nx2 = xy[n, q2, 0]
-                ny2 = xy[n, q2, 1]
-                if cull and not ((nx1 - nx0) * (ny2 - ny0) - (nx2 - nx0) * (ny1 - ny0) > zero):
-                    continue
-                px0 = nx0 * hw + ow
-                px1 = nx1 * hw + ow
-                px2 = nx2 * hw + ow
-                py0 = ny0 * hh + oh
-                py1 = ny1 * hh + oh
-                py2 = ny2 * hh + oh
+                if cull:
+                    nx0 = xy[n, q0, 0]
+                    ny0 = xy[n, q0, 1]
+                    nx1 = xy[n, q1, 0]
+                    ny1 = xy[n, q1, 1]
+                    nx2 = xy[n, q2, 0]
+                    ny2 = xy[n, q2, 1]
+                    if not ((nx1 - nx0) * (ny2 - ny0) - (nx2 - nx0) * (ny1 - ny0) > zero):
+                        continue
+                px0 = pxv[q0]
+                px1 = pxv[q1]
+                px2 = pxv[q2]
+                py0 = pyv[q0]
+                py1 = pyv[q1]
+                py2 = pyv[q2]
                 j0 = max(np.ceil(min(min(px0, px1), px2)), zero)
                 j1 = min(np.floor(max(max(px0, px1), px2)), wmax)
                 i0 = max(np.ceil(min(min(py0, py1), py2)), zero)
@@ -127,14 +137,9 @@ if numba is not None:
                 area = c0 + c1 + c2
                 flat = area == zero
                 inv = one / (area + (one if flat else zero))
-                if perspective:
-                    v0 = -one / z0
-                    v1 = -one / z1
-                    v2 = -one / z2
-                else:
-                    v0 = z0
-                    v1 = z1
-                    v2 = z2
+                v0 = vv[q0]
+                v1 = vv[q1]
+                v2 = vv[q2]
                 a0 = (y1 - y2) * inv
                 a1 = (y2 - y0) * inv
                 a2 = (y0 - y1) * inv
