@@ -300,3 +300,42 @@ def test_refuses_to_overwrite_and_replaces_with_overwrite(capture, tmp_path, cap
     assert (tmp_path / "annotations/depthmaps/subject_1/000001/depthmap400263.pkl").read_bytes() == depth
     assert (tmp_path / "README.md").read_text() == "keep me"
     assert len(list((tmp_path / "annotations/keypoints/subject_1").iterdir())) == 2
+
+
+def test_the_images_show_a_forearm_that_the_depth_maps_and_truth_leave_out(tmp_path):
+    """With ``forearm`` (the default) the colour images show skin below the wrist where the depth maps have no
+    surface; without it they do not; depth maps, keypoints and true meshes are the same bytes either way."""
+    from PIL import Image
+
+    from dhmlib.data.safe_pickle import load_array_pickle
+    from dhmlib.synth.forearm import forearm_mesh
+
+    size = (128, 84)
+    roots = {}
+    for arm in (True, False):
+        roots[arm] = tmp_path / f"arm_{arm}"
+        write_capture(roots[arm], CaptureConfig(frames=2, cameras=4, vertices=2000, image_size=size, seed=2,
+                                                forearm=arm), progress=False)
+    skin_off_hand = {}
+    for arm, root in roots.items():
+        names = [r.name for r in read_krt(root / "annotations" / "KRT_512")]
+        count = 0
+        for c in names:
+            d = load_array_pickle(root / f"annotations/depthmaps/subject_1/000000/depthmap{c}.pkl")
+            img = np.asarray(Image.open(next(root.glob(f"images/subject_1/*/cam{c}/image0000.jpg"))), float)
+            skin = np.abs(img - img[0, 0]).sum(-1) > 60          # clearly not the background
+            count += int((skin & (d == 0)).sum())
+        skin_off_hand[arm] = count
+    assert skin_off_hand[True] > 200 and skin_off_hand[False] < 20, skin_off_hand
+    for rel in ("annotations/depthmaps/subject_1/000001/depthmap400263.pkl", "annotations/keypoints/subject_1/keypoints0001.pts",
+                "annotations/synthetic/subject_1/meshes/000001.npy"):
+        assert (roots[True] / rel).read_bytes() == (roots[False] / rel).read_bytes(), rel
+    params = json.loads((roots[True] / "annotations/synthetic/subject_1/params.json").read_text())
+    assert params["forearm_in_images"] is True
+    # the tube is closed around its axis and wound outward
+    hand = HandModel.read(roots[True] / "hand_model")
+    v, f = forearm_mesh(hand)
+    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    out = v[f].mean(1) - [0.0, v[:, 1].mean(), v[:, 2].mean()]
+    out[:, 0] = 0
+    assert ((n * out).sum(1) > 0).all() and v[:, 0].max() < hand.vertices[:, 0].min() + 11

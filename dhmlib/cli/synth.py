@@ -34,6 +34,9 @@ def add(p):
     p.add_argument("--image-size", type=int_at_least(8), nargs=2, default=list(OFFICIAL_IMAGE_SIZE),
                    metavar=("H", "W"), help="image and depth-map size (official: 512 334)")
     p.add_argument("--workers", type=int_at_least(1), default=2, help="file-writing threads")
+    p.add_argument("--no-forearm", action="store_true",
+                   help="colour images of the hand alone, cut at the wrist (default: with a forearm, as a camera sees "
+                        "it; depth maps are the hand's either way)")
     p.add_argument("--overwrite", action="store_true", help=f"replace existing {', '.join(OWNED)} under --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -49,7 +52,8 @@ def run(args) -> int:
 
     try:
         config = CaptureConfig(subjects=args.subjects, frames=args.frames, cameras=args.cameras, seed=args.seed,
-                               vertices=args.vertices, image_size=tuple(args.image_size), workers=args.workers)
+                               vertices=args.vertices, image_size=tuple(args.image_size), workers=args.workers,
+                               forearm=not args.no_forearm)
     except ValueError as e:
         raise CLIError(str(e)) from None
     from dhmlib.paths import data_dir

@@ -6,7 +6,7 @@
     OUT/annotations/KRT_512                           the dome of C colour cameras (400262, …)
     OUT/annotations/keypoints/subject_N/keypoints<frame:04d>.pts
     OUT/annotations/depthmaps/subject_N/<frame:06d>/depthmap<cam>.pkl   float32 (H, W), camera z mm, 0 = none
-    OUT/images/subject_N/<seq>/cam<cam>/image<frame:04d>.jpg             shaded, textured renders
+    OUT/images/subject_N/<seq>/cam<cam>/image<frame:04d>.jpg             shaded, textured renders (with a forearm)
     OUT/annotations/3D_scans_decimated/subject_N/<frame:06d>.ply         decimated ground-truth surface
     OUT/annotations/synthetic/                        extras the real data lacks (see its README.txt):
         README.txt, COMPLETE
@@ -56,9 +56,11 @@ from dhmlib.data.scans import write_scan
 from dhmlib.hand.handmodel import PROCEDURAL_ORIGIN, hand_model_origin, is_generated_hand_model
 from dhmlib.progress import Progress
 from dhmlib.render.cameras import OFFICIAL_IMAGE_SIZE, Cameras, write_krt
+from dhmlib.render.depth import render_depth
 from dhmlib.render.settings import RasterSettings
 from dhmlib.render.shade import Light, render_shaded
 from dhmlib.synth.deform import DeformParams, GroundTruthDeformer
+from dhmlib.synth.forearm import forearm_colors, forearm_in_world, forearm_mesh
 from dhmlib.synth.identity import HandIdentity
 from dhmlib.synth.meshops import decimate_by_clustering
 from dhmlib.synth.poses import subject_sequences
@@ -116,6 +118,8 @@ class CaptureConfig:
         vertices: target vertex count of the procedural hands.
         image_size: (H, W) of images and depth maps (official 512 × 334).
         jpeg_quality: Pillow JPEG quality.
+        forearm: the colour images show a forearm (:mod:`dhmlib.synth.forearm`; depth maps and truth stay the
+            hand's).
         workers: threads writing files while the next frame renders.
         deform: ground-truth deformation strengths.
     """
@@ -127,6 +131,7 @@ class CaptureConfig:
     vertices: int = 8000
     image_size: tuple[int, int] = OFFICIAL_IMAGE_SIZE
     jpeg_quality: int = 90
+    forearm: bool = True
     workers: int = 2
     deform: DeformParams = field(default_factory=DeformParams)
 
@@ -166,8 +171,9 @@ def subject_identity_seed(seed: int, subject: int) -> int:
 
 # --------------------------------------------------------------------------- rendering
 def render_views(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor, cameras: Cameras,
-                 size: tuple[int, int], background=BACKGROUND_RGB) -> tuple[np.ndarray, np.ndarray]:
-    """Depth maps and shaded colour images of one mesh in all C cameras (one rasterizer call).
+                 size: tuple[int, int], background=BACKGROUND_RGB,
+                 extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Depth maps and shaded colour images of one mesh in all C cameras.
 
     :func:`~dhmlib.render.render_shaded` with the capture's lights (:data:`CAPTURE_LIGHTS`:
     ambient + head-light + key light, Lambert on interpolated normals) on the built-in
@@ -176,13 +182,21 @@ def render_views(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tens
     Args:
         vertices: (V, 3) world mm.  faces: (F, 3) long.  colors: (V, 3) RGB in [0, 1].
         cameras: batch shape (C,).  size: (H, W).
+        extra: (vertices (A, 3), faces (G, 3), colors (A, 3)) of a mesh that only the colour images show
+            (the forearm); the depth maps are the first mesh's alone.
     Returns:
         depth (C, H, W) float32 camera z mm (0 = no surface), rgb (C, H, W, 3) uint8.
     """
+    depth = None
+    if extra is not None:
+        depth = render_depth(vertices[None], faces, cameras, size=size, settings=CAPTURE_RASTER)[0]
+        ev, ef, ec = extra
+        faces = torch.cat([faces, ef.to(faces) + len(vertices)])
+        vertices, colors = torch.cat([vertices, ev.to(vertices)]), torch.cat([colors.to(vertices), ec.to(vertices)])
     r = render_shaded(vertices[None], faces, cameras, size=size, colors=colors.to(vertices), ambient=AMBIENT,
                       lights=CAPTURE_LIGHTS, background=background, settings=CAPTURE_RASTER)
     rgb8 = (r.rgb[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    return r.depth[0].float().numpy(), rgb8.numpy()
+    return (r.depth[0] if depth is None else depth).float().numpy(), rgb8.numpy()
 
 
 def keypoint_views(points: np.ndarray, depth: np.ndarray, cameras: Cameras, radius: np.ndarray,
@@ -308,7 +322,12 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
     take = np.concatenate([np.full(s.num_frames, i) for i, s in enumerate(seqs)])
     deformer = GroundTruthDeformer(hand, id_seed, config.deform)
     gt = deformer(euler, root_tf)
-    colors = torch.as_tensor(skin_colors(hand, id_seed))
+    skin = skin_colors(hand, id_seed)
+    colors = torch.as_tensor(skin)
+    if config.forearm:
+        arm, arm_faces = forearm_mesh(hand)
+        arm_colors = torch.as_tensor(forearm_colors(hand, skin, len(arm)))
+        arm_faces = torch.as_tensor(arm_faces)
     faces = torch.as_tensor(hand.faces, dtype=torch.long)
     cam_f = cams.to(dtype=torch.float32)
     sk = hand.skeleton
@@ -335,8 +354,12 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
     pending = []
     for frame in range(T):
         verts = gt.vertices[frame]
+        extra = None
+        if config.forearm:
+            extra = (torch.as_tensor(forearm_in_world(hand, arm, root_tf[frame]), dtype=torch.float32), arm_faces,
+                     arm_colors)
         depth, rgb = render_views(torch.as_tensor(verts, dtype=torch.float32), faces, colors, cam_f,
-                                  config.image_size)
+                                  config.image_size, extra=extra)
         kp = joints_to_keypoints(gt.joints[frame], sk)
         nv = keypoint_views(kp, depth, cams, radius).sum(0)
         keypoints[frame], num_views[frame] = kp, nv
@@ -368,7 +391,7 @@ def _write_subject(tmp: Path, n: int, config: CaptureConfig, cams: Cameras, pool
                        "target_vertices": config.vertices},
         "sequences": [{"name": nm, "kind": s.name, "first_frame": int(first[i]), "last_frame": int(first[i + 1] - 1)}
                       for i, (nm, s) in enumerate(zip(names, seqs))],
-        "cameras": list(cams.names), "image_size": list(config.image_size),
+        "cameras": list(cams.names), "image_size": list(config.image_size), "forearm_in_images": config.forearm,
         "world": "mm; wrist near the origin, fingers up (+z) at rest orientation; root = model -> world",
         "keypoint_names": list(KEYPOINT_NAMES), "joint_names": list(sk.names),
     }
