@@ -181,10 +181,13 @@ def test_kill_9_mid_epoch_then_continue_is_bit_identical(capture, tmp_path):
 @pytest.mark.slow
 def test_two_gloo_processes_agree_and_match_one_process_with_the_same_global_batch(capture, tmp_path):
     """``dhm train --nproc 2`` with 2 samples per process against one process with 4: the same samples per
-    step (the sampler deals one permutation), gradients averaged by DDP. Tolerance: 1e-6 on every
-    parameter and embedding angle (measured ~4e-7, on the pose corrective's last layer, whose gradients are
-    small enough that Adam's division magnifies the float32 summation-order differences; torchrun also
-    runs its workers with 1 thread, the single process with several)."""
+    step (the sampler deals one permutation), gradients averaged by DDP. Tolerance per parameter tensor and
+    the embedding: 1e-6 + 1 % of how far the tensor moved in the compared epoch. The differences are float32
+    summation order (DDP's average against one batch's mean; torchrun runs its workers with 1 thread, the single
+    process with several), magnified by Adam's division where a gradient is near zero: on the pose corrective's
+    last layer they were 4e-7 on one 2-core machine and 1.4e-6 on another (the same code: the machine sets the
+    summation order), against 6.6e-4 moved in the epoch, so an absolute 1e-6 held on one machine only. A DDP
+    fault (other samples per step, a missing all-reduce) moves whole tensors by about their movement."""
     two, one = tmp_path / "two", tmp_path / "one"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     probe = ["held_out=frames:10-11", "--probe-every", "3"]     # frames 10, 11 are not among the 8 trained
@@ -202,9 +205,11 @@ def test_two_gloo_processes_agree_and_match_one_process_with_the_same_global_bat
     assert "--probe-every 3" in r.stdout.splitlines()[0]
     assert main(["train", *train_args(capture, one, *probe, batch=4)]) == 0
     a, b = final_state(two, 1), final_state(one, 1)
+    before = final_state(one, 0)          # after the first epoch: what the compared (second) epoch started from
     for k in a:
         if k.startswith(("network.", "embedding.")) and a[k].is_floating_point():
-            assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), (k, (a[k] - b[k]).abs().max())
+            diff, moved = float((a[k] - b[k]).abs().max()), float((b[k] - before[k]).abs().max())
+            assert diff <= 1e-6 + 0.01 * moved, (k, diff, moved)
     moved = (a["embedding.euler"] - read_snapshot(two / "model_dump" / "snapshot_0.pth.tar")
              ["pose_embedding"]["euler"]).abs().max()
     assert moved > 1e-4                                # the second epoch trained (the comparison is not vacuous)
