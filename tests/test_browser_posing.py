@@ -85,12 +85,12 @@ def _write_settings(settings: Path, config: Path):
     f.write_text(json.dumps({"buildCheck": False, "buildAvailable": False}))
 
 
-def _start_lab(tmp: Path, port: int, log_path: Path) -> subprocess.Popen:
+def _start_lab(tmp: Path, port: int, log_path: Path, notebook: Path = NOTEBOOK) -> subprocess.Popen:
     dirs = {k: tmp / k for k in ("config", "settings", "workspaces", "runtime", "data", "ipython", "work")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     _write_settings(dirs["settings"], dirs["config"])
-    shutil.copy(NOTEBOOK, dirs["work"] / NOTEBOOK.name)
+    shutil.copy(notebook, dirs["work"] / notebook.name)
     env = {**os.environ,
            "JUPYTER_CONFIG_DIR": str(dirs["config"]), "JUPYTERLAB_SETTINGS_DIR": str(dirs["settings"]),
            "JUPYTERLAB_WORKSPACES_DIR": str(dirs["workspaces"]), "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
