@@ -86,11 +86,10 @@ class _Project(torch.autograd.Function):
         C = P.shape[1] // 3
         ndc = torch.empty(B, C, V, 2, dtype=x.dtype)
         depth = torch.empty(B, C, V, dtype=x.dtype)
-        near_t = torch.tensor(near, dtype=x.dtype).item()   # the bound as the work dtype rounds it (clamp_min)
+        ctx.near = x.new_tensor(near).numpy()[()]   # a scalar of the work dtype, as clamp_min rounds the bound
         _threads()
-        _forward(x.detach().numpy(), P.numpy(), q.numpy(), x.new_tensor(near_t).numpy()[()], ndc.numpy(), depth.numpy())
+        _forward(x.detach().numpy(), P.numpy(), q.numpy(), ctx.near, ndc.numpy(), depth.numpy())
         ctx.save_for_backward(x, P, q)
-        ctx.near = near_t
         return ndc, depth
 
     @staticmethod
@@ -103,8 +102,8 @@ class _Project(torch.autograd.Function):
         g_depth = torch.zeros(B, C, V, dtype=x.dtype) if g_depth is None else g_depth.to(x.dtype).contiguous()
         g_x = torch.empty_like(x)
         _threads()
-        _backward(x.detach().numpy(), P.numpy(), q.numpy(), x.new_tensor(ctx.near).numpy()[()], g_ndc.numpy(),
-                  g_depth.numpy(), g_x.numpy(), _BLOCK)
+        _backward(x.detach().numpy(), P.numpy(), q.numpy(), ctx.near, g_ndc.numpy(), g_depth.numpy(), g_x.numpy(),
+                  _BLOCK)
         return g_x, None, None, None
 
 

@@ -22,13 +22,18 @@ FOREARM_WIDENING = 0.20
 WRIST_BAND_MM = 20.0
 
 
+def _wrist_band(vertices: np.ndarray) -> np.ndarray:
+    """(V,) bool: the template vertices within :data:`WRIST_BAND_MM` of its wrist end (smallest x)."""
+    return vertices[:, 0] < vertices[:, 0].min() + WRIST_BAND_MM
+
+
 def forearm_mesh(hand: HandModel, length: float = FOREARM_LENGTH_MM, segments: int = 32,
                  rings: int = 14) -> tuple[np.ndarray, np.ndarray]:
     """The tube in the hand model's frame (fingers +x, palm +y): (A, 3) vertices mm and (2·segments·(rings − 1), 3)
     faces, wound outward. It starts 10 mm inside the template's wrist end and runs ``length`` mm along −x."""
     v = np.asarray(hand.vertices, dtype=np.float64)
     x0 = v[:, 0].min()
-    band = v[v[:, 0] < x0 + WRIST_BAND_MM]
+    band = v[_wrist_band(v)]
     cy, cz = band[:, 1].mean(), band[:, 2].mean()
     ry = 0.97 * (band[:, 1].max() - band[:, 1].min()) / 2
     rz = 0.97 * (band[:, 2].max() - band[:, 2].min()) / 2
@@ -50,8 +55,7 @@ def forearm_mesh(hand: HandModel, length: float = FOREARM_LENGTH_MM, segments: i
 
 def forearm_colors(hand: HandModel, skin: np.ndarray, num_vertices: int) -> np.ndarray:
     """(num_vertices, 3) RGB in [0, 1]: the mean of the skin colours ``skin`` (V, 3) over the wrist band."""
-    v = np.asarray(hand.vertices)
-    band = v[:, 0] < v[:, 0].min() + WRIST_BAND_MM
+    band = _wrist_band(np.asarray(hand.vertices))
     return np.tile(np.asarray(skin, dtype=np.float32)[band].mean(0), (num_vertices, 1))
 
 
