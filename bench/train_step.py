@@ -130,6 +130,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peer_import(name: str, *modules: str):
+    """``name`` from the first of ``modules`` that holds it: a peer checkout may predate the package layout."""
+    import importlib
+
+    for mod in modules:
+        try:
+            return getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"bench/train_step.py: {name} is in none of {', '.join(modules)} of {ROOT}")
+
+
 def measure_steps(root: str, preset_name: str, device: str, steps: int, threads: int, max_step_s: float,
                   profile: bool) -> dict:
     """Time ``steps`` training steps of a preset (after one warm-up step) in this process."""
@@ -137,15 +149,18 @@ def measure_steps(root: str, preset_name: str, device: str, steps: int, threads:
 
     from dhmlib.data.layout import Layout
     from dhmlib.data.sample import collate_samples
-    from dhmlib.hand.handmodel import HandModel
     from dhmlib.memory import keep_freed_memory
-    from dhmlib.network.model import DeepHandMesh
     from dhmlib.train.config import preset
     from dhmlib.train.embedding import PoseEmbedding
     from dhmlib.train.loop import seed_everything
-    from dhmlib.train.optim import parameter_groups
-    from dhmlib.train.inputs import make_dataset, split_training_frames
     from dhmlib.train.step import TrainStep
+
+    # a peer checkout from before the package layout (issue 16) keeps these in flat modules
+    HandModel = peer_import("HandModel", "dhmlib.hand.handmodel", "dhmlib.handmodel")
+    DeepHandMesh = peer_import("DeepHandMesh", "dhmlib.network.model", "dhmlib.model")
+    parameter_groups = peer_import("parameter_groups", "dhmlib.train.optim", "dhmlib.train.loop")
+    make_dataset = peer_import("make_dataset", "dhmlib.train.inputs", "dhmlib.train.loop")
+    split_training_frames = peer_import("split_training_frames", "dhmlib.train.inputs", "dhmlib.train.loop")
 
     torch.set_num_threads(threads)
     kept = keep_freed_memory()            # as dhm train and train() do

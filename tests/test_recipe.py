@@ -92,6 +92,26 @@ def test_a_loader_batch_is_one_gather_equal_to_the_samples_collated(small_captur
     assert [s.index for s in items] == [0, 3] and torch.equal(items[1].depth, ref[3].depth)
 
 
+def test_with_prepared_crops_a_batch_reads_no_file(small_capture, tmp_path, monkeypatch):
+    """use_prepared_crops reads the keypoint files and lists the depth folders once, up front: the first
+    epoch's batches then touch no file (they used to read 8 keypoint files and list 8 folders each)."""
+    from dhmlib.data import dataset as dataset_py
+    from dhmlib.data.sample import collate_samples
+
+    ref = _dataset(small_capture)
+    want = collate_samples([ref[i] for i in range(len(ref))])
+    ds = _dataset(small_capture).use_prepared_crops(tmp_path, progress=False)
+
+    def no_file(*a, **k):
+        raise AssertionError("a batch read a keypoint file or listed a folder")
+
+    monkeypatch.setattr(dataset_py, "read_keypoints", no_file)
+    monkeypatch.setattr(type(ds.layout), "depth_cameras", no_file)
+    got = next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds), collate_fn=collate_samples)))
+    assert torch.equal(got.joints, want.joints) and torch.equal(got.depth, want.depth)
+    assert got.view_names == want.view_names
+
+
 def test_a_killed_build_leaves_nothing_that_is_taken_for_a_store(small_capture, tmp_path):
     from dhmlib.data.crop_cache import _key, open_or_build
 
