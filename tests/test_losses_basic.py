@@ -109,6 +109,33 @@ def test_depth_loss_without_valid_pixels_is_zero_with_finite_gradient(normalize)
     assert torch.isfinite(r.grad).all() and (r.grad == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("normalize", ["all", "valid"])
+@pytest.mark.parametrize("beta", [1.0, 0.7])
+def test_compiled_depth_loss_gives_the_vectorised_gradient_bit_for_bit(monkeypatch, dtype, normalize, beta):
+    """On the CPU depth_loss runs one compiled pass each way (dhmlib.losses.depth_cpu); the vectorised
+    ops are the reference: the same gradient bit for bit, the value up to summation order. The maps
+    span several of the kernel's chunks of pixels and hold NaN where the other map is empty."""
+    from dhmlib.losses import basic, depth_cpu
+
+    if depth_cpu.numba is None:
+        pytest.skip("numba does not import: depth_loss is the vectorised path only")
+    r, t = _depth_maps(5, shape=(3, 4, 96, 97))
+    r, t = r.to(dtype), t.to(dtype)
+    r[(t == 0) & (r != 0)] = float("nan")
+    t[(r == 0) & (t != 0)] = float("inf")
+    a, b = r.clone().requires_grad_(True), r.clone().requires_grad_(True)
+    got = depth_loss(a, t, beta=beta, normalize=normalize)
+    monkeypatch.setattr(basic, "compiled_depth_loss_available", lambda *args: False)
+    want = depth_loss(b, t, beta=beta, normalize=normalize)
+    (2.5 * got).backward()
+    (2.5 * want).backward()
+    assert torch.isfinite(got) and got.item() == pytest.approx(want.item(), rel=1e-6 if dtype == torch.float32 else 1e-13)
+    assert torch.equal(a.grad, b.grad) and (a.grad != 0).sum() > 1000
+    # a target with a gradient of its own takes the vectorised path (the compiled one has none for it)
+    assert not depth_cpu.compiled_depth_loss_available(r, t.clone().requires_grad_(True))
+
+
 # ---------------------------------------------------------------- Laplacian
 def _grid(n=6, m=5):
     xs, ys = np.meshgrid(np.arange(n) * 2.0, np.arange(m) * 2.0, indexing="ij")

@@ -97,6 +97,19 @@ if numba is not None:
                 q0 = faces[f, 0]
                 q1 = faces[f, 1]
                 q2 = faces[f, 2]
+                # the box of pixel centres first: at 96² most faces hold none (the tests commute)
+                px0 = pxv[q0]
+                px1 = pxv[q1]
+                px2 = pxv[q2]
+                py0 = pyv[q0]
+                py1 = pyv[q1]
+                py2 = pyv[q2]
+                j0 = max(np.ceil(min(min(px0, px1), px2)), zero)
+                j1 = min(np.floor(max(max(px0, px1), px2)), wmax)
+                i0 = max(np.ceil(min(min(py0, py1), py2)), zero)
+                i1 = min(np.floor(max(max(py0, py1), py2)), hmax)
+                if j1 < j0 or i1 < i0:
+                    continue
                 z0 = z[n, q0]
                 z1 = z[n, q1]
                 z2 = z[n, q2]
@@ -113,18 +126,6 @@ if numba is not None:
                     ny2 = xy[n, q2, 1]
                     if not ((nx1 - nx0) * (ny2 - ny0) - (nx2 - nx0) * (ny1 - ny0) > zero):
                         continue
-                px0 = pxv[q0]
-                px1 = pxv[q1]
-                px2 = pxv[q2]
-                py0 = pyv[q0]
-                py1 = pyv[q1]
-                py2 = pyv[q2]
-                j0 = max(np.ceil(min(min(px0, px1), px2)), zero)
-                j1 = min(np.floor(max(max(px0, px1), px2)), wmax)
-                i0 = max(np.ceil(min(min(py0, py1), py2)), zero)
-                i1 = min(np.floor(max(max(py0, py1), py2)), hmax)
-                if j1 < j0 or i1 < i0:
-                    continue
                 x0 = px0 - j0
                 x1 = px1 - j0
                 x2 = px2 - j0
