@@ -136,9 +136,12 @@ def peer_import(name: str, *modules: str):
 
     for mod in modules:
         try:
-            return getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
+            module = importlib.import_module(mod)
+        except ImportError:
             continue
+        # an editable install of this tree resolves submodules the peer lacks to this tree: not the peer's
+        if Path(module.__file__).resolve().is_relative_to(ROOT) and hasattr(module, name):
+            return getattr(module, name)
     raise ImportError(f"bench/train_step.py: {name} is in none of {', '.join(modules)} of {ROOT}")
 
 

@@ -230,36 +230,41 @@ def fit_held_out(model: DeepHandMesh, data: HeldOut, steps: int, correctives=Non
     depth term has no silhouette gradient, so it only refines a pose that is already close).
     """
     depth_steps = steps * DEPTH_FIT_SHARE[0] // DEPTH_FIT_SHARE[1]
-    euler, root, j1, j2, d2 = [], [], [], [], []
     chunks = list(_chunks(len(data.frames), FIT_BATCH))
     stages = stages or Stages("evaluation", enabled=False)
-    bar = stages.stage(f"{what}: pose fit of {len(data.frames)} frame(s) ({steps} joint + {depth_steps} "
-                       f"joint+depth steps with {min(DEPTH_FIT_VIEWS, len(data.views[0]) if data.views else 0)} "
-                       "views)",
-                       len(chunks) * (steps + depth_steps), "steps")
+    views = min(DEPTH_FIT_VIEWS, len(data.views[0]) if data.views else 0)
+    # one progress stage per fit stage: a joint step costs a few ms, a joint+depth step a render of every view,
+    # so a single bar over both would promise the end far too early
+    title = f"{what}: pose fit of {len(data.frames)} frame(s)"
+    bar = stages.stage(f"{title}, joints", len(chunks) * steps, "steps")
+    first = []
     for sl in chunks:
         d = data.part(sl)
-        joints, valid = d.joints, d.valid
-        r1 = fit_pose(model, joints=joints, joint_valid=valid, steps=steps, lr=JOINT_FIT_LR[0],
-                      lr_end=JOINT_FIT_LR[1], correctives=correctives, on_step=lambda k: bar.update())
-        j1.append(r1.final["joint"])
-        r = r1
-        if depth_steps > 0:
+        first.append(fit_pose(model, joints=d.joints, joint_valid=d.valid, steps=steps, lr=JOINT_FIT_LR[0],
+                              lr_end=JOINT_FIT_LR[1], correctives=correctives, on_step=lambda k: bar.update()))
+    bar.close()
+    last = first
+    if depth_steps > 0:
+        bar = stages.stage(f"{title}, joints + depth of {views} views", len(chunks) * depth_steps, "steps")
+        last = []
+        for sl, r1 in zip(chunks, first):
+            d = data.part(sl)
             v = d.some_views(DEPTH_FIT_VIEWS)
-            r = fit_pose(model, joints=joints, joint_valid=valid, depth=v.depth, cameras=v.cameras,
-                         crops=v.crops, steps=depth_steps, lr=DEPTH_FIT_LR[0], lr_end=DEPTH_FIT_LR[1],
-                         init=r1.euler, root_init=r1.root, correctives=correctives, on_step=lambda k: bar.update())
-            d2.append(r.final["depth"])
-        j2.append(r.final["joint"])
-        euler.append(r.euler)
-        root.append(r.root)
+            last.append(fit_pose(model, joints=d.joints, joint_valid=d.valid, depth=v.depth, cameras=v.cameras,
+                                 crops=v.crops, steps=depth_steps, lr=DEPTH_FIT_LR[0], lr_end=DEPTH_FIT_LR[1],
+                                 init=r1.euler, root_init=r1.root, correctives=correctives,
+                                 on_step=lambda k: bar.update()))
+        bar.close()
+    j1 = [r.final["joint"] for r in first]
+    j2 = [r.final["joint"] for r in last]
+    d2 = [r.final["depth"] for r in last] if depth_steps > 0 else []
+    euler, root = [r.euler for r in last], [r.root for r in last]
     notes = {"joint_steps": int(steps), "joint_lr": list(JOINT_FIT_LR), "depth_steps": int(depth_steps),
              "depth_lr": list(DEPTH_FIT_LR), "depth_views": min(DEPTH_FIT_VIEWS, int(data.depth.shape[1])),
              "joint_loss_after_joints": float(torch.cat(j1).mean()),
              "joint_loss_after_depth": float(torch.cat(j2).mean())}
     if d2:
         notes["depth_loss_after_depth"] = float(torch.cat(d2).mean())
-    bar.close()
     log(f"fitted {len(data.frames)} held-out frame(s): {steps} joint steps + {depth_steps} joint+depth steps")
     return Poses(torch.cat(euler), torch.cat(root), "fit", notes)
 
