@@ -158,12 +158,55 @@ def _grid_nearest(p, tri, lo, h, dims, start, items, out):
         out[n] = np.sqrt(best)
 
 
+def _boxes(tri):
+    """(F, 3) lower and upper corners of each triangle's bounding box (``tri.min(1)``, ``tri.max(1)``)."""
+    F = tri.shape[0]
+    tlo = np.empty((F, 3))
+    thi = np.empty((F, 3))
+    for f in range(F):
+        for d in range(3):
+            tlo[f, d] = min(min(tri[f, 0, d], tri[f, 1, d]), tri[f, 2, d])
+            thi[f, d] = max(max(tri[f, 0, d], tri[f, 1, d]), tri[f, 2, d])
+    return tlo, thi
+
+
+def _grid_cells(tlo, thi, lo, h, dims):
+    """The grid's lists: ``items[start[c]:start[c+1]]`` are the triangles (in index order) whose bounding box
+    (``tlo``, ``thi`` (F, 3)) meets cell c; a counting sort over the cells, two passes over the boxes."""
+    nx, ny, nz = dims[0], dims[1], dims[2]
+    F = tlo.shape[0]
+    a = np.empty((F, 3), dtype=np.int64)
+    b = np.empty((F, 3), dtype=np.int64)
+    count = np.zeros(nx * ny * nz + 1, dtype=np.int64)
+    for f in range(F):
+        for d in range(3):   # first and last cell per axis, as int((x − lo) / h) clamped to the grid
+            a[f, d] = min(max(np.int64((tlo[f, d] - lo[d]) / h), 0), dims[d] - 1)
+            b[f, d] = min(max(np.int64((thi[f, d] - lo[d]) / h), 0), dims[d] - 1)
+        for i in range(a[f, 0], b[f, 0] + 1):
+            for j in range(a[f, 1], b[f, 1] + 1):
+                for k in range(a[f, 2], b[f, 2] + 1):
+                    count[(i * ny + j) * nz + k + 1] += 1
+    start = np.cumsum(count)
+    fill = start[:-1].copy()
+    items = np.empty(start[-1], dtype=np.int64)
+    for f in range(F):
+        for i in range(a[f, 0], b[f, 0] + 1):
+            for j in range(a[f, 1], b[f, 1] + 1):
+                for k in range(a[f, 2], b[f, 2] + 1):
+                    c = (i * ny + j) * nz + k
+                    items[fill[c]] = f
+                    fill[c] += 1
+    return start, items
+
+
 if njit is not None:
     from numba import prange
 
     _seg2 = njit(cache=True, inline="always")(_seg2)
     _point_triangle_distance2 = njit(cache=True)(_point_triangle_distance2)
     _grid_nearest = njit(cache=True, parallel=True)(_grid_nearest)
+    _grid_cells = njit(cache=True)(_grid_cells)
+    _boxes = njit(cache=True)(_boxes)
 
 
 def point_to_triangles(points: np.ndarray, triangles: np.ndarray, cells_per_triangle: float = 1.0) -> np.ndarray:
@@ -182,25 +225,13 @@ def point_to_triangles(points: np.ndarray, triangles: np.ndarray, cells_per_tria
         return np.concatenate([point_triangle_distance(p[s:s + 64, None], tri[None, :, 0], tri[None, :, 1],
                                                        tri[None, :, 2]).min(1) for s in range(0, len(p), 64)] or
                               [np.zeros(0)])
-    tlo, thi = tri.min(1), tri.max(1)                                          # (F, 3) boxes
+    tlo, thi = _boxes(tri)                                                     # (F, 3) boxes
     lo = np.minimum(tlo.min(0), p.min(0) if len(p) else tlo.min(0))
     hi = np.maximum(thi.max(0), p.max(0) if len(p) else thi.max(0))
     span = float((hi - lo).max())
     h = max(float((thi - tlo).max(1).mean()) * cells_per_triangle, span / 128, 1e-9)
     dims = np.maximum(np.ceil((hi - lo) / h).astype(np.int64), 1)
-    a = np.clip(((tlo - lo) / h).astype(np.int64), 0, dims - 1)               # first and last cell per axis
-    b = np.clip(((thi - lo) / h).astype(np.int64), 0, dims - 1)
-    n = b - a + 1
-    counts = n.prod(1)
-    owner = np.repeat(np.arange(len(tri)), counts)
-    # the k-th cell of a triangle's box: (k // (ny·nz), k // nz % ny, k % nz) in the box's own extents
-    k = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    nyz = n[owner, 1] * n[owner, 2]
-    cell = (((a[owner, 0] + k // nyz) * dims[1] + a[owner, 1] + k // n[owner, 2] % n[owner, 1]) * dims[2]
-            + a[owner, 2] + k % n[owner, 2])
-    order = np.argsort(cell, kind="stable")
-    start = np.zeros(int(dims.prod()) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cell, minlength=int(dims.prod())), out=start[1:])
+    start, items = _grid_cells(tlo, thi, lo.astype(np.float64), float(h), dims)
     out = np.empty(len(p))
-    _grid_nearest(p, tri, lo.astype(np.float64), float(h), dims, start, owner[order].astype(np.int64), out)
+    _grid_nearest(p, tri, lo.astype(np.float64), float(h), dims, start, items, out)
     return out
