@@ -41,7 +41,7 @@ chromium:  ## Debian's Chromium for the browser test (if missing)
 	  else echo "chromium is missing: run 'sudo apt-get install -y chromium' (browser tests need it)"; fi; }
 
 # main job: the notebook series on the synthetic default (01 writes the virtual capture into data/ when absent)
-run: setup  ## run notebooks/ in order (~40 min on 2 cores: a 3.3 GB capture into data/, 02 trains 150 s, 03 nine variants in 22 min)
+run: setup  ## run notebooks/ in order (~20 min on 2 cores: a 3.3 GB capture into data/, 02 trains 150 s, 03 nine variants in ~12 min)
 	$(DHM) notebooks
 
 test: setup-dev  ## run all tests (slow and browser ones included)
