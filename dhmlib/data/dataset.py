@@ -237,12 +237,17 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         """(H, W) float32 full-size depth map of ``frame`` seen by ``camera``, mm (0 = no surface)."""
         return read_depth(self.layout.depth_path(frame, camera), self.image_size)
 
-    def choose_views(self, index: int, frame: int) -> list[str]:
-        """K camera names for a sample, reproducible from (seed, epoch, index)."""
+    def available_views(self, frame: int) -> list[str]:
+        """The selected colour cameras with a depth map of ``frame`` (its folder is listed once per dataset)."""
         available = self._views_listed.get(frame)
-        if available is None:  # the folder is listed once per dataset
+        if available is None:
             available = self._views_listed[frame] = [c for c in self.layout.depth_cameras(frame)
                                                      if c in self._cam_index]
+        return available
+
+    def choose_views(self, index: int, frame: int) -> list[str]:
+        """K camera names for a sample, reproducible from (seed, epoch, index)."""
+        available = self.available_views(frame)
         if not available:
             raise DatasetError(f"{self.layout.depth_dir / f'{frame:06d}'}: no depth maps of the selected colour "
                                "cameras (expected depthmap<cam>.pkl)")
@@ -332,7 +337,7 @@ class DeepHandMeshDataset(torch.utils.data.Dataset):
         """
         for frame in self.frames:
             self.joints(frame)
-            self.choose_views(0, frame)
+            self.available_views(frame)
 
     def loader(self, batch_size: int = 8, **kwargs) -> torch.utils.data.DataLoader:
         """A ``DataLoader`` of :class:`~dhmlib.data.sample.HandBatch` es (``kwargs`` go to ``DataLoader``)."""

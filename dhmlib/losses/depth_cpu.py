@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dhmlib.render.zbuffer_cpu import numba
+from dhmlib.render.compiled import match_torch_threads, numba
 
 __all__ = ["compiled_depth_loss_available", "depth_loss_cpu"]
 
@@ -86,12 +86,12 @@ class _DepthLoss(torch.autograd.Function):
         k = _constants(rendered.dtype, beta)
         chunks = max(1, (r.numel() + _CHUNK - 1) // _CHUNK)
         partial, counts = np.zeros(chunks), np.zeros(chunks, dtype=np.int64)
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        match_torch_threads()
         _forward(r.numpy(), t.numpy(), k, partial, counts)
         count = int(counts.sum())
         norm = max(count, 1) if valid_only else r.numel()
         ctx.save_for_backward(r, t)
-        ctx.beta, ctx.norm, ctx.shape = beta, norm, rendered.shape
+        ctx.k, ctx.norm, ctx.shape = k, norm, rendered.shape
         return torch.tensor(partial.sum(), dtype=torch.float64).to(rendered.dtype) / norm
 
     @staticmethod
@@ -99,8 +99,8 @@ class _DepthLoss(torch.autograd.Function):
         r, t = ctx.saved_tensors
         scale = (grad.detach().to(r.dtype) / ctx.norm).reshape(1)     # as autograd's division backward
         out = torch.empty_like(r)
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        _backward(r.numpy(), t.numpy(), _constants(r.dtype, ctx.beta), scale.contiguous().numpy(), out.numpy())
+        match_torch_threads()
+        _backward(r.numpy(), t.numpy(), ctx.k, scale.contiguous().numpy(), out.numpy())
         return out.reshape(ctx.shape), None, None, None
 
 

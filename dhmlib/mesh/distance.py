@@ -231,7 +231,7 @@ def point_to_triangles(points: np.ndarray, triangles: np.ndarray, cells_per_tria
     span = float((hi - lo).max())
     h = max(float((thi - tlo).max(1).mean()) * cells_per_triangle, span / 128, 1e-9)
     dims = np.maximum(np.ceil((hi - lo) / h).astype(np.int64), 1)
-    start, items = _grid_cells(tlo, thi, lo.astype(np.float64), float(h), dims)
+    start, items = _grid_cells(tlo, thi, lo, float(h), dims)
     out = np.empty(len(p))
-    _grid_nearest(p, tri, lo.astype(np.float64), float(h), dims, start, items, out)
+    _grid_nearest(p, tri, lo, float(h), dims, start, items, out)
     return out

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from dhmlib.render.zbuffer_cpu import numba, zbuffer_available
+from dhmlib.render.compiled import match_torch_threads, numba
+from dhmlib.render.zbuffer_cpu import zbuffer_available
 
 __all__ = ["interpolate_vertex_features_cpu"]
 
@@ -109,7 +110,7 @@ class _VertexInterpolate(torch.autograd.Function):
         N, H, W = gid.shape
         c, ramp = _consts(ndc.dtype, H, W)
         out = torch.empty(N, H, W, feat.shape[-1], dtype=ndc.dtype)
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        match_torch_threads()
         _forward(ndc.detach().numpy(), z.detach().numpy(), feat.detach().numpy(), faces.numpy(), gid.numpy(), c, ramp,
                  out.numpy())
         ctx.save_for_backward(ndc, z, feat, faces, gid)
@@ -120,7 +121,7 @@ class _VertexInterpolate(torch.autograd.Function):
         ndc, z, feat, faces, gid = ctx.saved_tensors
         c, ramp = _consts(ndc.dtype, *gid.shape[1:])
         g_ndc, g_z, g_feat = torch.zeros_like(ndc), torch.zeros_like(z), torch.zeros_like(feat)
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        match_torch_threads()
         _backward(ndc.detach().numpy(), z.detach().numpy(), feat.detach().numpy(), faces.numpy(), gid.numpy(),
                   grad.to(ndc.dtype).contiguous().numpy(), c, ramp, g_ndc.numpy(), g_z.numpy(), g_feat.numpy())
         return g_ndc, g_z, g_feat, None, None

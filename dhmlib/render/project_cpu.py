@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from dhmlib.render.zbuffer_cpu import numba, zbuffer_available
+from dhmlib.render.compiled import match_torch_threads, numba
+from dhmlib.render.zbuffer_cpu import zbuffer_available
 
 __all__ = ["project_vertices_cpu"]
 
@@ -75,10 +76,6 @@ if numba is not None:
                 g_x[b, v, 2] = s2
 
 
-def _threads():
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-
 class _Project(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, P, q, near):
@@ -87,7 +84,7 @@ class _Project(torch.autograd.Function):
         ndc = torch.empty(B, C, V, 2, dtype=x.dtype)
         depth = torch.empty(B, C, V, dtype=x.dtype)
         ctx.near = x.new_tensor(near).numpy()[()]   # a scalar of the work dtype, as clamp_min rounds the bound
-        _threads()
+        match_torch_threads()
         _forward(x.detach().numpy(), P.numpy(), q.numpy(), ctx.near, ndc.numpy(), depth.numpy())
         ctx.save_for_backward(x, P, q)
         return ndc, depth
@@ -101,7 +98,7 @@ class _Project(torch.autograd.Function):
         g_ndc = torch.zeros(B, C, V, 2, dtype=x.dtype) if g_ndc is None else g_ndc.to(x.dtype).contiguous()
         g_depth = torch.zeros(B, C, V, dtype=x.dtype) if g_depth is None else g_depth.to(x.dtype).contiguous()
         g_x = torch.empty_like(x)
-        _threads()
+        match_torch_threads()
         _backward(x.detach().numpy(), P.numpy(), q.numpy(), ctx.near, g_ndc.numpy(), g_depth.numpy(), g_x.numpy(),
                   _BLOCK)
         return g_x, None, None, None

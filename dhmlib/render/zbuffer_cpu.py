@@ -27,14 +27,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-try:  # Numba is a dependency; without it the vectorised PyTorch path is used
-    import numba
+from dhmlib.render.compiled import NUMBA_UNAVAILABLE_REASON, match_torch_threads, numba
+
+if numba is not None:
     from numba import njit, prange
-except Exception as exc:  # pragma: no cover - depends on the installation
-    numba = None
-    NUMBA_UNAVAILABLE_REASON = f"numba does not import ({type(exc).__name__}: {exc})"
-else:
-    NUMBA_UNAVAILABLE_REASON = None
 
 __all__ = ["zbuffer_available", "visible_faces_cpu", "visible_faces_of_vertices", "NUMBA_UNAVAILABLE_REASON"]
 
@@ -213,7 +209,7 @@ def _run(H, W, xy, z, faces, valid, near, cull, perspective_correct, work):
     N = xy.shape[0]
     out = np.empty((N, H, W), dtype=np.int64)
     v = np.ones((1, 1), dtype=np.bool_) if valid is None else valid.contiguous().numpy()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    match_torch_threads()
     _zbuffer(xy.to(work).contiguous().numpy(), z.to(work).contiguous().numpy(), faces.contiguous().numpy(), v,
              valid is not None, -1.0 if near is None else float(near), bool(cull), bool(perspective_correct), k,
              ramp, _TILE, _TILE_OF_SIZE, out)
