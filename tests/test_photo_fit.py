@@ -12,7 +12,7 @@ from dhmlib.hand.anatomy import random_plausible_pose
 from dhmlib.network.fit import fit_pose
 from dhmlib.network.model import DeepHandMesh, ModelConfig
 from dhmlib.photo.camera import capture_view, focal_from_35mm, photo_focal
-from dhmlib.photo.fit2d import fit_pose_2d, lift_landmarks, triangulate
+from dhmlib.photo.fit2d import finger_groups, fit_pose_2d, lift_landmarks, triangulate
 from dhmlib.photo.image import PhotoError, find_images, load_photo
 from dhmlib.photo.metrics import f_score, pa_error, procrustes_align
 from dhmlib.render.cameras import Cameras
@@ -77,6 +77,40 @@ def test_2d_fit_recovers_poses_from_their_true_projections(model, C):
     ok = valid[0, 0] > 0
     errs = [pa_error(res.joints[b][ok].numpy(), truth.joints[b][ok].numpy()) for b in range(B)]
     assert max(errs) < 0.5, errs                      # measured 0.09-0.16 mm
+
+
+def test_finger_groups(model):
+    sk = model.hand.skeleton
+    g = finger_groups(sk)
+    assert g.shape == (sk.num_joints, 6) and torch.equal(g.sum(1), torch.ones(sk.num_joints))
+    assert g[sk.index("index_null"), 1] == 1 and g[sk.index("thumb0"), 0] == 1 and g[sk.root, 5] == 1
+    assert [int(x) for x in g.sum(0)] == [5, 4, 4, 4, 4, 1]
+
+
+def test_finger_robust_fit_shrugs_off_a_finger_misread_in_one_view(model):
+    """4 views with landmark noise (2 % of the hand's size); in one of them the index finger's landmarks sit
+    on the middle finger (a detector's typical mistake). Smooth-L1 (≈ L1: a median) is pulled by the misread
+    finger; the per-finger Cauchy loss sets it aside and fits the index finger as from the other views."""
+    B, C, sk = 4, 4, model.hand.skeleton
+    _, _, truth = _truth(model, B, seed=11)
+    cams = _rig(C).expand(B)
+    px = cams.project(truth.joints[:, None])                                          # (B, C, J, 2)
+    size = (px.amax(2) - px.amin(2)).amax(-1)                                          # (B, C)
+    px = px + 0.02 * size[..., None, None] * torch.randn(px.shape, generator=torch.Generator().manual_seed(0))
+    idx = [sk.index("index" + s) for s in ("1", "2", "3", "_null")]
+    mid = [sk.index("middle" + s) for s in ("1", "2", "3", "_null")]
+    px[:, 1, idx] = px[:, 1, mid]
+    valid = torch.ones(B, C, sk.num_joints)
+    valid[..., sk.index("thumb0")] = 0
+    start, start_valid = triangulate(px, valid, cams)
+    first = fit_pose(model, joints=start, joint_valid=start_valid, steps=80)
+    err = {}
+    for name, kw in (("smooth-L1", {}), ("finger", {"robust": 0.05, "robust_by": "finger"})):
+        res = fit_pose_2d(model, px, valid, cams, init=first.euler, root_init=first.root, steps=250, **kw)
+        err[name] = float((res.joints[:, idx] - truth.joints[:, idx]).norm(dim=-1).mean())      # index finger, mm
+    assert err["finger"] < 0.75 * err["smooth-L1"], err      # measured 1.9 vs 4.0 mm (noise seeds 1-3: 0.53-0.68×)
+    with pytest.raises(ValueError, match="robust_by"):
+        fit_pose_2d(model, px, valid, cams, root_init=first.root, steps=1, robust=0.05, robust_by="joint")
 
 
 def test_2d_fit_leaves_the_decoder_alone_and_rejects_bad_shapes(model):

@@ -78,7 +78,7 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
                 scale_init=None, fit_scale: bool = True, steps: int = 300, lr: float = 0.03, lr_end: float = 0.001,
                 correctives: Collection[str] | None = None, reprojection_weight: float = 1.0,
                 depth_weight: float = 0.1, prior_weight: float = 1.0, scale_weight: float = 0.1,
-                beta: float = 0.01, robust: float | None = None, limits: str = "motion",
+                beta: float = 0.01, robust: float | None = None, robust_by: str = "landmark", limits: str = "motion",
                 coupling_weight: float = 0.0, on_step: Callable[[int], None] | None = None) -> Fit2DResult:
     """Fit Euler angles, root and a global scale of B hands to 2D landmarks in C views (decoder frozen).
 
@@ -99,6 +99,9 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
         robust: None, or the scale (hand sizes) of a Cauchy loss ``σ·log(1 + d²/σ²)`` instead of smooth-L1 for
             the reprojection: landmarks far off (a detector's mistakes in one view) weigh little when other
             views disagree with them.
+        robust_by: what the Cauchy loss weighs down: "landmark" (each landmark alone) or "finger" (a finger's
+            landmarks in one view together: ``n·σ·log(1 + mean d²/σ²)`` over its valid landmarks; the wrist is
+            a group of its own): a detector misreads whole fingers, so a finger off in one view counts little.
         limits: the prior's range: "motion" (the range of motion, as :func:`~dhmlib.network.fit.fit_pose`) or
             "natural" (the natural range inside it, :func:`dhmlib.hand.anatomy.natural_range`: relaxed poses).
         coupling_weight: weight of ``(DIP − 0.65·PIP)²`` (radians², mean over the four fingers): a finger's
@@ -153,6 +156,9 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
         else:
             raise ValueError(f"fit_pose_2d: limits must be 'motion' or 'natural', got {limits!r}")
         sk = hand.skeleton
+        if robust_by not in ("landmark", "finger"):
+            raise ValueError(f"fit_pose_2d: robust_by must be 'landmark' or 'finger', got {robust_by!r}")
+        groups = finger_groups(sk).to(dtype=dtype, device=device)
         pip = [sk.index(f + "2") for f in FINGERS[1:]]
         dip = [sk.index(f + "3") for f in FINGERS[1:]]
         euler.requires_grad_(True)
@@ -175,10 +181,14 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
             proj = cam_pts[..., :2] / z * cams.focal[:, :, None] + cams.principal[:, :, None]
             d = (proj - pixels) / size[..., None, None]
             if robust is None:
-                rep = _smooth_l1(d, beta).sum(-1)
-            else:                                   # Cauchy: landmarks off by ≫ robust hand sizes count little
-                rep = robust * torch.log1p((d * d).sum(-1) / (robust * robust))
-            out = {"reprojection": (rep * valid).flatten(1).sum(1) / n_valid}
+                rep = (_smooth_l1(d, beta).sum(-1) * valid).flatten(1).sum(1)
+            elif robust_by == "landmark":           # Cauchy: landmarks off by ≫ robust hand sizes count little
+                rep = (robust * torch.log1p((d * d).sum(-1) / (robust * robust)) * valid).flatten(1).sum(1)
+            else:                                   # Cauchy of each finger's mean squared distance, per view
+                sq = ((d * d).sum(-1) * valid) @ groups                                  # (B, C, G)
+                n = valid @ groups
+                rep = (n * robust * torch.log1p(sq / n.clamp_min(1) / (robust * robust))).flatten(1).sum(1)
+            out = {"reprojection": rep / n_valid}
             if rel_depth is not None:
                 zc = cam_pts[..., 2]
                 zw = zc[..., wrist:wrist + 1].clamp_min(1.0)
@@ -210,6 +220,17 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
     return Fit2DResult(euler=pose.euler.detach(), root=r.detach(), scale=s.detach(), joints=joints.detach(),
                        vertices=verts.detach(), pixels=proj.detach(), residual_px=res.detach(),
                        history={k: tuple(v) for k, v in history.items()})
+
+
+def finger_groups(skeleton) -> torch.Tensor:
+    """(J, 6) 0/1 membership: each joint in its finger (thumb … pinky, tip included) or in the sixth group (the
+    wrist and the joints of no finger)."""
+    J = skeleton.num_joints
+    g = torch.zeros(J, len(FINGERS) + 1)
+    for j, name in enumerate(skeleton.short_names):
+        f = next((k for k, f in enumerate(FINGERS) if name.startswith(f)), len(FINGERS))
+        g[j, f] = 1.0
+    return g
 
 
 def similarity_align(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None):
