@@ -2,7 +2,7 @@
 
     python bench/photo_fit.py [--data data] [--snapshot output/model_dump/snapshot_N.pth.tar]
                               [--encoder-snapshot …/image_d/model_dump/snapshot_1_step400.pth.tar]
-                              [--frames 64] [--views 4] [--timing-images 5] [--sweep]
+                              [--frames 64] [--views 4] [--timing-images 5] [--sweep] [--calibrate]
                               [--out bench/results/photo_fit.json]
 
 Needs the photo extra (``pip install -e '.[photo]'``) and the default capture in ``data/``.
@@ -18,7 +18,10 @@ Needs the photo extra (``pip install -e '.[photo]'``) and the default capture in
    held-out images with the landmarks replaced by the true keypoints plus independent noise of a given mean
    error (0-0.10 of the hand's size, two seeds), and by MediaPipe's own landmarks with their mean per-joint
    offset removed: the landmark error each PA-MPJPE goal needs, and where MediaPipe sits.
-3. Time per photo, one view, one photo at a time as ``dhm fit --image`` does it (goals: ≤ 2 s with the
+3. With ``--calibrate`` (:mod:`dhmlib.photo.calibrate`, ~1 min): per model, landmark offsets fitted on the
+   training takes' images (every training frame × ``--views`` cameras), then the held-out fit with them, paired
+   per pose against the fit without (95 % t-interval over blocks of 5 frames).
+4. Time per photo, one view, one photo at a time as ``dhm fit --image`` does it (goals: ≤ 2 s with the
    template, ≤ 5 s with a trained model), with peers measured in the same run: MediaPipe's detection of the
    same photo, ``fit_pose`` on 3D joints (``dhm fit`` with joints, 600 steps), the image encoder's forward pass.
 """
@@ -48,6 +51,9 @@ from dhmlib.photo import evaluate as E  # noqa: E402
 from dhmlib.photo.detect import ATTEMPTS, HandDetector, mediapipe_licence  # noqa: E402
 from dhmlib.photo.image import load_photo  # noqa: E402
 from dhmlib.photo.limits import landmark_error_sweep, needed_error  # noqa: E402
+from dhmlib.photo.calibrate import calibrate_landmark_offsets, landmark_error, write_offsets  # noqa: E402
+from dhmlib.data.split import split_frames  # noqa: E402
+from dhmlib.experiments.ablation import paired_interval  # noqa: E402
 from dhmlib.photo.pipeline import FIT_STEPS, START_STEPS, fit_detections  # noqa: E402
 
 GOAL_S = {"template": 2.0, "trained": 5.0}
@@ -80,6 +86,30 @@ def attempts_table(found, n_images: int) -> dict:
     return out
 
 
+def calibration_rows(models, data, frames, held, rows, views, det) -> dict:
+    """Per model: offsets fitted on the training takes, the held-out landmark error and fit with them, paired."""
+    train = E.detect_capture(data, list(split_frames(data, 1).train), views, detector=det)
+    out = {}
+    for name, model in models.items():
+        cal = calibrate_landmark_offsets(model, data, train)
+        path = write_offsets(ROOT / "bench" / "results" / f"landmark_offsets_{name}.json", cal, model.hand.skeleton,
+                             note=f"bench/photo_fit.py --calibrate: MediaPipe 0.10.21 on {data} training takes")
+        ev = E.evaluate_photo_fit(model, data, frames, views=views, detections=held, log=lambda m: None,
+                                  landmark_offsets=cal.offsets)
+        plain = E.evaluate_photo_fit(model, data, frames, views=views, detections=held, log=lambda m: None)
+        r = {"train_images": cal.views, "train_error_frac": [cal.error_before, cal.error_after],
+             "held_out_error_frac": [landmark_error(model, data, held), landmark_error(model, data, held, cal.offsets)],
+             "offsets_mm": cal.offsets.tolist(), "file": str(path)}
+        for mode in ev.fits:
+            block = 5 if mode.endswith("views") else 5 * views       # 5 frames: one pose of the free take
+            a = [x["pa_mpjpe_mm"] for x in plain.fits[mode]]
+            b = [x["pa_mpjpe_mm"] for x in ev.fits[mode]]
+            r[mode] = {"pa_mpjpe_mm": [float(np.mean(a)), float(np.mean(b))], "paired": paired_interval(a, b, block)}
+        out[name] = r
+        print(f"landmark offsets · {name}: {json.dumps({k: v for k, v in r.items() if k != 'offsets_mm'})}", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT / "data"))
@@ -91,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timing-images", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sweep", action="store_true", help="the landmark-error sweep (dhmlib.photo.limits)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="landmark offsets fitted on the training takes, judged on the held-out take")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "photo_fit.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -136,6 +168,8 @@ def main(argv=None) -> int:
                     f"{mode} ≤ {GOALS[key]:g} mm": needed_error(sweep["noise"], mode, GOALS[key])
                     for mode, key in (("1 view", "pa_mpjpe_1_view_mm"),
                                       (f"{args.views} views", "pa_mpjpe_4_views_mm"))}}
+            if take.startswith("held-out") and args.calibrate:
+                report["landmark_offsets"] = calibration_rows(models, data, fr, d, rows, args.views, det)
         # encoder (the paper's way) on the held-out frames
         if Path(args.encoder_snapshot).is_file():
             eck = read_snapshot(args.encoder_snapshot)
@@ -212,6 +246,18 @@ def print_tables(r: dict) -> None:
         print("needed (independent noise): " + ", ".join(
             f"{k}: {'not within the sweep' if v is None else f'≤ {v:.3f} of the hand size'}"
             for k, v in sw["needed_error_frac"].items()))
+    if "landmark_offsets" in r:
+        print("\nlandmark offsets fitted on the training takes, held-out take (paired per pose, 95 % t-interval over"
+              " blocks of 5 frames)")
+        print("| model | landmark error train → | held-out → | views | PA-MPJPE without → with | difference |")
+        print("| --- | --: | --: | --: | --: | --- |")
+        for name, x in r["landmark_offsets"].items():
+            for mode in [k for k in x if k.endswith("view") or k.endswith("views")]:
+                p = x[mode]["paired"]
+                print(f"| {name} | {x['train_error_frac'][0]:.3f} → {x['train_error_frac'][1]:.3f} | "
+                      f"{x['held_out_error_frac'][0]:.3f} → {x['held_out_error_frac'][1]:.3f} | {mode} | "
+                      f"{x[mode]['pa_mpjpe_mm'][0]:.2f} → {x[mode]['pa_mpjpe_mm'][1]:.2f} | "
+                      f"{p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}] |")
     t = r["timing"]
     print("\n| per photo, 1 view | seconds | goal | × MediaPipe detection | × fit_pose 3D (600 steps) | × encoder forward |")
     print("| --- | --: | --: | --: | --: | --: |")

@@ -180,3 +180,31 @@ def test_bad_input_names_the_file_and_fits_the_others(small_capture, tmp_path, c
     assert "file not found" in capsys.readouterr().err
     assert main(["fit", "--image", str(good), "--fov", "0", "--out", str(tmp_path / "o3"), *hand_model]) == 2
     assert "--fov" in capsys.readouterr().err
+
+
+def test_landmark_offsets_option(small_capture, tmp_path, capsys):
+    """dhm fit --image --landmark-offsets: a file of write_offsets is used (and recorded); a bad one is a usage
+    error naming it; without --image it is refused."""
+    from dhmlib.photo.calibrate import LandmarkOffsets, write_offsets
+
+    hand = HandModel.read(small_capture / "hand_model")
+    good = _images(small_capture, 1)[1]
+    hand_model = ["--hand-model", str(small_capture / "hand_model")]
+    runs = {}
+    for name, off in (("none", None), ("shifted", np.full((hand.skeleton.num_joints, 3), 6.0))):
+        args = ["fit", "--image", str(good), "--out", str(tmp_path / name), *hand_model, "--no-figures"]
+        if off is not None:
+            path = write_offsets(tmp_path / "offsets.json", LandmarkOffsets(off, 0.0, 0.0, 1, (1,)), hand.skeleton)
+            args += ["--landmark-offsets", str(path)]
+        assert main(args) == 0, capsys.readouterr()
+        runs[name] = np.load(tmp_path / name / "image0001_pose.npz")["euler"]
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["landmark_offsets"] == (None if off is None else str(path))
+    assert not np.allclose(runs["none"], runs["shifted"], atol=1e-3)     # the offsets changed the fit
+    (tmp_path / "bad.json").write_text('{"offsets_mm": {"index9": [0, 0, 0]}}')
+    assert main(["fit", "--image", str(good), "--out", str(tmp_path / "o"), *hand_model,
+                 "--landmark-offsets", str(tmp_path / "bad.json")]) == 2
+    assert "--landmark-offsets" in (err := capsys.readouterr().err) and "bad.json" in err and "index9" in err
+    assert main(["fit", str(tmp_path / "x.npy"), "--out", str(tmp_path / "o4"), *hand_model,
+                 "--landmark-offsets", str(tmp_path / "bad.json")]) == 2
+    assert "--landmark-offsets goes with --image" in capsys.readouterr().err

@@ -1,6 +1,7 @@
-"""The landmark-error experiment (dhmlib.photo.limits) on the small virtual capture, without a detector: the
-replaced landmarks have the error asked for (measured by dhmlib.photo.evaluate's own projection of the truth),
-exact landmarks fit closely, more error fits worse, a fixed offset is removed by ``debiased``."""
+"""The landmark-error experiment (dhmlib.photo.limits) and the landmark offsets (dhmlib.photo.calibrate) on the
+small virtual capture, without a detector: the replaced landmarks have the error asked for (measured by
+dhmlib.photo.evaluate's own projection of the truth), exact landmarks fit closely, more error fits worse, a
+fixed offset is removed by ``debiased``; known offsets in the joints' frames are found again; their file."""
 import numpy as np
 import pytest
 import torch
@@ -101,3 +102,62 @@ def test_the_sweep_reports_every_row(small_capture, setup):
     assert [(x["error_frac"], x["seed"]) for x in r["noise"]] == [(0.0, 0), (0.08, 0), (0.08, 1)]
     pa = [x["4 views"]["pa_mpjpe_mm"] for x in r["noise"]]
     assert pa[1] > pa[0] and pa[2] > pa[0]
+
+
+def _offset_landmarks(model, root, d, offsets):
+    """``d`` with each view's landmarks at the true keypoints moved by ``offsets`` (J, 3) in the joints' frames."""
+    from dataclasses import replace
+
+    from dhmlib.data.ground_truth import true_poses
+    from dhmlib.network.fit import _pose_skeleton
+    from dhmlib.photo.fit2d import landmark_points
+
+    sk = model.hand.skeleton
+    frames = sorted({v.capture.frame for v in d.found})
+    poses = true_poses(root, 1, frames, "cpu")
+    G = _pose_skeleton(model, poses.euler, poses.root, False).transforms.double()
+    out = []
+    for v in d.found:
+        i = frames.index(v.capture.frame)
+        joints, _ = keypoints_to_joints(read_keypoints(Layout(root).keypoints_path(v.capture.frame)), sk)
+        pts = landmark_points(torch.as_tensor(joints, dtype=torch.float64)[None], G[i:i + 1],
+                              torch.as_tensor(offsets, dtype=torch.float64))[0]
+        cam = capture_camera(v.capture, v.photo.scale, dtype=torch.float64)
+        px = cam.project(pts[[sk.index(n) for n in MEDIAPIPE_NAMES]][None])[0].numpy()
+        out.append(replace(v, detection=replace(v.detection, pixels=px)))
+    return replace(d, found=tuple(out))
+
+
+def test_calibration_recovers_known_offsets(small_capture, setup):
+    """Landmarks made from the truth with known offsets in the joints' frames: the fit finds those offsets."""
+    from dhmlib.photo.calibrate import calibrate_landmark_offsets, landmark_error
+
+    model, d = setup
+    sk = model.hand.skeleton
+    want = np.random.default_rng(1).normal(0, 3.0, (sk.num_joints, 3))
+    want[sk.index("thumb0")] = 0                                   # no landmark: stays 0
+    moved = _offset_landmarks(model, small_capture, d, want)
+    cal = calibrate_landmark_offsets(model, small_capture, moved, steps=600, log=lambda m: None)
+    assert cal.error_before > 0.02 and cal.error_after < 0.1 * cal.error_before
+    np.testing.assert_allclose(cal.offsets, want, atol=0.5)
+    assert landmark_error(model, small_capture, moved, want) < 1e-6
+    assert landmark_error(model, small_capture, moved) == pytest.approx(cal.error_before)
+
+
+def test_offsets_file_round_trip_and_errors(tmp_path, setup):
+    from dhmlib.photo.calibrate import LandmarkOffsets, read_offsets, write_offsets
+
+    model, _ = setup
+    sk = model.hand.skeleton
+    off = np.arange(sk.num_joints * 3, dtype=float).reshape(-1, 3) / 7
+    p = write_offsets(tmp_path / "o.json", LandmarkOffsets(off, 0.1, 0.05, 3, (1, 2)), sk, note="test")
+    np.testing.assert_allclose(read_offsets(p, sk), off, atol=1e-4)
+    (tmp_path / "bad.json").write_text('{"offsets_mm": {"index9": [0, 0, 0]}}')
+    with pytest.raises(ValueError, match=r"bad.json.*index9"):
+        read_offsets(tmp_path / "bad.json", sk)
+    (tmp_path / "bad2.json").write_text('{"offsets_mm": {"index1": [0, "x"]}}')
+    with pytest.raises(ValueError, match=r"bad2.json.*index1.*three finite numbers"):
+        read_offsets(tmp_path / "bad2.json", sk)
+    (tmp_path / "bad3.json").write_text("not json")
+    with pytest.raises(ValueError, match=r"bad3.json: not a landmark-offsets JSON"):
+        read_offsets(tmp_path / "bad3.json", sk)

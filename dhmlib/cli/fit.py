@@ -42,6 +42,10 @@ def add(p):
     p.add_argument("--hand", choices=("auto", "right", "left"), default="auto",
                    help="with --image: which hand to fit (auto: MediaPipe's handedness; capture images: right)")
     p.add_argument("--no-figures", action="store_true", help="with --image: no overlay figures")
+    p.add_argument("--landmark-offsets", metavar="JSON",
+                   help="with --image: where the detector's landmarks sit in each joint's frame (a file of "
+                        "dhmlib.photo.calibrate.write_offsets, e.g. from bench/photo_fit.py --calibrate; default: "
+                        "on the joints)")
     p.add_argument("--hand-model", help="official-format hand_model folder (default: with --snapshot the hand model "
                                         "it was trained on, found by its hash; else $DHM_DATA/hand_model)")
     p.add_argument("--snapshot", help="snapshot_N.pth.tar whose decoder is used (default: no correctives)")
@@ -127,7 +131,7 @@ def run(args) -> int:
         return run_images(args)
     if not args.joints:
         raise CLIError("expected joint files (.npy, .pts) or --image PATH…")
-    for flag in ("focal_mm", "fov"):
+    for flag in ("focal_mm", "fov", "landmark_offsets"):
         if getattr(args, flag) is not None:
             raise CLIError(f"--{flag.replace('_', '-')} goes with --image")
     if not args.lr > 0:

@@ -39,6 +39,14 @@ def run_images(args) -> int:
     except MissingExtra as e:
         raise CLIError(str(e)) from None
     ckpt, hand = snapshot_and_hand_model(args)
+    offsets = None
+    if args.landmark_offsets is not None:
+        from dhmlib.photo.calibrate import read_offsets
+
+        try:
+            offsets = read_offsets(args.landmark_offsets, hand.skeleton)
+        except ValueError as e:
+            raise CLIError(f"--landmark-offsets: {e}") from None
     dev = torch.device(args.device)
     model = fitting_model(args, ckpt, hand, dev)
     t0 = time.perf_counter()
@@ -58,7 +66,8 @@ def run_images(args) -> int:
     if groups:
         bar = Progress(f"photo fit of {len(groups)} pose(s)", START_STEPS + steps)
         try:
-            fits = fit_detections(model, groups, steps=steps, on_step=lambda k, n: bar.update(1))
+            fits = fit_detections(model, groups, steps=steps, on_step=lambda k, n: bar.update(1),
+                                  **({} if offsets is None else {"landmark_offsets": offsets}))
         finally:
             bar.close()
     records = []
@@ -76,7 +85,7 @@ def run_images(args) -> int:
     summary = {"images": [str(p) for p in paths], "fitted": records,
                "failed": [{"image": str(f.path), "reason": f.reason} for f in failures],
                "detector": {"package": "mediapipe 0.10.21 (solutions.hands)", "licence": mediapipe_licence()},
-               "snapshot": args.snapshot, "steps": steps, "detect_seconds": t_detect,
+               "snapshot": args.snapshot, "landmark_offsets": args.landmark_offsets, "steps": steps, "detect_seconds": t_detect,
                "fit_seconds_per_pose": fits[0].seconds if fits else None}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

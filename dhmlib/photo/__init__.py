@@ -10,7 +10,9 @@
                 prior, MediaPipe's relative depth as a weak term; several views of one pose jointly)
              ─► outputs (OBJ/PLY in world and camera frame, pose file, overlay figure, residuals JSON)
 
-``pipeline.fit_photos`` is the chain behind ``dhm fit --image`` and notebook 05; ``evaluate`` measures it on
-the virtual capture's held-out images, where the truth is known. Only :mod:`dhmlib.photo.detect` needs
+``pipeline`` (``detect_photos``, ``fit_detections``) is the chain behind ``dhm fit --image`` and notebook 05; ``evaluate`` measures it on
+the virtual capture's held-out images, where the truth is known; ``limits`` asks what landmark error each
+accuracy goal needs (the fit on true keypoints with noise); ``calibrate`` fits where the detector puts each
+joint (landmark offsets in the joints' frames, opt-in for the fit). Only :mod:`dhmlib.photo.detect` needs
 MediaPipe, imported where it is used (``pip install -e '.[photo]'``).
 """

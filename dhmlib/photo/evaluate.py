@@ -79,10 +79,15 @@ def frame_images(data_root, frames: Sequence[int], views: int, subject: int = 1)
     return out
 
 
-def _truth(data_root, subject, frames, skeleton):
+def true_keypoints(data_root, subject, frames, skeleton) -> tuple[np.ndarray, np.ndarray]:
+    """The frames' keypoints (``.pts``) in ``skeleton``'s order: (F, J, 3) world mm and their valid (F, J)."""
     lay = Layout(data_root, subject)
     joints, valid = zip(*(keypoints_to_joints(read_keypoints(lay.keypoints_path(f)), skeleton) for f in frames))
-    return np.stack(joints), np.stack(valid), ground_truth_meshes(data_root, subject, frames)
+    return np.stack(joints), np.stack(valid)
+
+
+def _truth(data_root, subject, frames, skeleton):
+    return (*true_keypoints(data_root, subject, frames, skeleton), ground_truth_meshes(data_root, subject, frames))
 
 
 def _fit_rows(fits: Sequence[PhotoFit], frames, truth) -> list[dict]:

@@ -48,7 +48,7 @@ class Fit2DResult:
     Attributes:
         euler: (B, J, 3) radians; root: (B, 4, 4) mm; scale: (B,) the global scale about the root joint.
         joints: (B, J, 3) fitted joints, world mm (scale applied); vertices: (B, V, 3) world mm (scale applied).
-        pixels: (B, C, J, 2) the fitted joints reprojected, px.
+        pixels: (B, C, J, 2) the fitted joints reprojected (with ``landmark_offsets``: the landmark points), px.
         residual_px: (B, C, J) reprojection distance to the landmarks, px (NaN where not valid).
         history: per step the batch mean of each term (``total``, ``reprojection``, ``depth``, ``prior``, ``scale``).
     """
@@ -79,7 +79,8 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
                 correctives: Collection[str] | None = None, reprojection_weight: float = 1.0,
                 depth_weight: float = 0.1, prior_weight: float = 1.0, scale_weight: float = 0.1,
                 beta: float = 0.01, robust: float | None = None, robust_by: str = "landmark", limits: str = "motion",
-                coupling_weight: float = 0.0, on_step: Callable[[int], None] | None = None) -> Fit2DResult:
+                coupling_weight: float = 0.0, landmark_offsets=None,
+                on_step: Callable[[int], None] | None = None) -> Fit2DResult:
     """Fit Euler angles, root and a global scale of B hands to 2D landmarks in C views (decoder frozen).
 
     Args:
@@ -104,6 +105,9 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
             a group of its own): a detector misreads whole fingers, so a finger off in one view counts little.
         limits: the prior's range: "motion" (the range of motion, as :func:`~dhmlib.network.fit.fit_pose`) or
             "natural" (the natural range inside it, :func:`dhmlib.hand.anatomy.natural_range`: relaxed poses).
+        landmark_offsets: None, or (J, 3) mm: where the detector's landmark of each joint sits in that joint's
+            frame (:func:`landmark_points`; :mod:`dhmlib.photo.calibrate` fits them on a capture): the
+            reprojection compares ``joint + R·offset`` with the landmark; the returned joints stay the joints.
         coupling_weight: weight of ``(DIP − 0.65·PIP)²`` (radians², mean over the four fingers): a finger's
             distal joint follows its middle one (:func:`dhmlib.hand.anatomy.random_plausible_pose`).
         on_step: called with the number of steps done.
@@ -159,6 +163,9 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
         if robust_by not in ("landmark", "finger"):
             raise ValueError(f"fit_pose_2d: robust_by must be 'landmark' or 'finger', got {robust_by!r}")
         groups = finger_groups(sk).to(dtype=dtype, device=device)
+        offsets = None if landmark_offsets is None else torch.as_tensor(landmark_offsets, dtype=dtype, device=device)
+        if offsets is not None and offsets.shape != (J, 3):
+            raise ValueError(f"fit_pose_2d: landmark_offsets must be ({J}, 3), got {tuple(offsets.shape)}")
         pip = [sk.index(f + "2") for f in FINGERS[1:]]
         dip = [sk.index(f + "3") for f in FINGERS[1:]]
         euler.requires_grad_(True)
@@ -175,7 +182,8 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
 
         def terms():
             r = root()
-            joints = scaled(_pose_skeleton(model, euler, r, skel).joints, r, torch.exp(log_s))   # (B, J, 3)
+            p = _pose_skeleton(model, euler, r, skel)
+            joints = scaled(landmark_points(p.joints, p.transforms, offsets), r, torch.exp(log_s))   # (B, J, 3)
             cam_pts = cams.world_to_camera(joints[:, None])                      # (B, C, J, 3)
             z = cam_pts[..., 2:3].clamp_min(1.0)
             proj = cam_pts[..., :2] / z * cams.focal[:, :, None] + cams.principal[:, :, None]
@@ -211,7 +219,7 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
             s = torch.exp(log_s)
             pose = model.decode(euler, r, correctives=on)
             joints, verts = scaled(pose.joints, r, s), scaled(pose.vertices, r, s)
-            proj = cams.project(joints[:, None])
+            proj = cams.project(scaled(landmark_points(pose.joints, pose.transforms, offsets), r, s)[:, None])
             res = torch.linalg.norm(proj - pixels, dim=-1)
             res = torch.where(valid > 0, res, torch.full_like(res, float("nan")))
     finally:
@@ -220,6 +228,14 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
     return Fit2DResult(euler=pose.euler.detach(), root=r.detach(), scale=s.detach(), joints=joints.detach(),
                        vertices=verts.detach(), pixels=proj.detach(), residual_px=res.detach(),
                        history={k: tuple(v) for k, v in history.items()})
+
+
+def landmark_points(joints: torch.Tensor, transforms: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    """Where a detector's landmarks sit: joints (B, J, 3) mm moved by ``offsets`` (J, 3) mm, each in its joint's
+    frame (the rotation of ``transforms`` (B, J, 4, 4), the joint's global transform); None: the joints."""
+    if offsets is None:
+        return joints
+    return joints + (transforms[..., :3, :3] @ offsets[..., None])[..., 0]
 
 
 def finger_groups(skeleton) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 
 from dhmlib.photo.camera import capture_camera
 from dhmlib.photo.detect import MEDIAPIPE_NAMES
-from dhmlib.photo.evaluate import CaptureDetections, _truth, evaluate_photo_fit
+from dhmlib.photo.evaluate import CaptureDetections, evaluate_photo_fit, true_keypoints
 
 #: mean of ‖n‖ for n ~ N(0, σ² I₂) is σ·√(π/2)
 _RAYLEIGH_MEAN = math.sqrt(math.pi / 2.0)
@@ -65,7 +65,7 @@ def replaced_detections(model, data_root, detections: CaptureDetections, error_f
     """
     sk = model.hand.skeleton
     frames = list(detections.frames)
-    joints, _, _ = _truth(data_root, subject, frames, sk)
+    joints, _ = true_keypoints(data_root, subject, frames, sk)
     index = {f: i for i, f in enumerate(frames)}
     truth = [true_landmarks(v, joints[index[v.capture.frame]], sk) for v in detections.found]
     rng = np.random.default_rng(seed)

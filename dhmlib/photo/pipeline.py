@@ -43,8 +43,9 @@ FIT_STEPS = 120
 #: fingers (a tenth of the fingers carry half the squared landmark error), so a finger off in one view should
 #: count little against the others. σ was chosen on the training takes (136 frames × 4 views, trained snapshot:
 #: 4 views 8.24 → 7.71 mm, 1 view 13.20 → 13.09) among 0.01-0.1 per landmark and per finger; on the held-out
-#: frames it gives 9.92 → 9.46 mm from four views (paired difference −0.46 [−0.91, −0.12]) and no change from
-#: one (+0.03 [−0.12, +0.17]). MediaPipe's landmark error is the limit (README, "Your own hand")
+#: frames it gives 9.92 → 9.46 mm from four views (paired per frame, 95 % t-interval over blocks of 5 frames:
+#: −0.46 [−0.88, −0.03]) and no change from one (+0.03 [−0.15, +0.20]). MediaPipe's landmark error is the
+#: limit (README, "Your own hand")
 PHOTO_FIT = {"limits": "natural", "prior_weight": 10.0, "coupling_weight": 1.0, "robust": 0.05, "robust_by": "finger"}
 
 
