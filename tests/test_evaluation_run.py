@@ -208,6 +208,11 @@ def test_the_lbs_baseline_is_kept_per_capture_and_recomputed_when_a_file_changes
         assert third.info["baseline_from_cache"] is False and len(list(cache.glob("lbs_baseline_*.json"))) == 2
     finally:
         os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # refresh: computed although the file is there, and the file replaced (dhm test --recompute-baseline)
+    before = files[0].stat().st_mtime_ns
+    fresh = evaluate_snapshot(path, small_capture, tmp_path / "e", **{**kw, "refresh_baseline": True})
+    assert fresh.info["baseline_from_cache"] is False and files[0].stat().st_mtime_ns > before
+    assert evaluate_snapshot(path, small_capture, tmp_path / "f", **kw).info["baseline_from_cache"] is True
     # a damaged file is said and computed again
     files[0].write_text("{not json")
     msgs = []

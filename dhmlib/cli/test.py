@@ -38,7 +38,7 @@ def add(p):
     p.add_argument("--no-baseline", action="store_true", help="skip the template + LBS baseline")
     p.add_argument("--recompute-baseline", action="store_true",
                    help="compute the baseline even when OUTPUT/cache holds it for the same capture, hand model, "
-                        "settings and code (and keep nothing)")
+                        "settings and code, and replace the cached file")
     p.add_argument("--views", type=int_at_least(1), default=None, metavar="N",
                    help="N cameras per held-out frame (spread over the rig) for the depth fit and depth error "
                         "(default: every camera); --views 4 --no-baseline --no-render is the fast mode")
@@ -75,7 +75,7 @@ def run(args) -> int:
         res = evaluate_snapshot(args.snapshot, args.data, out, epoch=args.epoch, split=args.held_out,
                             fit_steps=args.fit_steps, device=args.device, render=not args.no_render,
                             baseline=not args.no_baseline, num_views=args.views,
-                            **({"baseline_cache": None} if args.recompute_baseline else {}))
+                            refresh_baseline=args.recompute_baseline)
     except (SplitError, DatasetError, ScanError) as e:
         raise CLIError(str(e)) from None
     info = res.info

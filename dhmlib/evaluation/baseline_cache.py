@@ -76,14 +76,15 @@ def baseline_key(data_root, subject: int, frames: Sequence[int], views: Sequence
 
 
 def cached_baseline(cache_dir, key: str, compute: Callable[[], dict],
-                    log: Callable[[str], None] | None = None) -> tuple[dict, bool]:
+                    log: Callable[[str], None] | None = None, refresh: bool = False) -> tuple[dict, bool]:
     """``(summaries, from_cache)``: the JSON-able dict that ``compute()`` returns, read from
     ``<cache_dir>/lbs_baseline_<key>.json`` when it is there and readable, else computed and written.
-    ``cache_dir`` None: always computed, nothing written."""
+    ``cache_dir`` None: always computed, nothing written. ``refresh``: computed even when the file is there,
+    and the file replaced."""
     if cache_dir is None:
         return compute(), False
     path = Path(cache_dir) / f"lbs_baseline_{key}.json"
-    if path.is_file():
+    if path.is_file() and not refresh:
         try:
             doc = json.loads(path.read_text())
             if doc.get("key") == key and isinstance(doc.get("baseline"), dict):

@@ -447,7 +447,8 @@ def evaluate_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch:
                   baseline: bool = True, num_views: int | None = None, render_figures: bool = True,
                   baseline_fit: bool = True, hand_model: HandModel | None = None, surface_every: int = 1,
                   log: Callable[[str], None] = print, progress: bool = True,
-                  num_frames: int | None = None, baseline_cache="default") -> EvalResult:
+                  num_frames: int | None = None, baseline_cache="default",
+                  refresh_baseline: bool = False) -> EvalResult:
     """Evaluate a training snapshot on the held-out frames and write the results.
 
     Args:
@@ -476,6 +477,7 @@ def evaluate_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch:
             notebook 02's smoke settings); None: all.
         baseline_cache: folder of the baseline's cached summaries (:mod:`dhmlib.evaluation.baseline_cache`;
             ``"default"``: ``output_root/cache``; None: computed every time, nothing kept).
+        refresh_baseline: compute the baseline even when the cache holds it, and replace the cached file.
         progress: a progress bar per stage (loading, pose fit, decode and render, metrics, baseline, files,
             figures) with an ETA in a terminal, a line per stage (and every 15 s inside one) elsewhere
             (:mod:`dhmlib.progress`; the lines go to ``log``).
@@ -543,7 +545,7 @@ def evaluate_snapshot(snapshot=None, data_root=None, output_root=None, *, epoch:
                            render_size=tc.render_size, crop_mode=tc.crop_mode, fit_steps=fit_steps,
                            fit=baseline_fit, device_type=dev.type, depth_share=DEPTH_FIT_SHARE)
         base, reused = cached_baseline(None if baseline_cache is None else Path(baseline_cache), key, compute,
-                                       log=log)
+                                       log=log, refresh=refresh_baseline)
     files = stages.stage(f"writing metrics.json and {len(data.frames)} mesh(es)")
     result_dir = out_root / "result"
     mesh_dir = result_dir / "meshes"
