@@ -86,8 +86,9 @@ def attempts_table(found, n_images: int) -> dict:
     return out
 
 
-def calibration_rows(models, data, frames, held, rows, views, det) -> dict:
-    """Per model: offsets fitted on the training takes, the held-out landmark error and fit with them, paired."""
+def calibration_rows(models, data, frames, held, plain_fits, views, det) -> dict:
+    """Per model: offsets fitted on the training takes, the held-out landmark error and fit with them, paired
+    against ``plain_fits[name]`` (the held-out evaluation without offsets, already run)."""
     train = E.detect_capture(data, list(split_frames(data, 1).train), views, detector=det)
     out = {}
     for name, model in models.items():
@@ -96,7 +97,7 @@ def calibration_rows(models, data, frames, held, rows, views, det) -> dict:
                              note=f"bench/photo_fit.py --calibrate: MediaPipe 0.10.21 on {data} training takes")
         ev = E.evaluate_photo_fit(model, data, frames, views=views, detections=held, log=lambda m: None,
                                   landmark_offsets=cal.offsets)
-        plain = E.evaluate_photo_fit(model, data, frames, views=views, detections=held, log=lambda m: None)
+        plain = plain_fits[name]
         r = {"train_images": cal.views, "train_error_frac": [cal.error_before, cal.error_after],
              "held_out_error_frac": [landmark_error(model, data, held), landmark_error(model, data, held, cal.offsets)],
              "offsets_mm": cal.offsets.tolist(), "file": str(path)}
@@ -155,21 +156,22 @@ def main(argv=None) -> int:
                 gest = sorted(f for f in Layout(data).keypoint_frames() if f not in held and f < min(held))
                 fr = [gest[i] for i in np.round(np.linspace(0, len(gest) - 1, args.gesture_frames)).astype(int)]
             d = E.detect_capture(data, fr, args.views, detector=det)
+            evaluations = {}
             rows = {"frames": len(fr), "images": len(d.paths), "attempts": attempts_table(d.found, len(d.paths))}
             for name, model in models.items():
                 ev = E.evaluate_photo_fit(model, data, fr, views=args.views, detections=d, log=lambda m: None)
-                rows[name] = ev.summary()
+                rows[name], evaluations[name] = ev.summary(), ev
                 print(f"{take} · {name}: {json.dumps(rows[name])}", flush=True)
             report["accuracy"][take] = rows
             if take.startswith("held-out") and args.sweep:
                 name = "trained" if "trained" in models else "template"
-                sweep = landmark_error_sweep(models[name], data, d, views=args.views)
+                sweep = landmark_error_sweep(models[name], data, d, views=args.views, mediapipe=rows[name])
                 report["landmark_error_sweep"] = {"model": name, **sweep, "needed_error_frac": {
                     f"{mode} ≤ {GOALS[key]:g} mm": needed_error(sweep["noise"], mode, GOALS[key])
                     for mode, key in (("1 view", "pa_mpjpe_1_view_mm"),
                                       (f"{args.views} views", "pa_mpjpe_4_views_mm"))}}
             if take.startswith("held-out") and args.calibrate:
-                report["landmark_offsets"] = calibration_rows(models, data, fr, d, rows, args.views, det)
+                report["landmark_offsets"] = calibration_rows(models, data, fr, d, evaluations, args.views, det)
         # encoder (the paper's way) on the held-out frames
         if Path(args.encoder_snapshot).is_file():
             eck = read_snapshot(args.encoder_snapshot)

@@ -34,7 +34,7 @@ from dhmlib.network.fit import _pose_skeleton
 from dhmlib.photo.camera import capture_camera
 from dhmlib.photo.detect import landmarks_to_joints
 from dhmlib.photo.evaluate import CaptureDetections, true_keypoints
-from dhmlib.photo.fit2d import landmark_points
+from dhmlib.photo.fit2d import hand_size, landmark_points
 from dhmlib.render.cameras import Cameras
 
 
@@ -79,11 +79,7 @@ def _view_tensors(model, data_root, detections: CaptureDetections, subject: int)
     x = torch.as_tensor(joints[rows], dtype=torch.float64)                       # (N, J, 3)
     valid = torch.as_tensor(np.stack(ok) * jvalid[rows], dtype=torch.float64)    # (N, J)
     u = torch.as_tensor(np.stack(px), dtype=torch.float64)                        # (N, J, 2)
-    true_px = cams.project(x)                                                      # (N, J, 2)
-    big = torch.finfo(torch.float64).max
-    lo = torch.where(valid[..., None] > 0, true_px, torch.full_like(true_px, big)).amin(1)
-    hi = torch.where(valid[..., None] > 0, true_px, torch.full_like(true_px, -big)).amax(1)
-    size = (hi - lo).amax(-1).clamp_min(1.0)                                      # (N,)
+    size = hand_size(cams.project(x), valid).clamp_min(1.0)                       # (N,) px, of the truth
     return x, G[rows], cams, u, valid, size, tuple(frames)
 
 

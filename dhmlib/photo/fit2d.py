@@ -130,10 +130,7 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
     if cams.batch_shape != (B, C):
         raise ValueError(f"fit_pose_2d: cameras must have batch shape ({B}, {C}), got {cams.batch_shape}")
     if size is None:
-        big = torch.finfo(dtype).max
-        lo = torch.where(valid[..., None] > 0, pixels, torch.full_like(pixels, big)).amin(2)
-        hi = torch.where(valid[..., None] > 0, pixels, torch.full_like(pixels, -big)).amax(2)
-        size = torch.where(valid.sum(-1) > 0, (hi - lo).amax(-1), torch.ones_like(valid[..., 0]))
+        size = hand_size(pixels, valid)
     size = torch.as_tensor(size, dtype=dtype, device=device).clamp_min(1.0)
     if rel_depth is not None:
         rel_depth = torch.as_tensor(rel_depth, dtype=dtype, device=device)
@@ -228,6 +225,15 @@ def fit_pose_2d(model, pixels, valid, cameras: Cameras, *, size=None, rel_depth=
     return Fit2DResult(euler=pose.euler.detach(), root=r.detach(), scale=s.detach(), joints=joints.detach(),
                        vertices=verts.detach(), pixels=proj.detach(), residual_px=res.detach(),
                        history={k: tuple(v) for k, v in history.items()})
+
+
+def hand_size(pixels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The hand's size in each image: the longest side of the valid points' bounding box, px (1 where none is
+    valid). pixels (..., J, 2), valid (..., J) → (...)."""
+    big = torch.finfo(pixels.dtype).max
+    lo = torch.where(valid[..., None] > 0, pixels, torch.full_like(pixels, big)).amin(-2)
+    hi = torch.where(valid[..., None] > 0, pixels, torch.full_like(pixels, -big)).amax(-2)
+    return torch.where(valid.sum(-1) > 0, (hi - lo).amax(-1), torch.ones_like(valid[..., 0]))
 
 
 def landmark_points(joints: torch.Tensor, transforms: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:

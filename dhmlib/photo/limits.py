@@ -88,10 +88,11 @@ def replaced_detections(model, data_root, detections: CaptureDetections, error_f
 
 def landmark_error_sweep(model, data_root, detections: CaptureDetections, fractions: Sequence[float] = (
         0.0, 0.02, 0.04, 0.06, 0.08, 0.10), *, seeds: Sequence[int] = (0, 1), views: int = 4, subject: int = 1,
-        log: Callable[[str], None] = print) -> dict:
+        mediapipe: dict | None = None, log: Callable[[str], None] = print) -> dict:
     """PA-MPJPE (and the rest of :meth:`~dhmlib.photo.evaluate.PhotoEvaluation.summary`) of the fit on the
     detected images of ``detections`` with exact, noisy (each fraction × seeds), debiased-MediaPipe and
-    MediaPipe's own landmarks.
+    MediaPipe's own landmarks (``mediapipe``: that summary when the caller has already evaluated
+    ``detections`` with this model and these views; None: evaluated here).
 
     Returns:
         ``{"mediapipe": summary, "mediapipe debiased": summary, "noise": [{"error_frac", "seed", ...summary}]}``;
@@ -104,7 +105,7 @@ def landmark_error_sweep(model, data_root, detections: CaptureDetections, fracti
         return evaluate_photo_fit(model, data_root, frames, views=views, subject=subject, detections=d,
                                   log=lambda m: None).summary()
 
-    out = {"mediapipe": run(detections),
+    out = {"mediapipe": run(detections) if mediapipe is None else mediapipe,
            "mediapipe debiased": run(replaced_detections(model, data_root, detections, None, subject=subject,
                                                          debiased=True)),
            "noise": []}
